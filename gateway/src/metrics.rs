@@ -1,0 +1,242 @@
+//! Prometheus metrics: one registry, built in `main` and handed to each
+//! component, which registers its own metrics under its own prefix.
+//!
+//! Every metric Ferry exports is declared in this file, so the mapping from
+//! events to metric names is in one place. Names follow Prometheus
+//! conventions: `ferry_` prefix, counters end in `_total`, base units.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// A fresh registry with Ferry's prefix.
+pub fn registry() -> Registry {
+    Registry::with_prefix("ferry")
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub source: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UplinkLabel {
+    pub uplink: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// What the ingest writer counts.
+#[derive(Clone, Debug)]
+pub struct IngestMetrics {
+    /// Records handed to ingest, by source.
+    pub records_received: Family<SourceLabel, Counter>,
+    /// Messages rejected (dead-lettered), by source and reason.
+    pub records_rejected: Family<RejectLabels, Counter>,
+    /// Records committed to the store.
+    pub records_stored: Counter,
+    /// Dead letters committed to the store.
+    pub dead_letters_stored: Counter,
+    /// Records a failed commit could not store (their sources were told).
+    pub records_failed: Counter,
+    /// Write transactions committed.
+    pub commits: Counter,
+    /// Write transactions that failed.
+    pub commit_errors: Counter,
+    /// Time to write and fsync one group commit.
+    pub commit_duration: Histogram,
+    /// The highest committed record sequence number.
+    pub head_seq: Gauge<u64, AtomicU64>,
+}
+
+impl Default for IngestMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IngestMetrics {
+    pub fn new() -> Self {
+        IngestMetrics {
+            records_received: Default::default(),
+            records_rejected: Default::default(),
+            records_stored: Default::default(),
+            dead_letters_stored: Default::default(),
+            records_failed: Default::default(),
+            commits: Default::default(),
+            commit_errors: Default::default(),
+            commit_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            head_seq: Default::default(),
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("ingest");
+        r.register(
+            "records_received",
+            "Records handed to ingest by a source",
+            self.records_received.clone(),
+        );
+        r.register(
+            "records_rejected",
+            "Messages rejected and dead-lettered, by reason",
+            self.records_rejected.clone(),
+        );
+        r.register(
+            "records_stored",
+            "Records committed to the store",
+            self.records_stored.clone(),
+        );
+        r.register(
+            "dead_letters_stored",
+            "Dead letters committed to the store",
+            self.dead_letters_stored.clone(),
+        );
+        r.register(
+            "records_failed",
+            "Records not stored because their commit failed",
+            self.records_failed.clone(),
+        );
+        r.register("commits", "Group commits", self.commits.clone());
+        r.register(
+            "commit_errors",
+            "Group commits that failed",
+            self.commit_errors.clone(),
+        );
+        r.register_with_unit(
+            "commit_duration",
+            "Time to write and fsync one group commit",
+            prometheus_client::registry::Unit::Seconds,
+            self.commit_duration.clone(),
+        );
+        r.register(
+            "head_seq",
+            "Highest committed record sequence number",
+            self.head_seq.clone(),
+        );
+    }
+}
+
+/// What an uplink counts; one set shared by all uplinks, labelled by uplink.
+#[derive(Clone, Debug)]
+pub struct UplinkMetrics {
+    pub connected: Family<UplinkLabel, Gauge>,
+    pub connects: Family<UplinkLabel, Counter>,
+    pub connect_errors: Family<UplinkLabel, Counter>,
+    pub publishes: Family<UplinkLabel, Counter>,
+    pub publish_bytes: Family<UplinkLabel, Counter>,
+    pub records_sent: Family<UplinkLabel, Counter>,
+    pub records_acked: Family<UplinkLabel, Counter>,
+    pub records_skipped: Family<UplinkLabel, Counter>,
+    pub puback_latency: HistogramFamily<UplinkLabel>,
+    pub backlog_records: Family<UplinkLabel, Gauge<u64, AtomicU64>>,
+    pub oldest_unsent_age: Family<UplinkLabel, Gauge<f64, AtomicU64>>,
+    pub acked_seq: Family<UplinkLabel, Gauge<u64, AtomicU64>>,
+}
+
+impl Default for UplinkMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UplinkMetrics {
+    pub fn new() -> Self {
+        UplinkMetrics {
+            connected: Default::default(),
+            connects: Default::default(),
+            connect_errors: Default::default(),
+            publishes: Default::default(),
+            publish_bytes: Default::default(),
+            records_sent: Default::default(),
+            records_acked: Default::default(),
+            records_skipped: Default::default(),
+            puback_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            }),
+            backlog_records: Default::default(),
+            oldest_unsent_age: Default::default(),
+            acked_seq: Default::default(),
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        use prometheus_client::registry::Unit;
+        let r = registry.sub_registry_with_prefix("uplink");
+        r.register(
+            "connected",
+            "1 while the uplink's MQTT session is up",
+            self.connected.clone(),
+        );
+        r.register(
+            "connects",
+            "Successful connections (CONNACK accepted)",
+            self.connects.clone(),
+        );
+        r.register(
+            "connect_errors",
+            "Connection attempts or sessions that failed",
+            self.connect_errors.clone(),
+        );
+        r.register("publishes", "Batches published", self.publishes.clone());
+        r.register_with_unit(
+            "publish",
+            "Payload bytes published",
+            Unit::Bytes,
+            self.publish_bytes.clone(),
+        );
+        r.register(
+            "records_sent",
+            "Records published (resends included)",
+            self.records_sent.clone(),
+        );
+        r.register(
+            "records_acked",
+            "Records whose batch the broker acknowledged",
+            self.records_acked.clone(),
+        );
+        r.register(
+            "records_skipped",
+            "Records skipped because they cannot be sent (undecodable, larger than a batch)",
+            self.records_skipped.clone(),
+        );
+        r.register_with_unit(
+            "puback_latency",
+            "Time from publishing a batch to its PUBACK",
+            Unit::Seconds,
+            self.puback_latency.clone(),
+        );
+        r.register(
+            "backlog_records",
+            "Stored records this uplink has not had acknowledged yet",
+            self.backlog_records.clone(),
+        );
+        r.register_with_unit(
+            "oldest_unsent_age",
+            "Age of the oldest record not yet acknowledged",
+            Unit::Seconds,
+            self.oldest_unsent_age.clone(),
+        );
+        r.register(
+            "acked_seq",
+            "Highest record sequence number acknowledged by the cloud",
+            self.acked_seq.clone(),
+        );
+    }
+
+    pub fn label(uplink: &str) -> UplinkLabel {
+        UplinkLabel {
+            uplink: uplink.to_owned(),
+        }
+    }
+}

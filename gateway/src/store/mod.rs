@@ -1,0 +1,371 @@
+//! The durable store: one redb file holding append-only streams and cursors.
+//!
+//! # Guarantees
+//! - A record is in the `records` stream once the write transaction that
+//!   appended it has committed; commits use redb's `Durability::Immediate`
+//!   (fsync before `commit` returns). Sources are acknowledged only after that.
+//! - Sequence numbers start at 1, increase by one per record and are never
+//!   reused; a gap appears only where retention removed records.
+//! - A cursor is a consumer's durable position: the highest sequence number it
+//!   has finished with (0 = nothing yet). It only moves forward.
+//!
+//! # On-disk layout (tables)
+//! | table     | key            | value                                   |
+//! |-----------|----------------|-----------------------------------------|
+//! | `records` | seq `u64`      | an encoded record ([`codec`])           |
+//! | `dead`    | seq `u64`      | an encoded dead letter                  |
+//! | `names`   | id `u32`       | an interned device, source or field name |
+//! | `cursors` | consumer name  | `u64`, the last sequence consumed        |
+//! | `meta`    | key            | `u64` (`format_version`)                |
+//!
+//! # When data is deleted
+//! Nothing is deleted yet by this module: records stay until retention
+//! (a disk budget and a maximum age) trims what every cursor has passed.
+
+pub mod codec;
+mod names;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_adapters::record::{DeadLetter, Millis, Record};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use thiserror::Error;
+use tokio::sync::watch;
+use tracing::warn;
+
+pub use names::Names;
+pub use writer::{spawn_ingest, Cursors, IngestConfig, IngestHandle};
+
+use codec::{DecodeError, Reader};
+
+pub(crate) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+pub(crate) const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead");
+pub(crate) const NAMES: TableDefinition<u32, &str> = TableDefinition::new("names");
+pub(crate) const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// An error of the store layer, with what was being done.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("store {path} has format version {found}, this Ferry reads version {expected}")]
+    Version {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("store I/O: {0}")]
+    Redb(#[from] redb::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// The highest committed sequence number of each stream (0 = empty).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    pub records: u64,
+    pub dead: u64,
+}
+
+/// A record read back with its sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub record: Record,
+}
+
+/// A dead letter read back with its sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDeadLetter {
+    pub seq: u64,
+    pub dead: DeadLetter,
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// redb's page cache, in bytes. Small on purpose: the log is read once,
+    /// in order, by each consumer.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 4 << 20,
+        }
+    }
+}
+
+/// The outcome of reading a range of a stream.
+#[derive(Debug, Default)]
+pub struct ReadStats {
+    /// The last sequence number looked at (decodable or not).
+    pub last_seq: u64,
+    /// Values that failed to decode and were skipped.
+    pub undecodable: u64,
+}
+
+/// A handle to the open store; cheap to clone, shared by every component.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    names: Names,
+    heads: watch::Sender<Heads>,
+}
+
+impl Store {
+    /// The store file inside `data_dir`.
+    pub fn file_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("ferry.redb")
+    }
+
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: &Path, opts: &StoreOptions) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let db = Database::builder()
+            .set_cache_size(opts.cache_bytes)
+            .create(path)
+            .map_err(open_err)?;
+        let tx = db.begin_write()?;
+        let version = {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get("format_version")?.map(|v| v.value());
+            match found {
+                Some(v) => v,
+                None => {
+                    meta.insert("format_version", u64::from(codec::FORMAT_VERSION))?;
+                    u64::from(codec::FORMAT_VERSION)
+                }
+            }
+        };
+        if version != u64::from(codec::FORMAT_VERSION) {
+            return Err(StoreError::Version {
+                path: path.to_owned(),
+                found: version,
+                expected: codec::FORMAT_VERSION.into(),
+            });
+        }
+        // Create every table so readers never meet a missing one.
+        tx.open_table(RECORDS)?;
+        tx.open_table(DEAD)?;
+        tx.open_table(CURSORS)?;
+        let names = {
+            let table = tx.open_table(NAMES)?;
+            let mut all = Vec::new();
+            for entry in table.iter()? {
+                let (id, name) = entry?;
+                if id.value() as usize != all.len() {
+                    warn!(store = %path.display(), id = id.value(), "name table has a gap");
+                }
+                all.push(Arc::<str>::from(name.value()));
+            }
+            Names::new(all)
+        };
+        let heads = Heads {
+            records: last_key(&tx.open_table(RECORDS)?)?,
+            dead: last_key(&tx.open_table(DEAD)?)?,
+        };
+        tx.commit()?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_owned(),
+                names,
+                heads: watch::Sender::new(heads),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    pub(crate) fn names(&self) -> &Names {
+        &self.inner.names
+    }
+
+    pub(crate) fn heads_sender(&self) -> &watch::Sender<Heads> {
+        &self.inner.heads
+    }
+
+    /// The committed heads now.
+    pub fn heads(&self) -> Heads {
+        *self.inner.heads.borrow()
+    }
+
+    /// A receiver told of every commit.
+    pub fn watch_heads(&self) -> watch::Receiver<Heads> {
+        self.inner.heads.subscribe()
+    }
+
+    /// Reads up to `max` records with `seq > after` into `out`, in order.
+    /// Records that fail to decode are skipped, logged and counted in the result.
+    pub fn read_records(
+        &self,
+        after: u64,
+        max: usize,
+        out: &mut Vec<StoredRecord>,
+    ) -> Result<ReadStats, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(RECORDS)?;
+        let mut stats = ReadStats {
+            last_seq: after,
+            undecodable: 0,
+        };
+        for entry in table.range(after.saturating_add(1)..)?.take(max) {
+            let (seq, bytes) = entry?;
+            let seq = seq.value();
+            stats.last_seq = seq;
+            match self.decode_record(bytes.value()) {
+                Ok(record) => out.push(StoredRecord { seq, record }),
+                Err(e) => {
+                    stats.undecodable += 1;
+                    warn!(seq, error = %e, "skipping a stored record that does not decode");
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Reads up to `max` dead letters with `seq > after`, in order.
+    pub fn read_dead(&self, after: u64, max: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(DEAD)?;
+        let mut out = Vec::new();
+        for entry in table.range(after.saturating_add(1)..)?.take(max) {
+            let (seq, bytes) = entry?;
+            match self.decode_dead(bytes.value()) {
+                Ok(dead) => out.push(StoredDeadLetter {
+                    seq: seq.value(),
+                    dead,
+                }),
+                Err(e) => {
+                    warn!(seq = seq.value(), error = %e, "skipping an undecodable dead letter")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The committed position of the cursor `name` (0 if it has none yet).
+    pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(CURSORS)?;
+        Ok(table.get(name)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// The timestamp of the first record with `seq > after`, if any.
+    pub fn first_ts_after(&self, after: u64) -> Result<Option<Millis>, StoreError> {
+        let mut out = Vec::with_capacity(1);
+        self.read_records(after, 1, &mut out)?;
+        Ok(out.first().map(|r| r.record.ts))
+    }
+
+    /// Decodes one stored record.
+    pub fn decode_record(&self, bytes: &[u8]) -> Result<Record, DecodeError> {
+        let names = self.inner.names.snapshot();
+        let name = |id: u32| names.get(id as usize).cloned().ok_or(DecodeError::Name(id));
+        let mut r = Reader::new(bytes);
+        r.version()?;
+        let ts = r.zvarint()?;
+        let source = name(r.id()?)?;
+        let device = Box::from(&*name(r.id()?)?);
+        let n = r.varint()? as usize;
+        let mut fields = Vec::with_capacity(n.min(256));
+        for _ in 0..n {
+            let field = Box::from(&*name(r.id()?)?);
+            fields.push((field, r.value()?));
+        }
+        r.finish()?;
+        Ok(Record {
+            ts,
+            source,
+            device,
+            fields,
+        })
+    }
+
+    fn decode_dead(&self, bytes: &[u8]) -> Result<DeadLetter, DecodeError> {
+        let names = self.inner.names.snapshot();
+        let mut r = Reader::new(bytes);
+        r.version()?;
+        let ts = r.zvarint()?;
+        let id = r.id()?;
+        let source = names
+            .get(id as usize)
+            .cloned()
+            .ok_or(DecodeError::Name(id))?;
+        let payload_len = r.varint()? as u32;
+        let kind = known_kind(r.str()?);
+        let origin = r.str()?.into();
+        let reason = r.str()?.into();
+        let payload = r.bytes()?.to_vec();
+        r.finish()?;
+        Ok(DeadLetter {
+            ts,
+            source,
+            origin,
+            kind,
+            reason,
+            payload,
+            payload_len,
+        })
+    }
+}
+
+/// Dead-letter kinds are a closed set of labels; map a stored one back to it.
+fn known_kind(s: &str) -> &'static str {
+    const KINDS: &[&str] = &[
+        "oversize",
+        "not_json",
+        "not_object",
+        "unsupported_type",
+        "too_many_fields",
+        "no_fields",
+        "bad_device",
+        "bad_timestamp",
+        "unknown_topic",
+    ];
+    KINDS.iter().find(|k| **k == s).copied().unwrap_or("other")
+}
+
+fn last_key(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {
+    Ok(table.last()?.map(|(k, _)| k.value()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests;
