@@ -1,0 +1,150 @@
+//! The proxy relays and counts, cuts (closing open connections, holding new ones),
+//! blackholes (relaying nothing, closing nothing), and restores. No timers: each
+//! absence is checked through the proxy's counters or the connection's end.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_testkit::{wait_until, Mode, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// An echo server; returns its address and how many connections it has accepted.
+async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn ping(stream: &mut TcpStream, text: &[u8]) {
+    stream.write_all(text).await.unwrap();
+    let mut echo = vec![0; text.len()];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo, text);
+}
+
+/// The connection has ended (EOF or reset) without delivering any more data.
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut buf = [0; 64];
+    match tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .expect("the connection should be closed")
+    {
+        Ok(0) => {}
+        Ok(n) => panic!("expected the connection to end, got {n} bytes"),
+        Err(e) => assert!(
+            matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+            "unexpected error: {e}"
+        ),
+    }
+}
+
+#[tokio::test]
+async fn relays_both_ways_and_counts_bytes() {
+    let (echo, _) = echo_server().await;
+    let proxy = Proxy::start(echo).await.unwrap();
+    assert_eq!(proxy.target(), echo);
+    let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut b = TcpStream::connect(proxy.addr()).await.unwrap();
+    ping(&mut a, b"hello").await;
+    ping(&mut b, b"world!").await;
+    wait_until(WAIT, "11 bytes counted each way", || {
+        proxy.bytes_up() == 11 && proxy.bytes_down() == 11
+    })
+    .await
+    .unwrap();
+    assert_eq!(proxy.accepted(), 2);
+    assert_eq!(proxy.mode(), Mode::Forward);
+}
+
+#[tokio::test]
+async fn cut_closes_open_connections_and_holds_new_ones_until_restored() {
+    let (echo, echo_accepted) = echo_server().await;
+    let proxy = Proxy::start(echo).await.unwrap();
+    let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+    ping(&mut open, b"before").await;
+
+    proxy.cut().await;
+    assert_eq!(proxy.mode(), Mode::Cut);
+    assert_closed(&mut open).await;
+    let up = proxy.bytes_up();
+
+    // A new connection is accepted (the client cannot tell yet) but nothing crosses.
+    let mut held = TcpStream::connect(proxy.addr()).await.unwrap();
+    held.write_all(b"into the void").await.unwrap();
+    wait_until(WAIT, "the proxy to accept the second connection", || {
+        proxy.accepted() == 2
+    })
+    .await
+    .unwrap();
+
+    proxy.restore();
+    assert_closed(&mut held).await;
+    assert_eq!(proxy.bytes_up(), up, "bytes crossed while cut");
+    assert_eq!(
+        echo_accepted.load(Ordering::SeqCst),
+        1,
+        "a held connection reached the target"
+    );
+
+    let mut after = TcpStream::connect(proxy.addr()).await.unwrap();
+    ping(&mut after, b"after").await;
+}
+
+#[tokio::test]
+async fn blackhole_relays_nothing_and_closes_nothing() {
+    let (echo, _) = echo_server().await;
+    let proxy = Proxy::start(echo).await.unwrap();
+    let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+    ping(&mut open, b"before").await;
+
+    proxy.blackhole().await;
+    let up = proxy.bytes_up();
+    open.write_all(b"lost").await.unwrap();
+    let mut buf = [0; 16];
+    // Neither data nor EOF: the connection looks alive.
+    assert_eq!(
+        open.try_read(&mut buf).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+
+    // Cutting a blackhole closes what it held.
+    proxy.cut().await;
+    assert_closed(&mut open).await;
+    assert_eq!(proxy.bytes_up(), up);
+
+    // And restoring a blackhole closes its connections so clients reconnect.
+    proxy.restore();
+    let mut second = TcpStream::connect(proxy.addr()).await.unwrap();
+    ping(&mut second, b"x").await;
+    proxy.blackhole().await;
+    proxy.restore();
+    assert_closed(&mut second).await;
+}
+
+#[tokio::test]
+async fn a_dead_target_closes_the_client() {
+    let port = ferry_testkit::free_port().unwrap();
+    let proxy = Proxy::start(([127, 0, 0, 1], port).into()).await.unwrap();
+    let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_closed(&mut client).await;
+}
