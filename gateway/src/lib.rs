@@ -1,5 +1,10 @@
 //! Ferry, the edge gateway daemon: configuration, the durable store, the
 //! uplinks to the cloud, metrics, and the wiring that runs them.
 
+pub mod cli;
+pub mod config;
+pub mod daemon;
+mod http;
 pub mod metrics;
 pub mod store;
+pub mod uplink;

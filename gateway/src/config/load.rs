@@ -1,0 +1,303 @@
+//! From text to a checked [`Config`]: TOML syntax first (one error), then each
+//! section, source and uplink deserialized on its own (so one bad section
+//! does not hide the others), then the checks across keys and sections.
+//! Every problem is collected, then given its line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use super::error::{ConfigError, ConfigErrors, ConfigWarnings};
+use super::locate::{line_of, Locator};
+use super::report::{check_name, one_line, KeyPath, Problem, Report, Seg};
+use super::uplink_check::UplinkContext;
+use super::{Config, GatewayConfig, MetricsConfig, SourceConfig, StoreConfig, UplinkConfig};
+
+/// The top-level sections.
+const SECTIONS: [&str; 5] = ["gateway", "store", "sources", "uplinks", "metrics"];
+
+/// Parses and checks a config; on success also returns the warnings.
+pub(crate) fn parse(text: &str, file: &Path) -> Result<(Config, ConfigWarnings), ConfigErrors> {
+    let locator = Locator::new(text);
+    let resolve = |problems: Vec<Problem>| -> Vec<ConfigError> {
+        let mut out: Vec<ConfigError> = problems
+            .into_iter()
+            .map(|p| ConfigError {
+                line: locator.line(&p.path),
+                key: p.path.to_string(),
+                message: p.message,
+            })
+            .collect();
+        out.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        out
+    };
+    let table: toml::Table = match toml::from_str(text) {
+        Ok(table) => table,
+        Err(e) => {
+            let error = ConfigError {
+                line: e.span().map(|s| line_of(text, s.start)),
+                key: String::new(),
+                message: format!("invalid TOML: {}", one_line(e.message())),
+            };
+            return Err(ConfigErrors {
+                file: file.to_owned(),
+                errors: vec![error],
+                warnings: Vec::new(),
+            });
+        }
+    };
+    let mut report = Report::default();
+    let config = build(table, &mut report);
+    let warnings = resolve(report.warnings);
+    match config {
+        Some(config) if report.errors.is_empty() => Ok((
+            config,
+            ConfigWarnings {
+                file: file.to_owned(),
+                warnings,
+            },
+        )),
+        _ => Err(ConfigErrors {
+            file: file.to_owned(),
+            errors: resolve(report.errors),
+            warnings,
+        }),
+    }
+}
+
+/// Deserializes a `T` from `value`; each problem is reported at `at` joined
+/// with the path inside `value` where it was found.
+///
+/// serde stops at the first problem, so to find them all, the key at fault is
+/// taken out and the rest tried again. What is left (with defaults for the
+/// keys taken out) is returned so the other keys can still be checked; later
+/// problems about the keys taken out are not reported. `None` when nothing
+/// usable is left (a required key is missing or was taken out).
+pub(crate) fn typed<T: DeserializeOwned>(
+    mut value: toml::Value,
+    at: &KeyPath,
+    report: &mut Report,
+) -> Option<T> {
+    let mut removed: Vec<String> = Vec::new();
+    loop {
+        let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let message = friendlier(e.inner().message());
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        if missing.is_some_and(|m| removed.iter().any(|r| r == m)) {
+            return None;
+        }
+        let path = at.join(e.path());
+        let key = match path.0.get(at.0.len()) {
+            Some(Seg::Key(key)) => key.clone(),
+            _ => {
+                report.error(path, message);
+                return None;
+            }
+        };
+        report.error(path, message);
+        let toml::Value::Table(table) = &mut value else {
+            return None;
+        };
+        table.remove(&key)?;
+        report.suppress(at.key(&key));
+        removed.push(key);
+    }
+}
+
+/// serde's and the value crates' messages, in an operator's words.
+fn friendlier(message: &str) -> String {
+    const REWRITES: [(&str, &str); 11] = [
+        (
+            "expected parsable string",
+            "expected a size like \"64KiB\" or \"4MiB\"",
+        ),
+        (
+            "expected a duration",
+            "expected a duration like \"10ms\", \"30s\" or \"2m\"",
+        ),
+        (
+            "invalid socket address syntax",
+            "expected an IP address and port like \"127.0.0.1:9108\"",
+        ),
+        (
+            "expected a nonzero usize",
+            "expected an integer of at least 1",
+        ),
+        (
+            "expected a nonzero u32",
+            "expected an integer of at least 1",
+        ),
+        (
+            "expected a nonzero u16",
+            "expected an integer of at least 1",
+        ),
+        ("expected usize", "expected an integer"),
+        ("expected u64", "expected an integer"),
+        ("expected u16", "expected an integer"),
+        ("expected u8", "expected an integer"),
+        ("expected i64", "expected an integer"),
+    ];
+    let mut out = message.to_owned();
+    for (from, to) in REWRITES {
+        out = out.replace(from, to);
+    }
+    out
+}
+
+/// Deserializes and checks every section; `None` if a part could not be
+/// deserialized at all (the other parts were still checked).
+fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
+    for key in table.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            report.error(
+                KeyPath::root(key),
+                format!(
+                    "unknown key `{key}`, expected one of the sections \
+                     `gateway`, `store`, `sources`, `uplinks`, `metrics`"
+                ),
+            );
+        }
+    }
+    let mut section = |name: &str| (table.remove(name), KeyPath::root(name));
+
+    let (value, at) = section("gateway");
+    let gateway = value.map_or(Some(GatewayConfig::default()), |v| typed(v, &at, report));
+    if let Some(g) = &gateway {
+        g.check(&at, report);
+    }
+    let gateway_id = gateway
+        .as_ref()
+        .map_or("ferry", |g| g.id.as_str())
+        .to_owned();
+
+    let (value, at) = section("store");
+    let store = value.map_or(Some(StoreConfig::default()), |v| typed(v, &at, report));
+    if let Some(s) = &store {
+        s.check(&at, report);
+    }
+
+    let (value, at) = section("metrics");
+    let metrics = value.map_or(Some(MetricsConfig::default()), |v| typed(v, &at, report));
+
+    let (value, at) = section("sources");
+    let (sources, source_names) = build_sources(value, &at, report);
+    if let Some(sources) = &sources {
+        let metrics_listen = metrics.as_ref().and_then(|m| m.listen);
+        super::source::check_conflicts(sources, &gateway_id, metrics_listen, report);
+    }
+
+    let (value, at) = section("uplinks");
+    let cx = UplinkContext {
+        gateway: &gateway_id,
+        sources: &source_names,
+    };
+    let uplinks = build_uplinks(value, &at, &cx, report);
+
+    Some(Config {
+        gateway: gateway?,
+        store: store?,
+        sources: sources?,
+        uplinks: uplinks?,
+        metrics: metrics?,
+    })
+}
+
+/// A section holding named tables (`[sources.NAME]`, `[uplinks.NAME]`).
+fn named_tables(
+    value: Option<toml::Value>,
+    at: &KeyPath,
+    what: &str,
+    report: &mut Report,
+) -> Option<toml::Table> {
+    match value {
+        None => Some(toml::Table::new()),
+        Some(toml::Value::Table(t)) => Some(t),
+        Some(other) => {
+            report.error(
+                at.clone(),
+                format!(
+                    "invalid type: {}, expected {what}s as tables, like [{at}.NAME]",
+                    other.type_str()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `[sources.NAME]`: the valid sources (`None` if any is not), and the names
+/// of all of them.
+fn build_sources(
+    value: Option<toml::Value>,
+    at: &KeyPath,
+    report: &mut Report,
+) -> (Option<BTreeMap<String, SourceConfig>>, BTreeSet<String>) {
+    let Some(table) = named_tables(value, at, "source", report) else {
+        return (None, BTreeSet::new());
+    };
+    let names: BTreeSet<String> = table.keys().cloned().collect();
+    if table.is_empty() {
+        report.error(
+            at.clone(),
+            "no sources: define at least one, e.g. [sources.local] with type = \"mqtt_broker\"",
+        );
+    }
+    let mut sources = Some(BTreeMap::new());
+    for (name, value) in table {
+        let at = at.key(&name);
+        check_name(report, at.clone(), "source", &name);
+        match SourceConfig::from_value(value, &at, report) {
+            Some(source) => {
+                source.check(&at, report);
+                if let Some(s) = &mut sources {
+                    s.insert(name, source);
+                }
+            }
+            None => sources = None,
+        }
+    }
+    (sources, names)
+}
+
+/// `[uplinks.NAME]`: the valid uplinks, `None` if any is not.
+fn build_uplinks(
+    value: Option<toml::Value>,
+    at: &KeyPath,
+    cx: &UplinkContext<'_>,
+    report: &mut Report,
+) -> Option<BTreeMap<String, UplinkConfig>> {
+    let table = named_tables(value, at, "uplink", report)?;
+    let mut uplinks = Some(BTreeMap::new());
+    let mut client_ids: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (name, value) in table {
+        let at = at.key(&name);
+        check_name(report, at.clone(), "uplink", &name);
+        let Some(uplink) = typed::<UplinkConfig>(value, &at, report) else {
+            uplinks = None;
+            continue;
+        };
+        uplink.check(&at, cx, report);
+        let client_id = uplink.client_id_for(cx.gateway);
+        if let Some(first) = client_ids.insert((uplink.endpoint.clone(), client_id), name.clone()) {
+            report.error(
+                at.key("client_id"),
+                format!(
+                    "uplink {first:?} already connects to {} as {:?}; \
+                     the broker would disconnect one whenever the other connects",
+                    uplink.endpoint,
+                    uplink.client_id_for(cx.gateway)
+                ),
+            );
+        }
+        if let Some(u) = &mut uplinks {
+            u.insert(name, uplink);
+        }
+    }
+    uplinks
+}

@@ -1,0 +1,100 @@
+//! Ferry's configuration: one TOML file, checked whole before anything runs.
+//!
+//! - Strict: every table denies unknown keys; durations are written like
+//!   `"10ms"`, sizes like `"128KiB"`; each field's doc comment states its
+//!   default (and `config/default.toml` shows them all).
+//! - Every problem at once: a syntax error stops at itself, but otherwise each
+//!   section, source and uplink is deserialized and checked on its own, and
+//!   every problem is reported with its key path and line
+//!   ([`ConfigErrors`]).
+//! - Checked against the machine too: the TLS files an uplink names must be
+//!   readable (a private key readable by every user is a warning). Relative
+//!   paths are relative to the working directory.
+//!
+//! Shape: `[gateway]`, `[store]`, `[sources.NAME]` (at least one), optional
+//! `[uplinks.NAME]`, `[metrics]`.
+
+mod error;
+mod gateway;
+mod load;
+mod locate;
+mod metrics;
+mod report;
+mod source;
+mod store;
+mod topic;
+mod uplink;
+mod uplink_check;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub use error::{ConfigError, ConfigErrors, ConfigWarnings, LoadError};
+pub use gateway::{GatewayConfig, LogLevel};
+pub use metrics::MetricsConfig;
+pub use source::{SourceConfig, SOURCE_TYPES};
+pub use store::StoreConfig;
+pub use topic::{MAX_TOPIC_BYTES, MAX_TOPIC_SLASHES, TOPIC_PLACEHOLDERS};
+pub use uplink::{Encoding, UplinkConfig, MAX_BATCH_BYTES, MAX_INFLIGHT, MIN_BATCH_BYTES};
+
+/// The default config, embedded in the binary: what `ferry run` uses without
+/// `--config` and what `ferry print-config` prints.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// How the embedded default config is named in messages.
+pub const DEFAULT_NAME: &str = "<embedded default config>";
+
+/// A whole, checked Ferry configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `[gateway]`: identity, data directory, log level.
+    pub gateway: GatewayConfig,
+    /// `[store]`: group commit and cache of the durable log.
+    pub store: StoreConfig,
+    /// `[sources.NAME]`, by name: at least one.
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// `[uplinks.NAME]`, by name: none means data is only kept locally.
+    pub uplinks: BTreeMap<String, UplinkConfig>,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+impl Config {
+    /// Parses and checks `text`; `file` names it in messages. Warnings are
+    /// dropped: see [`Config::from_toml_with_warnings`].
+    pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+        Config::from_toml_with_warnings(text, file).map(|(config, _)| config)
+    }
+
+    /// Parses and checks `text`, and returns what is worth a warning.
+    pub fn from_toml_with_warnings(
+        text: &str,
+        file: &Path,
+    ) -> Result<(Config, ConfigWarnings), ConfigErrors> {
+        load::parse(text, file)
+    }
+
+    /// Reads, parses and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        Config::load_with_warnings(path).map(|(config, _)| config)
+    }
+
+    /// Reads, parses and checks the file at `path`, and returns what is worth
+    /// a warning.
+    pub fn load_with_warnings(path: &Path) -> Result<(Config, ConfigWarnings), LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_with_warnings(&text, path).map_err(LoadError::Invalid)
+    }
+
+    /// The embedded default config ([`DEFAULT_TOML`]), parsed.
+    pub fn default_embedded() -> Config {
+        match Config::from_toml(DEFAULT_TOML, Path::new(DEFAULT_NAME)) {
+            Ok(config) => config,
+            // The tests parse it: a broken default never ships.
+            Err(e) => unreachable!("the embedded default config is invalid:\n{e}"),
+        }
+    }
+}

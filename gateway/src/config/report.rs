@@ -1,0 +1,203 @@
+//! Collecting problems while a config is checked: key paths, errors and
+//! warnings, and the small range checks every section uses.
+
+use std::fmt;
+use std::time::Duration;
+
+/// One step of a key path: a table key or an array index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// Where a value lives in the document, e.g. `uplinks.iot_core.alpn[0]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeyPath(pub(crate) Vec<Seg>);
+
+impl KeyPath {
+    /// The path of a top-level key.
+    pub(crate) fn root(key: &str) -> KeyPath {
+        KeyPath(vec![Seg::Key(key.to_owned())])
+    }
+
+    /// This path extended by a table key.
+    pub(crate) fn key(&self, key: &str) -> KeyPath {
+        let mut p = self.clone();
+        p.0.push(Seg::Key(key.to_owned()));
+        p
+    }
+
+    /// This path extended by an array index.
+    pub(crate) fn index(&self, index: usize) -> KeyPath {
+        let mut p = self.clone();
+        p.0.push(Seg::Index(index));
+        p
+    }
+
+    /// This path extended by the path `serde_path_to_error` found an error at.
+    pub(crate) fn join(&self, path: &serde_path_to_error::Path) -> KeyPath {
+        use serde_path_to_error::Segment;
+        let mut p = self.clone();
+        for seg in path.iter() {
+            match seg {
+                Segment::Map { key } => p.0.push(Seg::Key(key.clone())),
+                Segment::Seq { index } => p.0.push(Seg::Index(*index)),
+                Segment::Enum { .. } | Segment::Unknown => {}
+            }
+        }
+        p
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Index(n) => write!(f, "[{n}]")?,
+                Seg::Key(k) => {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    let bare = !k.is_empty()
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                    if bare {
+                        f.write_str(k)?;
+                    } else {
+                        write!(f, "{k:?}")?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A problem before its line is looked up.
+#[derive(Clone, Debug)]
+pub(crate) struct Problem {
+    pub(crate) path: KeyPath,
+    pub(crate) message: String,
+}
+
+/// The errors and warnings found so far.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub(crate) errors: Vec<Problem>,
+    pub(crate) warnings: Vec<Problem>,
+    /// Keys already reported as invalid (and replaced by their defaults):
+    /// problems at or below them are not reported again.
+    suppressed: Vec<KeyPath>,
+}
+
+impl Report {
+    /// From now on, problems at or below `path` are not reported.
+    pub(crate) fn suppress(&mut self, path: KeyPath) {
+        self.suppressed.push(path);
+    }
+
+    /// Whether `path` was reported invalid (and holds its default now).
+    pub(crate) fn is_suppressed(&self, path: &KeyPath) -> bool {
+        self.suppressed.iter().any(|s| path.0.starts_with(&s.0))
+    }
+
+    pub(crate) fn error(&mut self, path: KeyPath, message: impl Into<String>) {
+        if self.is_suppressed(&path) {
+            return;
+        }
+        self.errors.push(Problem {
+            path,
+            message: one_line(&message.into()),
+        });
+    }
+
+    pub(crate) fn warn(&mut self, path: KeyPath, message: impl Into<String>) {
+        if self.is_suppressed(&path) {
+            return;
+        }
+        self.warnings.push(Problem {
+            path,
+            message: one_line(&message.into()),
+        });
+    }
+
+    /// Errors unless `min <= value <= max`.
+    pub(crate) fn duration_in(
+        &mut self,
+        path: KeyPath,
+        value: Duration,
+        min: Duration,
+        max: Duration,
+    ) {
+        if value < min || value > max {
+            self.error(
+                path,
+                format!(
+                    "must be between {} and {}, got {}",
+                    fmt_duration(min),
+                    fmt_duration(max),
+                    fmt_duration(value)
+                ),
+            );
+        }
+    }
+
+    /// Errors unless `min <= value <= max`.
+    pub(crate) fn int_in(&mut self, path: KeyPath, value: u64, min: u64, max: u64) {
+        if value < min || value > max {
+            self.error(
+                path,
+                format!("must be between {min} and {max}, got {value}"),
+            );
+        }
+    }
+}
+
+/// A message on one line: a multi-line message (TOML syntax errors carry
+/// some) has its lines joined with "; ".
+pub(crate) fn one_line(message: &str) -> String {
+    if !message.contains('\n') {
+        return message.trim().to_owned();
+    }
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A duration the way a config file writes it: `10ms`, `1s`, `2m`.
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+/// A byte size the way a config file writes it: `128KiB`, `4MiB`, `1000B`.
+pub(crate) fn fmt_bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in UNITS {
+        if n >= size && n % size == 0 {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    format!("{n}B")
+}
+
+/// Checks a configured name (of a source or an uplink): 1 to 64 bytes of
+/// `a-z`, `0-9`, `_` and `-`. Names end up in metric labels and store keys.
+pub(crate) fn check_name(report: &mut Report, path: KeyPath, what: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !ok {
+        report.error(
+            path,
+            format!(
+                "invalid {what} name {name:?}: use 1 to 64 characters of a-z, 0-9, '_' and '-'"
+            ),
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! `[sources.NAME]`: where readings come from. `type` picks the kind; the
+//! other keys belong to that kind's config in `ferry_adapters`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use ferry_adapters::mqtt::{BrokerSourceConfig, SubscribeSourceConfig};
+
+use super::report::{KeyPath, Report, Seg};
+
+/// The `type` values a source may have.
+pub const SOURCE_TYPES: [&str; 2] = ["mqtt_broker", "mqtt_subscribe"];
+
+/// `[sources.NAME]`: one source of readings, by its `type`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceConfig {
+    /// `type = "mqtt_broker"`: Ferry's embedded MQTT broker, which local
+    /// devices publish to.
+    MqttBroker(BrokerSourceConfig),
+    /// `type = "mqtt_subscribe"`: a subscription to an existing broker with a
+    /// persistent session, acknowledged only after the commit.
+    MqttSubscribe(SubscribeSourceConfig),
+}
+
+impl SourceConfig {
+    /// The `type` this source was configured with.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceConfig::MqttBroker(_) => "mqtt_broker",
+            SourceConfig::MqttSubscribe(_) => "mqtt_subscribe",
+        }
+    }
+
+    /// Deserializes the source at `at` from its table, dispatching on `type`.
+    pub(crate) fn from_value(
+        value: toml::Value,
+        at: &KeyPath,
+        report: &mut Report,
+    ) -> Option<SourceConfig> {
+        let toml::Value::Table(mut table) = value else {
+            report.error(
+                at.clone(),
+                format!("invalid type: {}, expected a table", value.type_str()),
+            );
+            return None;
+        };
+        let expected = "expected `mqtt_broker` or `mqtt_subscribe`";
+        let kind = match table.remove("type") {
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => {
+                let message = format!("invalid type: {}, {expected}", other.type_str());
+                report.error(at.key("type"), message);
+                return None;
+            }
+            None => {
+                report.error(at.clone(), format!("missing field `type`, {expected}"));
+                return None;
+            }
+        };
+        let rest = toml::Value::Table(table);
+        match kind.as_str() {
+            "mqtt_broker" => super::load::typed(rest, at, report).map(SourceConfig::MqttBroker),
+            "mqtt_subscribe" => {
+                super::load::typed(rest, at, report).map(SourceConfig::MqttSubscribe)
+            }
+            other => {
+                let message = format!("unknown source type `{other}`, {expected}");
+                report.error(at.key("type"), message);
+                None
+            }
+        }
+    }
+
+    /// Checks what the types could not.
+    pub(crate) fn check(&self, at: &KeyPath, report: &mut Report) {
+        let problems = match self {
+            SourceConfig::MqttBroker(c) => c.validate(),
+            SourceConfig::MqttSubscribe(c) => c.validate(),
+        };
+        for problem in problems {
+            let (path, message) = split_key(at, &problem);
+            report.error(path, message);
+        }
+    }
+}
+
+/// Splits an adapter's `"topics[1]: message"` into the key path below `at`
+/// and the message; a message without a key prefix is about `at` itself.
+fn split_key(at: &KeyPath, problem: &str) -> (KeyPath, String) {
+    let Some((prefix, message)) = problem.split_once(": ") else {
+        return (at.clone(), problem.to_owned());
+    };
+    let mut path = at.clone();
+    for part in prefix.split('.') {
+        let (key, indexes) = part.split_once('[').unwrap_or((part, ""));
+        let key_ok = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !key_ok {
+            return (at.clone(), problem.to_owned());
+        }
+        path.0.push(Seg::Key(key.to_owned()));
+        for index in indexes.split('[').filter(|s| !s.is_empty()) {
+            match index.strip_suffix(']').and_then(|i| i.parse().ok()) {
+                Some(i) => path.0.push(Seg::Index(i)),
+                None => return (at.clone(), problem.to_owned()),
+            }
+        }
+    }
+    (path, message.to_owned())
+}
+
+/// Errors when two parts would fight over one thing: a listen address (of a
+/// broker or the metrics endpoint), or the persistent session (broker and
+/// client id) of a subscription.
+pub(crate) fn check_conflicts(
+    sources: &BTreeMap<String, SourceConfig>,
+    gateway: &str,
+    metrics_listen: Option<SocketAddr>,
+    report: &mut Report,
+) {
+    let mut listens = BTreeMap::new();
+    let mut sessions = BTreeMap::new();
+    for (name, source) in sources {
+        if let (SourceConfig::MqttBroker(b), Some(listen)) = (source, metrics_listen) {
+            if b.listen == listen && listen.port() != 0 {
+                report.error(
+                    KeyPath::root("metrics").key("listen"),
+                    format!("{listen} is already the listen address of source {name:?}"),
+                );
+            }
+        }
+        let at = KeyPath::root("sources").key(name);
+        match source {
+            SourceConfig::MqttBroker(c) if c.listen.port() != 0 => {
+                if let Some(first) = listens.insert(c.listen, name) {
+                    report.error(
+                        at.key("listen"),
+                        format!(
+                            "{} is already the listen address of source {first:?}",
+                            c.listen
+                        ),
+                    );
+                }
+            }
+            SourceConfig::MqttBroker(_) => {}
+            SourceConfig::MqttSubscribe(c) => {
+                let session = (c.broker.clone(), c.client_id_for(gateway));
+                if let Some(first) = sessions.insert(session, name) {
+                    report.error(
+                        at.key("client_id"),
+                        format!(
+                            "source {first:?} already subscribes to {} with client id {:?}; \
+                             the broker would keep only one of the two sessions",
+                            c.broker,
+                            c.client_id_for(gateway)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_messages_name_their_key() {
+        let at = KeyPath::root("sources").key("a");
+        let (p, m) = split_key(&at, "topics[1]: `x`: bad");
+        assert_eq!(p.to_string(), "sources.a.topics[1]");
+        assert_eq!(m, "`x`: bad");
+        let (p, m) = split_key(&at, "broker: `h`: expected host:port");
+        assert_eq!(p.to_string(), "sources.a.broker");
+        assert_eq!(m, "`h`: expected host:port");
+        let (p, m) = split_key(&at, "No key here: really");
+        assert_eq!(p.to_string(), "sources.a");
+        assert_eq!(m, "No key here: really");
+    }
+}

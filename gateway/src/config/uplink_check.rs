@@ -1,0 +1,261 @@
+//! The checks of one `[uplinks.NAME]` beyond its types: ranges, the endpoint,
+//! the TLS files, the topic and client id templates, and the sources named.
+
+use std::collections::BTreeSet;
+use std::net::Ipv6Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::report::{fmt_bytes, KeyPath, Report};
+use super::topic::{check_client_id, check_topic};
+use super::uplink::{UplinkConfig, MAX_BATCH_BYTES, MIN_BATCH_BYTES};
+
+/// What an uplink's checks need to know about the rest of the config.
+pub(crate) struct UplinkContext<'a> {
+    /// The gateway id (`{gateway}`).
+    pub(crate) gateway: &'a str,
+    /// The names of all sources in the file, valid or not.
+    pub(crate) sources: &'a BTreeSet<String>,
+}
+
+impl UplinkConfig {
+    /// Checks this uplink.
+    pub(crate) fn check(&self, at: &KeyPath, cx: &UplinkContext<'_>, report: &mut Report) {
+        if let Err(why) = check_endpoint(&self.endpoint) {
+            report.error(at.key("endpoint"), why);
+        }
+        if let Err(why) = check_client_id(&self.client_id, cx.gateway) {
+            report.error(at.key("client_id"), why);
+        }
+        self.check_tls(at, report);
+        self.check_sources(at, cx, report);
+        let longest_source = if self.sources.is_empty() {
+            cx.sources
+                .iter()
+                .map(String::as_str)
+                .max_by_key(|s| s.len())
+        } else {
+            self.sources
+                .iter()
+                .map(String::as_str)
+                .max_by_key(|s| s.len())
+        };
+        for why in check_topic(&self.topic, cx.gateway, longest_source.unwrap_or("")) {
+            report.error(at.key("topic"), why);
+        }
+        self.check_limits(at, report);
+        self.check_iot_core(at, report);
+    }
+
+    fn check_tls(&self, at: &KeyPath, report: &mut Report) {
+        if report.is_suppressed(&at.key("plaintext")) {
+            return; // Invalid: whether TLS is meant is unknown.
+        }
+        let files = [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)];
+        for (name, file) in files {
+            match (self.plaintext, file) {
+                (false, None) => report.error(
+                    at.key(name),
+                    format!("missing field `{name}` (required unless plaintext = true)"),
+                ),
+                (false, Some(file)) => check_file(report, at.key(name), file, name == "key"),
+                (true, Some(_)) => report.error(
+                    at.key(name),
+                    "is set but plaintext = true turns TLS off; remove one of them",
+                ),
+                (true, None) => {}
+            }
+        }
+        for (i, p) in self.alpn.iter().enumerate() {
+            if p.is_empty() || p.len() > 255 {
+                report.error(at.key("alpn").index(i), "must be 1 to 255 bytes long");
+            }
+        }
+        if self.plaintext && !self.alpn.is_empty() {
+            report.error(at.key("alpn"), "ALPN needs TLS but plaintext = true");
+        }
+    }
+
+    fn check_sources(&self, at: &KeyPath, cx: &UplinkContext<'_>, report: &mut Report) {
+        let mut seen = BTreeSet::new();
+        for (i, name) in self.sources.iter().enumerate() {
+            if !cx.sources.contains(name) {
+                let known: Vec<&str> = cx.sources.iter().map(String::as_str).collect();
+                report.error(
+                    at.key("sources").index(i),
+                    format!("no source named {name:?} (sources: {})", known.join(", ")),
+                );
+            } else if !seen.insert(name) {
+                report.error(
+                    at.key("sources").index(i),
+                    format!("{name:?} is listed twice"),
+                );
+            }
+        }
+    }
+
+    fn check_limits(&self, at: &KeyPath, report: &mut Report) {
+        let batch = self.max_batch_bytes.as_u64();
+        if batch > MAX_BATCH_BYTES {
+            report.error(
+                at.key("max_batch_bytes"),
+                format!(
+                    "must be at most 128KiB (the IoT Core payload limit), got {}",
+                    fmt_bytes(batch)
+                ),
+            );
+        } else if batch < MIN_BATCH_BYTES {
+            report.error(
+                at.key("max_batch_bytes"),
+                format!("must be at least 1KiB, got {}", fmt_bytes(batch)),
+            );
+        }
+        // Checks across keys only compare values that are valid themselves.
+        let valid =
+            |report: &Report, keys: &[&str]| keys.iter().all(|k| !report.is_suppressed(&at.key(k)));
+        let rate = self.max_bytes_per_second.as_u64();
+        let batch_ok = (MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&batch);
+        if batch_ok && rate < batch && valid(report, &["max_batch_bytes"]) {
+            report.error(
+                at.key("max_bytes_per_second"),
+                format!(
+                    "must be at least max_batch_bytes ({}), or no batch could ever be sent, got {}",
+                    fmt_bytes(batch),
+                    fmt_bytes(rate)
+                ),
+            );
+        }
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        report.duration_in(at.key("max_batch_age"), self.max_batch_age, s(0), s(3600));
+        report.duration_in(at.key("keep_alive"), self.keep_alive, s(5), s(1200));
+        report.duration_in(
+            at.key("connect_timeout"),
+            self.connect_timeout,
+            ms(10),
+            s(600),
+        );
+        report.duration_in(
+            at.key("puback_timeout"),
+            self.puback_timeout,
+            ms(10),
+            s(3600),
+        );
+        report.duration_in(at.key("reconnect_min"), self.reconnect_min, ms(1), s(3600));
+        report.duration_in(at.key("reconnect_max"), self.reconnect_max, ms(1), s(3600));
+        if self.reconnect_max < self.reconnect_min && valid(report, &["reconnect_min"]) {
+            report.error(at.key("reconnect_max"), "must be at least reconnect_min");
+        }
+    }
+
+    /// Warnings about settings IoT Core is known to punish.
+    fn check_iot_core(&self, at: &KeyPath, report: &mut Report) {
+        let Some((host, port)) = self.endpoint.rsplit_once(':') else {
+            return;
+        };
+        if !host.to_ascii_lowercase().ends_with(".amazonaws.com") {
+            return;
+        }
+        if self.max_publishes_per_second.get() > 100 {
+            report.warn(
+                at.key("max_publishes_per_second"),
+                "IoT Core discards publishes beyond 100 per second per connection",
+            );
+        }
+        if self.max_bytes_per_second.as_u64() > 512 * 1024 {
+            report.warn(
+                at.key("max_bytes_per_second"),
+                "IoT Core throttles a connection beyond 512KiB per second",
+            );
+        }
+        if self.reconnect_min < Duration::from_secs(1) {
+            report.warn(
+                at.key("reconnect_min"),
+                "IoT Core allows one CONNECT per second per client id",
+            );
+        }
+        if port == "443" && !self.alpn.iter().any(|p| p == "x-amzn-mqtt-ca") && !self.plaintext {
+            report.warn(
+                at.key("alpn"),
+                "MQTT on port 443 at IoT Core needs alpn = [\"x-amzn-mqtt-ca\"]",
+            );
+        }
+    }
+}
+
+/// Checks `host:port` (a DNS name, an IPv4 address, or `[IPv6]`).
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "e.g. \"abc123-ats.iot.eu-west-1.amazonaws.com:8883\"";
+    if endpoint.contains("://") {
+        return Err(format!("must be host:port without a scheme, {EXAMPLE}"));
+    }
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .ok_or_else(|| format!("must be host:port, {EXAMPLE}"))?;
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+        return Err(format!("invalid port {port:?}: must be 1 to 65535"));
+    }
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    if !host_ok {
+        return Err(format!("invalid host {host:?}, {EXAMPLE}"));
+    }
+    Ok(())
+}
+
+/// Checks that a TLS file named by `key` can be read; warns when a private
+/// key can be read by every user.
+fn check_file(report: &mut Report, key: KeyPath, file: &Path, private: bool) {
+    let shown = file.display();
+    let meta = match std::fs::metadata(file) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return report.error(key, format!("file not found: {shown}"));
+        }
+        Err(e) => return report.error(key, format!("cannot read {shown}: {e}")),
+    };
+    if !meta.is_file() {
+        return report.error(key, format!("not a file: {shown}"));
+    }
+    if let Err(e) = std::fs::File::open(file) {
+        return report.error(key, format!("cannot read {shown}: {e}"));
+    }
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o004 != 0 {
+            report.warn(
+                key,
+                format!(
+                    "private key {shown} is readable by every user (mode {mode:o}); chmod 600 it"
+                ),
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_endpoint;
+
+    #[test]
+    fn endpoints() {
+        assert!(check_endpoint("abc-ats.iot.eu-west-1.amazonaws.com:8883").is_ok());
+        assert!(check_endpoint("127.0.0.1:1883").is_ok());
+        assert!(check_endpoint("[::1]:8883").is_ok());
+        assert!(check_endpoint("localhost").is_err());
+        assert!(check_endpoint("mqtts://host:8883").is_err());
+        assert!(check_endpoint("host:0").is_err());
+        assert!(check_endpoint(":8883").is_err());
+        assert!(check_endpoint("::1:8883").is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! Runs the gateway: opens the store, starts ingest, sources and uplinks, and
+//! drains them in order on SIGTERM/SIGINT.
+//!
+//! Shutdown order, each step bounded in time:
+//! 1. sources stop taking messages (a subscriber acknowledges what is committed);
+//! 2. ingest commits what it holds (it ends when the last source's sink is gone);
+//! 3. uplinks stop publishing and wait for the PUBACKs in flight (`drain_timeout`),
+//!    then their last cursor moves are committed;
+//! 4. the process exits 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_adapters::sink::Sink;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, SourceConfig, UplinkConfig};
+use crate::metrics::{self, IngestMetrics, UplinkMetrics};
+use crate::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use crate::uplink::{self, batch::Topic, Settings};
+
+/// How long sources get to stop before ingest is closed regardless.
+const SOURCE_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        signals.cancel();
+    });
+    run_until(config, shutdown).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // No signal handlers (unusual): only Ctrl-C through tokio's fallback.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Everything that can fail on the operator's input fails here, before a
+    // port is bound or the store is touched.
+    let uplinks = uplink_settings(&config)?;
+
+    let data_dir = &config.gateway.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    let store_path = Store::file_in(data_dir);
+    let store = Store::open(
+        &store_path,
+        &StoreOptions {
+            cache_bytes: config.store.cache_size.as_u64() as usize,
+        },
+    )?;
+    let heads = store.heads();
+    info!(store = %store_path.display(), records = heads.records, dead_letters = heads.dead, "store open");
+
+    let mut registry = metrics::registry();
+    let ingest_metrics = IngestMetrics::new();
+    ingest_metrics.register(&mut registry);
+    let uplink_metrics = UplinkMetrics::new();
+    uplink_metrics.register(&mut registry);
+
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let http_cancel = CancellationToken::new();
+    if let Some(addr) = config.metrics.listen {
+        let listener = crate::http::bind(addr).await?;
+        tokio::spawn(crate::http::serve(
+            listener,
+            Arc::new(registry),
+            ready_rx,
+            http_cancel.clone(),
+        ));
+    }
+
+    let ingest = spawn_ingest(
+        store.clone(),
+        IngestConfig {
+            commit_interval: config.store.commit_interval,
+            commit_max_records: config.store.commit_max_records.get(),
+            cursor_flush_interval: config.store.cursor_flush_interval,
+            queue: config.store.queue.get(),
+        },
+        ingest_metrics,
+    );
+
+    let sources_cancel = CancellationToken::new();
+    let mut sources = JoinSet::new();
+    for (name, source) in &config.sources {
+        start_source(
+            &mut sources,
+            name,
+            source,
+            &config.gateway.id,
+            ingest.sink.clone(),
+            sources_cancel.clone(),
+        );
+    }
+    drop(ingest.sink);
+
+    let uplinks_cancel = CancellationToken::new();
+    let mut uplink_tasks = JoinSet::new();
+    for settings in uplinks {
+        info!(uplink = %settings.name, endpoint = %format!("{}:{}", settings.host, settings.port), "starting uplink");
+        uplink_tasks.spawn(uplink::run(
+            settings,
+            store.clone(),
+            ingest.cursors.clone(),
+            uplink_metrics.clone(),
+            uplinks_cancel.clone(),
+        ));
+    }
+    drop(ingest.cursors);
+    let _ = ready_tx.send(true);
+    info!(gateway = %config.gateway.id, sources = config.sources.len(), uplinks = config.uplinks.len(), "ferry running");
+
+    // Run until asked to stop or a source fails for good.
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        Some(done) = sources.join_next() => {
+            match done {
+                Ok(Ok(())) => warn!("a source stopped on its own"),
+                Ok(Err(e)) => { error!(error = %e, "source failed"); failure = Some(e); }
+                Err(e) => { error!(error = %e, "source task panicked"); failure = Some(anyhow::anyhow!("source task panicked: {e}")); }
+            }
+        }
+    }
+
+    // 1. Sources.
+    sources_cancel.cancel();
+    let stopped = tokio::time::timeout(SOURCE_STOP_GRACE, async {
+        while let Some(done) = sources.join_next().await {
+            if let Ok(Err(e)) = done {
+                warn!(error = %e, "source ended with an error");
+            }
+        }
+    })
+    .await;
+    if stopped.is_err() {
+        warn!("sources did not stop in time; closing ingest");
+        sources.abort_all();
+        while sources.join_next().await.is_some() {}
+    }
+    // 3. Uplinks: drain what is in flight.
+    uplinks_cancel.cancel();
+    while uplink_tasks.join_next().await.is_some() {}
+    // 2 and the last cursor moves: ingest ends after its final commit.
+    ingest.task.await.context("ingest writer")?;
+    http_cancel.cancel();
+    let heads = store.heads();
+    info!(records = heads.records, "ferry stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn start_source(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    name: &str,
+    source: &SourceConfig,
+    gateway: &str,
+    sink: Sink,
+    cancel: CancellationToken,
+) {
+    let name: Arc<str> = name.into();
+    match source {
+        #[cfg(feature = "embedded-broker")]
+        SourceConfig::MqttBroker(cfg) => {
+            let cfg = cfg.clone();
+            tasks.spawn(async move {
+                ferry_adapters::mqtt::run_broker(name.clone(), cfg, sink, cancel, None)
+                    .await
+                    .with_context(|| format!("source {name}"))
+            });
+        }
+        SourceConfig::MqttSubscribe(cfg) => {
+            let cfg = cfg.clone();
+            let gateway = gateway.to_owned();
+            tasks.spawn(async move {
+                ferry_adapters::mqtt::run_subscriber(name.clone(), &gateway, cfg, sink, cancel)
+                    .await
+                    .with_context(|| format!("source {name}"))
+            });
+        }
+    }
+}
+
+/// Resolves every uplink's config into run settings, loading TLS material.
+fn uplink_settings(config: &Config) -> anyhow::Result<Vec<Settings>> {
+    let mut out = Vec::new();
+    for (name, u) in &config.uplinks {
+        out.push(settings(name, u, &config.gateway.id).with_context(|| format!("uplink {name}"))?);
+    }
+    Ok(out)
+}
+
+fn settings(name: &str, u: &UplinkConfig, gateway: &str) -> anyhow::Result<Settings> {
+    let (host, port) = u
+        .endpoint
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_matches(|c| c == '[' || c == ']'),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .with_context(|| format!("endpoint `{}` is not host:port", u.endpoint))?;
+    let tls = if u.plaintext {
+        warn!(
+            uplink = name,
+            "plaintext MQTT: for tests only, never toward the cloud"
+        );
+        None
+    } else {
+        let (Some(ca), Some(cert), Some(key)) = (&u.ca, &u.cert, &u.key) else {
+            anyhow::bail!("ca, cert and key are required unless plaintext = true");
+        };
+        Some(uplink::tls::client_config(ca, cert, key, &u.alpn)?)
+    };
+    let client_id = u.client_id_for(gateway);
+    Ok(Settings {
+        name: name.to_owned(),
+        gateway: gateway.to_owned(),
+        client_id,
+        host: host.to_owned(),
+        port,
+        tls,
+        topic: Topic::parse(&u.topic, gateway).map_err(anyhow::Error::msg)?,
+        encoding: u.encoding,
+        max_batch_bytes: u.max_batch_bytes.as_u64() as usize,
+        max_batch_age: u.max_batch_age,
+        max_inflight: usize::from(u.max_inflight.get()),
+        publishes_per_second: u.max_publishes_per_second.get(),
+        bytes_per_second: u.max_bytes_per_second.as_u64(),
+        keep_alive: u.keep_alive,
+        connect_timeout: u.connect_timeout,
+        puback_timeout: u.puback_timeout,
+        reconnect_min: u.reconnect_min,
+        reconnect_max: u.reconnect_max,
+        drain_timeout: Duration::from_secs(5),
+        sources: u.sources.clone(),
+        window_records: 2048,
+    })
+}

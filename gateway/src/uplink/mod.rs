@@ -1,0 +1,11 @@
+//! Uplinks: batching, rate-limited, at-least-once publishers to a cloud
+//! MQTT broker (AWS IoT Core). See [`run`] for the state machine.
+
+pub mod backoff;
+pub mod batch;
+pub mod flight;
+pub mod limiter;
+mod run;
+pub mod tls;
+
+pub use run::{run, LinkError, Settings};

@@ -1,0 +1,533 @@
+//! The uplink's run loop: a state machine over one MQTT connection at a time.
+//!
+//! ```text
+//!            ┌──────────── error / PUBACK timeout ─────────────┐
+//!            v                                                 │
+//!   Backoff ──delay──> Connecting ──CONNACK──> Connected ───────┘
+//!      ^                   │                      │
+//!      └──── error ────────┘                      └── cancelled ──> Draining ──> stopped
+//! ```
+//!
+//! - **Connecting**: a fresh MQTT client (clean session) dials the endpoint;
+//!   TLS and CONNACK must complete within `connect_timeout`.
+//! - **Connected**: reads windows of records after the cursor from the store
+//!   (never the whole backlog: one window at a time, as publishes free up),
+//!   encodes them into batches, publishes QoS 1 within the inflight window
+//!   and the token buckets, and moves the cursor over acknowledged windows.
+//!   A partial batch waits up to `max_batch_age` for more records.
+//! - **Backoff**: everything in flight is forgotten and reading rewinds to
+//!   the cursor (so unacknowledged batches are sent again: at-least-once);
+//!   the next attempt waits a capped exponential delay with full jitter.
+//! - **Draining** (on shutdown): no new publishes; waits for the PUBACKs of
+//!   those in flight up to `drain_timeout`, moves the cursor, disconnects.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_adapters::record::now_millis;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    Transport,
+};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::backoff::Backoff;
+use super::batch::{encoder, Encoding, Topic};
+use super::flight::Flight;
+use super::limiter::Limits;
+use crate::metrics::{UplinkLabel, UplinkMetrics};
+use crate::store::{Cursors, Store, StoredRecord};
+
+/// Everything an uplink needs to run, resolved from its config.
+#[derive(Clone)]
+pub struct Settings {
+    /// The uplink's name in the config.
+    pub name: String,
+    pub gateway: String,
+    pub client_id: String,
+    pub host: String,
+    pub port: u16,
+    /// `None` only when plaintext was explicitly allowed.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub topic: Topic,
+    pub encoding: Encoding,
+    pub max_batch_bytes: usize,
+    pub max_batch_age: Duration,
+    pub max_inflight: usize,
+    pub publishes_per_second: u32,
+    pub bytes_per_second: u64,
+    pub keep_alive: Duration,
+    pub connect_timeout: Duration,
+    pub puback_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub drain_timeout: Duration,
+    /// Source names to forward; empty = all.
+    pub sources: Vec<String>,
+    /// Records read from the store per window.
+    pub window_records: usize,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error("{0}")]
+    Mqtt(#[from] ConnectionError),
+    #[error("no CONNACK within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("no PUBACK within {0:?}: treating the connection as broken")]
+    PubackTimeout(Duration),
+    #[error("the MQTT client refused a publish: {0}")]
+    Client(#[from] rumqttc::ClientError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("ingest is shut down")]
+    Closed,
+}
+
+/// A batch encoded and waiting for its turn.
+struct Ready {
+    window_end: u64,
+    topic: String,
+    payload: Vec<u8>,
+    records: usize,
+}
+
+/// Runs the uplink until `cancel` fires, then drains and returns.
+pub async fn run(
+    settings: Settings,
+    store: Store,
+    cursors: Cursors,
+    metrics: UplinkMetrics,
+    cancel: CancellationToken,
+) {
+    let mut uplink = Uplink::new(settings, store, cursors, metrics);
+    let mut backoff = Backoff::new(uplink.s.reconnect_min, uplink.s.reconnect_max);
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        match uplink.session(&cancel).await {
+            Ok(()) => break,
+            Err(e) => {
+                uplink
+                    .metrics
+                    .connect_errors
+                    .get_or_create(&uplink.label)
+                    .inc();
+                uplink.metrics.connected.get_or_create(&uplink.label).set(0);
+                if uplink.was_connected {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                warn!(uplink = %uplink.s.name, endpoint = %format!("{}:{}", uplink.s.host, uplink.s.port),
+                      error = %e, retry_in = ?delay, "uplink connection failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => break,
+                }
+            }
+        }
+    }
+    uplink.metrics.connected.get_or_create(&uplink.label).set(0);
+    info!(uplink = %uplink.s.name, acked = uplink.flight.acked(), "uplink stopped");
+}
+
+struct Uplink {
+    s: Settings,
+    store: Store,
+    cursors: Cursors,
+    cursor_name: Arc<str>,
+    metrics: UplinkMetrics,
+    label: UplinkLabel,
+    flight: Flight,
+    queue: VecDeque<Ready>,
+    /// Average encoded bytes per record, to judge when a batch would be full.
+    bytes_per_record: f64,
+    /// Since when a partial batch has been waiting for more records.
+    partial_since: Option<Instant>,
+    was_connected: bool,
+    read_buf: Vec<StoredRecord>,
+}
+
+impl Uplink {
+    fn new(s: Settings, store: Store, cursors: Cursors, metrics: UplinkMetrics) -> Self {
+        let cursor_name: Arc<str> = format!("uplink.{}", s.name).into();
+        let acked = store.cursor(&cursor_name).unwrap_or_else(|e| {
+            warn!(uplink = %s.name, error = %e, "cannot read the cursor; starting from the beginning");
+            0
+        });
+        let label = UplinkMetrics::label(&s.name);
+        metrics.acked_seq.get_or_create(&label).set(acked);
+        Uplink {
+            cursor_name,
+            label,
+            flight: Flight::new(acked),
+            queue: VecDeque::new(),
+            bytes_per_record: 100.0,
+            partial_since: None,
+            was_connected: false,
+            read_buf: Vec::new(),
+            s,
+            store,
+            cursors,
+            metrics,
+        }
+    }
+
+    fn mqtt_options(&self) -> MqttOptions {
+        let mut o = MqttOptions::new(&self.s.client_id, &self.s.host, self.s.port);
+        o.set_keep_alive(self.s.keep_alive)
+            .set_clean_session(true)
+            .set_inflight(self.s.max_inflight as u16)
+            .set_request_channel_capacity(self.s.max_inflight + 8)
+            .set_max_packet_size(64 * 1024, self.s.max_batch_bytes + 1024);
+        if let Some(tls) = &self.s.tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        o
+    }
+
+    /// One connection, from dialling to its end. `Ok` only when cancelled
+    /// and drained.
+    async fn session(&mut self, cancel: &CancellationToken) -> Result<(), LinkError> {
+        self.was_connected = false;
+        self.flight.reset();
+        self.queue.clear();
+        self.partial_since = None;
+        let (client, mut eventloop) =
+            AsyncClient::new(self.mqtt_options(), self.s.max_inflight + 8);
+        let mut net = eventloop.network_options();
+        net.set_connection_timeout(self.s.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(net);
+        // CONNECT / CONNACK.
+        match tokio::time::timeout(self.s.connect_timeout, eventloop.poll()).await {
+            Err(_) => return Err(LinkError::ConnectTimeout(self.s.connect_timeout)),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {}
+            Ok(Ok(other)) => debug!(?other, "unexpected first event"),
+        }
+        self.was_connected = true;
+        self.metrics.connects.get_or_create(&self.label).inc();
+        self.metrics.connected.get_or_create(&self.label).set(1);
+        info!(uplink = %self.s.name, endpoint = %format!("{}:{}", self.s.host, self.s.port),
+              client_id = %self.s.client_id, acked = self.flight.acked(), "uplink connected");
+
+        // The event loop runs in its own task, so that nothing here cancels a
+        // half-written packet; its events come through a channel.
+        let (etx, mut erx) = mpsc::channel(256);
+        let poller = tokio::spawn(async move {
+            loop {
+                let ev = eventloop.poll().await;
+                let stop = ev.is_err();
+                if etx.send(ev).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let _abort = AbortOnDrop(poller);
+
+        let result = self.connected(&client, &mut erx, cancel).await;
+        if result.is_ok() {
+            let _ = client.try_disconnect();
+            // Let the DISCONNECT go out; the poller ends with the connection.
+            let _ = tokio::time::timeout(Duration::from_secs(1), erx.recv()).await;
+        }
+        result
+    }
+
+    async fn connected(
+        &mut self,
+        client: &AsyncClient,
+        events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+        cancel: &CancellationToken,
+    ) -> Result<(), LinkError> {
+        let mut heads = self.store.watch_heads();
+        let mut limits = Limits::new(
+            self.s.publishes_per_second,
+            self.s.bytes_per_second,
+            Instant::now(),
+        );
+        let mut draining: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let now = Instant::now();
+            let mut wake: Option<Instant> = None;
+            if draining.is_none() {
+                wake = self.publish_ready(client, &mut limits, now).await?;
+            }
+            if let Some(oldest) = self.flight.oldest() {
+                let limit = oldest + self.s.puback_timeout;
+                if limit <= now {
+                    return Err(LinkError::PubackTimeout(self.s.puback_timeout));
+                }
+                wake = Some(wake.map_or(limit, |w| w.min(limit)));
+            }
+            if let Some(deadline) = draining {
+                if self.flight.inflight() == 0 || now >= deadline {
+                    if self.flight.inflight() > 0 {
+                        warn!(uplink = %self.s.name, inflight = self.flight.inflight(),
+                              "shutting down with batches unacknowledged; they are sent again on the next start");
+                    }
+                    return Ok(());
+                }
+                wake = Some(wake.map_or(deadline, |w| w.min(deadline)));
+            }
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Ok(ev)) => self.on_event(ev).await?,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(LinkError::Closed),
+                },
+                changed = heads.changed(), if draining.is_none() => {
+                    if changed.is_err() {
+                        return Err(LinkError::Closed);
+                    }
+                }
+                _ = cancel.cancelled(), if draining.is_none() => {
+                    draining = Some(Instant::now() + self.s.drain_timeout);
+                    self.queue.clear();
+                }
+                _ = tick.tick() => self.update_gauges(),
+                _ = sleep_until_opt(wake) => {}
+            }
+        }
+    }
+
+    async fn on_event(&mut self, ev: Event) -> Result<(), LinkError> {
+        match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.flight.assigned(pkid),
+            Event::Incoming(Packet::PubAck(ack)) => {
+                let (acked, moved) = self.flight.ack(ack.pkid, Instant::now());
+                if let Some(a) = acked {
+                    self.metrics
+                        .puback_latency
+                        .get_or_create(&self.label)
+                        .observe(a.latency.as_secs_f64());
+                    self.metrics
+                        .records_acked
+                        .get_or_create(&self.label)
+                        .inc_by(a.records as u64);
+                }
+                if let Some(seq) = moved {
+                    self.advance_cursor(seq).await?;
+                }
+            }
+            Event::Incoming(Packet::Disconnect) => {
+                return Err(LinkError::Mqtt(ConnectionError::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the broker sent DISCONNECT",
+                ))))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn advance_cursor(&mut self, seq: u64) -> Result<(), LinkError> {
+        self.metrics.acked_seq.get_or_create(&self.label).set(seq);
+        self.cursors
+            .advance(&self.cursor_name, seq)
+            .await
+            .map_err(|_| LinkError::Closed)
+    }
+
+    /// Publishes what the inflight window and the limits allow. Returns when
+    /// to look again if something is waiting on a timer.
+    async fn publish_ready(
+        &mut self,
+        client: &AsyncClient,
+        limits: &mut Limits,
+        now: Instant,
+    ) -> Result<Option<Instant>, LinkError> {
+        while self.flight.inflight() < self.s.max_inflight {
+            if self.queue.is_empty() {
+                if let Some(wait) = self.fill(now).await? {
+                    return Ok(Some(wait));
+                }
+                if self.queue.is_empty() {
+                    return Ok(None);
+                }
+            }
+            let next = self.queue.front().expect("filled above");
+            let wait = limits.wait_for(next.payload.len(), now);
+            if !wait.is_zero() {
+                return Ok(Some(now + wait));
+            }
+            let b = self.queue.pop_front().expect("filled above");
+            limits.take(b.payload.len(), now);
+            self.metrics.publishes.get_or_create(&self.label).inc();
+            self.metrics
+                .publish_bytes
+                .get_or_create(&self.label)
+                .inc_by(b.payload.len() as u64);
+            self.metrics
+                .records_sent
+                .get_or_create(&self.label)
+                .inc_by(b.records as u64);
+            client.try_publish(b.topic, QoS::AtLeastOnce, false, b.payload)?;
+            self.flight.published(b.window_end, b.records, now);
+        }
+        Ok(None)
+    }
+
+    /// Reads the next window from the store and encodes it. Returns a time
+    /// to wait until when a partial batch should wait for more records.
+    async fn fill(&mut self, now: Instant) -> Result<Option<Instant>, LinkError> {
+        let from = self.flight.read_to();
+        let head = self.store.heads().records;
+        if head <= from {
+            self.partial_since = None;
+            return Ok(None);
+        }
+        let available = head - from;
+        let per_batch = (self.s.max_batch_bytes as f64 / self.bytes_per_record).max(1.0) as u64;
+        if available < per_batch && !self.s.max_batch_age.is_zero() {
+            let since = *self.partial_since.get_or_insert(now);
+            let due = since + self.s.max_batch_age;
+            if now < due {
+                return Ok(Some(due));
+            }
+        }
+        self.partial_since = None;
+        let store = self.store.clone();
+        let max = self.s.window_records;
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let (buf, stats) = tokio::task::spawn_blocking(move || {
+            buf.clear();
+            let stats = store.read_records(from, max, &mut buf);
+            (buf, stats)
+        })
+        .await
+        .expect("store read task panicked");
+        let stats = stats?;
+        if stats.undecodable > 0 {
+            self.metrics
+                .records_skipped
+                .get_or_create(&self.label)
+                .inc_by(stats.undecodable);
+        }
+        let batches = self.encode(&buf, stats.last_seq);
+        self.read_buf = buf;
+        if stats.last_seq > from {
+            if let Some(seq) = self.flight.add_window(stats.last_seq, batches) {
+                self.advance_cursor(seq).await?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Encodes a window's records into batches per topic; returns how many.
+    fn encode(&mut self, records: &[StoredRecord], window_end: u64) -> usize {
+        let mut encoders: HashMap<String, Box<dyn super::batch::Encoder + Send>> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        let mut made = 0;
+        let mut bytes = 0usize;
+        let mut n = 0usize;
+        let static_topic = self.s.topic.is_static();
+        for r in records {
+            if !self.s.sources.is_empty() && !self.s.sources.iter().any(|s| **s == *r.record.source)
+            {
+                continue;
+            }
+            let topic = if static_topic && !order.is_empty() {
+                order[0].clone()
+            } else {
+                self.s.topic.render(&r.record)
+            };
+            let e = encoders.entry(topic.clone()).or_insert_with(|| {
+                order.push(topic.clone());
+                encoder(self.s.encoding, &self.s.gateway, self.s.max_batch_bytes)
+            });
+            if e.push(r) {
+                continue;
+            }
+            if e.is_empty() {
+                warn!(uplink = %self.s.name, seq = r.seq, "record larger than max_batch_bytes; skipped (it stays in the store)");
+                self.metrics
+                    .records_skipped
+                    .get_or_create(&self.label)
+                    .inc();
+                continue;
+            }
+            let records_in = e.len();
+            let payload = e.finish();
+            bytes += payload.len();
+            n += records_in;
+            self.queue.push_back(Ready {
+                window_end,
+                topic: topic.clone(),
+                payload,
+                records: records_in,
+            });
+            made += 1;
+            if !e.push(r) {
+                warn!(uplink = %self.s.name, seq = r.seq, "record larger than max_batch_bytes; skipped (it stays in the store)");
+                self.metrics
+                    .records_skipped
+                    .get_or_create(&self.label)
+                    .inc();
+            }
+        }
+        for topic in order {
+            let mut e = encoders.remove(&topic).expect("every topic has an encoder");
+            if e.is_empty() {
+                continue;
+            }
+            let records_in = e.len();
+            let payload = e.finish();
+            bytes += payload.len();
+            n += records_in;
+            self.queue.push_back(Ready {
+                window_end,
+                topic,
+                payload,
+                records: records_in,
+            });
+            made += 1;
+        }
+        if n > 0 {
+            self.bytes_per_record = bytes as f64 / n as f64;
+        }
+        made
+    }
+
+    fn update_gauges(&self) {
+        let acked = self.flight.acked();
+        let head = self.store.heads().records;
+        self.metrics
+            .backlog_records
+            .get_or_create(&self.label)
+            .set(head.saturating_sub(acked));
+        let age = match self.store.first_ts_after(acked) {
+            Ok(Some(ts)) => ((now_millis() - ts).max(0) as f64) / 1000.0,
+            _ => 0.0,
+        };
+        self.metrics
+            .oldest_unsent_age
+            .get_or_create(&self.label)
+            .set(age);
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,316 @@
+//! The uplink against a real TLS mosquitto with client-certificate auth (the
+//! stand-in for AWS IoT Core): every stored record arrives, in batches,
+//! through link cuts and restarts; wrong certificates deliver nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_adapters::record::{Record, Value};
+use ferry_adapters::sink::Item;
+use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
+use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions};
+use ferry_gateway::uplink::batch::{Encoding, Topic};
+use ferry_gateway::uplink::{self, tls, Settings};
+use ferry_testkit::{json_record_seqs, CloudSubscriber, Identity, Mosquitto, Pki, Proxy};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn settings(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    id: &Identity,
+) -> Settings {
+    Settings {
+        name: "cloud".into(),
+        gateway: pki.client_id.clone(),
+        client_id: pki.client_id.clone(),
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        tls: Some(tls::client_config(ca, &id.cert, &id.key, &[]).unwrap()),
+        topic: Topic::parse("dt/ferry/{gateway}/telemetry", &pki.client_id).unwrap(),
+        encoding: Encoding::Json,
+        max_batch_bytes: 128 * 1024,
+        max_batch_age: Duration::from_millis(50),
+        max_inflight: 100,
+        publishes_per_second: 100,
+        bytes_per_second: 512 * 1024,
+        keep_alive: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        puback_timeout: Duration::from_secs(10),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(500),
+        drain_timeout: Duration::from_secs(5),
+        sources: vec![],
+        window_records: 2048,
+    }
+}
+
+fn reading(i: u64) -> Record {
+    Record {
+        ts: 1_764_000_000_000 + i as i64,
+        source: Arc::from("local"),
+        device: format!("{}", i % 10).into(),
+        fields: vec![
+            ("client_id".into(), Value::Int(1)),
+            ("device_id".into(), Value::Int((i % 10) as i64)),
+            ("voltage".into(), Value::Int(600 + (i % 50) as i64)),
+            (
+                "temperature".into(),
+                Value::Float(20.0 + (i % 7) as f64 * 0.5),
+            ),
+            ("sequence".into(), Value::Int(i as i64)),
+        ],
+    }
+}
+
+struct Gateway {
+    _dir: tempfile::TempDir,
+    store: Store,
+    ingest: Option<IngestHandle>,
+    metrics: UplinkMetrics,
+}
+
+impl Gateway {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
+        let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+        Gateway {
+            _dir: dir,
+            store,
+            ingest: Some(ingest),
+            metrics: UplinkMetrics::new(),
+        }
+    }
+
+    async fn store(&self, range: std::ops::Range<u64>) {
+        let ingest = self.ingest.as_ref().unwrap();
+        for chunk in range.collect::<Vec<_>>().chunks(100) {
+            let items = chunk.iter().map(|&i| Item::Record(reading(i))).collect();
+            ingest.sink.submit_and_wait(items).await.unwrap();
+        }
+    }
+
+    fn start(&self, s: Settings) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cancel = CancellationToken::new();
+        let ingest = self.ingest.as_ref().unwrap();
+        let task = tokio::spawn(uplink::run(
+            s,
+            self.store.clone(),
+            ingest.cursors.clone(),
+            self.metrics.clone(),
+            cancel.clone(),
+        ));
+        (cancel, task)
+    }
+
+    fn metric(&self, get: impl Fn(&UplinkMetrics) -> u64) -> u64 {
+        get(&self.metrics)
+    }
+}
+
+fn label() -> ferry_gateway::metrics::UplinkLabel {
+    UplinkMetrics::label("cloud")
+}
+
+/// Seq numbers in a JSON batch are the store's: 1-based. Readings are 0-based.
+fn seqs(m: &ferry_testkit::Message) -> anyhow::Result<Vec<u64>> {
+    Ok(json_record_seqs(&m.payload)?
+        .into_iter()
+        .map(|s| s - 1)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_records_from_ten_devices_arrive_in_batches() {
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let cloud = Mosquitto::tls(&pki).unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
+    let gw = Gateway::new();
+    gw.store(0..20_000).await;
+    let (cancel, task) = gw.start(settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client));
+    let seen = sub.wait_for_seqs(0..20_000, WAIT, seqs).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    assert_eq!(seen.outside(), 0);
+    // Batched: 20,000 records of ~170 bytes fill 128 KiB batches.
+    let publishes = sub.len();
+    assert!(publishes <= 40, "{publishes} publishes for 20,000 records");
+    for m in sub.messages() {
+        assert!(m.payload.len() <= 128 * 1024);
+        assert_eq!(m.topic, "dt/ferry/pi-line-7/telemetry");
+    }
+    // Exact values survive: the first record of the first batch.
+    let first: serde_json::Value = serde_json::from_slice(&sub.messages()[0].payload).unwrap();
+    assert_eq!(
+        first[0],
+        serde_json::json!({"gateway":"pi-line-7","source":"local","device":"0","ts":1_764_000_000_000u64,
+            "seq":1,"client_id":1,"device_id":0,"voltage":600,"temperature":20.0,"sequence":0})
+    );
+    // The cursor reaches the head once everything is acknowledged.
+    ferry_testkit::wait_until(WAIT, "cursor at head", || {
+        gw.metric(|m| m.acked_seq.get_or_create(&label()).get()) == 20_000
+    })
+    .await
+    .unwrap();
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_and_a_broker_restart_lose_nothing() {
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let mut cloud = Mosquitto::tls(&pki).unwrap();
+    let link = Proxy::start(cloud.tls_addr()).await.unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
+    let gw = Gateway::new();
+    let (cancel, task) = gw.start(settings(&pki, link.addr(), &pki.ca, &pki.client));
+    gw.store(0..3_000).await;
+    sub.wait_for_seqs(0..3_000, WAIT, seqs).await.unwrap();
+
+    // The link goes dark: records keep being stored.
+    link.cut().await;
+    gw.store(3_000..6_000).await;
+    link.restore();
+    sub.wait_for_seqs(0..6_000, WAIT, seqs).await.unwrap();
+
+    // The cloud broker itself restarts while records come in.
+    tokio::task::block_in_place(|| cloud.stop()).unwrap();
+    gw.store(6_000..9_000).await;
+    tokio::task::block_in_place(|| cloud.start()).unwrap();
+    let seen = sub.wait_for_seqs(0..9_000, WAIT, seqs).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    assert!(gw.metric(|m| m.connects.get_or_create(&label()).get()) >= 2);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resends_from_the_cursor() {
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let cloud = Mosquitto::tls(&pki).unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
+    let mut gw = Gateway::new();
+    gw.store(0..1_000).await;
+    let (cancel, task) = gw.start(settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client));
+    sub.wait_for_seqs(0..1_000, WAIT, seqs).await.unwrap();
+    cancel.cancel();
+    task.await.unwrap();
+    // Close ingest: the cursor is committed.
+    let ingest = gw.ingest.take().unwrap();
+    drop(ingest.sink);
+    drop(ingest.cursors);
+    ingest.task.await.unwrap();
+    assert_eq!(gw.store.cursor("uplink.cloud").unwrap(), 1_000);
+    let before = sub.len();
+
+    // A new run on the same store sends only what is new.
+    gw.ingest = Some(spawn_ingest(
+        gw.store.clone(),
+        IngestConfig::default(),
+        IngestMetrics::new(),
+    ));
+    gw.store(1_000..1_500).await;
+    let (cancel, task) = gw.start(settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client));
+    let seen = sub.wait_for_seqs(0..1_500, WAIT, seqs).await.unwrap();
+    assert_eq!(seen.duplicates(), 0, "{seen}");
+    assert!(sub.len() > before);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_certificates_deliver_nothing_and_keep_trying() {
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let cloud = Mosquitto::tls(&pki).unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
+    for (what, ca, id) in [
+        (
+            "rogue client certificate",
+            pki.ca.clone(),
+            pki.rogue_client.clone(),
+        ),
+        (
+            "expired client certificate",
+            pki.ca.clone(),
+            pki.expired_client.clone(),
+        ),
+        (
+            "wrong CA for the server",
+            pki.rogue_ca.clone(),
+            pki.client.clone(),
+        ),
+    ] {
+        let gw = Gateway::new();
+        gw.store(0..10).await;
+        let (cancel, task) = gw.start(settings(&pki, cloud.tls_addr(), &ca, &id));
+        ferry_testkit::wait_until(WAIT, "three failed attempts", || {
+            gw.metric(|m| m.connect_errors.get_or_create(&label()).get()) >= 3
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            gw.metric(|m| m.connects.get_or_create(&label()).get()),
+            0,
+            "{what}"
+        );
+        assert_eq!(
+            gw.metric(|m| m.acked_seq.get_or_create(&label()).get()),
+            0,
+            "{what}"
+        );
+        cancel.cancel();
+        task.await.unwrap();
+        assert_eq!(gw.store.cursor("uplink.cloud").unwrap(), 0, "{what}");
+    }
+    assert_eq!(sub.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_device_topics_and_the_columnar_encoding() {
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let cloud = Mosquitto::tls(&pki).unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
+    let gw = Gateway::new();
+    gw.store(0..1_000).await;
+    let mut s = settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client);
+    s.topic = Topic::parse("dt/ferry/{gateway}/{device}", &pki.client_id).unwrap();
+    s.encoding = Encoding::Columnar;
+    let (cancel, task) = gw.start(s);
+    let seen = sub
+        .wait_for_seqs(0..1_000, WAIT, |m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload)?;
+            let device = m.topic.rsplit('/').next().unwrap().to_owned();
+            assert_eq!(v["devices"], serde_json::json!([device]));
+            let mut seq = 0u64;
+            let mut out = Vec::new();
+            for (i, d) in v["seq"].as_array().unwrap().iter().enumerate() {
+                seq = if i == 0 {
+                    d.as_u64().unwrap()
+                } else {
+                    seq + d.as_u64().unwrap()
+                };
+                out.push(seq - 1);
+                let reading: u64 = v["fields"]["sequence"][i].as_u64().unwrap();
+                assert_eq!(reading, seq - 1);
+                assert_eq!(reading % 10, device.parse::<u64>().unwrap());
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    cancel.cancel();
+    task.await.unwrap();
+}
