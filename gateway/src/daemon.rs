@@ -107,9 +107,11 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
 
     let sources_cancel = CancellationToken::new();
     let mut sources = JoinSet::new();
+    let mut listening = Vec::new();
     for (name, source) in &config.sources {
         start_source(
             &mut sources,
+            &mut listening,
             name,
             source,
             &config.gateway.id,
@@ -132,6 +134,11 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         ));
     }
     drop(ingest.cursors);
+    // Ready once every embedded broker accepts connections (a source that
+    // failed instead drops its sender and is reported below).
+    for ready in listening {
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready).await;
+    }
     let _ = ready_tx.send(true);
     info!(gateway = %config.gateway.id, sources = config.sources.len(), uplinks = config.uplinks.len(), "ferry running");
 
@@ -179,6 +186,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
 
 fn start_source(
     tasks: &mut JoinSet<anyhow::Result<()>>,
+    listening: &mut Vec<tokio::sync::oneshot::Receiver<std::net::SocketAddr>>,
     name: &str,
     source: &SourceConfig,
     gateway: &str,
@@ -190,8 +198,10 @@ fn start_source(
         #[cfg(feature = "embedded-broker")]
         SourceConfig::MqttBroker(cfg) => {
             let cfg = cfg.clone();
+            let (ready, ready_rx) = tokio::sync::oneshot::channel();
+            listening.push(ready_rx);
             tasks.spawn(async move {
-                ferry_adapters::mqtt::run_broker(name.clone(), cfg, sink, cancel, None)
+                ferry_adapters::mqtt::run_broker(name.clone(), cfg, sink, cancel, Some(ready))
                     .await
                     .with_context(|| format!("source {name}"))
             });
