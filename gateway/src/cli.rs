@@ -147,7 +147,13 @@ fn run_daemon(config: Config) -> ExitCode {
 
 /// Logs to stderr, one line per event, without colours unless stderr is a
 /// terminal. The filter is `RUST_LOG` when set and valid, else `level`.
+///
+/// The embedded broker's own logging (rumqttd) is off by default: it logs
+/// every device connection at info and routine disconnects as errors, and
+/// Ferry's broker source reports what matters (listening, bind failures,
+/// dead letters) itself. `RUST_LOG=info,rumqttd=info` shows it.
 fn init_tracing(level: &str) {
+    let level = &format!("{level},rumqttd=off");
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
             eprintln!("ferry: warning: ignoring RUST_LOG={spec:?}: {e}");

@@ -92,16 +92,16 @@ pub fn spawn_ingest(store: Store, cfg: IngestConfig, metrics: IngestMetrics) -> 
     }
 }
 
+/// Where a submission's outcome is sent.
+type Done = oneshot::Sender<Result<Committed, SubmitError>>;
+
 /// Items and cursor moves waiting for the next commit.
 #[derive(Default)]
 struct Batch {
     records: Vec<Record>,
     dead: Vec<ferry_adapters::record::DeadLetter>,
     /// Each submission's receipt and how many records it brought.
-    acks: Vec<(
-        Option<oneshot::Sender<Result<Committed, SubmitError>>>,
-        usize,
-    )>,
+    acks: Vec<(Option<Done>, usize)>,
     cursors: BTreeMap<Arc<str>, u64>,
     items_since: Option<Instant>,
     cursors_since: Option<Instant>,
@@ -170,15 +170,20 @@ async fn run(
 ) {
     let mut batch = Batch::default();
     let (mut items_open, mut cursors_open) = (true, true);
-    while items_open || cursors_open || !batch.is_empty() {
+    loop {
+        let closed = !items_open && !cursors_open;
+        if closed && batch.is_empty() {
+            break;
+        }
         let deadline = batch.deadline(&cfg);
-        let flush_now = batch.full(&cfg) || (!items_open && !cursors_open);
-        if !flush_now {
+        let due = closed || batch.full(&cfg) || deadline.is_some_and(|d| d <= Instant::now());
+        if !due {
             tokio::select! {
                 sub = rx.recv(), if items_open => match sub {
                     Some(sub) => {
                         let now = Instant::now();
                         batch.add(sub, now, &state.metrics);
+                        // Take what else is already queued, up to a full batch.
                         while !batch.full(&cfg) {
                             match rx.try_recv() {
                                 Ok(sub) => batch.add(sub, now, &state.metrics),
@@ -194,12 +199,6 @@ async fn run(
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
             }
-            let due = batch.deadline(&cfg).is_some_and(|d| d <= Instant::now());
-            if !(due || batch.full(&cfg) || (!items_open && !cursors_open)) {
-                continue;
-            }
-        }
-        if batch.is_empty() {
             continue;
         }
         let full = std::mem::take(&mut batch);
