@@ -163,26 +163,40 @@ impl Writes {
         }
     }
 
-    /// Prints bytes per record since `before` under `name`.
-    pub fn report(&self, before: &Writes, disk: Option<&Disk>, records: u64, name: &str) {
+    /// Prints bytes per record (and per commit, when given) since `before`
+    /// under `name`.
+    pub fn report(
+        &self,
+        before: &Writes,
+        disk: Option<&Disk>,
+        records: u64,
+        commits: Option<u64>,
+        name: &str,
+    ) {
         let io = self.io.since(before.io);
-        let per = |b: u64| b as f64 / records.max(1) as f64;
-        fig1(
-            &format!("{name}.wchar_per_record"),
-            per(io.wchar),
-            "bytes/record",
-        );
-        fig1(
-            &format!("{name}.proc_write_bytes_per_record"),
-            per(io.write_bytes),
-            "bytes/record",
-        );
-        if let (Some(d), Some(a), Some(b)) = (disk, self.disk, before.disk) {
+        let device = match (disk, self.disk, before.disk) {
+            (Some(d), Some(a), Some(b)) => Some((d, a - b)),
+            _ => None,
+        };
+        let mut per = |what: &str, n: u64, unit: &str| {
+            let n = n.max(1) as f64;
+            fig1(&format!("{name}.wchar_per_{what}"), io.wchar as f64 / n, unit);
             fig1(
-                &format!("{name}.device_written_per_record"),
-                per(a - b),
-                &format!("bytes/record ({}, whole device)", d.name),
+                &format!("{name}.proc_write_bytes_per_{what}"),
+                io.write_bytes as f64 / n,
+                unit,
             );
+            if let Some((d, bytes)) = device {
+                fig1(
+                    &format!("{name}.device_written_per_{what}"),
+                    bytes as f64 / n,
+                    &format!("{unit} ({}, whole device)", d.name),
+                );
+            }
+        };
+        per("record", records, "bytes/record");
+        if let Some(c) = commits {
+            per("commit", c, "bytes/commit");
         }
     }
 }

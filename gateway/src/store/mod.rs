@@ -349,18 +349,11 @@ impl Store {
 
 /// Dead-letter kinds are a closed set of labels; map a stored one back to it.
 fn known_kind(s: &str) -> &'static str {
-    const KINDS: &[&str] = &[
-        "oversize",
-        "not_json",
-        "not_object",
-        "unsupported_type",
-        "too_many_fields",
-        "no_fields",
-        "bad_device",
-        "bad_timestamp",
-        "unknown_topic",
-    ];
-    KINDS.iter().find(|k| **k == s).copied().unwrap_or("other")
+    ferry_adapters::mqtt::Reject::KINDS
+        .iter()
+        .find(|k| **k == s)
+        .copied()
+        .unwrap_or("other")
 }
 
 fn last_key(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {

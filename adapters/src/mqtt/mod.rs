@@ -1,0 +1,38 @@
+//! MQTT sources: devices that publish JSON readings over MQTT.
+//!
+//! Two ways in, one decoding path:
+//!
+//! - [`run_broker`] (feature `embedded-broker`, on by default): Ferry runs an
+//!   embedded MQTT broker (rumqttd) that local devices publish to. Simple to
+//!   deploy; the broker acknowledges QoS 1 before Ferry has stored the message
+//!   (see [`run_broker`] for the exact loss window).
+//! - [`run_subscriber`]: Ferry subscribes to an existing broker (mosquitto)
+//!   with a persistent session and acknowledges each message only after it is
+//!   committed: zero loss.
+//!
+//! Both map a topic to a device through a [`TopicTemplate`]
+//! (`sensors/{device}/telemetry`) and decode the payload (a flat JSON object of
+//! fields, see [`decode_payload`]) into a [`Record`](crate::record::Record);
+//! what cannot be decoded becomes a [`DeadLetter`](crate::record::DeadLetter)
+//! whose `kind` is one of the [`Reject`] kinds.
+
+mod backoff;
+#[cfg(feature = "embedded-broker")]
+mod broker;
+mod config;
+mod decode;
+mod error;
+mod log;
+mod payload;
+mod rfc3339;
+mod subscribe;
+mod topic;
+
+#[cfg(feature = "embedded-broker")]
+pub use broker::run_broker;
+pub use config::{BrokerSourceConfig, SubscribeSourceConfig};
+pub use decode::MessageDecoder;
+pub use error::SourceError;
+pub use payload::{decode_payload, Decoded, PayloadOptions, Reject};
+pub use subscribe::{run_subscriber, SHUTDOWN_GRACE as SUBSCRIBER_SHUTDOWN_GRACE};
+pub use topic::{TemplateError, TopicMatch, TopicTemplate};

@@ -1,0 +1,316 @@
+//! The embedded broker source against real MQTT clients.
+#![cfg(feature = "embedded-broker")]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use common::{init_tracing, Ingest, Publisher};
+use ferry_adapters::mqtt::{run_broker, BrokerSourceConfig, Reject, SourceError};
+use ferry_adapters::record::{now_millis, Value};
+use ferry_adapters::sink::Item;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+const DEVICES: usize = 10;
+const PER_DEVICE: usize = 200;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn payload(device: usize, seq: usize) -> String {
+    format!(
+        r#"{{"client_id": {device}, "device_id": 7, "voltage": {}, "temperature": {}.5, "sequence": {seq}, "ok": {}, "unit": "V"}}"#,
+        600 + seq,
+        seq % 100,
+        seq % 2 == 0
+    )
+}
+
+fn expected_fields(device: usize, seq: usize) -> Vec<(Box<str>, Value)> {
+    vec![
+        ("client_id".into(), Value::Int(device as i64)),
+        ("device_id".into(), Value::Int(7)),
+        ("voltage".into(), Value::Int(600 + seq as i64)),
+        ("temperature".into(), Value::Float((seq % 100) as f64 + 0.5)),
+        ("sequence".into(), Value::Int(seq as i64)),
+        ("ok".into(), Value::Bool(seq % 2 == 0)),
+        ("unit".into(), Value::Str("V".into())),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_and_bad_messages_from_ten_devices() {
+    init_tracing();
+    let started = now_millis();
+    let cfg = BrokerSourceConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_payload: ByteSize::kib(1),
+        ..BrokerSourceConfig::default()
+    };
+    let (sink, mut ingest) = Ingest::new(8);
+    let cancel = CancellationToken::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let source = tokio::spawn(run_broker(
+        Arc::from("local"),
+        cfg,
+        sink,
+        cancel.clone(),
+        Some(ready_tx),
+    ));
+    let addr: SocketAddr = timeout(WAIT, ready_rx)
+        .await
+        .expect("broker ready in time")
+        .expect("broker ready");
+    assert_ne!(addr.port(), 0, "the actual port is reported");
+
+    // Ten devices, each on its own connection, 200 QoS 1 messages each.
+    let mut publishers = Vec::new();
+    for d in 0..DEVICES {
+        let p = Publisher::connect(addr, &format!("dev-{d}"));
+        let topic = format!("sensors/dev-{d}/telemetry");
+        let client = p.client.clone();
+        publishers.push(p);
+        tokio::spawn(async move {
+            for seq in 0..PER_DEVICE {
+                client
+                    .publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload(d, seq))
+                    .await
+                    .expect("queue publish");
+            }
+        });
+    }
+    // And the bad ones.
+    let oversize = format!(r#"{{"pad": "{}"}}"#, "x".repeat(2000));
+    let bad: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "sensors/dev-0/telemetry",
+            b"voltage=647".to_vec(),
+            Reject::NOT_JSON,
+            "not JSON: expected value at line 1 column 1",
+        ),
+        (
+            "sensors/dev-1/telemetry",
+            b"[1, 2, 3]".to_vec(),
+            Reject::NOT_OBJECT,
+            "payload is a JSON array, not an object of fields",
+        ),
+        (
+            "sensors/dev-2/telemetry",
+            br#"{"voltage": 1, "temperature": {"c": 20}}"#.to_vec(),
+            Reject::UNSUPPORTED_TYPE,
+            "field `temperature`: nested object is not supported",
+        ),
+        (
+            "sensors/dev-3/telemetry",
+            oversize.clone().into_bytes(),
+            Reject::OVERSIZE,
+            "payload is 2011 bytes, over the limit of 1024 bytes",
+        ),
+        (
+            "factory/dev-4/status",
+            br#"{"up": true}"#.to_vec(),
+            Reject::UNKNOWN_TOPIC,
+            "topic `factory/dev-4/status` matches none of the source's topic templates",
+        ),
+    ];
+    let mut bad_publisher = Publisher::connect(addr, "bad-device");
+    for (topic, body, _, _) in &bad {
+        bad_publisher.publish(topic, body.clone()).await;
+    }
+
+    // Every message is acknowledged by the broker...
+    for p in &mut publishers {
+        p.wait_acked(PER_DEVICE, WAIT).await;
+    }
+    bad_publisher.wait_acked(bad.len(), WAIT).await;
+
+    // ... and reaches ingest.
+    let mut records = HashMap::new();
+    let mut dead = Vec::new();
+    let mut submissions = 0;
+    while records.len() < DEVICES * PER_DEVICE || dead.len() < bad.len() {
+        let sub = ingest.next(WAIT).await;
+        submissions += 1;
+        assert!(sub.items.len() <= 512, "batches are capped");
+        for item in ingest.commit(sub) {
+            match item {
+                Item::Record(r) => {
+                    let Some(Value::Int(seq)) = r.field("sequence").cloned() else {
+                        panic!("record without sequence: {r:?}")
+                    };
+                    let key = (r.device.to_string(), seq as usize);
+                    assert!(records.insert(key, r).is_none(), "duplicate record");
+                }
+                Item::Dead(d) => dead.push(d),
+            }
+        }
+    }
+    let now = now_millis();
+    for d in 0..DEVICES {
+        for seq in 0..PER_DEVICE {
+            let r = records
+                .get(&(format!("dev-{d}"), seq))
+                .unwrap_or_else(|| panic!("dev-{d} #{seq} missing"));
+            assert_eq!(&*r.source, "local");
+            assert_eq!(r.fields, expected_fields(d, seq), "dev-{d} #{seq}");
+            assert!((started..=now).contains(&r.ts), "receipt time");
+        }
+    }
+    assert_eq!(records.len(), DEVICES * PER_DEVICE);
+
+    let by_kind: BTreeMap<&str, _> = dead.iter().map(|d| (d.kind, d)).collect();
+    assert_eq!(
+        by_kind.len(),
+        bad.len(),
+        "one dead letter per bad message: {dead:?}"
+    );
+    for (topic, body, kind, reason) in &bad {
+        let d = by_kind[kind];
+        assert_eq!(&*d.origin, *topic);
+        assert_eq!(&*d.reason, *reason);
+        assert_eq!(&*d.source, "local");
+        assert_eq!(d.payload_len as usize, body.len());
+        assert_eq!(d.payload, body[..body.len().min(1024)]);
+    }
+    assert!(submissions < DEVICES * PER_DEVICE, "messages are batched");
+
+    // Nothing more arrives.
+    assert!(
+        timeout(Duration::from_millis(200), ingest.rx.recv())
+            .await
+            .is_err(),
+        "no extra submissions"
+    );
+
+    cancel.cancel();
+    timeout(WAIT, source)
+        .await
+        .expect("source stops when cancelled")
+        .expect("source task")
+        .expect("source ends cleanly");
+}
+
+#[tokio::test]
+async fn a_taken_address_is_a_clear_error() {
+    init_tracing();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = BrokerSourceConfig {
+        listen: addr,
+        ..BrokerSourceConfig::default()
+    };
+    let (sink, _ingest) = Ingest::new(1);
+    let err = run_broker(
+        Arc::from("local"),
+        cfg,
+        sink,
+        CancellationToken::new(),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, SourceError::Bind { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("embedded MQTT broker cannot listen on {addr}: ")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_config_is_refused_with_every_problem() {
+    let cfg = BrokerSourceConfig {
+        topics: vec!["a/{foo}".into()],
+        max_fields: 0,
+        ..BrokerSourceConfig::default()
+    };
+    let (sink, _ingest) = Ingest::new(1);
+    match run_broker(
+        Arc::from("local"),
+        cfg,
+        sink,
+        CancellationToken::new(),
+        None,
+    )
+    .await
+    {
+        Err(SourceError::Config(problems)) => assert_eq!(problems.len(), 2, "{problems:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Back-pressure stops at the embedded broker: while ingest is stalled the
+/// broker keeps acknowledging devices and keeps only `buffer` bytes. The
+/// oldest messages are lost, and an `overrun` dead letter says how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_ingest_loses_the_oldest_messages_and_says_how_many() {
+    init_tracing();
+    const N: usize = 5000;
+    let cfg = BrokerSourceConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        buffer: ByteSize::kib(64),
+        ..BrokerSourceConfig::default()
+    };
+    // Room for one submission: the source blocks on the second.
+    let (sink, mut ingest) = Ingest::new(1);
+    let cancel = CancellationToken::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let source = tokio::spawn(run_broker(
+        Arc::from("local"),
+        cfg,
+        sink,
+        cancel.clone(),
+        Some(ready_tx),
+    ));
+    let addr = timeout(WAIT, ready_rx).await.unwrap().unwrap();
+    let mut publisher = Publisher::connect(addr, "dev-0");
+    for seq in 0..N {
+        publisher
+            .publish(
+                "sensors/dev-0/telemetry",
+                format!(r#"{{"sequence": {seq}, "pad": "{}"}}"#, "x".repeat(80)),
+            )
+            .await;
+    }
+    // The broker acknowledges all of them, stored or not.
+    publisher.wait_acked(N, WAIT).await;
+
+    let mut received = Vec::new();
+    let mut lost = 0;
+    while received.len() + lost < N {
+        let sub = ingest.next(WAIT).await;
+        for item in ingest.commit(sub) {
+            match item {
+                Item::Record(r) => received.push(r.field("sequence").cloned()),
+                Item::Dead(d) => {
+                    assert_eq!(d.kind, Reject::OVERRUN, "{d:?}");
+                    let count: usize = d
+                        .reason
+                        .strip_prefix("the embedded broker dropped ")
+                        .and_then(|r| r.split(' ').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| panic!("no count in {:?}", d.reason));
+                    lost += count;
+                }
+            }
+        }
+    }
+    assert!(lost > 0, "64KiB cannot hold 5000 messages of 100 bytes");
+    assert_eq!(received.len() + lost, N);
+    // What arrives is in order and without duplicates.
+    let seqs: Vec<i64> = received
+        .into_iter()
+        .map(|v| match v {
+            Some(Value::Int(s)) => s,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(*seqs.last().unwrap(), N as i64 - 1, "the newest are kept");
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+}

@@ -1,0 +1,394 @@
+//! Durable ingest: what it costs to get a reading from a device onto disk.
+//!
+//! 1. `raw_redb`: the baseline. The same records, encoded as the store encodes
+//!    them, appended straight into a redb table in fsynced commits of 1,000.
+//! 2. `broker`: 10 devices publish QoS 1 as fast as they can to the embedded
+//!    broker (`run_broker`), which feeds `spawn_ingest` in-process. Records/s
+//!    as committed (the store's heads watch), publish→committed latency, the
+//!    ratio to the baseline, and the CPU each part used.
+//! 3. `paced_*`: the same devices at a steady 1,000 records/s in total, at a
+//!    10 ms and a 100 ms commit interval: the bytes written per record when
+//!    each commit carries few records (what wears an SD card at low rates).
+//!
+//! Every phase reports the bytes written per record three ways (see
+//! BENCHMARKS.md): `wchar` (what the process asked to write), the kernel's
+//! `write_bytes` (page cache dirtied), and the block device's counter.
+//!
+//! `cargo bench -p ferry-gateway --bench ingest`; `FERRY_BENCH_SCALE=0.1` for
+//! a quick run.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{fig, fig1, quantile, scaled, section, Disk, Publisher, Writes};
+use ferry_adapters::mqtt::{run_broker, BrokerSourceConfig};
+use ferry_adapters::record::{now_millis, Value};
+use ferry_gateway::metrics::IngestMetrics;
+use ferry_gateway::store::{codec, spawn_ingest, IngestConfig, Store, StoreOptions};
+use redb::{Database, TableDefinition};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+const DEVICES: u64 = 10;
+const RAW_COMMIT: usize = 1_000;
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+
+fn main() {
+    let scale = common::scale();
+    common::print_machine();
+    println!("# scale: {scale}");
+    let start = Instant::now();
+    let probe = common::tempdir("ferry-bench-ingest-");
+    let disk = Disk::under(probe.path());
+    drop(probe);
+
+    let raw_n = scaled(400_000.0, scale, 10_000);
+    let raw_rate = raw_redb(raw_n, disk.as_ref());
+
+    // The gateway's runtime and the devices' runtime, apart, so that the CPU
+    // each uses can be told apart by thread name.
+    let ferry = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ferry-rt")
+        .enable_all()
+        .build()
+        .expect("ferry runtime");
+    let devices = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("load-gen")
+        .enable_all()
+        .build()
+        .expect("load runtime");
+    let load = devices.handle().clone();
+
+    let per_device = scaled(30_000.0, scale, 500);
+    let burst = ferry.block_on(phase(
+        Phase {
+            name: "broker",
+            commit_interval: Duration::from_millis(10),
+            per_device,
+            pace: None,
+        },
+        start,
+        &load,
+        disk.as_ref(),
+    ));
+    if let Some(rate) = burst {
+        let ratio = rate / raw_rate;
+        println!("ingest.broker.ratio_to_raw: {ratio:.2} (target >= 0.50)");
+    }
+
+    let paced = scaled(10_000.0, scale, 300) / DEVICES;
+    for (name, ms) in [("paced_1000_10ms", 10), ("paced_1000_100ms", 100)] {
+        ferry.block_on(phase(
+            Phase {
+                name,
+                commit_interval: Duration::from_millis(ms),
+                per_device: paced,
+                pace: Some(Duration::from_millis(10)),
+            },
+            start,
+            &load,
+            disk.as_ref(),
+        ));
+    }
+    devices.shutdown_background();
+    ferry.shutdown_background();
+}
+
+/// The seed records as the broker source makes them, encoded as the store
+/// does, appended in commits of `RAW_COMMIT`. Returns records/s.
+fn raw_redb(n: u64, disk: Option<&Disk>) -> f64 {
+    section(&format!(
+        "raw_redb: {n} seed records into a redb table, fsynced commits of {RAW_COMMIT}"
+    ));
+    // The ids the ingest writer would give the names: source, device, fields.
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut id = |name: &str| {
+        let next = ids.len() as u32;
+        *ids.entry(name.to_owned()).or_insert(next)
+    };
+    let ts = now_millis();
+    let values: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let device = i % DEVICES;
+            let fields = [
+                ("client_id", 1),
+                ("device_id", device as i64),
+                ("voltage", 647),
+                ("temperature", 110),
+                ("sequence", (i / DEVICES) as i64),
+                // The send time the broker phase carries: ns since start.
+                ("sent_ns", 1_000_000_000 + i as i64 * 20_000),
+            ];
+            let mut buf = Vec::with_capacity(64);
+            let (source, device) = (id("local"), id(&device.to_string()));
+            codec::put_record_header(&mut buf, ts + (i / 100) as i64, source, device, 6);
+            for (name, v) in fields {
+                codec::put_field(&mut buf, id(name), &Value::Int(v));
+            }
+            buf
+        })
+        .collect();
+    let mean_len = values.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
+    fig1("ingest.raw_redb.value_len", mean_len, "bytes/record");
+
+    let dir = common::tempdir("ferry-bench-raw-");
+    let path = dir.path().join("raw.redb");
+    let db = Database::builder()
+        .set_cache_size(StoreOptions::default().cache_bytes)
+        .create(&path)
+        .expect("create the raw redb file");
+    let before = Writes::sample("self", disk);
+    let t = Instant::now();
+    let mut seq = 0u64;
+    for chunk in values.chunks(RAW_COMMIT) {
+        let tx = db.begin_write().expect("begin_write");
+        {
+            let mut table = tx.open_table(RECORDS).expect("open records");
+            for v in chunk {
+                seq += 1;
+                table.insert(seq, v.as_slice()).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let after = Writes::sample("self", disk);
+    let rate = n as f64 / secs;
+    fig("ingest.raw_redb.records_per_s", rate.round(), "records/s");
+    after.report(&before, disk, n, Some(n.div_ceil(RAW_COMMIT as u64)), "ingest.raw_redb");
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    fig1(
+        "ingest.raw_redb.file_bytes_per_record",
+        size as f64 / n as f64,
+        "bytes/record",
+    );
+    rate
+}
+
+struct Phase {
+    name: &'static str,
+    commit_interval: Duration,
+    per_device: u64,
+    /// Time between one device's publishes; `None` = as fast as it can.
+    pace: Option<Duration>,
+}
+
+fn thread_group(comm: &str) -> &'static str {
+    if comm.starts_with("load-gen") {
+        "devices"
+    } else if comm.starts_with("ferry-rt") {
+        "ferry"
+    } else if comm.starts_with("router-")
+        || comm.starts_with("broker-")
+        || comm.ends_with("-v4")
+        || comm == "timer"
+    {
+        "rumqttd"
+    } else {
+        "other"
+    }
+}
+
+/// Runs one broker → ingest phase; returns records/s when all arrived.
+async fn phase(
+    p: Phase,
+    start: Instant,
+    load: &tokio::runtime::Handle,
+    disk: Option<&Disk>,
+) -> Option<f64> {
+    let total = p.per_device * DEVICES;
+    let name = format!("ingest.{}", p.name);
+    section(&format!(
+        "{}: {DEVICES} devices x {} QoS 1 publishes to the embedded broker, {}, commit_interval {:?}",
+        p.name,
+        p.per_device,
+        match p.pace {
+            None => "unpaced".to_owned(),
+            Some(d) => format!("{:.0} records/s in total", DEVICES as f64 / d.as_secs_f64()),
+        },
+        p.commit_interval
+    ));
+    let dir = common::tempdir("ferry-bench-ingest-");
+    let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).expect("store");
+    let metrics = IngestMetrics::new();
+    let ingest = spawn_ingest(
+        store.clone(),
+        IngestConfig {
+            commit_interval: p.commit_interval,
+            ..IngestConfig::default()
+        },
+        metrics.clone(),
+    );
+    let cancel = CancellationToken::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let source = tokio::spawn(run_broker(
+        Arc::from("local"),
+        BrokerSourceConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            ..BrokerSourceConfig::default()
+        },
+        ingest.sink,
+        cancel.clone(),
+        Some(ready_tx),
+    ));
+    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(20), ready_rx)
+        .await
+        .expect("broker ready in time")
+        .expect("broker ready");
+
+    let publishers: Vec<Arc<Publisher>> = {
+        let mut v = Vec::new();
+        for d in 0..DEVICES {
+            let id = format!("dev-{d}");
+            v.push(Arc::new(
+                load.spawn(async move { Publisher::connect(addr, &id, 10).await })
+                    .await
+                    .expect("connect task"),
+            ));
+        }
+        v
+    };
+
+    // Every change of the committed head, with when it was seen.
+    let mut heads = store.watch_heads();
+    let watcher = tokio::spawn(async move {
+        let mut seen: Vec<(u64, u64)> = Vec::new();
+        loop {
+            let h = heads.borrow_and_update().records;
+            seen.push((start.elapsed().as_nanos() as u64, h));
+            if h >= total || heads.changed().await.is_err() {
+                return seen;
+            }
+        }
+    });
+
+    let cpu0 = common::cpu_by_group(thread_group);
+    let w0 = Writes::sample("self", disk);
+    let commits0 = metrics.commits.get();
+    let t0 = Instant::now();
+    for (d, pubr) in publishers.iter().enumerate() {
+        let pubr = pubr.clone();
+        let (per, pace) = (p.per_device, p.pace);
+        load.spawn(async move {
+            let topic = common::seed_topic(d as u64);
+            let mut tick = pace.map(|every| {
+                // Spread the devices over the period.
+                let first = tokio::time::Instant::now() + every.mul_f64(d as f64 / DEVICES as f64);
+                tokio::time::interval_at(first, every)
+            });
+            for i in 0..per {
+                if let Some(t) = &mut tick {
+                    t.tick().await;
+                }
+                let sent = start.elapsed().as_nanos() as u64;
+                pubr.publish(&topic, common::seed_payload(d as u64, i, sent))
+                    .await;
+            }
+        });
+    }
+    let limit = p
+        .pace
+        .map_or(Duration::ZERO, |d| d * p.per_device as u32)
+        + Duration::from_secs(120);
+    let seen = match tokio::time::timeout(limit, watcher).await {
+        Ok(seen) => seen.expect("watcher"),
+        Err(_) => {
+            println!(
+                "# {}: only {} of {total} records committed within {limit:?}",
+                p.name,
+                store.heads().records
+            );
+            Vec::new()
+        }
+    };
+    let wall = t0.elapsed();
+    // Let the last commit's writes land before reading the counters.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let w1 = Writes::sample("self", disk);
+    let cpu1 = common::cpu_by_group(thread_group);
+    let commits = metrics.commits.get() - commits0;
+
+    cancel.cancel();
+    let _ = source.await;
+    drop(ingest.cursors);
+    let _ = ingest.task.await;
+    drop(publishers);
+
+    let heads = store.heads();
+    if heads.dead > 0 {
+        println!(
+            "# {}: {} dead letters (the broker overran?)",
+            p.name, heads.dead
+        );
+    }
+    if seen.is_empty() {
+        return None;
+    }
+
+    // Latency: the head that first covered a record's seq, minus its send time.
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut first_sent = u64::MAX;
+    let mut buf = Vec::new();
+    let mut after = 0;
+    loop {
+        buf.clear();
+        let stats = store.read_records(after, 8192, &mut buf).expect("read back");
+        if buf.is_empty() {
+            break;
+        }
+        after = stats.last_seq;
+        for r in &buf {
+            let Some(Value::Int(sent)) = r.record.field("sent_ns") else {
+                continue;
+            };
+            let sent = *sent as u64;
+            first_sent = first_sent.min(sent);
+            let i = seen.partition_point(|&(_, h)| h < r.seq);
+            if let Some(&(at, _)) = seen.get(i) {
+                latencies.push(at.saturating_sub(sent));
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let last_commit = seen.last().map_or(0, |&(at, _)| at);
+    let secs = (last_commit.saturating_sub(first_sent)) as f64 / 1e9;
+    let rate = total as f64 / secs;
+    fig(&format!("{name}.records"), heads.records, "records");
+    fig(&format!("{name}.records_per_s"), rate.round(), "records/s");
+    let ms = |ns: u64| ns as f64 / 1e6;
+    fig1(
+        &format!("{name}.latency_p50"),
+        ms(quantile(&latencies, 0.50)),
+        "ms",
+    );
+    println!(
+        "{name}.latency_p99: {:.1} ms (target <= 50)",
+        ms(quantile(&latencies, 0.99))
+    );
+    fig1(
+        &format!("{name}.latency_max"),
+        ms(quantile(&latencies, 1.0)),
+        "ms",
+    );
+    fig(&format!("{name}.commits"), commits, "commits");
+    fig1(
+        &format!("{name}.records_per_commit"),
+        heads.records as f64 / commits.max(1) as f64,
+        "records/commit",
+    );
+    w1.report(&w0, disk, heads.records, Some(commits), &name);
+    let size = std::fs::metadata(store.path()).map_or(0, |m| m.len());
+    fig1(
+        &format!("{name}.file_bytes_per_record"),
+        size as f64 / heads.records.max(1) as f64,
+        "bytes/record",
+    );
+    common::report_cpu(&name, &cpu0, &cpu1, wall);
+    Some(rate)
+}
