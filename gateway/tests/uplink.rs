@@ -314,3 +314,32 @@ async fn per_device_topics_and_the_columnar_encoding() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_link_is_detected_by_the_puback_timeout_and_recovers() {
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let cloud = Mosquitto::tls(&pki).unwrap();
+    let link = Proxy::start(cloud.tls_addr()).await.unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#").await.unwrap();
+    let gw = Gateway::new();
+    let mut s = settings(&pki, link.addr(), &pki.ca, &pki.client);
+    s.puback_timeout = Duration::from_millis(500);
+    s.keep_alive = Duration::from_secs(30);
+    let (cancel, task) = gw.start(s);
+    gw.store(0..100).await;
+    sub.wait_for_seqs(0..100, WAIT, seqs).await.unwrap();
+
+    // Packets vanish, the TCP connection stays up: only the missing PUBACK tells.
+    link.blackhole().await;
+    gw.store(100..200).await;
+    ferry_testkit::wait_until(WAIT, "the session given up", || {
+        gw.metric(|m| m.connect_errors.get_or_create(&label()).get()) >= 1
+    })
+    .await
+    .unwrap();
+    link.restore();
+    let seen = sub.wait_for_seqs(0..200, WAIT, seqs).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    cancel.cancel();
+    task.await.unwrap();
+}
