@@ -3,7 +3,9 @@
 //!
 //! - [`mqtt`]: devices that publish MQTT, either to Ferry's embedded broker or
 //!   to an existing broker that Ferry subscribes to.
+//! - [`modbus`]: devices polled over Modbus TCP or RTU (RS-485).
 
+pub mod modbus;
 pub mod mqtt;
 pub mod record;
 pub mod sink;

@@ -1,0 +1,493 @@
+//! Configuration of the Modbus sources.
+//!
+//! The gateway embeds these under `[sources.NAME]` with `type = "modbus_tcp"`
+//! ([`TcpSourceConfig`]) or `type = "modbus_rtu"` ([`RtuSourceConfig`]).
+//! Both hold `devices` (each with a register map, inline or named from
+//! `maps`); `validate` lists every problem at once, each starting with its
+//! key, and [`TcpSourceConfig::devices`]/[`RtuSourceConfig::devices`] turn a
+//! valid config into the resolved devices with their request plans.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::decode::Field;
+use super::link::SerialSettings;
+use super::plan::{plan, Limits, Request, Span};
+use super::register::{check_map, RegisterConfig};
+use super::types::{Order, Parity};
+
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_max_registers() -> u16 {
+    125
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_baud() -> u32 {
+    9600
+}
+fn default_parity() -> Parity {
+    Parity::Even
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+
+/// One device: where it answers, how often it is polled, what is read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The device name: the `device` of its records. Required, unique within
+    /// the source.
+    pub name: String,
+    /// TCP only: the device, `"host:port"` (`"host"` alone means port 502).
+    /// Devices with the same address share one connection (a TCP-to-RTU
+    /// gateway) and are polled one request at a time. Required for TCP.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The Modbus unit (slave) id: 1 to 247 on a serial bus; 0 to 255 over
+    /// TCP (devices that ignore it usually take 1 or 255). Default: `1`.
+    #[serde(default = "default_unit")]
+    pub unit: u8,
+    /// Time between polls; each poll is one record. Default: `"1s"`.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long to wait for each answer. Default: `"500ms"`.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Byte and word order of multi-register values that name none:
+    /// `"ABCD"`, `"CDAB"`, `"BADC"` or `"DCBA"`. Default: the map's, else
+    /// `"ABCD"`.
+    #[serde(default)]
+    pub order: Option<Order>,
+    /// Most unmapped addresses read through to join two entries into one
+    /// request. Some devices answer an exception for unmapped addresses, so
+    /// the default reads only mapped ones. Default: `0`.
+    #[serde(default)]
+    pub max_gap: u16,
+    /// Most registers per request, for devices that take fewer than the
+    /// protocol's 125. Default: `125`.
+    #[serde(default = "default_max_registers")]
+    pub max_registers: u16,
+    /// The register map, by name from this source's `maps`; or give
+    /// `registers` instead.
+    #[serde(default)]
+    pub map: Option<String>,
+    /// The register map, inline: `[{ name, table, address, type, ... }]`.
+    #[serde(default)]
+    pub registers: Vec<RegisterConfig>,
+}
+
+fn default_unit() -> u8 {
+    1
+}
+
+/// A register map shared by devices of one model: `[sources.NAME.maps.MODEL]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapConfig {
+    /// Default byte and word order of its entries. Default: `"ABCD"`.
+    #[serde(default)]
+    pub order: Option<Order>,
+    /// The entries. Required.
+    pub registers: Vec<RegisterConfig>,
+}
+
+/// `type = "modbus_tcp"`: devices polled over Modbus TCP, each address
+/// concurrently.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSourceConfig {
+    /// The devices. Required, at least one.
+    pub devices: Vec<DeviceConfig>,
+    /// Register maps by name, for devices that say `map = "NAME"`.
+    #[serde(default)]
+    pub maps: BTreeMap<String, MapConfig>,
+    /// Quiet time between the end of one answer and the next request on a
+    /// connection. Default: `"0s"`.
+    #[serde(default, with = "humantime_serde")]
+    pub request_gap: Duration,
+    /// A device that fails (times out, cannot be reached) is polled again
+    /// after a delay that starts at its interval and doubles, up to this.
+    /// Default: `"60s"`.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+/// `type = "modbus_rtu"`: devices on one serial (RS-485) bus, polled one
+/// request at a time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtuSourceConfig {
+    /// The serial port, such as `"/dev/ttyUSB0"`. Required.
+    pub path: PathBuf,
+    /// Bits per second. Default: `9600`.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// `"none"`, `"even"` or `"odd"`. Default: `"even"` (Modbus's default
+    /// 8E1; many devices use `"none"`).
+    #[serde(default = "default_parity")]
+    pub parity: Parity,
+    /// Data bits, 5 to 8. Default: `8`.
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// Stop bits, 1 or 2. Default: `1`.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Quiet time between the end of one answer and the next request.
+    /// Default: Modbus's 3.5 character times (4 ms at 9600 baud; 1.75 ms
+    /// above 19200).
+    #[serde(default, with = "humantime_serde")]
+    pub request_gap: Option<Duration>,
+    /// A device that fails (times out) is polled again after a delay that
+    /// starts at its interval and doubles, up to this; the others keep the
+    /// bus. Default: `"60s"`.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// The devices on the bus. Required, at least one.
+    pub devices: Vec<DeviceConfig>,
+    /// Register maps by name, for devices that say `map = "NAME"`.
+    #[serde(default)]
+    pub maps: BTreeMap<String, MapConfig>,
+}
+
+/// A device resolved for polling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceSpec {
+    pub name: Arc<str>,
+    /// TCP: `host:port`.
+    pub address: Option<String>,
+    pub unit: u8,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// The map's entries, in map order (the order of the record's fields).
+    pub fields: Vec<Field>,
+    /// The requests of one poll.
+    pub requests: Vec<Request>,
+}
+
+impl TcpSourceConfig {
+    /// A config with defaults polling `devices`.
+    pub fn new(devices: Vec<DeviceConfig>) -> Self {
+        TcpSourceConfig {
+            devices,
+            maps: BTreeMap::new(),
+            request_gap: Duration::ZERO,
+            backoff_max: default_backoff_max(),
+        }
+    }
+
+    /// Every problem with this configuration, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        check_common(&self.devices, &self.maps, self.backoff_max, &mut problems);
+        let mut seen: HashMap<(String, u8), usize> = HashMap::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let Some(address) = &d.address else {
+                problems.push(format!(
+                    "devices[{i}]: missing field `address`, the device's \"host:port\""
+                ));
+                continue;
+            };
+            match split_host_port(address) {
+                Err(why) => problems.push(format!("devices[{i}].address: `{address}`: {why}")),
+                Ok((host, port)) => {
+                    let key = (format!("{}:{port}", host.to_ascii_lowercase()), d.unit);
+                    if let Some(first) = seen.insert(key, i) {
+                        problems.push(format!(
+                            "devices[{i}].unit: devices[{first}] is already unit {} at {address}",
+                            d.unit
+                        ));
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// The devices resolved for polling; every problem if the config is invalid.
+    pub fn devices(&self) -> Result<Vec<DeviceSpec>, Vec<String>> {
+        let problems = self.validate();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(self
+            .devices
+            .iter()
+            .map(|d| {
+                let mut spec = resolve(d, &self.maps);
+                spec.address = d.address.as_deref().map(with_default_port);
+                spec
+            })
+            .collect())
+    }
+}
+
+impl RtuSourceConfig {
+    /// A config with defaults for the bus at `path`.
+    pub fn new(path: impl Into<PathBuf>, devices: Vec<DeviceConfig>) -> Self {
+        RtuSourceConfig {
+            path: path.into(),
+            baud: default_baud(),
+            parity: default_parity(),
+            data_bits: default_data_bits(),
+            stop_bits: default_stop_bits(),
+            request_gap: None,
+            backoff_max: default_backoff_max(),
+            devices,
+            maps: BTreeMap::new(),
+        }
+    }
+
+    /// Every problem with this configuration, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.path.as_os_str().is_empty() {
+            problems.push("path: must name the serial port, such as \"/dev/ttyUSB0\"".into());
+        }
+        if self.baud == 0 {
+            problems.push("baud: must be more than 0".into());
+        }
+        if !(5..=8).contains(&self.data_bits) {
+            problems.push(format!("data_bits: must be 5 to 8, not {}", self.data_bits));
+        }
+        if !(1..=2).contains(&self.stop_bits) {
+            problems.push(format!("stop_bits: must be 1 or 2, not {}", self.stop_bits));
+        }
+        check_common(&self.devices, &self.maps, self.backoff_max, &mut problems);
+        let mut units: HashMap<u8, usize> = HashMap::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            if d.address.is_some() {
+                problems.push(format!(
+                    "devices[{i}].address: a serial device is on its source's bus (`path`); remove `address`"
+                ));
+            }
+            if !(1..=247).contains(&d.unit) {
+                problems.push(format!(
+                    "devices[{i}].unit: must be 1 to 247 on a serial bus, not {}",
+                    d.unit
+                ));
+            }
+            if let Some(first) = units.insert(d.unit, i) {
+                problems.push(format!(
+                    "devices[{i}].unit: devices[{first}] is already unit {} on this bus",
+                    d.unit
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The devices resolved for polling; every problem if the config is invalid.
+    pub fn devices(&self) -> Result<Vec<DeviceSpec>, Vec<String>> {
+        let problems = self.validate();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(self
+            .devices
+            .iter()
+            .map(|d| resolve(d, &self.maps))
+            .collect())
+    }
+
+    /// The serial line settings.
+    pub fn serial(&self) -> SerialSettings {
+        SerialSettings {
+            path: self.path.clone(),
+            baud: self.baud,
+            parity: self.parity,
+            data_bits: self.data_bits,
+            stop_bits: self.stop_bits,
+        }
+    }
+
+    /// The quiet time between requests: `request_gap`, else 3.5 characters
+    /// of 11 bits at `baud` (at least 1.75 ms, the spec's fixed value above
+    /// 19200 baud).
+    pub fn gap(&self) -> Duration {
+        self.request_gap.unwrap_or_else(|| {
+            let micros = 3.5 * 11.0 * 1e6 / f64::from(self.baud.max(1));
+            Duration::from_micros(micros.max(1750.0).ceil() as u64)
+        })
+    }
+}
+
+fn check_common(
+    devices: &[DeviceConfig],
+    maps: &BTreeMap<String, MapConfig>,
+    backoff_max: Duration,
+    problems: &mut Vec<String>,
+) {
+    if devices.is_empty() {
+        problems.push("devices: at least one device is needed".into());
+    }
+    if backoff_max.is_zero() {
+        problems.push("backoff_max: must be more than 0s".into());
+    }
+    for (name, map) in maps {
+        let at = format!("maps.{name}.registers");
+        if map.registers.is_empty() {
+            problems.push(format!("{at}: a map needs at least one entry"));
+        }
+        for (i, r) in map.registers.iter().enumerate() {
+            r.validate(&format!("{at}[{i}]"), problems);
+        }
+        check_map(&at, &map.registers, problems);
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, d) in devices.iter().enumerate() {
+        let at = format!("devices[{i}]");
+        if d.name.trim().is_empty() {
+            problems.push(format!("{at}.name: must not be empty"));
+        } else if let Some(first) = names.insert(&d.name, i) {
+            problems.push(format!(
+                "{at}.name: `{}` is already the name of devices[{first}]",
+                d.name
+            ));
+        }
+        if d.interval.is_zero() {
+            problems.push(format!("{at}.interval: must be more than 0s"));
+        }
+        if d.timeout.is_zero() {
+            problems.push(format!("{at}.timeout: must be more than 0s"));
+        }
+        if !(1..=125).contains(&d.max_registers) {
+            problems.push(format!(
+                "{at}.max_registers: must be 1 to 125, not {}",
+                d.max_registers
+            ));
+        }
+        let (registers, list_at) =
+            match (&d.map, d.registers.is_empty()) {
+                (Some(_), false) => {
+                    problems.push(format!(
+                        "{at}.map: give either `map` or `registers`, not both"
+                    ));
+                    continue;
+                }
+                (None, true) => {
+                    problems.push(format!(
+                        "{at}: no register map: give `registers = [...]` or `map = \"NAME\"`"
+                    ));
+                    continue;
+                }
+                (Some(name), true) => {
+                    match maps.get(name) {
+                        Some(m) => (&m.registers, format!("maps.{name}.registers")),
+                        None => {
+                            let known: Vec<&str> = maps.keys().map(String::as_str).collect();
+                            problems.push(format!(
+                        "{at}.map: no map named `{name}` in this source's `maps` (it has: {})",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ));
+                            continue;
+                        }
+                    }
+                }
+                (None, false) => {
+                    let list_at = format!("{at}.registers");
+                    for (j, r) in d.registers.iter().enumerate() {
+                        r.validate(&format!("{list_at}[{j}]"), problems);
+                    }
+                    check_map(&list_at, &d.registers, problems);
+                    (&d.registers, list_at)
+                }
+            };
+        let limit = d.max_registers.clamp(1, 125);
+        for (j, r) in registers.iter().enumerate() {
+            if !r.table.is_bits() && r.width() > limit {
+                problems.push(format!(
+                    "{at}.max_registers: {limit} is less than the {} registers of `{}` ({list_at}[{j}])",
+                    r.width(),
+                    r.name
+                ));
+            }
+        }
+    }
+}
+
+fn resolve(d: &DeviceConfig, maps: &BTreeMap<String, MapConfig>) -> DeviceSpec {
+    let (registers, map_order) = match d.map.as_ref().and_then(|m| maps.get(m)) {
+        Some(map) => (&map.registers, map.order),
+        None => (&d.registers, None),
+    };
+    let order = d.order.or(map_order).unwrap_or(Order::ABCD);
+    let fields: Vec<Field> = registers.iter().map(|r| r.field(order)).collect();
+    let spans: Vec<Span> = fields
+        .iter()
+        .map(|f| Span {
+            table: f.table,
+            start: f.address,
+            count: f.count,
+        })
+        .collect();
+    let requests = plan(
+        &spans,
+        Limits {
+            max_gap: d.max_gap,
+            max_registers: d.max_registers,
+        },
+    );
+    DeviceSpec {
+        name: d.name.as_str().into(),
+        address: None,
+        unit: d.unit,
+        interval: d.interval,
+        timeout: d.timeout,
+        fields,
+        requests,
+    }
+}
+
+/// `host:port`, `[v6]:port`, or a host alone (port 502).
+pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
+    let s = s.trim();
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
+        Some(_) if !s.starts_with('[') => {
+            return Err("an IPv6 address must be in brackets: `[fd00::1]:502`".into())
+        }
+        _ => (s, None),
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    let port = match port {
+        None => 502,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{p}` is not a port number (1 to 65535)"))?,
+    };
+    Ok((host.to_owned(), port))
+}
+
+fn with_default_port(s: &str) -> String {
+    match split_host_port(s) {
+        Ok((host, port)) if host.contains(':') => format!("[{host}]:{port}"),
+        Ok((host, port)) => format!("{host}:{port}"),
+        Err(_) => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;
