@@ -1,4 +1,5 @@
-//! The `ferry` command line: `run`, `validate`, `print-config`.
+//! The `ferry` command line: `run`, `validate`, `print-config`,
+//! `modbus probe`.
 //!
 //! Exit codes (sysexits): 0 success; 64 (`EX_USAGE`) for a config with
 //! problems, each printed on its own line as
@@ -54,6 +55,11 @@ pub enum Command {
     },
     /// Print the embedded default config, commented: a reference to start from.
     PrintConfig,
+    /// Modbus tools.
+    Modbus {
+        #[command(subcommand)]
+        command: ModbusCommand,
+    },
 }
 
 /// Parses the command line and runs it; what `main` calls.
@@ -87,6 +93,9 @@ pub fn run_command(command: Command) -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Modbus {
+            command: ModbusCommand::Probe(args),
+        } => modbus_probe(args),
         Command::Run { config } => match load(config.as_deref()) {
             Ok(config) => run_daemon(config),
             Err(code) => code,
@@ -168,4 +177,108 @@ fn init_tracing(level: &str) {
         .finish();
     // Only fails if a subscriber is already set (in tests): keep that one.
     let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModbusCommand {
+    /// Read registers once and print them raw and decoded as every type in
+    /// all four byte/word orders, to find the register map of a device.
+    Probe(ProbeArgs),
+}
+
+/// What `ferry modbus probe` reads, and from where.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["tcp", "serial"])))]
+pub struct ProbeArgs {
+    /// A Modbus TCP device: HOST:PORT (HOST alone means port 502).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub tcp: Option<String>,
+    /// A serial port (Modbus RTU), such as /dev/ttyUSB0.
+    #[arg(long, value_name = "PATH")]
+    pub serial: Option<PathBuf>,
+    /// Serial: bits per second.
+    #[arg(long, default_value_t = 9600)]
+    pub baud: u32,
+    /// Serial: parity.
+    #[arg(long, default_value = "even", value_parser = ["none", "even", "odd"])]
+    pub parity: String,
+    /// Serial: data bits.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(5..=8))]
+    pub data_bits: u8,
+    /// Serial: stop bits.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub stop_bits: u8,
+    /// The unit (slave) id.
+    #[arg(long, default_value_t = 1)]
+    pub unit: u8,
+    /// The table.
+    #[arg(long, default_value = "holding", value_parser = ["holding", "input", "coil", "discrete_input"])]
+    pub table: String,
+    /// The first address, 0-based as sent on the wire (register 40001 is holding 0).
+    #[arg(long)]
+    pub address: u16,
+    /// How many registers (1 to 125) or bits (1 to 2000).
+    #[arg(long, default_value_t = 8)]
+    pub count: u16,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+/// `ferry modbus probe`: prints the report, or the error and exits 1.
+fn modbus_probe(args: ProbeArgs) -> ExitCode {
+    use ferry_adapters::modbus::{probe, Parity, ProbeRequest, SerialSettings, Table, Target};
+    let target = match (args.tcp, args.serial) {
+        (Some(address), _) => match ferry_adapters::modbus::split_host_port(&address) {
+            Ok((host, port)) if host.contains(':') => Target::Tcp(format!("[{host}]:{port}")),
+            Ok((host, port)) => Target::Tcp(format!("{host}:{port}")),
+            Err(why) => {
+                eprintln!("ferry: error: --tcp {address}: {why}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(path)) => Target::Serial(SerialSettings {
+            path,
+            baud: args.baud,
+            parity: match args.parity.as_str() {
+                "none" => Parity::None,
+                "odd" => Parity::Odd,
+                _ => Parity::Even,
+            },
+            data_bits: args.data_bits,
+            stop_bits: args.stop_bits,
+        }),
+        (None, None) => unreachable!("clap requires --tcp or --serial"),
+    };
+    let table = match args.table.as_str() {
+        "input" => Table::Input,
+        "coil" => Table::Coil,
+        "discrete_input" => Table::DiscreteInput,
+        _ => Table::Holding,
+    };
+    let request = ProbeRequest {
+        target,
+        unit: args.unit,
+        table,
+        address: args.address,
+        count: args.count,
+        timeout: args.timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(probe(request)).map_err(anyhow::Error::new),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry: error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, SourceConfig, UplinkConfig};
-use crate::metrics::{self, IngestMetrics, UplinkMetrics};
+use crate::metrics::{self, IngestMetrics, ModbusMetrics, UplinkMetrics};
 use crate::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
 use crate::uplink::{self, batch::Topic, Settings};
 
@@ -81,6 +81,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     ingest_metrics.register(&mut registry);
     let uplink_metrics = UplinkMetrics::new();
     uplink_metrics.register(&mut registry);
+    let modbus_metrics = Arc::new(ModbusMetrics::new());
+    modbus_metrics.register(&mut registry);
 
     let (ready_tx, ready_rx) = watch::channel(false);
     let http_cancel = CancellationToken::new();
@@ -116,6 +118,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
             source,
             &config.gateway.id,
             ingest.sink.clone(),
+            &modbus_metrics,
             sources_cancel.clone(),
         );
     }
@@ -184,6 +187,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_source(
     tasks: &mut JoinSet<anyhow::Result<()>>,
     listening: &mut Vec<tokio::sync::oneshot::Receiver<std::net::SocketAddr>>,
@@ -191,6 +195,7 @@ fn start_source(
     source: &SourceConfig,
     gateway: &str,
     sink: Sink,
+    modbus_metrics: &Arc<ModbusMetrics>,
     cancel: CancellationToken,
 ) {
     let name: Arc<str> = name.into();
@@ -211,6 +216,22 @@ fn start_source(
             let gateway = gateway.to_owned();
             tasks.spawn(async move {
                 ferry_adapters::mqtt::run_subscriber(name.clone(), &gateway, cfg, sink, cancel)
+                    .await
+                    .with_context(|| format!("source {name}"))
+            });
+        }
+        SourceConfig::ModbusTcp(cfg) => {
+            let (cfg, observer) = (cfg.clone(), modbus_metrics.clone());
+            tasks.spawn(async move {
+                ferry_adapters::modbus::run_modbus_tcp(name.clone(), cfg, sink, observer, cancel)
+                    .await
+                    .with_context(|| format!("source {name}"))
+            });
+        }
+        SourceConfig::ModbusRtu(cfg) => {
+            let (cfg, observer) = (cfg.clone(), modbus_metrics.clone());
+            tasks.spawn(async move {
+                ferry_adapters::modbus::run_modbus_rtu(name.clone(), cfg, sink, observer, cancel)
                     .await
                     .with_context(|| format!("source {name}"))
             });

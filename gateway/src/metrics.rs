@@ -240,3 +240,200 @@ impl UplinkMetrics {
         }
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub source: String,
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceErrorLabels {
+    pub source: String,
+    pub device: String,
+    /// `timeout`, `bad_response`, `link` or `bad_value`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceExceptionLabels {
+    pub source: String,
+    pub device: String,
+    /// The exception code, `0x02`.
+    pub code: String,
+}
+
+/// What the Modbus sources count; one set shared by all, labelled by source
+/// and device (device names are unique within a source).
+#[derive(Clone, Debug)]
+pub struct ModbusMetrics {
+    /// Requests sent, whatever came back.
+    pub requests: Family<DeviceLabels, Counter>,
+    /// Requests without a usable answer, and values that could not be stored,
+    /// by kind.
+    pub errors: Family<DeviceErrorLabels, Counter>,
+    /// Exception answers, by code.
+    pub exceptions: Family<DeviceExceptionLabels, Counter>,
+    /// Time from request to answer (data or exception).
+    pub round_trip: HistogramFamily<DeviceLabels>,
+    /// Polls done (each with at least one field read is one record).
+    pub polls: Family<DeviceLabels, Counter>,
+    /// Polls skipped because the link was busy past their time.
+    pub polls_missed: Family<DeviceLabels, Counter>,
+    /// 1 while the device answers, 0 while it is backed off.
+    pub device_up: Family<DeviceLabels, Gauge>,
+}
+
+impl Default for ModbusMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ModbusMetrics {
+    pub fn new() -> Self {
+        ModbusMetrics {
+            requests: Default::default(),
+            errors: Default::default(),
+            exceptions: Default::default(),
+            round_trip: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_5, 2.0, 14))
+            }),
+            polls: Default::default(),
+            polls_missed: Default::default(),
+            device_up: Default::default(),
+        }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("modbus");
+        r.register(
+            "requests",
+            "Requests sent to devices",
+            self.requests.clone(),
+        );
+        r.register(
+            "errors",
+            "Requests without a usable answer, and values that could not be stored, by kind",
+            self.errors.clone(),
+        );
+        r.register(
+            "exceptions",
+            "Exception answers from devices, by code",
+            self.exceptions.clone(),
+        );
+        r.register_with_unit(
+            "round_trip",
+            "Time from request to answer",
+            prometheus_client::registry::Unit::Seconds,
+            self.round_trip.clone(),
+        );
+        r.register("polls", "Polls of a device", self.polls.clone());
+        r.register(
+            "polls_missed",
+            "Polls skipped because the link was busy past their time",
+            self.polls_missed.clone(),
+        );
+        r.register(
+            "device_up",
+            "1 while the device answers, 0 while it is backed off",
+            self.device_up.clone(),
+        );
+    }
+}
+
+/// The metrics of one device, looked up once.
+struct ModbusDeviceMetrics {
+    labels: DeviceLabels,
+    exceptions: Family<DeviceExceptionLabels, Counter>,
+    requests: Counter,
+    round_trip: Histogram,
+    polls: Counter,
+    polls_missed: Counter,
+    up: Gauge,
+    /// By `FailureKind`, then `bad_value`.
+    errors: [Counter; 4],
+}
+
+impl ferry_adapters::modbus::ModbusObserver for ModbusMetrics {
+    fn device(
+        &self,
+        source: &str,
+        device: &str,
+    ) -> std::sync::Arc<dyn ferry_adapters::modbus::DeviceObserver> {
+        let labels = DeviceLabels {
+            source: source.to_owned(),
+            device: device.to_owned(),
+        };
+        let error = |kind: &str| {
+            self.errors
+                .get_or_create(&DeviceErrorLabels {
+                    source: source.to_owned(),
+                    device: device.to_owned(),
+                    kind: kind.to_owned(),
+                })
+                .clone()
+        };
+        let up = self.device_up.get_or_create(&labels).clone();
+        up.set(1);
+        std::sync::Arc::new(ModbusDeviceMetrics {
+            exceptions: self.exceptions.clone(),
+            requests: self.requests.get_or_create(&labels).clone(),
+            round_trip: self.round_trip.get_or_create(&labels).clone(),
+            polls: self.polls.get_or_create(&labels).clone(),
+            polls_missed: self.polls_missed.get_or_create(&labels).clone(),
+            up,
+            errors: [
+                error("timeout"),
+                error("bad_response"),
+                error("link"),
+                error("bad_value"),
+            ],
+            labels,
+        })
+    }
+}
+
+impl ferry_adapters::modbus::DeviceObserver for ModbusDeviceMetrics {
+    fn event(&self, event: ferry_adapters::modbus::PollEvent) {
+        use ferry_adapters::modbus::{FailureKind, PollEvent};
+        match event {
+            PollEvent::Answered { round_trip } => {
+                self.requests.inc();
+                self.round_trip.observe(round_trip.as_secs_f64());
+            }
+            PollEvent::Exception { code, round_trip } => {
+                self.requests.inc();
+                self.round_trip.observe(round_trip.as_secs_f64());
+                self.exceptions
+                    .get_or_create(&DeviceExceptionLabels {
+                        source: self.labels.source.clone(),
+                        device: self.labels.device.clone(),
+                        code: format!("{code:#04x}"),
+                    })
+                    .inc();
+            }
+            PollEvent::Failed(kind) => {
+                self.requests.inc();
+                let i = match kind {
+                    FailureKind::Timeout => 0,
+                    FailureKind::BadResponse => 1,
+                    FailureKind::Link => 2,
+                };
+                self.errors[i].inc();
+            }
+            PollEvent::BadValue => {
+                self.errors[3].inc();
+            }
+            PollEvent::Polled { .. } => {
+                self.polls.inc();
+            }
+            PollEvent::Missed(n) => {
+                self.polls_missed.inc_by(u64::from(n));
+            }
+            PollEvent::Up(up) => {
+                self.up.set(i64::from(up));
+            }
+        }
+    }
+}

@@ -370,11 +370,12 @@ fn inflight_0_and_101() {
 #[test]
 fn unknown_source_type() {
     assert_eq!(
-        problem("[sources.plc1]\ntype = \"modbus_tcp\"\naddress = \"192.168.1.50:502\"\n"),
+        problem("[sources.plc1]\ntype = \"opc_ua\"\naddress = \"192.168.1.50:4840\"\n"),
         p(
             2,
             "sources.plc1.type",
-            "unknown source type `modbus_tcp`, expected `mqtt_broker` or `mqtt_subscribe`"
+            "unknown source type `opc_ua`, expected `mqtt_broker`, `mqtt_subscribe`, `modbus_tcp` \
+             or `modbus_rtu`"
         )
     );
     assert_eq!(
@@ -382,7 +383,8 @@ fn unknown_source_type() {
         p(
             1,
             "sources.local",
-            "missing field `type`, expected `mqtt_broker` or `mqtt_subscribe`"
+            "missing field `type`, expected `mqtt_broker`, `mqtt_subscribe`, `modbus_tcp` or \
+             `modbus_rtu`"
         )
     );
 }
@@ -682,7 +684,7 @@ type = "mqtt_broker"
 listen = "localhost"
 
 [sources.plc1]
-type = "modbus_tcp"
+type = "opc_ua"
 
 [uplinks.cloud]
 endpoint = "host"

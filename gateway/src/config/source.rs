@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use ferry_adapters::modbus::{RtuSourceConfig, TcpSourceConfig};
 use ferry_adapters::mqtt::{BrokerSourceConfig, SubscribeSourceConfig};
 
 use super::report::{KeyPath, Report, Seg};
 
 /// The `type` values a source may have.
-pub const SOURCE_TYPES: [&str; 2] = ["mqtt_broker", "mqtt_subscribe"];
+pub const SOURCE_TYPES: [&str; 4] = ["mqtt_broker", "mqtt_subscribe", "modbus_tcp", "modbus_rtu"];
 
 /// `[sources.NAME]`: one source of readings, by its `type`.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,6 +21,10 @@ pub enum SourceConfig {
     /// `type = "mqtt_subscribe"`: a subscription to an existing broker with a
     /// persistent session, acknowledged only after the commit.
     MqttSubscribe(SubscribeSourceConfig),
+    /// `type = "modbus_tcp"`: devices polled over Modbus TCP.
+    ModbusTcp(TcpSourceConfig),
+    /// `type = "modbus_rtu"`: devices on one serial (RS-485) bus.
+    ModbusRtu(RtuSourceConfig),
 }
 
 impl SourceConfig {
@@ -28,6 +33,8 @@ impl SourceConfig {
         match self {
             SourceConfig::MqttBroker(_) => "mqtt_broker",
             SourceConfig::MqttSubscribe(_) => "mqtt_subscribe",
+            SourceConfig::ModbusTcp(_) => "modbus_tcp",
+            SourceConfig::ModbusRtu(_) => "modbus_rtu",
         }
     }
 
@@ -44,7 +51,7 @@ impl SourceConfig {
             );
             return None;
         };
-        let expected = "expected `mqtt_broker` or `mqtt_subscribe`";
+        let expected = "expected `mqtt_broker`, `mqtt_subscribe`, `modbus_tcp` or `modbus_rtu`";
         let kind = match table.remove("type") {
             Some(toml::Value::String(kind)) => kind,
             Some(other) => {
@@ -63,6 +70,8 @@ impl SourceConfig {
             "mqtt_subscribe" => {
                 super::load::typed(rest, at, report).map(SourceConfig::MqttSubscribe)
             }
+            "modbus_tcp" => super::load::typed(rest, at, report).map(SourceConfig::ModbusTcp),
+            "modbus_rtu" => super::load::typed(rest, at, report).map(SourceConfig::ModbusRtu),
             other => {
                 let message = format!("unknown source type `{other}`, {expected}");
                 report.error(at.key("type"), message);
@@ -76,6 +85,8 @@ impl SourceConfig {
         let problems = match self {
             SourceConfig::MqttBroker(c) => c.validate(),
             SourceConfig::MqttSubscribe(c) => c.validate(),
+            SourceConfig::ModbusTcp(c) => c.validate(),
+            SourceConfig::ModbusRtu(c) => c.validate(),
         };
         for problem in problems {
             let (path, message) = split_key(at, &problem);
@@ -112,8 +123,8 @@ fn split_key(at: &KeyPath, problem: &str) -> (KeyPath, String) {
 }
 
 /// Errors when two parts would fight over one thing: a listen address (of a
-/// broker or the metrics endpoint), or the persistent session (broker and
-/// client id) of a subscription.
+/// broker or the metrics endpoint), the persistent session (broker and
+/// client id) of a subscription, or a serial port.
 pub(crate) fn check_conflicts(
     sources: &BTreeMap<String, SourceConfig>,
     gateway: &str,
@@ -122,6 +133,7 @@ pub(crate) fn check_conflicts(
 ) {
     let mut listens = BTreeMap::new();
     let mut sessions = BTreeMap::new();
+    let mut buses = BTreeMap::new();
     for (name, source) in sources {
         if let (SourceConfig::MqttBroker(b), Some(listen)) = (source, metrics_listen) {
             if b.listen == listen && listen.port() != 0 {
@@ -155,6 +167,18 @@ pub(crate) fn check_conflicts(
                              the broker would keep only one of the two sessions",
                             c.broker,
                             c.client_id_for(gateway)
+                        ),
+                    );
+                }
+            }
+            SourceConfig::ModbusTcp(_) => {}
+            SourceConfig::ModbusRtu(c) => {
+                if let Some(first) = buses.insert(c.path.clone(), name) {
+                    report.error(
+                        at.key("path"),
+                        format!(
+                            "{} is already the bus of source {first:?}; put all the devices of one bus in one source",
+                            c.path.display()
                         ),
                     );
                 }
