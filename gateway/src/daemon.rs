@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, SourceConfig, UplinkConfig};
 use crate::metrics::{self, IngestMetrics, ModbusMetrics, UplinkMetrics};
-use crate::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use crate::store::{spawn_ingest, IngestConfig, Retention, Store, StoreOptions};
 use crate::uplink::{self, batch::Topic, Settings};
 
 /// How long sources get to stop before ingest is closed regardless.
@@ -67,7 +67,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     let store_path = Store::file_in(data_dir);
-    let store = Store::open(
+    let (store, set_aside) = Store::open_or_set_aside(
         &store_path,
         &StoreOptions {
             cache_bytes: config.store.cache_size.as_u64() as usize,
@@ -79,6 +79,9 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     let mut registry = metrics::registry();
     let ingest_metrics = IngestMetrics::new();
     ingest_metrics.register(&mut registry);
+    if set_aside.is_some() {
+        ingest_metrics.store_files_set_aside.inc();
+    }
     let uplink_metrics = UplinkMetrics::new();
     uplink_metrics.register(&mut registry);
     let modbus_metrics = Arc::new(ModbusMetrics::new());
@@ -103,6 +106,16 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
             commit_max_records: config.store.commit_max_records.get(),
             cursor_flush_interval: config.store.cursor_flush_interval,
             queue: config.store.queue.get(),
+            retention: Retention {
+                max_disk: config.store.max_disk.as_u64(),
+                max_age: config.store.max_age,
+                when_full: config.store.when_full,
+            },
+            consumers: config
+                .uplinks
+                .keys()
+                .map(|name| Arc::from(uplink::cursor_name(name)))
+                .collect(),
         },
         ingest_metrics,
     );

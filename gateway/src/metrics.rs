@@ -30,6 +30,11 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UplinkLabel {
     pub uplink: String,
 }
@@ -57,6 +62,23 @@ pub struct IngestMetrics {
     pub commit_duration: Histogram,
     /// The highest committed record sequence number.
     pub head_seq: Gauge<u64, AtomicU64>,
+    /// Records removed by retention, by reason (`max_age`, `disk_budget`,
+    /// `disk_budget_undelivered`).
+    pub records_evicted: Family<ReasonLabel, Counter>,
+    /// Records not stored by policy, by reason (`disk_full`).
+    pub records_dropped: Family<ReasonLabel, Counter>,
+    /// Dead letters removed to keep them within their share of the budget.
+    pub dead_letters_evicted: Counter,
+    /// Records in the store.
+    pub store_records: Gauge<u64, AtomicU64>,
+    /// The store file's size.
+    pub store_file_bytes: Gauge<u64, AtomicU64>,
+    /// The file size the stored data needs, by the writer's account.
+    pub store_estimated_bytes: Gauge<u64, AtomicU64>,
+    /// 1 while ingest refuses submissions (`when_full = "block"`).
+    pub ingest_blocked: Gauge,
+    /// Corrupt store files moved aside at start (a fresh store was begun).
+    pub store_files_set_aside: Counter,
 }
 
 impl Default for IngestMetrics {
@@ -77,6 +99,14 @@ impl IngestMetrics {
             commit_errors: Default::default(),
             commit_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             head_seq: Default::default(),
+            records_evicted: Default::default(),
+            records_dropped: Default::default(),
+            dead_letters_evicted: Default::default(),
+            store_records: Default::default(),
+            store_file_bytes: Default::default(),
+            store_estimated_bytes: Default::default(),
+            ingest_blocked: Default::default(),
+            store_files_set_aside: Default::default(),
         }
     }
 
@@ -123,6 +153,49 @@ impl IngestMetrics {
             "head_seq",
             "Highest committed record sequence number",
             self.head_seq.clone(),
+        );
+        r.register(
+            "records_evicted",
+            "Records removed by retention, by reason",
+            self.records_evicted.clone(),
+        );
+        r.register(
+            "records_dropped",
+            "Records not stored because the store was full, by reason",
+            self.records_dropped.clone(),
+        );
+        r.register(
+            "dead_letters_evicted",
+            "Dead letters removed to keep within their share of the budget",
+            self.dead_letters_evicted.clone(),
+        );
+        r.register(
+            "blocked",
+            "1 while ingest refuses submissions because the store is full",
+            self.ingest_blocked.clone(),
+        );
+        let s = registry.sub_registry_with_prefix("store");
+        s.register(
+            "records",
+            "Records in the store",
+            self.store_records.clone(),
+        );
+        s.register_with_unit(
+            "file",
+            "Size of the store file",
+            prometheus_client::registry::Unit::Bytes,
+            self.store_file_bytes.clone(),
+        );
+        s.register(
+            "files_set_aside",
+            "Corrupt store files moved aside at start, a fresh store begun",
+            self.store_files_set_aside.clone(),
+        );
+        s.register_with_unit(
+            "estimated",
+            "File size the stored data needs, by the writer's account",
+            prometheus_client::registry::Unit::Bytes,
+            self.store_estimated_bytes.clone(),
         );
     }
 }

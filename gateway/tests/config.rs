@@ -193,7 +193,7 @@ fn unknown_key_in_a_section() {
             5,
             "store.comit_interval",
             "unknown field `comit_interval`, expected one of `commit_interval`, `commit_max_records`, \
-             `cursor_flush_interval`, `cache_size`, `queue`"
+             `cursor_flush_interval`, `cache_size`, `queue`, `max_disk`, `max_age`, `when_full`"
         )
     );
 }

@@ -7,6 +7,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use super::report::{KeyPath, Report};
+pub use crate::store::WhenFull;
 
 /// `[store]`: how ingest commits to the redb log.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -30,6 +31,18 @@ pub struct StoreConfig {
     /// Submissions queued for ingest before sources wait (back-pressure).
     /// 1 to 1,000,000. Default: `1024`.
     pub queue: NonZeroUsize,
+    /// The disk budget of the store file. Eviction starts at 90% of it.
+    /// At least 16MiB. Default: `"2GiB"`.
+    pub max_disk: ByteSize,
+    /// Records older than this (by their timestamp) are evicted, delivered
+    /// or not. Default: none (kept until the budget needs the room).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// When the budget is reached and every delivered record is already
+    /// evicted: `"drop_oldest"` (evict undelivered records too),
+    /// `"drop_newest"` (store no new records until there is room) or
+    /// `"block"` (stop acknowledging sources). Default: `"drop_oldest"`.
+    pub when_full: WhenFull,
 }
 
 impl Default for StoreConfig {
@@ -40,6 +53,9 @@ impl Default for StoreConfig {
             cursor_flush_interval: Duration::from_secs(1),
             cache_size: ByteSize::mib(4),
             queue: NonZeroUsize::new(1024).expect("nonzero"),
+            max_disk: ByteSize::gib(2),
+            max_age: None,
+            when_full: WhenFull::DropOldest,
         }
     }
 }
@@ -66,5 +82,17 @@ impl StoreConfig {
             Duration::from_secs(600),
         );
         report.int_in(at.key("queue"), self.queue.get() as u64, 1, 1_000_000);
+        if self.max_disk.as_u64() < 16 << 20 {
+            report.error(
+                at.key("max_disk"),
+                format!("must be at least 16MiB, got {}", self.max_disk),
+            );
+        }
+        if self
+            .max_age
+            .is_some_and(|age| age < Duration::from_secs(60))
+        {
+            report.error(at.key("max_age"), "must be at least 1m");
+        }
     }
 }

@@ -194,6 +194,13 @@ pub fn put_record_header(buf: &mut Vec<u8>, ts: Millis, source: u32, device: u32
     put_varint(buf, nfields as u64);
 }
 
+/// The timestamp of an encoded record, without decoding the rest.
+pub fn record_ts(bytes: &[u8]) -> Result<Millis, DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.version()?;
+    r.zvarint()
+}
+
 /// Appends one field: its interned name and its value.
 pub fn put_field(buf: &mut Vec<u8>, name: u32, value: &Value) {
     put_varint(buf, name.into());

@@ -19,11 +19,14 @@
 //! | `meta`    | key            | `u64` (`format_version`)                |
 //!
 //! # When data is deleted
-//! Nothing is deleted yet by this module: records stay until retention
-//! (a disk budget and a maximum age) trims what every cursor has passed.
+//! Only by retention ([`retention`]): records older than `max_age`, and the
+//! oldest records when the store reaches its disk budget (delivered ones
+//! first; undelivered ones only under `when_full = "drop_oldest"`). Every
+//! deletion is counted by reason.
 
 pub mod codec;
 mod names;
+pub mod retention;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +39,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 pub use names::Names;
+pub use retention::{Retention, WhenFull};
 pub use writer::{spawn_ingest, Cursors, IngestConfig, IngestHandle};
 
 use codec::{DecodeError, Reader};
@@ -63,6 +67,35 @@ pub enum StoreError {
     },
     #[error("store I/O: {0}")]
     Redb(#[from] redb::Error),
+    #[error("store {path} is corrupt ({error}) and cannot be moved aside: {source}")]
+    SetAside {
+        path: PathBuf,
+        error: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// True when the file itself is bad (a new file would cure it), not
+    /// when it is in use, not permitted, or of a newer format.
+    pub fn is_corruption(&self) -> bool {
+        use redb::{DatabaseError as D, StorageError as S};
+        match self {
+            StoreError::Open { source, .. } => match source {
+                D::Storage(S::Corrupted(_)) => true,
+                // A short file, or one that is not a redb file at all.
+                D::Storage(S::Io(e)) => matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ),
+                D::UpgradeRequired(_) => true,
+                _ => false,
+            },
+            StoreError::Redb(redb::Error::Corrupted(_)) => true,
+            _ => false,
+        }
+    }
 }
 
 macro_rules! from_redb {
@@ -204,6 +237,41 @@ impl Store {
                 heads: watch::Sender::new(heads),
             }),
         })
+    }
+
+    /// Opens the store at `path`; if the file is corrupt or unreadable as a
+    /// store, moves it aside (kept for diagnosis, named
+    /// `ferry.redb.corrupt-<unix time>`) and starts a fresh one, so a bad
+    /// file never needs a person at the gateway. Returns where the old file
+    /// went, if it was moved. Errors that a new file would not cure (the
+    /// store is in use, permission denied, a newer format) are returned.
+    pub fn open_or_set_aside(
+        path: &Path,
+        opts: &StoreOptions,
+    ) -> Result<(Store, Option<PathBuf>), StoreError> {
+        let attempt = std::panic::catch_unwind(|| Store::open(path, opts));
+        let err = match attempt {
+            Ok(Ok(store)) => return Ok((store, None)),
+            Ok(Err(e)) if !e.is_corruption() => return Err(e),
+            Ok(Err(e)) => e.to_string(),
+            // Debug builds of redb panic on some corruptions; release builds
+            // return `Corrupted` (and Ferry's release profile aborts on panic).
+            Err(_) => "the store's checks panicked".to_owned(),
+        };
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".corrupt-{stamp}"));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(path, &aside).map_err(|e| StoreError::SetAside {
+            path: path.to_owned(),
+            error: err.clone(),
+            source: e,
+        })?;
+        tracing::error!(store = %path.display(), moved_to = %aside.display(), error = %err,
+            "the store file is corrupt: moved it aside and started a new one");
+        Ok((Store::open(path, opts)?, Some(aside)))
     }
 
     pub fn path(&self) -> &Path {

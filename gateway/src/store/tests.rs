@@ -175,3 +175,351 @@ fn a_newer_format_version_is_refused_with_a_clear_error() {
         )
     );
 }
+
+mod retention {
+    use super::*;
+    use crate::store::{Retention, WhenFull};
+
+    const MIB: u64 = 1 << 20;
+    /// Record size: about 4 KiB, so a soak of ten budgets is few records.
+    const BLOB: usize = 4000;
+
+    fn big(i: i64, ts: i64) -> Record {
+        Record {
+            ts,
+            source: Arc::from("local"),
+            device: "d".into(),
+            fields: vec![
+                ("i".into(), Value::Int(i)),
+                ("blob".into(), Value::Str("x".repeat(BLOB).into())),
+            ],
+        }
+    }
+
+    fn cfg(max_disk: u64, when_full: WhenFull, consumers: &[&str]) -> IngestConfig {
+        IngestConfig {
+            retention: Retention {
+                max_disk,
+                max_age: None,
+                when_full,
+            },
+            consumers: consumers.iter().map(|c| Arc::from(*c)).collect(),
+            ..IngestConfig::default()
+        }
+    }
+
+    async fn write(ingest: &IngestHandle, range: std::ops::Range<i64>) -> Vec<Committed> {
+        let mut out = Vec::new();
+        for chunk in range.collect::<Vec<_>>().chunks(200) {
+            let items = chunk
+                .iter()
+                .map(|&i| Item::Record(big(i, ferry_adapters::record::now_millis())))
+                .collect();
+            out.push(ingest.sink.submit_and_wait(items).await.unwrap());
+        }
+        out
+    }
+
+    async fn close(ingest: IngestHandle) {
+        drop(ingest.sink);
+        drop(ingest.cursors);
+        ingest.task.await.unwrap();
+    }
+
+    /// A soak that writes ten times the budget: the file stays within it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_file_stays_within_the_budget_through_ten_times_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let metrics = IngestMetrics::new();
+        let ingest = spawn_ingest(
+            store.clone(),
+            cfg(16 * MIB, WhenFull::DropOldest, &[]),
+            metrics.clone(),
+        );
+        // ~4 KiB per record: 40,000 records are ten times 16 MiB.
+        let n = 40_000;
+        let mut max_file = 0;
+        for part in 0..10 {
+            write(&ingest, part * n / 10..(part + 1) * n / 10).await;
+            max_file = max_file.max(std::fs::metadata(store.path()).unwrap().len());
+        }
+        let evicted = metrics
+            .records_evicted
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: "disk_budget".into(),
+            })
+            .get();
+        close(ingest).await;
+        eprintln!("largest file: {max_file} bytes for a 16 MiB budget; evicted {evicted}");
+        assert!(max_file <= 16 * MIB + 2 * MIB, "file grew to {max_file}");
+        assert!(evicted > 30_000, "{evicted}");
+        // The newest records are all there, in order, after the evicted ones.
+        let heads = store.heads();
+        assert_eq!(heads.records, n as u64);
+        let mut out = Vec::new();
+        store
+            .read_records(heads.records - 100, 1000, &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 100);
+        assert_eq!(out[99].record.field("i"), Some(&Value::Int(n - 1)));
+        let first = store
+            .db()
+            .begin_read()
+            .unwrap()
+            .open_table(RECORDS)
+            .unwrap()
+            .first()
+            .unwrap()
+            .unwrap()
+            .0
+            .value();
+        assert_eq!(
+            store.heads().records - first + 1,
+            metrics.store_records.get()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivered_records_go_first_and_drop_newest_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let metrics = IngestMetrics::new();
+        let uplink: Arc<str> = Arc::from("uplink.cloud");
+        let ingest = spawn_ingest(
+            store.clone(),
+            cfg(16 * MIB, WhenFull::DropNewest, &["uplink.cloud"]),
+            metrics.clone(),
+        );
+        // The budget holds about 2,700 of these records at its high-water mark.
+        write(&ingest, 0..2_000).await;
+        // Delivered up to 1,000: those may go.
+        ingest.cursors.advance(&uplink, 1_000).await.unwrap();
+        let done = write(&ingest, 2_000..3_000).await;
+        assert!(
+            done.iter().all(|c| c.last_seq.is_some()),
+            "room was made from delivered records"
+        );
+        let reason = |r: &str| {
+            metrics
+                .records_evicted
+                .get_or_create(&crate::metrics::ReasonLabel { reason: r.into() })
+                .get()
+        };
+        assert!(reason("disk_budget") > 0);
+        // Nothing delivered is left: new records are dropped and counted, not stored.
+        let done = write(&ingest, 3_000..6_000).await;
+        assert_eq!(
+            reason("disk_budget"),
+            1_000,
+            "every delivered record, and only those"
+        );
+        assert_eq!(reason("disk_budget_undelivered"), 0);
+        let dropped = done.iter().filter(|c| c.last_seq.is_none()).count();
+        assert!(dropped > 0);
+        let head = store.heads().records;
+        assert!(head < 6_000);
+        assert_eq!(
+            metrics
+                .records_dropped
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "disk_full".into()
+                })
+                .get(),
+            6_000 - head
+        );
+        // Every undelivered record is still stored.
+        let mut out = Vec::new();
+        store.read_records(0, 100, &mut out).unwrap();
+        assert_eq!(out[0].seq, 1_001);
+        close(ingest).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn block_holds_sources_until_uplinks_deliver() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let metrics = IngestMetrics::new();
+        let uplink: Arc<str> = Arc::from("uplink.cloud");
+        let ingest = spawn_ingest(
+            store.clone(),
+            cfg(16 * MIB, WhenFull::Block, &["uplink.cloud"]),
+            metrics.clone(),
+        );
+        // Fill to the budget.
+        let mut i = 0;
+        let blocked = loop {
+            let items = (i..i + 200).map(|i| Item::Record(big(i, 0))).collect();
+            let receipt = ingest.sink.submit(items).await.unwrap();
+            match tokio::time::timeout(std::time::Duration::from_secs(3), receipt.committed()).await
+            {
+                Ok(done) => assert!(done.unwrap().last_seq.is_some()),
+                Err(_) => break i,
+            }
+            i += 200;
+        };
+        assert_eq!(metrics.ingest_blocked.get(), 1);
+        let head = store.heads().records;
+        assert_eq!(head, blocked as u64);
+        // The uplink delivers: the held records are stored, none lost.
+        ingest.cursors.advance(&uplink, head).await.unwrap();
+        let items = (blocked + 200..blocked + 400)
+            .map(|i| Item::Record(big(i, 0)))
+            .collect();
+        let done = ingest.sink.submit_and_wait(items).await.unwrap();
+        assert_eq!(done.last_seq, Some(head + 400));
+        assert_eq!(metrics.ingest_blocked.get(), 0);
+        assert_eq!(
+            metrics
+                .records_dropped
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "disk_full".into()
+                })
+                .get(),
+            0
+        );
+        close(ingest).await;
+    }
+
+    #[tokio::test]
+    async fn records_older_than_max_age_are_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let metrics = IngestMetrics::new();
+        let mut c = cfg(1 << 30, WhenFull::DropOldest, &[]);
+        c.retention.max_age = Some(std::time::Duration::from_secs(3600));
+        let now = ferry_adapters::record::now_millis();
+        {
+            let ingest = spawn_ingest(store.clone(), c.clone(), metrics.clone());
+            let old = (0..10)
+                .map(|i| Item::Record(big(i, now - 7_200_000)))
+                .collect();
+            ingest.sink.submit_and_wait(old).await.unwrap();
+            close(ingest).await;
+        }
+        // The next start checks the age at its first commit.
+        let ingest = spawn_ingest(store.clone(), c, metrics.clone());
+        let new = (10..15).map(|i| Item::Record(big(i, now))).collect();
+        ingest.sink.submit_and_wait(new).await.unwrap();
+        close(ingest).await;
+        let mut out = Vec::new();
+        store.read_records(0, 100, &mut out).unwrap();
+        assert_eq!(
+            out.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (11..=15).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            metrics
+                .records_evicted
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "max_age".into()
+                })
+                .get(),
+            10
+        );
+    }
+
+    #[tokio::test]
+    async fn the_byte_account_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let first = IngestMetrics::new();
+        let ingest = spawn_ingest(
+            store.clone(),
+            cfg(1 << 30, WhenFull::DropOldest, &[]),
+            first.clone(),
+        );
+        write(&ingest, 0..1000).await;
+        close(ingest).await;
+        let second = IngestMetrics::new();
+        let ingest = spawn_ingest(
+            store.clone(),
+            cfg(1 << 30, WhenFull::DropOldest, &[]),
+            second.clone(),
+        );
+        ingest.sink.submit_and_wait(vec![]).await.unwrap();
+        assert_eq!(
+            second.store_estimated_bytes.get(),
+            first.store_estimated_bytes.get()
+        );
+        assert_eq!(second.store_records.get(), 1000);
+        close(ingest).await;
+    }
+}
+
+mod repair {
+    use super::*;
+
+    async fn make_store(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        let store = open(dir);
+        let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+        for i in 0..20 {
+            let items = (0..500)
+                .map(|j| Item::Record(record("d", i * 500 + j, j)))
+                .collect();
+            ingest.sink.submit_and_wait(items).await.unwrap();
+        }
+        drop(ingest.sink);
+        drop(ingest.cursors);
+        ingest.task.await.unwrap();
+        store.path().to_owned()
+    }
+
+    /// A damaged file either opens (redb repairs it or the damage missed
+    /// anything it checks) or is moved aside for a fresh store: never an
+    /// error that needs a person, never a panic.
+    #[tokio::test]
+    async fn damaged_files_are_opened_or_set_aside() {
+        type Damage = fn(&mut Vec<u8>);
+        let damages: [(&str, Damage); 5] = [
+            ("truncated to half", |b| b.truncate(b.len() / 2)),
+            ("torn tail of 100 bytes", |b| b.truncate(b.len() - 100)),
+            ("garbage header", |b| b[..64].fill(0xAB)),
+            ("flipped bytes throughout", |b| {
+                for i in (4096..b.len()).step_by(4099) {
+                    b[i] ^= 0xFF;
+                }
+            }),
+            ("all zeros", |b| b.fill(0)),
+        ];
+        for (what, damage) in damages {
+            let dir = tempfile::tempdir().unwrap();
+            let path = make_store(&dir).await;
+            let mut bytes = std::fs::read(&path).unwrap();
+            damage(&mut bytes);
+            std::fs::write(&path, &bytes).unwrap();
+            let (store, aside) = Store::open_or_set_aside(&path, &StoreOptions::default())
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            if let Some(aside) = &aside {
+                assert!(aside.exists(), "{what}: the damaged file is kept");
+                assert_eq!(store.heads(), Heads::default(), "{what}: a fresh store");
+            }
+            // Either way the store takes new records.
+            let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+            let done = ingest
+                .sink
+                .submit_and_wait(vec![Item::Record(record("d", 1, 1))])
+                .await;
+            assert!(done.is_ok(), "{what}: {done:?}");
+            eprintln!(
+                "{what}: {}",
+                if aside.is_some() {
+                    "set aside"
+                } else {
+                    "opened"
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_store_in_use_is_not_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let err = Store::open_or_set_aside(store.path(), &StoreOptions::default())
+            .err()
+            .unwrap();
+        assert!(!err.is_corruption(), "{err}");
+        assert!(store.path().exists());
+    }
+}

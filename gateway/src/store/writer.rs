@@ -23,14 +23,15 @@ use std::time::Duration;
 
 use ferry_adapters::record::Record;
 use ferry_adapters::sink::{Committed, Item, Sink, Submission, SubmitError};
-use redb::ReadableTable;
-use tokio::sync::{mpsc, oneshot};
+use redb::{ReadableDatabase, ReadableTable};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
-use super::{codec, Heads, Store, StoreError, CURSORS, DEAD, NAMES, RECORDS};
-use crate::metrics::{IngestMetrics, RejectLabels, SourceLabel};
+use super::retention::{entry_bytes, Retention, Usage, WhenFull, MAX_EVICT_PER_COMMIT};
+use super::{codec, Heads, Store, StoreError, CURSORS, DEAD, META, NAMES, RECORDS};
+use crate::metrics::{IngestMetrics, ReasonLabel, RejectLabels, SourceLabel};
 
 /// Group-commit settings.
 #[derive(Debug, Clone)]
@@ -40,6 +41,11 @@ pub struct IngestConfig {
     pub cursor_flush_interval: Duration,
     /// Submissions queued before sources wait.
     pub queue: usize,
+    /// Disk budget, maximum age and the policy when full.
+    pub retention: Retention,
+    /// The cursors of the consumers whose undelivered records retention
+    /// protects (per `when_full`): one per configured uplink.
+    pub consumers: Vec<Arc<str>>,
 }
 
 impl Default for IngestConfig {
@@ -49,6 +55,8 @@ impl Default for IngestConfig {
             commit_max_records: 4096,
             cursor_flush_interval: Duration::from_secs(1),
             queue: 1024,
+            retention: Retention::default(),
+            consumers: Vec::new(),
         }
     }
 }
@@ -77,18 +85,26 @@ pub struct IngestHandle {
     /// Ends after the last sink and cursor handle are dropped and the final
     /// commit is done.
     pub task: JoinHandle<()>,
+    /// When the writer's loop last turned: at least once a second while it
+    /// is alive, idle or not. The systemd watchdog stops pinging when it
+    /// goes stale.
+    pub heartbeat: watch::Receiver<Instant>,
 }
+
+/// The longest the writer's loop waits before turning (and beating) again.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts the ingest writer on `store`.
 pub fn spawn_ingest(store: Store, cfg: IngestConfig, metrics: IngestMetrics) -> IngestHandle {
     let (sink, rx) = Sink::channel(cfg.queue);
     let (ctx, crx) = mpsc::channel(64);
-    let state = WriterState::new(store, metrics);
-    let task = tokio::spawn(run(state, cfg, rx, crx));
+    let (beat, heartbeat) = watch::channel(Instant::now());
+    let task = tokio::spawn(run(store, metrics, cfg, rx, crx, beat));
     IngestHandle {
         sink,
         cursors: Cursors { tx: ctx },
         task,
+        heartbeat,
     }
 }
 
@@ -105,6 +121,8 @@ struct Batch {
     cursors: BTreeMap<Arc<str>, u64>,
     items_since: Option<Instant>,
     cursors_since: Option<Instant>,
+    /// While ingest is blocked (`when_full = "block"`): when to look again.
+    retry_at: Option<Instant>,
 }
 
 impl Batch {
@@ -149,12 +167,27 @@ impl Batch {
     }
 
     fn deadline(&self, cfg: &IngestConfig) -> Option<Instant> {
-        let items = self.items_since.map(|t| t + cfg.commit_interval);
+        let items = match self.retry_at {
+            Some(retry) => Some(retry),
+            None => self.items_since.map(|t| t + cfg.commit_interval),
+        };
         let cursors = self.cursors_since.map(|t| t + cfg.cursor_flush_interval);
-        match (items, cursors) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [items, cursors].into_iter().flatten().min()
+    }
+
+    /// Puts a held batch's items back in front of what came since.
+    fn hold(&mut self, held: Batch, retry_at: Instant) {
+        let mut records = held.records;
+        records.append(&mut self.records);
+        self.records = records;
+        let mut dead = held.dead;
+        dead.append(&mut self.dead);
+        self.dead = dead;
+        let mut acks = held.acks;
+        acks.append(&mut self.acks);
+        self.acks = acks;
+        self.items_since = held.items_since.or(self.items_since);
+        self.retry_at = Some(retry_at);
     }
 
     fn full(&self, cfg: &IngestConfig) -> bool {
@@ -162,15 +195,35 @@ impl Batch {
     }
 }
 
+/// The batch's deadline, but no later than one heartbeat from now.
+fn next_turn(deadline: Option<Instant>) -> Instant {
+    let beat = Instant::now() + HEARTBEAT_INTERVAL;
+    deadline.map_or(beat, |d| d.min(beat))
+}
+
 async fn run(
-    mut state: WriterState,
+    store: Store,
+    metrics: IngestMetrics,
     cfg: IngestConfig,
     mut rx: mpsc::Receiver<Submission>,
     mut crx: mpsc::Receiver<(Arc<str>, u64)>,
+    beat: watch::Sender<Instant>,
 ) {
+    let init = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || WriterState::new(store, metrics, &cfg))
+    };
+    let mut state = match init.await.expect("the ingest start task panicked") {
+        Ok(state) => state,
+        Err(e) => {
+            error!(error = %e, "ingest cannot read the store; it accepts nothing");
+            return;
+        }
+    };
     let mut batch = Batch::default();
     let (mut items_open, mut cursors_open) = (true, true);
     loop {
+        beat.send_replace(Instant::now());
         let closed = !items_open && !cursors_open;
         if closed && batch.is_empty() {
             break;
@@ -179,7 +232,7 @@ async fn run(
         let due = closed || batch.full(&cfg) || deadline.is_some_and(|d| d <= Instant::now());
         if !due {
             tokio::select! {
-                sub = rx.recv(), if items_open => match sub {
+                sub = rx.recv(), if items_open && !state.blocked => match sub {
                     Some(sub) => {
                         let now = Instant::now();
                         batch.add(sub, now, &state.metrics);
@@ -197,7 +250,7 @@ async fn run(
                     Some((name, seq)) => batch.move_cursor(name, seq, Instant::now()),
                     None => cursors_open = false,
                 },
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                _ = tokio::time::sleep_until(next_turn(deadline)) => {}
             }
             continue;
         }
@@ -211,10 +264,43 @@ async fn run(
         .await
         .expect("the ingest commit task panicked");
         state = back;
-        state.finish(full, result, &mut batch);
+        state.finish(full, result, &mut batch, &cfg);
+        if state.blocked && !items_open && !cursors_open {
+            // Shutting down with no room: the held submissions are refused,
+            // so their sources keep them (a subscriber does not acknowledge).
+            for (done, _) in std::mem::take(&mut batch.acks) {
+                if let Some(done) = done {
+                    let _ = done.send(Err(SubmitError::Store(
+                        "shut down while the store was full".into(),
+                    )));
+                }
+            }
+            batch = Batch::default();
+        }
     }
     info!("ingest writer stopped");
 }
+
+/// What became of a batch's records.
+enum Disposition {
+    Stored,
+    /// `drop_newest` with the budget reached: counted and acknowledged.
+    Dropped,
+    /// `block` with the budget reached: kept in memory, sources wait.
+    Held,
+}
+
+struct Written {
+    heads: Heads,
+    records: Disposition,
+}
+
+/// How often the front of the log is checked against `max_age`.
+const AGE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the byte account is saved when nothing is evicted.
+const USAGE_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a blocked ingest looks for room when no cursor moves.
+const BLOCKED_RETRY: Duration = Duration::from_secs(1);
 
 struct WriterState {
     store: Store,
@@ -222,24 +308,85 @@ struct WriterState {
     ids: HashMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
     buf: Vec<u8>,
+    retention: Retention,
+    /// Committed positions of the protected consumers.
+    consumers: HashMap<Arc<str>, u64>,
+    usage: Usage,
+    usage_saved: std::time::Instant,
+    age_checked: std::time::Instant,
+    /// An eviction or drop episode is under way: (reason, records so far).
+    episode: Option<(&'static str, u64)>,
+    blocked: bool,
 }
 
 impl WriterState {
-    fn new(store: Store, metrics: IngestMetrics) -> Self {
+    /// Loads names, cursors and the byte account (reading only what was
+    /// written since the account was last saved).
+    fn new(store: Store, metrics: IngestMetrics, cfg: &IngestConfig) -> Result<Self, StoreError> {
         let names: Vec<Arc<str>> = store.names().snapshot().to_vec();
         let ids = names
             .iter()
             .enumerate()
             .map(|(i, n)| (n.clone(), i as u32))
             .collect();
-        metrics.head_seq.set(store.heads().records);
-        WriterState {
+        let heads = store.heads();
+        metrics.head_seq.set(heads.records);
+        let tx = store.db().begin_read()?;
+        let cursors = tx.open_table(CURSORS)?;
+        let mut consumers = HashMap::new();
+        for name in &cfg.consumers {
+            let pos = cursors.get(&**name)?.map(|v| v.value()).unwrap_or(0);
+            consumers.insert(name.clone(), pos);
+        }
+        let meta = tx.open_table(META)?;
+        let get =
+            |k: &str| -> Result<Option<u64>, StoreError> { Ok(meta.get(k)?.map(|v| v.value())) };
+        let (mut usage, as_of_record, as_of_dead) = match (
+            get("usage.record_bytes")?,
+            get("usage.dead_bytes")?,
+            get("usage.as_of_record")?,
+            get("usage.as_of_dead")?,
+        ) {
+            (Some(r), Some(d), Some(ar), Some(ad)) => (
+                Usage {
+                    record_bytes: r,
+                    dead_bytes: d,
+                    ..Usage::default()
+                },
+                ar,
+                ad,
+            ),
+            _ => (Usage::default(), 0, 0),
+        };
+        let records = tx.open_table(RECORDS)?;
+        for entry in records.range(as_of_record.saturating_add(1)..)? {
+            usage.record_bytes += entry_bytes(entry?.1.value().len());
+        }
+        usage.first_record = records
+            .first()?
+            .map_or(heads.records + 1, |(k, _)| k.value());
+        let dead = tx.open_table(DEAD)?;
+        for entry in dead.range(as_of_dead.saturating_add(1)..)? {
+            usage.dead_bytes += entry_bytes(entry?.1.value().len());
+        }
+        usage.first_dead = dead.first()?.map_or(heads.dead + 1, |(k, _)| k.value());
+        let now = std::time::Instant::now();
+        let state = WriterState {
             store,
             metrics,
             ids,
             names,
             buf: Vec::with_capacity(256),
-        }
+            retention: cfg.retention.clone(),
+            consumers,
+            usage,
+            usage_saved: now,
+            age_checked: now - AGE_CHECK_INTERVAL,
+            episode: None,
+            blocked: false,
+        };
+        state.update_gauges(heads);
+        Ok(state)
     }
 
     /// The id of `name`, interning it (in memory) if new.
@@ -255,9 +402,10 @@ impl WriterState {
     }
 
     /// Writes the batch in one durable transaction.
-    fn commit(&mut self, batch: &mut Batch) -> Result<Heads, StoreError> {
+    fn commit(&mut self, batch: &mut Batch) -> Result<Written, StoreError> {
         let started = std::time::Instant::now();
         let known = self.names.len();
+        let (usage, consumers, episode) = (self.usage, self.consumers.clone(), self.episode);
         let result = self.write(batch, known);
         match &result {
             Ok(_) => {
@@ -266,43 +414,84 @@ impl WriterState {
                     .observe(started.elapsed().as_secs_f64());
             }
             Err(_) => {
-                // Forget names that were never committed.
+                // Undo what the failed transaction would have done.
                 for name in self.names.drain(known..) {
                     self.ids.remove(&name);
                 }
+                self.usage = usage;
+                self.consumers = consumers;
+                self.episode = episode;
             }
         }
         result
     }
 
-    fn write(&mut self, batch: &Batch, known: usize) -> Result<Heads, StoreError> {
+    fn write(&mut self, batch: &Batch, known: usize) -> Result<Written, StoreError> {
         let mut heads = self.store.heads();
         let tx = self.store.db().begin_write()?;
+        let mut evicted_any = false;
+        let disposition;
         {
-            let mut records = tx.open_table(RECORDS)?;
-            for r in &batch.records {
-                let source = self.intern(&r.source);
-                let device = self.intern(&r.device);
-                let mut buf = std::mem::take(&mut self.buf);
-                buf.clear();
-                codec::put_record_header(&mut buf, r.ts, source, device, r.fields.len());
-                for (name, value) in &r.fields {
-                    let id = self.intern(name);
-                    codec::put_field(&mut buf, id, value);
+            let mut cursors = tx.open_table(CURSORS)?;
+            for (name, &seq) in &batch.cursors {
+                let old = cursors.get(&**name)?.map(|v| v.value()).unwrap_or(0);
+                if seq > old {
+                    cursors.insert(&**name, seq)?;
                 }
-                heads.records += 1;
-                records.insert(heads.records, buf.as_slice())?;
-                self.buf = buf;
+                if let Some(pos) = self.consumers.get_mut(name) {
+                    *pos = (*pos).max(seq);
+                }
             }
+            let mut records = tx.open_table(RECORDS)?;
             let mut dead = tx.open_table(DEAD)?;
-            for d in &batch.dead {
-                let source = self.intern(&d.source);
-                let mut buf = std::mem::take(&mut self.buf);
-                buf.clear();
-                codec::put_dead_letter(&mut buf, d, source);
-                heads.dead += 1;
-                dead.insert(heads.dead, buf.as_slice())?;
-                self.buf = buf;
+            evicted_any |= self.evict_dead(&mut dead)?;
+            evicted_any |= self.evict_aged(&mut records)?;
+            let avg = if heads.records >= self.usage.first_record {
+                self.usage.record_bytes / (heads.records - self.usage.first_record + 1)
+            } else {
+                64
+            };
+            let incoming = avg * batch.records.len() as u64;
+            let (evicted, room) = self.evict_for_budget(&mut records, incoming)?;
+            evicted_any |= evicted;
+            disposition = if batch.records.is_empty() || room {
+                Disposition::Stored
+            } else {
+                match self.retention.when_full {
+                    WhenFull::DropNewest => Disposition::Dropped,
+                    _ => Disposition::Held,
+                }
+            };
+            if matches!(disposition, Disposition::Held) {
+                // Nothing of the batch is written; its cursor moves and evictions are.
+            } else {
+                if matches!(disposition, Disposition::Stored) {
+                    for r in &batch.records {
+                        let source = self.intern(&r.source);
+                        let device = self.intern(&r.device);
+                        let mut buf = std::mem::take(&mut self.buf);
+                        buf.clear();
+                        codec::put_record_header(&mut buf, r.ts, source, device, r.fields.len());
+                        for (name, value) in &r.fields {
+                            let id = self.intern(name);
+                            codec::put_field(&mut buf, id, value);
+                        }
+                        heads.records += 1;
+                        records.insert(heads.records, buf.as_slice())?;
+                        self.usage.record_bytes += entry_bytes(buf.len());
+                        self.buf = buf;
+                    }
+                }
+                for d in &batch.dead {
+                    let source = self.intern(&d.source);
+                    let mut buf = std::mem::take(&mut self.buf);
+                    buf.clear();
+                    codec::put_dead_letter(&mut buf, d, source);
+                    heads.dead += 1;
+                    dead.insert(heads.dead, buf.as_slice())?;
+                    self.usage.dead_bytes += entry_bytes(buf.len());
+                    self.buf = buf;
+                }
             }
             if self.names.len() > known {
                 let mut names = tx.open_table(NAMES)?;
@@ -312,37 +501,264 @@ impl WriterState {
                 // Readers must know the names before the records that use them commit.
                 self.store.names().publish(Arc::new(self.names.clone()));
             }
-            let mut cursors = tx.open_table(CURSORS)?;
-            for (name, &seq) in &batch.cursors {
-                let old = cursors.get(&**name)?.map(|v| v.value()).unwrap_or(0);
-                if seq > old {
-                    cursors.insert(&**name, seq)?;
-                }
+            if self.usage.first_record == 0 {
+                self.usage.first_record = 1;
+            }
+            if evicted_any || self.usage_saved.elapsed() >= USAGE_SAVE_INTERVAL {
+                let mut meta = tx.open_table(META)?;
+                meta.insert("usage.record_bytes", self.usage.record_bytes)?;
+                meta.insert("usage.dead_bytes", self.usage.dead_bytes)?;
+                meta.insert("usage.as_of_record", heads.records)?;
+                meta.insert("usage.as_of_dead", heads.dead)?;
+                self.usage_saved = std::time::Instant::now();
             }
         }
-        tx.commit()?;
-        Ok(heads)
+        if batch.is_empty() && !evicted_any {
+            tx.abort()?;
+        } else {
+            tx.commit()?;
+        }
+        Ok(Written {
+            heads,
+            records: disposition,
+        })
+    }
+
+    /// The highest sequence number every protected consumer has delivered.
+    fn delivered(&self) -> u64 {
+        self.consumers.values().copied().min().unwrap_or(u64::MAX)
+    }
+
+    /// Evicts dead letters beyond their share of the budget.
+    fn evict_dead(
+        &mut self,
+        dead: &mut redb::Table<u64, &'static [u8]>,
+    ) -> Result<bool, StoreError> {
+        let mut need = self.usage.dead_to_free(&self.retention);
+        let mut n = 0u64;
+        while need > 0 && n < MAX_EVICT_PER_COMMIT as u64 {
+            let Some((k, v)) = dead.pop_first()? else {
+                break;
+            };
+            let bytes = entry_bytes(v.value().len());
+            self.usage.first_dead = k.value() + 1;
+            drop((k, v));
+            self.usage.dead_bytes -= bytes.min(self.usage.dead_bytes);
+            need = need.saturating_sub(bytes);
+            n += 1;
+        }
+        if n > 0 {
+            self.metrics.dead_letters_evicted.inc_by(n);
+        }
+        Ok(n > 0)
+    }
+
+    /// Evicts records older than `max_age` from the front of the log.
+    fn evict_aged(
+        &mut self,
+        records: &mut redb::Table<u64, &'static [u8]>,
+    ) -> Result<bool, StoreError> {
+        let Some(max_age) = self.retention.max_age else {
+            return Ok(false);
+        };
+        if self.age_checked.elapsed() < AGE_CHECK_INTERVAL {
+            return Ok(false);
+        }
+        self.age_checked = std::time::Instant::now();
+        let cutoff = ferry_adapters::record::now_millis() - max_age.as_millis() as i64;
+        let mut n = 0;
+        while n < MAX_EVICT_PER_COMMIT {
+            let old = match records.first()? {
+                Some((_, v)) => match codec::record_ts(v.value()) {
+                    Ok(ts) => ts < cutoff,
+                    Err(_) => true, // undecodable: nothing to keep
+                },
+                None => false,
+            };
+            if !old {
+                break;
+            }
+            self.pop_record(records, "max_age")?;
+            n += 1;
+        }
+        Ok(n > 0)
+    }
+
+    /// Frees room for `incoming` more bytes within the budget, as the policy
+    /// allows. Returns whether anything was evicted and whether there is room.
+    fn evict_for_budget(
+        &mut self,
+        records: &mut redb::Table<u64, &'static [u8]>,
+        incoming: u64,
+    ) -> Result<(bool, bool), StoreError> {
+        let mut planned = self.usage;
+        planned.record_bytes += incoming;
+        let mut need = planned.records_to_free(&self.retention);
+        if need == 0 {
+            self.end_episode();
+            return Ok((false, true));
+        }
+        let delivered = self.delivered();
+        let mut n = 0;
+        while need > 0 && n < MAX_EVICT_PER_COMMIT {
+            let first = self.usage.first_record;
+            let reason = if first <= delivered {
+                "disk_budget"
+            } else if self.retention.when_full == WhenFull::DropOldest {
+                "disk_budget_undelivered"
+            } else {
+                break;
+            };
+            let Some(bytes) = self.pop_record(records, reason)? else {
+                break;
+            };
+            need = need.saturating_sub(bytes);
+            n += 1;
+        }
+        let mut after = self.usage;
+        after.record_bytes += incoming;
+        let room = after.file_bytes() <= self.retention.max_disk;
+        Ok((n > 0, room))
+    }
+
+    /// Evicts the first record; its accounted bytes, or None if empty.
+    fn pop_record(
+        &mut self,
+        records: &mut redb::Table<u64, &'static [u8]>,
+        reason: &'static str,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some((k, v)) = records.pop_first()? else {
+            return Ok(None);
+        };
+        let bytes = entry_bytes(v.value().len());
+        self.usage.first_record = k.value() + 1;
+        drop((k, v));
+        self.usage.record_bytes -= bytes.min(self.usage.record_bytes);
+        self.count_episode(reason, 1);
+        self.metrics
+            .records_evicted
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        Ok(Some(bytes))
+    }
+
+    fn count_episode(&mut self, reason: &'static str, n: u64) {
+        match &mut self.episode {
+            Some((_, count)) => *count += n,
+            None => {
+                warn!(
+                    reason,
+                    max_disk = self.retention.max_disk,
+                    policy = ?self.retention.when_full,
+                    "store budget reached: evicting or dropping records (counted in ferry_ingest_records_evicted_total / _dropped_total)"
+                );
+                self.episode = Some((reason, n));
+            }
+        }
+    }
+
+    fn end_episode(&mut self) {
+        if let Some((reason, n)) = self.episode.take() {
+            info!(reason, records = n, "store back within its budget");
+        }
+    }
+
+    fn update_gauges(&self, heads: Heads) {
+        self.metrics
+            .store_estimated_bytes
+            .set(self.usage.file_bytes());
+        self.metrics
+            .store_records
+            .set((heads.records + 1).saturating_sub(self.usage.first_record));
+        self.metrics.ingest_blocked.set(i64::from(self.blocked));
+        if let Ok(m) = std::fs::metadata(self.store.path()) {
+            self.metrics.store_file_bytes.set(m.len());
+        }
     }
 
     /// Tells every submitter the outcome. On failure, cursor moves go back
-    /// into `next` to be tried again.
-    fn finish(&mut self, batch: Batch, result: Result<Heads, StoreError>, next: &mut Batch) {
+    /// into `next` to be tried again; a held batch goes back whole.
+    fn finish(
+        &mut self,
+        batch: Batch,
+        result: Result<Written, StoreError>,
+        next: &mut Batch,
+        cfg: &IngestConfig,
+    ) {
         match result {
-            Ok(heads) => {
+            Ok(Written {
+                heads,
+                records: Disposition::Held,
+            }) => {
+                if !self.blocked {
+                    warn!(
+                        max_disk = self.retention.max_disk,
+                        "store budget reached and nothing delivered to evict: ingest blocks until uplinks catch up"
+                    );
+                }
+                self.blocked = true;
+                self.metrics.commits.inc();
+                self.update_gauges(heads);
+                self.store.heads_sender().send_replace(heads);
+                let Batch {
+                    records,
+                    dead,
+                    acks,
+                    items_since,
+                    ..
+                } = batch;
+                next.hold(
+                    Batch {
+                        records,
+                        dead,
+                        acks,
+                        items_since,
+                        ..Batch::default()
+                    },
+                    Instant::now()
+                        + BLOCKED_RETRY.min(cfg.cursor_flush_interval.max(cfg.commit_interval)),
+                );
+            }
+            Ok(Written {
+                heads,
+                records: disposition,
+            }) => {
+                if self.blocked {
+                    info!("store has room again: ingest resumes");
+                    self.blocked = false;
+                }
                 let Batch {
                     records,
                     dead,
                     acks,
                     ..
                 } = batch;
+                let stored = matches!(disposition, Disposition::Stored);
+                if stored {
+                    self.metrics.records_stored.inc_by(records.len() as u64);
+                } else {
+                    self.count_episode("disk_full", records.len() as u64);
+                    self.metrics
+                        .records_dropped
+                        .get_or_create(&ReasonLabel {
+                            reason: "disk_full".to_owned(),
+                        })
+                        .inc_by(records.len() as u64);
+                }
                 self.metrics.commits.inc();
-                self.metrics.records_stored.inc_by(records.len() as u64);
                 self.metrics.dead_letters_stored.inc_by(dead.len() as u64);
                 self.metrics.head_seq.set(heads.records);
-                let mut seq = heads.records - records.len() as u64;
+                self.update_gauges(heads);
+                let mut seq = heads.records - if stored { records.len() as u64 } else { 0 };
                 for (done, n) in acks {
-                    seq += n as u64;
-                    let last_seq = (n > 0).then_some(seq);
+                    let last_seq = if stored && n > 0 {
+                        seq += n as u64;
+                        Some(seq)
+                    } else {
+                        None
+                    };
                     if let Some(done) = done {
                         // A submitter that stopped waiting is no loss: the data is stored.
                         let _ = done.send(Ok(Committed { last_seq }));

@@ -8,4 +8,4 @@ pub mod limiter;
 mod run;
 pub mod tls;
 
-pub use run::{run, LinkError, Settings};
+pub use run::{cursor_name, run, LinkError, Settings};

@@ -90,6 +90,11 @@ pub enum LinkError {
     Closed,
 }
 
+/// The name of the uplink `name`'s cursor in the store.
+pub fn cursor_name(uplink: &str) -> String {
+    format!("uplink.{uplink}")
+}
+
 /// A batch encoded and waiting for its turn.
 struct Ready {
     window_end: u64,
@@ -157,7 +162,7 @@ struct Uplink {
 
 impl Uplink {
     fn new(s: Settings, store: Store, cursors: Cursors, metrics: UplinkMetrics) -> Self {
-        let cursor_name: Arc<str> = format!("uplink.{}", s.name).into();
+        let cursor_name: Arc<str> = cursor_name(&s.name).into();
         let acked = store.cursor(&cursor_name).unwrap_or_else(|e| {
             warn!(uplink = %s.name, error = %e, "cannot read the cursor; starting from the beginning");
             0
