@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, ConfigWarnings, LoadError, DEFAULT_NAME, DEFAULT_TOML};
+use crate::config::{Config, ConfigWarnings, LoadError, LogLevel, DEFAULT_NAME, DEFAULT_TOML};
 
 /// Exit code for a config with problems (`EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
@@ -96,8 +96,8 @@ pub fn run_command(command: Command) -> ExitCode {
         Command::Modbus {
             command: ModbusCommand::Probe(args),
         } => modbus_probe(args),
-        Command::Run { config } => match load(config.as_deref()) {
-            Ok(config) => run_daemon(config),
+        Command::Run { config: path } => match load(path.as_deref()) {
+            Ok(config) => run_daemon(config, path),
             Err(code) => code,
         },
     }
@@ -133,16 +133,18 @@ fn print_warnings(warnings: &ConfigWarnings) {
     }
 }
 
-/// Builds the runtime, starts logging, and runs the daemon to its end.
-fn run_daemon(config: Config) -> ExitCode {
-    init_tracing(config.gateway.log_level.as_str());
+/// Builds the runtime, starts logging, and runs the daemon to its end;
+/// `path` is read again on SIGHUP.
+fn run_daemon(config: Config, path: Option<PathBuf>) -> ExitCode {
+    let log = init_tracing(config.gateway.log_level);
+    let reload = crate::reload::ReloadContext { path, log };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ferry")
         .enable_all()
         .build();
     let result = match runtime {
-        Ok(runtime) => runtime.block_on(crate::daemon::run(config)),
+        Ok(runtime) => runtime.block_on(crate::daemon::run(config, reload)),
         Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
     };
     match result {
@@ -155,28 +157,36 @@ fn run_daemon(config: Config) -> ExitCode {
 }
 
 /// Logs to stderr, one line per event, without colours unless stderr is a
-/// terminal. The filter is `RUST_LOG` when set and valid, else `level`.
+/// terminal (under systemd, stderr goes to the journal). The filter is
+/// `RUST_LOG` when set and valid, else `level`, which a reload can change.
 ///
 /// The embedded broker's own logging (rumqttd) is off by default: it logs
 /// every device connection at info and routine disconnects as errors, and
 /// Ferry's broker source reports what matters (listening, bind failures,
 /// dead letters) itself. `RUST_LOG=info,rumqttd=info` shows it.
-fn init_tracing(level: &str) {
-    let level = &format!("{level},rumqttd=off");
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
-            eprintln!("ferry: warning: ignoring RUST_LOG={spec:?}: {e}");
-            EnvFilter::new(level)
-        }),
-        _ => EnvFilter::new(level),
+fn init_tracing(level: LogLevel) -> crate::reload::LogControl {
+    use tracing_subscriber::layer::SubscriberExt;
+    let (filter, from_env) = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
+            Ok(filter) => (filter, true),
+            Err(e) => {
+                eprintln!("ferry: warning: ignoring RUST_LOG={spec:?}: {e}");
+                (crate::reload::filter_for(level), false)
+            }
+        },
+        _ => (crate::reload::filter_for(level), false),
     };
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .finish();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let subscriber = tracing_subscriber::registry().with(filter).with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal()),
+    );
     // Only fails if a subscriber is already set (in tests): keep that one.
-    let _ = tracing::subscriber::set_global_default(subscriber);
+    match tracing::subscriber::set_global_default(subscriber) {
+        Ok(()) => crate::reload::LogControl::new(handle, from_env),
+        Err(_) => crate::reload::LogControl::none(),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,12 @@
 //! 3. uplinks stop publishing and wait for the PUBACKs in flight (`drain_timeout`),
 //!    then their last cursor moves are committed;
 //! 4. the process exits 0.
+//!
+//! Under systemd (`Type=notify`, see `notify.rs`): `READY=1` once the store is
+//! open, the sources are started and the uplinks run; `WATCHDOG=1` while the
+//! ingest writer is alive and `STATUS=` as it changes (`watchdog.rs`);
+//! `STOPPING=1` when shutdown begins. SIGHUP reloads the config file
+//! (`reload.rs`) between `RELOADING=1` and `READY=1`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +26,33 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, SourceConfig, UplinkConfig};
 use crate::metrics::{self, IngestMetrics, ModbusMetrics, UplinkMetrics};
+use crate::notify::{Notifier, State};
+use crate::reload::{self, ReloadContext, Uplinks};
+use crate::status::StatusSource;
 use crate::store::{spawn_ingest, IngestConfig, Retention, Store, StoreOptions};
 use crate::uplink::{self, batch::Topic, Settings};
+use crate::watchdog::{self, Timing, Watchdog};
 
 /// How long sources get to stop before ingest is closed regardless.
 const SOURCE_STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP
+/// reloads the config.
+pub async fn run(config: Config, reload: ReloadContext) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed first: SIGHUP's default action would end the process.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    // One pending reload is enough: it reads the latest file.
+                    let _ = reload_tx.try_send(());
+                }
+            });
+        }
+        Err(e) => warn!(error = %e, "cannot handle SIGHUP; reloading is not possible"),
+    }
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -35,7 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!("shutting down");
         signals.cancel();
     });
-    run_until(config, shutdown).await
+    run_until(config, reload, reload_rx, shutdown).await
 }
 
 async fn wait_for_signal() {
@@ -57,8 +82,15 @@ async fn wait_for_signal() {
     }
 }
 
-/// Runs until `shutdown` is cancelled.
-pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs until `shutdown` is cancelled; each message on `reloads` reloads
+/// the config.
+pub async fn run_until(
+    config: Config,
+    reload: ReloadContext,
+    mut reloads: tokio::sync::mpsc::Receiver<()>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env().map(Arc::new);
     // Everything that can fail on the operator's input fails here, before a
     // port is bound or the store is touched.
     let uplinks = uplink_settings(&config)?;
@@ -87,7 +119,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     let modbus_metrics = Arc::new(ModbusMetrics::new());
     modbus_metrics.register(&mut registry);
 
-    let (ready_tx, ready_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = watch::channel(None);
     let http_cancel = CancellationToken::new();
     if let Some(addr) = config.metrics.listen {
         let listener = crate::http::bind(addr).await?;
@@ -117,7 +149,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
                 .map(|name| Arc::from(uplink::cursor_name(name)))
                 .collect(),
         },
-        ingest_metrics,
+        ingest_metrics.clone(),
     );
 
     let sources_cancel = CancellationToken::new();
@@ -137,17 +169,13 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     }
     drop(ingest.sink);
 
-    let uplinks_cancel = CancellationToken::new();
-    let mut uplink_tasks = JoinSet::new();
-    for settings in uplinks {
-        info!(uplink = %settings.name, endpoint = %format!("{}:{}", settings.host, settings.port), "starting uplink");
-        uplink_tasks.spawn(uplink::run(
-            settings,
-            store.clone(),
-            ingest.cursors.clone(),
-            uplink_metrics.clone(),
-            uplinks_cancel.clone(),
-        ));
+    let (mut running_uplinks, uplink_names) = Uplinks::new(
+        store.clone(),
+        ingest.cursors.clone(),
+        uplink_metrics.clone(),
+    );
+    for (settings, digest) in uplinks {
+        running_uplinks.start(settings, digest);
     }
     drop(ingest.cursors);
     // Ready once every embedded broker accepts connections (a source that
@@ -155,21 +183,58 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     for ready in listening {
         let _ = tokio::time::timeout(Duration::from_secs(30), ready).await;
     }
-    let _ = ready_tx.send(true);
+    let status = StatusSource {
+        ingest: ingest_metrics,
+        uplinks: uplink_metrics,
+        uplink_names,
+    };
+    let line = status.line();
+    ready_tx.send_replace(Some(line.as_str().into()));
+    if let Some(n) = &notifier {
+        n.notify(&[State::Ready, State::Status(&line)]);
+    }
     info!(gateway = %config.gateway.id, sources = config.sources.len(), uplinks = config.uplinks.len(), "ferry running");
+    let timing = Timing::for_timeout(notifier.as_ref().and_then(|n| n.watchdog_timeout()));
+    let supervisor_cancel = CancellationToken::new();
+    let supervisor = tokio::spawn(watchdog::run(
+        notifier.clone(),
+        Watchdog::new(ingest.heartbeat, timing.stall),
+        status,
+        ready_tx,
+        timing.period,
+        supervisor_cancel.clone(),
+    ));
 
-    // Run until asked to stop or a source fails for good.
+    // Run until asked to stop or a source fails for good; reload on SIGHUP.
+    let mut config = config;
     let mut failure = None;
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        Some(done) = sources.join_next() => {
-            match done {
-                Ok(Ok(())) => warn!("a source stopped on its own"),
-                Ok(Err(e)) => { error!(error = %e, "source failed"); failure = Some(e); }
-                Err(e) => { error!(error = %e, "source task panicked"); failure = Some(anyhow::anyhow!("source task panicked: {e}")); }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = reloads.recv() => {
+                if let Some(n) = &notifier {
+                    n.notify(&[State::Reloading]);
+                }
+                reload_config(&reload, &mut config, &mut running_uplinks).await;
+                if let Some(n) = &notifier {
+                    n.notify(&[State::Ready]);
+                }
+            }
+            Some(done) = sources.join_next() => {
+                match done {
+                    Ok(Ok(())) => warn!("a source stopped on its own"),
+                    Ok(Err(e)) => { error!(error = %e, "source failed"); failure = Some(e); }
+                    Err(e) => { error!(error = %e, "source task panicked"); failure = Some(anyhow::anyhow!("source task panicked: {e}")); }
+                }
+                break;
             }
         }
     }
+    if let Some(n) = &notifier {
+        n.notify(&[State::Stopping, State::Status("stopping")]);
+    }
+    supervisor_cancel.cancel();
+    let _ = supervisor.await;
 
     // 1. Sources.
     sources_cancel.cancel();
@@ -187,8 +252,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         while sources.join_next().await.is_some() {}
     }
     // 3. Uplinks: drain what is in flight.
-    uplinks_cancel.cancel();
-    while uplink_tasks.join_next().await.is_some() {}
+    running_uplinks.shutdown().await;
     // 2 and the last cursor moves: ingest ends after its final commit.
     ingest.task.await.context("ingest writer")?;
     http_cancel.cancel();
@@ -252,13 +316,76 @@ fn start_source(
     }
 }
 
-/// Resolves every uplink's config into run settings, loading TLS material.
-fn uplink_settings(config: &Config) -> anyhow::Result<Vec<Settings>> {
+/// Resolves every uplink's config into run settings, loading TLS material,
+/// each with the digest of its TLS files.
+fn uplink_settings(config: &Config) -> anyhow::Result<Vec<(Settings, u64)>> {
     let mut out = Vec::new();
     for (name, u) in &config.uplinks {
-        out.push(settings(name, u, &config.gateway.id).with_context(|| format!("uplink {name}"))?);
+        let digest = reload::tls_files_digest(u);
+        let s = settings(name, u, &config.gateway.id).with_context(|| format!("uplink {name}"))?;
+        out.push((s, digest));
     }
     Ok(out)
+}
+
+/// SIGHUP: reads the config file again and applies what can change in
+/// place (see `reload.rs`); a config with any problem changes nothing.
+async fn reload_config(ctx: &ReloadContext, running: &mut Config, uplinks: &mut Uplinks) {
+    let Some(path) = &ctx.path else {
+        warn!("reload: running on the embedded default config; there is no file to read again");
+        return;
+    };
+    info!(config = %path.display(), "reloading the config");
+    let new = match Config::load_with_warnings(path) {
+        Ok((new, warnings)) => {
+            for line in warnings.to_string().lines() {
+                warn!("reload: {}", line.trim_start_matches("ferry: "));
+            }
+            new
+        }
+        Err(e) => {
+            // One event per problem, as `ferry validate` prints them.
+            for line in e.to_string().lines() {
+                error!("reload: {}", line.trim_start_matches("ferry: "));
+            }
+            error!("reload: the config has problems; still running with the previous one");
+            return;
+        }
+    };
+    let plan = reload::plan(running, new);
+    // Load every uplink to restart before stopping any: all or nothing.
+    let mut restarts = Vec::new();
+    for (name, u) in &plan.config.uplinks {
+        let digest = reload::tls_files_digest(u);
+        if !plan.restart.contains(name) && uplinks.digest(name) == Some(digest) {
+            continue;
+        }
+        match settings(name, u, &plan.config.gateway.id) {
+            Ok(s) => restarts.push((s, digest)),
+            Err(e) => {
+                error!(uplink = %name, error = %format!("{e:#}"), "reload: cannot load the uplink; still running with the previous config");
+                return;
+            }
+        }
+    }
+    if let Some(level) = plan.log_level {
+        match ctx.log.set(level) {
+            Ok(()) => info!(log_level = level.as_str(), "reload: log level changed"),
+            Err(why) => warn!(
+                log_level = level.as_str(),
+                "reload: log level not changed: {why}"
+            ),
+        }
+    }
+    for key in &plan.kept {
+        warn!("reload: {key} changed, which needs a restart (systemctl restart ferry); running on with the previous value");
+    }
+    let restarted: Vec<String> = restarts.iter().map(|(s, _)| s.name.clone()).collect();
+    for (s, digest) in restarts {
+        uplinks.restart(s, digest).await;
+    }
+    *running = plan.config;
+    info!(restarted_uplinks = ?restarted, needs_restart = ?plan.kept, "config reloaded");
 }
 
 fn settings(name: &str, u: &UplinkConfig, gateway: &str) -> anyhow::Result<Settings> {

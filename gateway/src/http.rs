@@ -1,6 +1,7 @@
 //! The operator's HTTP endpoint: `/metrics` (Prometheus text format),
 //! `/healthz` (the process answers) and `/readyz` (the store is open and the
-//! sources are started). Deliberately tiny: a few GETs from a scraper on
+//! sources are started: 200 with the status line, which reports each uplink's
+//! state and backlog; 503 while starting). Deliberately tiny: a few GETs from a scraper on
 //! localhost do not need a web framework.
 
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use tracing::{debug, info};
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
-    ready: watch::Receiver<bool>,
+    ready: watch::Receiver<Option<Arc<str>>>,
     cancel: CancellationToken,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -36,10 +37,12 @@ pub async fn serve(
             _ = cancel.cancelled() => return,
         };
         let registry = registry.clone();
-        let ready = *ready.borrow();
+        let ready = ready.borrow().clone();
         tokio::spawn(async move {
-            let answer =
-                tokio::time::timeout(Duration::from_secs(5), respond(stream, &registry, ready));
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                respond(stream, &registry, ready.as_deref()),
+            );
             if let Ok(Err(e)) = answer.await {
                 debug!(%peer, error = %e, "metrics request failed");
             }
@@ -47,7 +50,11 @@ pub async fn serve(
     }
 }
 
-async fn respond(mut stream: TcpStream, registry: &Registry, ready: bool) -> std::io::Result<()> {
+async fn respond(
+    mut stream: TcpStream,
+    registry: &Registry,
+    ready: Option<&str>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 2048];
     let mut len = 0;
     // Read until the end of the request head (or the buffer is full).
@@ -77,7 +84,11 @@ async fn respond(mut stream: TcpStream, registry: &Registry, ready: bool) -> std
             }
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") if ready => ("200 OK", "text/plain", "ready\n".to_owned()),
+        ("GET", "/readyz") if ready.is_some() => (
+            "200 OK",
+            "text/plain",
+            format!("ready: {}\n", ready.unwrap_or_default()),
+        ),
         ("GET", "/readyz") => (
             "503 Service Unavailable",
             "text/plain",

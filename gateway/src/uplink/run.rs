@@ -126,6 +126,8 @@ pub async fn run(
                     .get_or_create(&uplink.label)
                     .inc();
                 uplink.metrics.connected.get_or_create(&uplink.label).set(0);
+                // The backlog grows while the link is down: keep it current.
+                uplink.update_gauges();
                 if uplink.was_connected {
                     backoff.reset();
                 }

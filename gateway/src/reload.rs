@@ -1,0 +1,333 @@
+//! SIGHUP: read the config file again and apply what can change in place.
+//!
+//! The new file is checked as `ferry validate` checks it, and the TLS files
+//! of every uplink to restart are loaded; if anything is wrong, the problems
+//! are logged and nothing changes (a bad config never stops a running
+//! gateway). Otherwise:
+//!
+//! | part | on reload |
+//! | --- | --- |
+//! | `gateway.log_level` | applied (unless `RUST_LOG` is set, which wins) |
+//! | an existing `[uplinks.NAME]` whose keys, or whose `ca`/`cert`/`key` files' contents, changed | that uplink drains its in-flight batches and starts again with the new settings, from its cursor; the others keep running |
+//! | an uplink added or removed, `gateway.id`, `gateway.data_dir`, `[store]`, `[sources]`, `[metrics]` | not applied: logged as needing a restart, the running value is kept |
+//!
+//! Why the others need a restart: the embedded broker cannot release its
+//! port while the process lives; the store and its retention are opened with
+//! the set of uplinks whose undelivered records they protect; the metrics
+//! endpoint and the gateway id are bound into every running part.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+use crate::config::{Config, LogLevel, UplinkConfig};
+use crate::metrics::UplinkMetrics;
+use crate::store::{Cursors, Store};
+use crate::uplink::{self, Settings};
+
+/// What the daemon needs to reload: where the config came from, and the
+/// log filter to change.
+pub struct ReloadContext {
+    /// The config file; `None` when running on the embedded default (a
+    /// SIGHUP then has nothing to read).
+    pub path: Option<PathBuf>,
+    pub log: LogControl,
+}
+
+/// Changes the log level of the running process.
+pub struct LogControl {
+    handle: Option<reload::Handle<EnvFilter, Registry>>,
+    /// `RUST_LOG` is set: it wins over `gateway.log_level`.
+    from_env: bool,
+}
+
+impl LogControl {
+    pub fn new(handle: reload::Handle<EnvFilter, Registry>, from_env: bool) -> LogControl {
+        LogControl {
+            handle: Some(handle),
+            from_env,
+        }
+    }
+
+    /// A control that changes nothing (logging set up elsewhere, as in tests).
+    pub fn none() -> LogControl {
+        LogControl {
+            handle: None,
+            from_env: false,
+        }
+    }
+
+    /// Sets the level; an error says why it was not.
+    pub fn set(&self, level: LogLevel) -> Result<(), String> {
+        if self.from_env {
+            return Err("RUST_LOG is set and takes precedence".to_owned());
+        }
+        let Some(handle) = &self.handle else {
+            return Err("logging is not Ferry's own".to_owned());
+        };
+        handle
+            .reload(filter_for(level))
+            .map_err(|e| format!("cannot change the log filter: {e}"))
+    }
+}
+
+/// The log filter for `level`: the embedded broker's own logs stay off (see
+/// `cli.rs`).
+pub fn filter_for(level: LogLevel) -> EnvFilter {
+    EnvFilter::new(format!("{},rumqttd=off", level.as_str()))
+}
+
+/// What a reload does with a new, valid config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The config to run from now on: the new one where it can be applied,
+    /// the running one elsewhere.
+    pub config: Config,
+    /// The new log level, if it changed.
+    pub log_level: Option<LogLevel>,
+    /// Uplinks whose keys changed: restarted with their new settings.
+    pub restart: BTreeSet<String>,
+    /// What changed but needs a restart of Ferry; kept as it runs.
+    pub kept: Vec<String>,
+}
+
+/// Compares the running config with a new one.
+pub fn plan(running: &Config, new: Config) -> Plan {
+    let mut config = running.clone();
+    let mut kept = Vec::new();
+    let mut log_level = None;
+    if new.gateway.log_level != running.gateway.log_level {
+        log_level = Some(new.gateway.log_level);
+        config.gateway.log_level = new.gateway.log_level;
+    }
+    if new.gateway.id != running.gateway.id {
+        kept.push("gateway.id".to_owned());
+    }
+    if new.gateway.data_dir != running.gateway.data_dir {
+        kept.push("gateway.data_dir".to_owned());
+    }
+    if new.store != running.store {
+        kept.push("[store]".to_owned());
+    }
+    if new.metrics != running.metrics {
+        kept.push("[metrics]".to_owned());
+    }
+    kept.extend(changed_keys(&running.sources, &new.sources, "sources"));
+    let mut restart = BTreeSet::new();
+    for name in running.uplinks.keys().chain(new.uplinks.keys()) {
+        match (running.uplinks.get(name), new.uplinks.get(name)) {
+            (Some(old), Some(cfg)) if old != cfg => {
+                config.uplinks.insert(name.clone(), cfg.clone());
+                restart.insert(name.clone());
+            }
+            (Some(_), None) => kept.push(format!("uplinks.{name} (removed)")),
+            (None, Some(_)) => kept.push(format!("uplinks.{name} (added)")),
+            _ => {}
+        }
+    }
+    kept.dedup();
+    Plan {
+        config,
+        log_level,
+        restart,
+        kept,
+    }
+}
+
+/// `section.NAME` for every entry added, removed or changed.
+fn changed_keys<T: PartialEq>(
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+    section: &str,
+) -> Vec<String> {
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    names
+        .into_iter()
+        .filter(|name| old.get(*name) != new.get(*name))
+        .map(|name| format!("{section}.{name}"))
+        .collect()
+}
+
+/// A digest of the contents of an uplink's TLS files, to notice a
+/// certificate replaced under the same name. Unreadable files digest as
+/// empty (loading them reports the error).
+pub fn tls_files_digest(cfg: &UplinkConfig) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for path in [&cfg.ca, &cfg.cert, &cfg.key].into_iter().flatten() {
+        path.hash(&mut h);
+        std::fs::read(path).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The running uplinks, each with its own cancellation, so that one can be
+/// restarted while the others run on.
+pub struct Uplinks {
+    running: BTreeMap<String, Running>,
+    store: Store,
+    cursors: Cursors,
+    metrics: UplinkMetrics,
+    names: watch::Sender<Vec<Arc<str>>>,
+}
+
+struct Running {
+    digest: u64,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Uplinks {
+    /// No uplinks yet; the receiver follows the names of those running.
+    pub fn new(
+        store: Store,
+        cursors: Cursors,
+        metrics: UplinkMetrics,
+    ) -> (Uplinks, watch::Receiver<Vec<Arc<str>>>) {
+        let (names, names_rx) = watch::channel(Vec::new());
+        let uplinks = Uplinks {
+            running: BTreeMap::new(),
+            store,
+            cursors,
+            metrics,
+            names,
+        };
+        (uplinks, names_rx)
+    }
+
+    /// Starts an uplink; `digest` is its [`tls_files_digest`].
+    pub fn start(&mut self, settings: Settings, digest: u64) {
+        let name = settings.name.clone();
+        info!(uplink = %name, endpoint = %format!("{}:{}", settings.host, settings.port), "starting uplink");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(uplink::run(
+            settings,
+            self.store.clone(),
+            self.cursors.clone(),
+            self.metrics.clone(),
+            cancel.clone(),
+        ));
+        self.running.insert(
+            name,
+            Running {
+                digest,
+                cancel,
+                task,
+            },
+        );
+        self.names
+            .send_replace(self.running.keys().map(|n| n.as_str().into()).collect());
+    }
+
+    /// The TLS digest the uplink `name` runs with, if it runs.
+    pub fn digest(&self, name: &str) -> Option<u64> {
+        self.running.get(name).map(|r| r.digest)
+    }
+
+    /// Stops the uplink of the same name (draining what is in flight) and
+    /// starts it again with `settings`.
+    pub async fn restart(&mut self, settings: Settings, digest: u64) {
+        if let Some(old) = self.running.remove(&settings.name) {
+            old.cancel.cancel();
+            let _ = old.task.await;
+        }
+        self.start(settings, digest);
+    }
+
+    /// Stops every uplink, each draining what it has in flight.
+    pub async fn shutdown(self) {
+        for r in self.running.values() {
+            r.cancel.cancel();
+        }
+        for (_, r) in self.running {
+            let _ = r.task.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+[gateway]
+id = "g"
+log_level = "info"
+
+[sources.local]
+type = "mqtt_broker"
+listen = "127.0.0.1:0"
+
+[uplinks.a]
+endpoint = "127.0.0.1:1"
+plaintext = true
+
+[uplinks.b]
+endpoint = "127.0.0.1:2"
+plaintext = true
+"#;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml(text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn the_same_config_changes_nothing() {
+        let running = config(BASE);
+        let p = plan(&running, running.clone());
+        assert_eq!(p.config, running);
+        assert_eq!((p.log_level, p.restart.len(), p.kept.len()), (None, 0, 0));
+    }
+
+    #[test]
+    fn log_level_and_changed_uplinks_apply_the_rest_is_kept() {
+        let running = config(BASE);
+        let new = config(
+            &BASE
+                .replace("log_level = \"info\"", "log_level = \"debug\"")
+                .replace("127.0.0.1:2", "127.0.0.1:3")
+                .replace("id = \"g\"", "id = \"h\"")
+                .replace("127.0.0.1:0", "127.0.0.1:1884")
+                .replace("[uplinks.a]", "[uplinks.c]"),
+        );
+        let p = plan(&running, new.clone());
+        assert_eq!(p.log_level, Some(LogLevel::Debug));
+        assert_eq!(p.restart, BTreeSet::from(["b".to_owned()]));
+        assert_eq!(
+            p.kept,
+            [
+                "gateway.id",
+                "sources.local",
+                "uplinks.a (removed)",
+                "uplinks.c (added)"
+            ]
+        );
+        // Applied: the level and uplink b; kept: everything else.
+        assert_eq!(p.config.gateway.log_level, LogLevel::Debug);
+        assert_eq!(p.config.gateway.id, "g");
+        assert_eq!(p.config.uplinks["b"], new.uplinks["b"]);
+        assert_eq!(p.config.uplinks["a"], running.uplinks["a"]);
+        assert!(!p.config.uplinks.contains_key("c"));
+        assert_eq!(p.config.sources, running.sources);
+    }
+
+    #[test]
+    fn a_replaced_certificate_changes_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, "one").unwrap();
+        let mut cfg = config(BASE).uplinks["a"].clone();
+        cfg.cert = Some(cert.clone());
+        let before = tls_files_digest(&cfg);
+        assert_eq!(before, tls_files_digest(&cfg));
+        std::fs::write(&cert, "two").unwrap();
+        assert_ne!(before, tls_files_digest(&cfg));
+    }
+}
