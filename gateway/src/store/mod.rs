@@ -67,6 +67,8 @@ pub enum StoreError {
     },
     #[error("store I/O: {0}")]
     Redb(#[from] redb::Error),
+    #[error("the store is being reopened after an I/O error")]
+    Reopening,
     #[error("store {path} is corrupt ({error}) and cannot be moved aside: {source}")]
     SetAside {
         path: PathBuf,
@@ -77,6 +79,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True after an I/O error: redb does no more work until the database is
+    /// closed and reopened.
+    pub fn needs_reopen(&self) -> bool {
+        use redb::{DatabaseError as D, StorageError as S};
+        matches!(
+            self,
+            StoreError::Redb(redb::Error::Io(_) | redb::Error::PreviousIo)
+                | StoreError::Reopening
+                | StoreError::Open {
+                    source: D::Storage(S::Io(_) | S::PreviousIo),
+                    ..
+                }
+        )
+    }
+
     /// True when the file itself is bad (a new file would cure it), not
     /// when it is in use, not permitted, or of a newer format.
     pub fn is_corruption(&self) -> bool {
@@ -167,7 +184,10 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Database,
+    /// The open database; `None` only while it is being reopened after an
+    /// I/O error (redb refuses all work after one until it is reopened).
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+    opts: StoreOptions,
     path: PathBuf,
     names: Names,
     heads: watch::Sender<Heads>,
@@ -231,7 +251,8 @@ impl Store {
         tx.commit()?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
+                db: std::sync::RwLock::new(Some(Arc::new(db))),
+                opts: opts.clone(),
                 path: path.to_owned(),
                 names,
                 heads: watch::Sender::new(heads),
@@ -278,8 +299,52 @@ impl Store {
         &self.inner.path
     }
 
-    pub(crate) fn db(&self) -> &Database {
-        &self.inner.db
+    /// The database, to begin a transaction on. Hold it only for the
+    /// transaction: a reopen waits for every holder.
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.inner
+            .db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Reopening)
+    }
+
+    /// Closes and reopens the database file: what redb requires after an I/O
+    /// error (a full disk, a failing card) before it does any more work.
+    /// Waits (bounded) for readers to finish their transactions.
+    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.inner.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = slot.take() {
+            let mut db = db;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if std::time::Instant::now() < deadline => {
+                        db = shared;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(shared) => {
+                        *slot = Some(shared);
+                        return Err(StoreError::Reopening);
+                    }
+                }
+            }
+        }
+        let db = Database::builder()
+            .set_cache_size(self.inner.opts.cache_bytes)
+            .open(&self.inner.path)
+            .map_err(|source| StoreError::Open {
+                path: self.inner.path.clone(),
+                source,
+            })?;
+        *slot = Some(Arc::new(db));
+        tracing::info!(store = %self.inner.path.display(), "store reopened after an I/O error");
+        Ok(())
     }
 
     pub(crate) fn names(&self) -> &Names {
@@ -308,7 +373,7 @@ impl Store {
         max: usize,
         out: &mut Vec<StoredRecord>,
     ) -> Result<ReadStats, StoreError> {
-        let tx = self.inner.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let table = tx.open_table(RECORDS)?;
         let mut stats = ReadStats {
             last_seq: after,
@@ -331,7 +396,7 @@ impl Store {
 
     /// Reads up to `max` dead letters with `seq > after`, in order.
     pub fn read_dead(&self, after: u64, max: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
-        let tx = self.inner.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let table = tx.open_table(DEAD)?;
         let mut out = Vec::new();
         for entry in table.range(after.saturating_add(1)..)?.take(max) {
@@ -351,7 +416,7 @@ impl Store {
 
     /// The committed position of the cursor `name` (0 if it has none yet).
     pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
-        let tx = self.inner.db.begin_read()?;
+        let tx = self.db()?.begin_read()?;
         let table = tx.open_table(CURSORS)?;
         Ok(table.get(name)?.map(|v| v.value()).unwrap_or(0))
     }

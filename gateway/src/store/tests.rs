@@ -139,7 +139,7 @@ async fn many_small_submissions_share_few_commits() {
 fn an_undecodable_record_is_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let tx = store.db().begin_write().unwrap();
+    let tx = store.db().unwrap().begin_write().unwrap();
     {
         let mut t = tx.open_table(RECORDS).unwrap();
         t.insert(1, [9u8, 1, 2].as_slice()).unwrap(); // unknown version
@@ -265,6 +265,7 @@ mod retention {
         assert_eq!(out[99].record.field("i"), Some(&Value::Int(n - 1)));
         let first = store
             .db()
+            .unwrap()
             .begin_read()
             .unwrap()
             .open_table(RECORDS)

@@ -331,7 +331,7 @@ impl WriterState {
             .collect();
         let heads = store.heads();
         metrics.head_seq.set(heads.records);
-        let tx = store.db().begin_read()?;
+        let tx = store.db()?.begin_read()?;
         let cursors = tx.open_table(CURSORS)?;
         let mut consumers = HashMap::new();
         for name in &cfg.consumers {
@@ -413,7 +413,14 @@ impl WriterState {
                     .commit_duration
                     .observe(started.elapsed().as_secs_f64());
             }
-            Err(_) => {
+            Err(e) => {
+                if e.needs_reopen() {
+                    // redb refuses all work after an I/O error until reopened;
+                    // the next commit tries again either way.
+                    if let Err(e) = self.store.reopen() {
+                        warn!(error = %e, "cannot reopen the store yet");
+                    }
+                }
                 // Undo what the failed transaction would have done.
                 for name in self.names.drain(known..) {
                     self.ids.remove(&name);
@@ -428,7 +435,7 @@ impl WriterState {
 
     fn write(&mut self, batch: &Batch, known: usize) -> Result<Written, StoreError> {
         let mut heads = self.store.heads();
-        let tx = self.store.db().begin_write()?;
+        let tx = self.store.db()?.begin_write()?;
         let mut evicted_any = false;
         let disposition;
         {
