@@ -249,7 +249,7 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(3));
             assert!(watchdog.check());
 
-            let held = store.db().begin_write().unwrap();
+            let held = store.db().unwrap().begin_write().unwrap();
             let record = ferry_adapters::record::Record {
                 ts: 1,
                 source: "s".into(),
