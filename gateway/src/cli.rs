@@ -55,6 +55,17 @@ pub enum Command {
     },
     /// Print the embedded default config, commented: a reference to start from.
     PrintConfig,
+    /// Check the store (with the daemon stopped); exit 1 if problems remain.
+    Fsck {
+        /// The config file naming the store's data_dir; without it, the
+        /// embedded default.
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Fix what can be fixed: remove what does not decode, move cursors
+        /// beyond the head back, compact the file.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Modbus tools.
     Modbus {
         #[command(subcommand)]
@@ -96,6 +107,10 @@ pub fn run_command(command: Command) -> ExitCode {
         Command::Modbus {
             command: ModbusCommand::Probe(args),
         } => modbus_probe(args),
+        Command::Fsck { config, repair } => match load(config.as_deref()) {
+            Ok(config) => fsck(&config, repair),
+            Err(code) => code,
+        },
         Command::Run { config: path } => match load(path.as_deref()) {
             Ok(config) => run_daemon(config, path),
             Err(code) => code,
@@ -123,6 +138,29 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
                 LoadError::Unreadable { .. } => EXIT_NO_INPUT,
                 LoadError::Invalid(_) => EXIT_CONFIG,
             }))
+        }
+    }
+}
+
+/// `ferry fsck`: prints the report; exit 0 when the store is (now) sound.
+fn fsck(config: &Config, repair: bool) -> ExitCode {
+    let path = crate::store::Store::file_in(&config.gateway.data_dir);
+    if !path.exists() {
+        eprintln!("ferry: error: no store at {}", path.display());
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+    match crate::store::fsck::fsck(&path, repair) {
+        Ok(report) => {
+            println!("{}: {report}", path.display());
+            if report.problems() == 0 || !report.repaired.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+        Err(e) => {
+            eprintln!("ferry: error: {e}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }

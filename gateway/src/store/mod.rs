@@ -25,6 +25,8 @@
 //! deletion is counted by reason.
 
 pub mod codec;
+pub mod fsck;
+mod hook;
 mod names;
 pub mod retention;
 mod writer;
@@ -38,6 +40,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tracing::warn;
 
+pub use hook::IndexHook;
 pub use names::Names;
 pub use retention::{Retention, WhenFull};
 pub use writer::{spawn_ingest, Cursors, IngestConfig, IngestHandle};
@@ -452,7 +455,7 @@ impl Store {
         })
     }
 
-    fn decode_dead(&self, bytes: &[u8]) -> Result<DeadLetter, DecodeError> {
+    pub(crate) fn decode_dead(&self, bytes: &[u8]) -> Result<DeadLetter, DecodeError> {
         let names = self.inner.names.snapshot();
         let mut r = Reader::new(bytes);
         r.version()?;

@@ -524,3 +524,65 @@ mod repair {
         assert!(store.path().exists());
     }
 }
+
+mod fsck {
+    use super::*;
+    use crate::store::fsck::fsck;
+
+    #[tokio::test]
+    async fn a_clean_store_passes_and_planted_damage_is_found_and_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+        let items = (0..100).map(|i| Item::Record(record("d", i, i))).collect();
+        ingest.sink.submit_and_wait(items).await.unwrap();
+        drop(ingest.sink);
+        drop(ingest.cursors);
+        ingest.task.await.unwrap();
+        let path = store.path().to_owned();
+        {
+            // Plant: a record that does not decode, an inner gap, a cursor ahead.
+            let db = store.db().unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(RECORDS).unwrap();
+                t.insert(50, [codec::FORMAT_VERSION, 0xff].as_slice())
+                    .unwrap();
+                t.remove(60).unwrap();
+                let mut c = tx.open_table(CURSORS).unwrap();
+                c.insert("uplink.cloud", 500).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        drop(store);
+
+        let report = fsck(&path, false).unwrap();
+        assert!(report.integrity_ok);
+        assert_eq!(
+            (report.records, report.first_record, report.head),
+            (99, 1, 100)
+        );
+        assert_eq!(report.gaps, vec![(59, 61)]);
+        assert_eq!(report.undecodable, vec![50]);
+        assert_eq!(report.cursors_ahead, vec![("uplink.cloud".to_owned(), 500)]);
+        assert_eq!(report.problems(), 3);
+        assert!(report
+            .to_string()
+            .ends_with("3 problems; run with --repair to fix them"));
+
+        let repaired = fsck(&path, true).unwrap();
+        assert!(repaired
+            .repaired
+            .iter()
+            .any(|r| r == "removed 1 undecodable records"));
+        assert!(repaired
+            .repaired
+            .iter()
+            .any(|r| r == "moved cursor uplink.cloud from 500 back to 100"));
+        let after = fsck(&path, false).unwrap();
+        assert_eq!(after.undecodable, Vec::<u64>::new());
+        assert_eq!(after.cursors_ahead, vec![]);
+        assert_eq!(after.gaps.len(), 2, "the gaps stay: (49, 51) and (59, 61)");
+        assert_eq!(after.records, 98);
+    }
+}
