@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, SourceConfig, UplinkConfig};
 use crate::metrics::{self, IngestMetrics, ModbusMetrics, UplinkMetrics};
 use crate::notify::{Notifier, State};
+use crate::query::{Index, IndexOptions};
 use crate::reload::{self, ReloadContext, Uplinks};
 use crate::status::StatusSource;
 use crate::store::{spawn_ingest, IngestConfig, Retention, Store, StoreOptions};
@@ -107,6 +108,9 @@ pub async fn run_until(
     )?;
     let heads = store.heads();
     info!(store = %store_path.display(), records = heads.records, dead_letters = heads.dead, "store open");
+    // Replays the log into the query index where it is behind (all of it
+    // the first time); ingest starts after.
+    let index = Index::open(&store, IndexOptions::default()).context("query index")?;
 
     let mut registry = metrics::registry();
     let ingest_metrics = IngestMetrics::new();
@@ -148,6 +152,7 @@ pub async fn run_until(
                 .keys()
                 .map(|name| Arc::from(uplink::cursor_name(name)))
                 .collect(),
+            index: Some(index.clone()),
         },
         ingest_metrics.clone(),
     );

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::retention::{entry_bytes, Retention, Usage, WhenFull, MAX_EVICT_PER_COMMIT};
-use super::{codec, Heads, Store, StoreError, CURSORS, DEAD, META, NAMES, RECORDS};
+use super::{codec, Heads, IndexHook, Store, StoreError, CURSORS, DEAD, META, NAMES, RECORDS};
 use crate::metrics::{IngestMetrics, ReasonLabel, RejectLabels, SourceLabel};
 
 /// Group-commit settings.
@@ -46,6 +46,9 @@ pub struct IngestConfig {
     /// The cursors of the consumers whose undelivered records retention
     /// protects (per `when_full`): one per configured uplink.
     pub consumers: Vec<Arc<str>>,
+    /// A secondary index written in the writer's transactions (the query
+    /// index), if any.
+    pub index: Option<Arc<dyn IndexHook>>,
 }
 
 impl Default for IngestConfig {
@@ -57,6 +60,7 @@ impl Default for IngestConfig {
             queue: 1024,
             retention: Retention::default(),
             consumers: Vec::new(),
+            index: None,
         }
     }
 }
@@ -317,6 +321,7 @@ struct WriterState {
     /// An eviction or drop episode is under way: (reason, records so far).
     episode: Option<(&'static str, u64)>,
     blocked: bool,
+    index: Option<Arc<dyn IndexHook>>,
 }
 
 impl WriterState {
@@ -384,6 +389,7 @@ impl WriterState {
             age_checked: now - AGE_CHECK_INTERVAL,
             episode: None,
             blocked: false,
+            index: cfg.index.clone(),
         };
         state.update_gauges(heads);
         Ok(state)
@@ -422,6 +428,9 @@ impl WriterState {
                     }
                 }
                 // Undo what the failed transaction would have done.
+                if let Some(index) = &self.index {
+                    index.abort();
+                }
                 for name in self.names.drain(known..) {
                     self.ids.remove(&name);
                 }
@@ -436,6 +445,9 @@ impl WriterState {
     fn write(&mut self, batch: &Batch, known: usize) -> Result<Written, StoreError> {
         let mut heads = self.store.heads();
         let tx = self.store.db()?.begin_write()?;
+        if let Some(index) = &self.index {
+            index.begin(&tx, heads)?;
+        }
         let mut evicted_any = false;
         let disposition;
         {
@@ -485,6 +497,9 @@ impl WriterState {
                         }
                         heads.records += 1;
                         records.insert(heads.records, buf.as_slice())?;
+                        if let Some(index) = &self.index {
+                            index.record(heads.records, &buf);
+                        }
                         self.usage.record_bytes += entry_bytes(buf.len());
                         self.buf = buf;
                     }
@@ -520,7 +535,11 @@ impl WriterState {
                 self.usage_saved = std::time::Instant::now();
             }
         }
-        if batch.is_empty() && !evicted_any {
+        let index_wrote = match &self.index {
+            Some(index) => index.finish(&tx, self.usage.first_record)?,
+            None => false,
+        };
+        if batch.is_empty() && !evicted_any && !index_wrote {
             tx.abort()?;
         } else {
             tx.commit()?;

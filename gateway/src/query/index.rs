@@ -1,0 +1,443 @@
+//! The per-series index: its in-memory open buckets, how the ingest writer
+//! feeds it ([`IndexHook`]), and how it repairs itself from the log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ferry_adapters::record::Millis;
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tracing::{info, warn};
+
+use super::block::{indexed_value, union_by_seq, Block, Point, BLOCK_VERSION};
+use crate::store::codec::{DecodeError, Reader};
+use crate::store::{Heads, IndexHook, Store, StoreError, META, RECORDS};
+
+/// `(series, bucket start)` → an encoded [`Block`].
+pub(crate) const BLOCKS: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("index_blocks");
+/// `(max seq, series, bucket start)` of every block: what retention drops
+/// once the first stored record passes `max seq`.
+pub(crate) const EXPIRY: TableDefinition<(u64, u64, i64), ()> =
+    TableDefinition::new("index_expiry");
+/// `meta` key: every record with a sequence number up to this is in the
+/// persisted blocks.
+pub(crate) const META_THROUGH: &str = "index.through";
+/// `meta` key: the block format version of the persisted index.
+pub(crate) const META_VERSION: &str = "index.version";
+
+/// The width of an index bucket: one block per series per minute.
+pub const BUCKET_MS: i64 = 60_000;
+
+/// A series: a device's field, as the pair of their interned name ids.
+pub type SeriesKey = u64;
+
+pub fn series_key(device: u32, field: u32) -> SeriesKey {
+    (u64::from(device) << 32) | u64::from(field)
+}
+
+pub fn series_ids(key: SeriesKey) -> (u32, u32) {
+    ((key >> 32) as u32, key as u32)
+}
+
+/// The start of the bucket holding `ts`.
+pub fn bucket_of(ts: Millis) -> Millis {
+    ts.div_euclid(BUCKET_MS) * BUCKET_MS
+}
+
+/// How the index writes.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// Open buckets that received points are written at least this often,
+    /// so a restart replays at most this much of the log.
+    pub flush_interval: Duration,
+    /// The most log records replayed in one transaction while catching up.
+    pub catch_up_chunk: usize,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            flush_interval: Duration::from_secs(60),
+            catch_up_chunk: 50_000,
+        }
+    }
+}
+
+/// A bucket held in memory: the current one of each series, and those
+/// written in the transaction under way (kept until it has committed).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OpenBucket {
+    /// Sorted by seq.
+    pub points: Vec<Point>,
+    /// The first seq not yet in the persisted block.
+    dirty_since: Option<u64>,
+    /// The series has moved on to another bucket: write and forget it.
+    closed: bool,
+    /// The persisted block has been merged into `points`.
+    pub loaded: bool,
+    /// The `max seq` of the persisted block (its expiry key), once known.
+    persisted_max: Option<u64>,
+}
+
+/// When a source's records were last indexed.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceSeen {
+    /// The record's own timestamp.
+    pub ts: Millis,
+    pub seq: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The highest seq looked at (in memory or persisted).
+    applied: u64,
+    /// `index.through` as last committed.
+    persisted: u64,
+    /// `index.through` written in the transaction under way.
+    pending: Option<u64>,
+    /// Caught up with the log: records the writer appends are applied.
+    live: bool,
+    series: HashMap<SeriesKey, BTreeMap<Millis, OpenBucket>>,
+    last_flush: Instant,
+    sources: HashMap<u32, SourceSeen>,
+    buf: Vec<u8>,
+}
+
+/// The query index, shared by the ingest writer (which feeds it) and the
+/// query engine (which reads it).
+#[derive(Debug)]
+pub struct Index {
+    state: Mutex<State>,
+    opts: IndexOptions,
+}
+
+/// Everything a query needs, consistent at one moment: a read transaction,
+/// the committed head, the first stored record, and copies of the
+/// in-memory buckets of the series asked for.
+pub struct View {
+    pub(crate) tx: ReadTransaction,
+    pub head: u64,
+    pub first_record: u64,
+    pub(crate) memory: HashMap<SeriesKey, BTreeMap<Millis, OpenBucket>>,
+}
+
+impl Index {
+    /// Opens the index of `store`: creates its tables, discards it if its
+    /// format is not this version's, and replays the log after
+    /// `index.through` (all of it for a new or discarded index) before
+    /// returning, in transactions of `catch_up_chunk` records.
+    pub fn open(store: &Store, opts: IndexOptions) -> Result<Arc<Index>, StoreError> {
+        let index = Arc::new(Index::open_without_catch_up(store, opts)?);
+        index.catch_up(store)?;
+        Ok(index)
+    }
+
+    /// Opens the index without replaying the log: the writer's transactions
+    /// then replay it, `catch_up_chunk` records each, before they index new
+    /// records (queries meanwhile see only what was replayed).
+    pub fn open_without_catch_up(store: &Store, opts: IndexOptions) -> Result<Index, StoreError> {
+        let db = store.db()?;
+        let tx = db.begin_write()?;
+        let through = {
+            let mut meta = tx.open_table(META)?;
+            let version = meta.get(META_VERSION)?.map(|v| v.value());
+            let through = meta.get(META_THROUGH)?.map(|v| v.value());
+            match (version, through) {
+                (Some(v), Some(t)) if v == u64::from(BLOCK_VERSION) => t,
+                _ => {
+                    if version.is_some() || through.is_some() {
+                        info!(found = ?version, "the query index is of another format: rebuilding it");
+                    }
+                    tx.delete_table(BLOCKS)?;
+                    tx.delete_table(EXPIRY)?;
+                    meta.insert(META_VERSION, u64::from(BLOCK_VERSION))?;
+                    meta.insert(META_THROUGH, 0)?;
+                    0
+                }
+            }
+        };
+        tx.open_table(BLOCKS)?;
+        tx.open_table(EXPIRY)?;
+        tx.commit()?;
+        drop(db);
+        Ok(Index {
+            state: Mutex::new(State {
+                applied: through,
+                persisted: through,
+                pending: None,
+                live: false,
+                series: HashMap::new(),
+                last_flush: Instant::now(),
+                sources: HashMap::new(),
+                buf: Vec::new(),
+            }),
+            opts,
+        })
+    }
+
+    /// Replays the log after what the index holds, until it is caught up.
+    pub fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let from = self.lock().applied;
+        loop {
+            let heads = store.heads();
+            let db = store.db()?;
+            let tx = db.begin_write()?;
+            let result = (|| {
+                self.begin(&tx, heads)?;
+                let first = first_record(&tx.open_table(RECORDS)?, heads)?;
+                self.finish_inner(&tx, first, true)
+            })();
+            match result {
+                Ok(_) => {
+                    tx.commit()?;
+                    let mut state = self.lock();
+                    if let Some(p) = state.pending.take() {
+                        state.persisted = p;
+                    }
+                }
+                Err(e) => {
+                    self.abort();
+                    return Err(e);
+                }
+            }
+            if self.lock().applied >= heads.records {
+                break;
+            }
+        }
+        let to = self.lock().applied;
+        if to > from {
+            info!(from, to, elapsed = ?started.elapsed(), "query index caught up with the log");
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The seq the persisted index is complete through, and the highest
+    /// seq it has looked at.
+    pub fn progress(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.persisted, s.applied)
+    }
+
+    /// When each source (by name id) was last seen since the daemon started.
+    pub fn sources_seen(&self) -> HashMap<u32, SourceSeen> {
+        self.lock().sources.clone()
+    }
+
+    /// A consistent view for reading `series` (all series when `None`).
+    pub fn view(&self, store: &Store, series: Option<&[SeriesKey]>) -> Result<View, StoreError> {
+        let state = self.lock();
+        // Opened under the lock: the writer cannot change the memory
+        // between the two, and buckets written by a transaction stay in
+        // memory until it has committed, so nothing falls in between.
+        let head = store.heads().records;
+        let tx = store.db()?.begin_read()?;
+        let memory = match series {
+            None => state.series.clone(),
+            Some(keys) => keys
+                .iter()
+                .filter_map(|k| state.series.get(k).map(|b| (*k, b.clone())))
+                .collect(),
+        };
+        drop(state);
+        let first_record = {
+            let records = tx.open_table(RECORDS)?;
+            let first = records.first()?.map(|(k, _)| k.value());
+            first.unwrap_or(head + 1)
+        };
+        Ok(View {
+            tx,
+            head,
+            first_record,
+            memory,
+        })
+    }
+
+    fn finish_inner(
+        &self,
+        tx: &WriteTransaction,
+        first_record: u64,
+        force: bool,
+    ) -> Result<bool, StoreError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut wrote = false;
+        let mut blocks = tx.open_table(BLOCKS)?;
+        let mut expiry = tx.open_table(EXPIRY)?;
+        // Retention: blocks wholly before the first stored record go.
+        let expired: Vec<(u64, u64, i64)> = expiry
+            .range(..(first_record, 0, i64::MIN))?
+            .map(|e| e.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()?;
+        for (max, s, b) in expired {
+            expiry.remove((max, s, b))?;
+            blocks.remove((s, b))?;
+            if let Some(ob) = state.series.get_mut(&s).and_then(|m| m.get_mut(&b)) {
+                ob.persisted_max = None;
+            }
+            wrote = true;
+        }
+        let flush_all =
+            force || !state.live || state.last_flush.elapsed() >= self.opts.flush_interval;
+        if flush_all {
+            state.last_flush = Instant::now();
+        }
+        for (&s, buckets) in &mut state.series {
+            for (&b, ob) in buckets.iter_mut() {
+                if ob.dirty_since.is_none() || !(ob.closed || flush_all) {
+                    continue;
+                }
+                if !ob.loaded {
+                    if let Some(v) = blocks.get((s, b))? {
+                        match Block::decode(v.value()) {
+                            Ok(old) => {
+                                ob.points = union_by_seq(&old.points, &ob.points);
+                                ob.persisted_max = Some(old.max_seq);
+                            }
+                            Err(e) => warn!(series = s, bucket = b, error = %e,
+                                "an index block does not decode: rewriting it from memory"),
+                        }
+                    }
+                    ob.loaded = true;
+                }
+                ob.points.retain(|p| p.seq >= first_record);
+                if let Some(old) = ob.persisted_max.take() {
+                    expiry.remove((old, s, b))?;
+                }
+                match Block::from_points(ob.points.clone()) {
+                    Some(block) => {
+                        block.encode(&mut state.buf);
+                        blocks.insert((s, b), state.buf.as_slice())?;
+                        expiry.insert((block.max_seq, s, b), ())?;
+                        ob.persisted_max = Some(block.max_seq);
+                    }
+                    None => {
+                        blocks.remove((s, b))?;
+                        ob.closed = true;
+                    }
+                }
+                ob.dirty_since = None;
+                wrote = true;
+            }
+        }
+        let through = state
+            .series
+            .values()
+            .flat_map(|m| m.values())
+            .filter_map(|ob| ob.dirty_since)
+            .min()
+            .map_or(state.applied, |d| d - 1);
+        if through != state.pending.unwrap_or(state.persisted) {
+            tx.open_table(META)?.insert(META_THROUGH, through)?;
+            wrote = true;
+        }
+        state.pending = Some(through);
+        Ok(wrote)
+    }
+}
+
+impl State {
+    /// Adds the record `seq` to the open buckets.
+    fn apply(&mut self, seq: u64, bytes: &[u8], live: bool) -> Result<(), DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version()?;
+        let ts = r.zvarint()?;
+        let source = r.id()?;
+        let device = r.id()?;
+        let n = r.varint()?;
+        if live {
+            self.sources.insert(source, SourceSeen { ts, seq });
+        }
+        let b = bucket_of(ts);
+        for _ in 0..n {
+            let field = r.id()?;
+            let Some(value) = indexed_value(&r.value()?) else {
+                continue;
+            };
+            let buckets = self.series.entry(series_key(device, field)).or_default();
+            if buckets.len() > 1 || !buckets.contains_key(&b) {
+                for (_, ob) in buckets.iter_mut().filter(|(&k, _)| k != b) {
+                    ob.closed = true;
+                }
+            }
+            let ob = buckets.entry(b).or_default();
+            ob.closed = false;
+            ob.points.push(Point { seq, ts, value });
+            ob.dirty_since.get_or_insert(seq);
+        }
+        Ok(())
+    }
+}
+
+fn first_record(
+    records: &impl ReadableTable<u64, &'static [u8]>,
+    heads: Heads,
+) -> Result<u64, StoreError> {
+    Ok(records
+        .first()?
+        .map_or(heads.records + 1, |(k, _)| k.value()))
+}
+
+impl IndexHook for Index {
+    fn begin(&self, tx: &WriteTransaction, committed: Heads) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if let Some(p) = state.pending.take() {
+            state.persisted = p;
+        }
+        // Buckets written by the committed transaction are on disk now.
+        for buckets in state.series.values_mut() {
+            buckets.retain(|_, ob| !(ob.closed && ob.dirty_since.is_none()));
+        }
+        state.series.retain(|_, b| !b.is_empty());
+        if state.applied < committed.records {
+            let records = tx.open_table(RECORDS)?;
+            let mut n = 0;
+            for entry in records.range(state.applied + 1..=committed.records)? {
+                let (seq, bytes) = entry?;
+                let seq = seq.value();
+                if let Err(e) = state.apply(seq, bytes.value(), false) {
+                    warn!(seq, error = %e, "the query index skips a record that does not decode");
+                }
+                state.applied = seq;
+                n += 1;
+                if n >= self.opts.catch_up_chunk {
+                    break;
+                }
+            }
+            if n < self.opts.catch_up_chunk {
+                // The rest was evicted.
+                state.applied = committed.records;
+            }
+        }
+        state.live = state.applied >= committed.records;
+        Ok(())
+    }
+
+    fn record(&self, seq: u64, encoded: &[u8]) {
+        let mut state = self.lock();
+        if state.live && seq > state.applied {
+            if let Err(e) = state.apply(seq, encoded, true) {
+                warn!(seq, error = %e, "the query index skips a record that does not decode");
+            }
+            state.applied = seq;
+        }
+    }
+
+    fn finish(&self, tx: &WriteTransaction, first_record: u64) -> Result<bool, StoreError> {
+        self.finish_inner(tx, first_record, false)
+    }
+
+    fn abort(&self) {
+        // Forget what memory held; the next transaction replays it from the log.
+        let mut state = self.lock();
+        state.series.clear();
+        state.applied = state.persisted;
+        state.pending = None;
+        state.live = false;
+    }
+}

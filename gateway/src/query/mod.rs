@@ -1,0 +1,57 @@
+//! Local history queries: a per-series index over the log, and the engine
+//! that answers range, latest and list queries from it.
+//!
+//! # The index
+//! One entry per series (device + field) per minute — never one per
+//! reading, which would multiply the bytes written per reading (see
+//! DESIGN.md). Each entry is a [`block::Block`]: the minute's rollup
+//! (count, min, max, sum, first, last) and its points (sequence number,
+//! timestamp, value; delta-encoded, a few bytes each), so long ranges read
+//! one small header per minute and raw ranges never touch the log.
+//!
+//! | table          | key                          | value          |
+//! |----------------|------------------------------|----------------|
+//! | `index_blocks` | (series, minute start ms)    | a block        |
+//! | `index_expiry` | (max seq, series, minute)    | `()`           |
+//! | `meta`         | `index.through`, `index.version` | `u64`      |
+//!
+//! A series key is `device name id << 32 | field name id` (the ids of the
+//! store's `names` table). Numbers are indexed as `f64`, booleans as 0/1;
+//! strings and non-finite numbers are not indexed (they stay in the log).
+//!
+//! # How it is written
+//! The ingest writer feeds every record it appends to the index
+//! ([`crate::store::IndexHook`]) inside its own write transaction. Each
+//! series' current minute is kept in memory; a block is written when the
+//! series moves on to the next minute, and every open minute that received
+//! points at least every `flush_interval` (60 s), always inside a commit
+//! the writer makes anyway: the index adds no fsync. `index.through` (the
+//! sequence number every persisted block is complete through) is written
+//! in the same transaction, so the index is exactly as durable as the log.
+//!
+//! # Repair
+//! On open, the log after `index.through` is replayed (all of it for a new,
+//! deleted or other-format index), merging into the persisted blocks by
+//! sequence number, so a crash or a deleted index is repaired from the log.
+//! A failed commit drops the in-memory state and replays from the log too.
+//!
+//! # Retention
+//! When retention evicts records, the blocks whose every point is before the
+//! first stored record are deleted in the same transaction (found through
+//! `index_expiry`); queries drop points of partly evicted blocks, and never
+//! show a record that is not committed yet.
+//!
+//! # Reading
+//! A query reads the persisted blocks in one read transaction and merges
+//! the in-memory minutes of its series by sequence number.
+
+pub mod block;
+mod engine;
+mod index;
+
+pub use block::{Point, Rollup};
+pub use engine::{Bucket, Engine, QueryError, Series, SeriesInfo};
+pub use index::{bucket_of, Index, IndexOptions, SeriesKey, SourceSeen, BUCKET_MS};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,327 @@
+//! The index and engine against a brute-force reading of the log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ferry_adapters::record::{Millis, Record, Value};
+use ferry_adapters::sink::Item;
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::index::{BLOCKS, META_THROUGH};
+use super::*;
+use crate::metrics::IngestMetrics;
+use crate::store::{
+    spawn_ingest, IngestConfig, IngestHandle, Retention, Store, StoreOptions, WhenFull, META,
+};
+
+const T0: Millis = 1_764_000_000_000;
+
+fn open(dir: &tempfile::TempDir) -> (Store, Arc<Index>) {
+    let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
+    let index = Index::open(&store, IndexOptions::default()).unwrap();
+    (store, index)
+}
+
+fn start(store: &Store, index: &Arc<Index>, cfg: IngestConfig) -> IngestHandle {
+    let cfg = IngestConfig {
+        index: Some(index.clone()),
+        commit_interval: std::time::Duration::from_millis(1),
+        ..cfg
+    };
+    spawn_ingest(store.clone(), cfg, IngestMetrics::new())
+}
+
+async fn stop(ingest: IngestHandle) {
+    drop(ingest.sink);
+    drop(ingest.cursors);
+    ingest.task.await.unwrap();
+}
+
+/// Two devices, readings every second with some out of order, an integer, a
+/// float, a boolean and a string field.
+fn records(n: i64) -> Vec<Record> {
+    (0..n)
+        .map(|i| {
+            // Every 50th reading arrives 90 s late (into a closed minute).
+            let ts = if i % 50 == 49 { T0 + i * 1000 - 90_000 } else { T0 + i * 1000 };
+            Record {
+                ts,
+                source: Arc::from("local"),
+                device: if i % 3 == 0 { "b".into() } else { "a".into() },
+                fields: vec![
+                    ("v".into(), Value::Int(i)),
+                    ("t".into(), Value::Float(20.0 + (i % 17) as f64 * 0.25)),
+                    ("ok".into(), Value::Bool(i % 2 == 0)),
+                    ("state".into(), Value::Str("run".into())),
+                ],
+            }
+        })
+        .collect()
+}
+
+async fn write(ingest: &IngestHandle, recs: Vec<Record>) {
+    let mut receipts = Vec::new();
+    for chunk in recs.chunks(37) {
+        let items = chunk.iter().cloned().map(Item::Record).collect();
+        receipts.push(ingest.sink.submit(items).await.unwrap());
+    }
+    for r in receipts {
+        r.committed().await.unwrap();
+    }
+}
+
+/// Every numeric point of every series, read from the log itself.
+fn reference(store: &Store) -> BTreeMap<(String, String), Vec<Point>> {
+    let mut out: BTreeMap<(String, String), Vec<Point>> = BTreeMap::new();
+    let mut recs = Vec::new();
+    store.read_records(0, usize::MAX, &mut recs).unwrap();
+    for r in recs {
+        for (name, value) in &r.record.fields {
+            let Some(value) = block::indexed_value(value) else {
+                continue;
+            };
+            out.entry((r.record.device.to_string(), name.to_string()))
+                .or_default()
+                .push(Point {
+                    seq: r.seq,
+                    ts: r.record.ts,
+                    value,
+                });
+        }
+    }
+    for points in out.values_mut() {
+        points.sort_by_key(|p| (p.ts, p.seq));
+    }
+    out
+}
+
+fn expected(points: &[Point], from: Millis, to: Millis, step: Option<i64>) -> Series {
+    let inside: Vec<Point> = points
+        .iter()
+        .copied()
+        .filter(|p| p.ts >= from && p.ts < to)
+        .collect();
+    match step {
+        None => Series::Raw(inside),
+        Some(step) => {
+            let mut buckets: Vec<Bucket> = Vec::new();
+            for p in &inside {
+                let ts = p.ts.div_euclid(step) * step;
+                match buckets.last_mut() {
+                    Some(b) if b.ts == ts => b.rollup.add(p),
+                    _ => buckets.push(Bucket {
+                        ts,
+                        rollup: Rollup::of(p),
+                    }),
+                }
+            }
+            Series::Buckets(buckets)
+        }
+    }
+}
+
+/// Sums may differ in the last bits with the order of addition.
+fn assert_same(got: &Series, want: &Series, what: &str) {
+    match (got, want) {
+        (Series::Raw(g), Series::Raw(w)) => assert_eq!(g, w, "{what}"),
+        (Series::Buckets(g), Series::Buckets(w)) => {
+            assert_eq!(g.len(), w.len(), "{what}");
+            for (g, w) in g.iter().zip(w) {
+                let mut g2 = *g;
+                assert!((g.rollup.sum - w.rollup.sum).abs() < 1e-6, "{what}: {g:?} vs {w:?}");
+                g2.rollup.sum = w.rollup.sum;
+                assert_eq!(&g2, w, "{what}");
+            }
+        }
+        _ => panic!("{what}: {got:?} vs {want:?}"),
+    }
+}
+
+fn check_against_log(store: &Store, engine: &Engine, seed: u64) {
+    let reference = reference(store);
+    assert!(!reference.is_empty());
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for ((device, field), points) in &reference {
+        let key = engine.series_key(device, field).unwrap();
+        let (lo, hi) = (points[0].ts - 5000, points.last().unwrap().ts + 5000);
+        let mut cases = vec![
+            (lo, hi, None),
+            (lo, hi, Some(60_000)),
+            (lo, hi, Some(1)),
+            (T0 + 2000, T0 + 4000, None),  // from inclusive, to exclusive
+            (T0 + 60_000, T0 + 180_000, Some(60_000)), // whole minutes
+            (T0 + 1, T0 + 1, None),                     // empty
+            (hi + 1, hi + 100_000, Some(1000)),         // after the data
+        ];
+        for _ in 0..40 {
+            let from = rng.i64(lo..hi);
+            let to = rng.i64(from..=hi);
+            let step = [None, Some(1000), Some(7_000), Some(60_000), Some(90_000), Some(3_600_000)]
+                [rng.usize(0..6)];
+            cases.push((from, to, step));
+        }
+        for (from, to, step) in cases {
+            let got = engine.range(&[key], from, to, step, usize::MAX).unwrap();
+            let want = expected(points, from, to, step);
+            assert_same(&got[0], &want, &format!("{device}/{field} {from}..{to} step {step:?}"));
+        }
+    }
+    // Listing and latest agree with the log.
+    let listed = engine.list(None).unwrap();
+    assert_eq!(listed.len(), reference.len());
+    for info in &listed {
+        let points = &reference[&(info.device.to_string(), info.field.to_string())];
+        assert_eq!(info.first_ts, points[0].ts);
+        assert_eq!(info.last, *points.last().unwrap());
+    }
+}
+
+fn dump_blocks(store: &Store) -> Vec<((u64, i64), Vec<u8>)> {
+    let db = store.db().unwrap();
+    let tx = db.begin_read().unwrap();
+    let t = tx.open_table(BLOCKS).unwrap();
+    t.iter()
+        .unwrap()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            (k.value(), v.value().to_vec())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn queries_match_the_log_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, index) = open(&dir);
+    let ingest = start(&store, &index, IngestConfig::default());
+    write(&ingest, records(1500)).await;
+    let engine = Engine::new(store.clone(), index.clone());
+    // Part of the data is only in memory now (each series' current minute).
+    check_against_log(&store, &engine, 1);
+    // The strings were not indexed; the others were.
+    assert!(engine.series_key("a", "state").is_some());
+    let fields: Vec<String> = engine
+        .list(Some("a"))
+        .unwrap()
+        .iter()
+        .map(|i| i.field.to_string())
+        .collect();
+    assert_eq!(fields, ["ok", "t", "v"]);
+    assert!(engine.list(Some("nope")).unwrap().is_empty());
+    stop(ingest).await;
+}
+
+#[tokio::test]
+async fn a_points_limit_is_an_error_not_a_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, index) = open(&dir);
+    let ingest = start(&store, &index, IngestConfig::default());
+    write(&ingest, records(300)).await;
+    let engine = Engine::new(store.clone(), index.clone());
+    let key = engine.series_key("a", "v").unwrap();
+    let all = engine.range(&[key], T0 - 100_000, T0 + 400_000, None, 200).unwrap();
+    assert_eq!(all[0].len(), 200);
+    assert!(matches!(
+        engine.range(&[key], T0 - 100_000, T0 + 400_000, None, 199),
+        Err(QueryError::TooManyPoints { limit: 199 })
+    ));
+    assert!(matches!(
+        engine.range(&[key], T0 - 100_000, T0 + 400_000, Some(1000), 10),
+        Err(QueryError::TooManyPoints { limit: 10 })
+    ));
+    stop(ingest).await;
+}
+
+#[tokio::test]
+async fn the_index_rebuilt_from_the_log_equals_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, index) = open(&dir);
+    let ingest = start(&store, &index, IngestConfig::default());
+    write(&ingest, records(2000)).await;
+    // Stopped without a last flush: like a crash, the open minutes are only in the log.
+    stop(ingest).await;
+    drop((store, index));
+
+    // Reopening replays the log after `index.through`.
+    let (store, index) = open(&dir);
+    let original = dump_blocks(&store);
+    let (through, applied) = index.progress();
+    assert_eq!((through, applied), (store.heads().records, store.heads().records));
+    check_against_log(&store, &Engine::new(store.clone(), index.clone()), 2);
+    drop(index);
+
+    // Delete the index: its tables and its position.
+    {
+        let db = store.db().unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.delete_table(BLOCKS).unwrap();
+        tx.open_table(META).unwrap().remove(META_THROUGH).unwrap();
+        tx.commit().unwrap();
+    }
+    let index = Index::open(&store, IndexOptions::default()).unwrap();
+    assert_eq!(dump_blocks(&store), original);
+    check_against_log(&store, &Engine::new(store.clone(), index), 3);
+}
+
+#[tokio::test]
+async fn catching_up_in_chunks_while_ingest_runs_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, index) = open(&dir);
+    let ingest = start(&store, &index, IngestConfig::default());
+    write(&ingest, records(1000)).await;
+    stop(ingest).await;
+    {
+        let db = store.db().unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.delete_table(BLOCKS).unwrap();
+        tx.open_table(META).unwrap().remove(META_THROUGH).unwrap();
+        tx.commit().unwrap();
+    }
+    drop(index);
+    // An index that has not caught up is fed by the writer's transactions,
+    // 100 log records at a time, while new records arrive.
+    let index = Arc::new(Index::open_without_catch_up(&store, IndexOptions {
+        catch_up_chunk: 100,
+        ..IndexOptions::default()
+    })
+    .unwrap());
+    let ingest = start(&store, &index, IngestConfig::default());
+    let more: Vec<Record> = records(1400).split_off(1000);
+    write(&ingest, more).await;
+    while index.progress().1 < store.heads().records {
+        write(&ingest, records(1)).await;
+    }
+    check_against_log(&store, &Engine::new(store.clone(), index.clone()), 4);
+    stop(ingest).await;
+}
+
+#[tokio::test]
+async fn evicted_records_are_never_in_results_and_their_blocks_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, index) = open(&dir);
+    let cfg = IngestConfig {
+        retention: Retention {
+            max_disk: 3 << 20,
+            max_age: None,
+            when_full: WhenFull::DropOldest,
+        },
+        ..IngestConfig::default()
+    };
+    let ingest = start(&store, &index, cfg);
+    write(&ingest, records(40_000)).await;
+    let first = {
+        let db = store.db().unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(crate::store::RECORDS).unwrap();
+        let first = t.first().unwrap().unwrap().0.value();
+        first
+    };
+    assert!(first > 1000, "retention evicted the oldest records (first {first})");
+    let engine = Engine::new(store.clone(), index.clone());
+    check_against_log(&store, &engine, 5);
+    // No block is wholly before the first stored record.
+    for (_, bytes) in dump_blocks(&store) {
+        assert!(block::Block::decode(&bytes).unwrap().max_seq >= first);
+    }
+    stop(ingest).await;
+}
