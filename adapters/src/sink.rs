@@ -86,6 +86,17 @@ impl Sink {
         Ok(Receipt(rx))
     }
 
+    /// Passes on a submission received from another sink (the pipeline sits
+    /// between the sources and ingest), receipt and all, waiting while the
+    /// queue is full. If ingest is shut down the submission is dropped, and
+    /// its submitter's receipt resolves to [`SubmitError::Closed`].
+    pub async fn forward(&self, submission: Submission) -> Result<(), SubmitError> {
+        self.tx
+            .send(submission)
+            .await
+            .map_err(|_| SubmitError::Closed)
+    }
+
     /// Hands `items` to ingest and waits until they are committed.
     pub async fn submit_and_wait(&self, items: Vec<Item>) -> Result<Committed, SubmitError> {
         self.submit(items).await?.committed().await

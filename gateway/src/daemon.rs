@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, SourceConfig, UplinkConfig};
-use crate::metrics::{self, IngestMetrics, ModbusMetrics, UplinkMetrics};
+use crate::metrics::{self, IngestMetrics, ModbusMetrics, PipelineMetrics, UplinkMetrics};
 use crate::notify::{Notifier, State};
+use crate::pipeline::{spawn_pipeline, Pipeline};
 use crate::query::{Index, IndexOptions};
 use crate::reload::{self, ReloadContext, Uplinks};
 use crate::status::StatusSource;
@@ -122,6 +123,8 @@ pub async fn run_until(
     uplink_metrics.register(&mut registry);
     let modbus_metrics = Arc::new(ModbusMetrics::new());
     modbus_metrics.register(&mut registry);
+    let pipeline_metrics = PipelineMetrics::new();
+    pipeline_metrics.register(&mut registry);
 
     let (ready_tx, ready_rx) = watch::channel(None);
     let http_cancel = CancellationToken::new();
@@ -157,6 +160,16 @@ pub async fn run_until(
         ingest_metrics.clone(),
     );
 
+    // The pipeline sits between the sources and ingest, when it has steps.
+    let pipeline = Pipeline::new(&config.pipeline, pipeline_metrics.clone());
+    let (source_sink, pipeline_task) = if pipeline.is_empty() {
+        (ingest.sink.clone(), None)
+    } else {
+        let (sink, task) = spawn_pipeline(pipeline, ingest.sink.clone(), config.store.queue.get());
+        (sink, Some(task))
+    };
+    drop(ingest.sink);
+
     let sources_cancel = CancellationToken::new();
     let mut sources = JoinSet::new();
     let mut listening = Vec::new();
@@ -167,12 +180,12 @@ pub async fn run_until(
             name,
             source,
             &config.gateway.id,
-            ingest.sink.clone(),
+            source_sink.clone(),
             &modbus_metrics,
             sources_cancel.clone(),
         );
     }
-    drop(ingest.sink);
+    drop(source_sink);
 
     let (mut running_uplinks, uplink_names) = Uplinks::new(
         store.clone(),
@@ -255,6 +268,9 @@ pub async fn run_until(
         warn!("sources did not stop in time; closing ingest");
         sources.abort_all();
         while sources.join_next().await.is_some() {}
+    }
+    if let Some(task) = pipeline_task {
+        task.await.context("pipeline")?;
     }
     // 3. Uplinks: drain what is in flight.
     running_uplinks.shutdown().await;

@@ -7,6 +7,7 @@ pub mod daemon;
 mod http;
 pub mod metrics;
 pub mod notify;
+pub mod pipeline;
 pub mod query;
 pub mod reload;
 mod status;

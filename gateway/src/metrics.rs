@@ -510,3 +510,110 @@ impl ferry_adapters::modbus::DeviceObserver for ModbusDeviceMetrics {
         }
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub step: String,
+    pub reason: String,
+}
+
+impl StepLabels {
+    pub fn new(step: &str, reason: &str) -> Self {
+        StepLabels {
+            step: step.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteReasonLabels {
+    pub route: String,
+    pub reason: String,
+}
+
+/// What the pipeline and the routes count (`ferry_pipeline_*`, `ferry_route_*`).
+#[derive(Clone, Debug, Default)]
+pub struct PipelineMetrics {
+    /// Records that entered the pipeline.
+    pub records_in: Counter,
+    /// Records the pipeline dropped (any step).
+    pub records_out_dropped: Counter,
+    /// Records a step dropped, by step and reason (`filtered`, or why the
+    /// filter could not be evaluated: `missing_field`, `wrong_type`, ...).
+    pub records_dropped: Family<StepLabels, Counter>,
+    /// Values a step could not compute, by step and reason.
+    pub errors: Family<StepLabels, Counter>,
+    /// Stored records a route has read, by route.
+    pub route_records_in: Family<RouteLabel, Counter>,
+    /// Records a route has emitted to its output stream, by route.
+    pub route_records_out: Family<RouteLabel, Counter>,
+    /// Values a route did not use, by route and reason (`too_late`,
+    /// `not_finite`, `undecodable`).
+    pub route_dropped: Family<RouteReasonLabels, Counter>,
+    /// Route commits (output, state and cursor in one transaction).
+    pub route_commits: Family<RouteLabel, Counter>,
+    /// The last stored sequence number each route has processed.
+    pub route_seq: Family<RouteLabel, Gauge<u64, AtomicU64>>,
+}
+
+impl PipelineMetrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("pipeline");
+        r.register(
+            "records_in",
+            "Records that entered the pipeline",
+            self.records_in.clone(),
+        );
+        r.register(
+            "records_filtered",
+            "Records the pipeline dropped, all steps",
+            self.records_out_dropped.clone(),
+        );
+        r.register(
+            "records_dropped",
+            "Records a step dropped, by step and reason",
+            self.records_dropped.clone(),
+        );
+        r.register(
+            "errors",
+            "Values a step could not compute, by step and reason",
+            self.errors.clone(),
+        );
+        let r = registry.sub_registry_with_prefix("route");
+        r.register(
+            "records_in",
+            "Stored records a route has read",
+            self.route_records_in.clone(),
+        );
+        r.register(
+            "records_out",
+            "Records a route has emitted",
+            self.route_records_out.clone(),
+        );
+        r.register(
+            "values_dropped",
+            "Values a route did not use, by reason",
+            self.route_dropped.clone(),
+        );
+        r.register(
+            "commits",
+            "Route commits (output, state and cursor together)",
+            self.route_commits.clone(),
+        );
+        r.register(
+            "seq",
+            "Last stored sequence number a route has processed",
+            self.route_seq.clone(),
+        );
+    }
+}

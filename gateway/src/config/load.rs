@@ -15,7 +15,9 @@ use super::uplink_check::UplinkContext;
 use super::{Config, GatewayConfig, MetricsConfig, SourceConfig, StoreConfig, UplinkConfig};
 
 /// The top-level sections.
-const SECTIONS: [&str; 5] = ["gateway", "store", "sources", "uplinks", "metrics"];
+const SECTIONS: [&str; 8] = [
+    "gateway", "store", "sources", "uplinks", "metrics", "pipeline", "devices", "routes",
+];
 
 /// Parses and checks a config; on success also returns the warnings.
 pub(crate) fn parse(text: &str, file: &Path) -> Result<(Config, ConfigWarnings), ConfigErrors> {
@@ -159,7 +161,8 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
                 KeyPath::root(key),
                 format!(
                     "unknown key `{key}`, expected one of the sections \
-                     `gateway`, `store`, `sources`, `uplinks`, `metrics`"
+                     `gateway`, `store`, `sources`, `uplinks`, `metrics`, \
+                     `pipeline`, `devices`, `routes`"
                 ),
             );
         }
@@ -199,13 +202,57 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
     };
     let uplinks = build_uplinks(value, &at, &cx, report);
 
+    let (value, at) = section("devices");
+    let devices = super::pipeline::build_devices(value, &at, report);
+    let (value, at) = section("pipeline");
+    let steps = super::pipeline::build_steps(value, &at, &source_names, report);
+    let (value, at) = section("routes");
+    let routes = build_routes(value, &at, &source_names, report);
+    if let (Some(uplinks), Some(routes)) = (&uplinks, &routes) {
+        for (name, u) in uplinks {
+            if let Some(r) = u.route.as_ref().filter(|r| !routes.contains_key(*r)) {
+                report.error(
+                    KeyPath::root("uplinks").key(name).key("route"),
+                    format!("no route named {r:?}; define it as [routes.{r}]"),
+                );
+            }
+        }
+    }
+
     Some(Config {
         gateway: gateway?,
         store: store?,
         sources: sources?,
         uplinks: uplinks?,
         metrics: metrics?,
+        pipeline: super::PipelineConfig { steps, devices },
+        routes: routes?,
     })
+}
+
+/// `[routes.NAME]`: the valid routes, `None` if any is not.
+fn build_routes(
+    value: Option<toml::Value>,
+    at: &KeyPath,
+    sources: &BTreeSet<String>,
+    report: &mut Report,
+) -> Option<BTreeMap<String, super::RouteConfig>> {
+    let table = named_tables(value, at, "route", report)?;
+    let mut routes = Some(BTreeMap::new());
+    for (name, value) in table {
+        let at = at.key(&name);
+        check_name(report, at.clone(), "route", &name);
+        match typed::<super::RouteConfig>(value, &at, report) {
+            Some(route) => {
+                route.check(&at, sources, report);
+                if let Some(r) = &mut routes {
+                    r.insert(name, route);
+                }
+            }
+            None => routes = None,
+        }
+    }
+    routes
 }
 
 /// A section holding named tables (`[sources.NAME]`, `[uplinks.NAME]`).

@@ -12,14 +12,17 @@
 //!   paths are relative to the working directory.
 //!
 //! Shape: `[gateway]`, `[store]`, `[sources.NAME]` (at least one), optional
-//! `[uplinks.NAME]`, `[metrics]`.
+//! `[uplinks.NAME]`, `[metrics]`, `[[pipeline]]`, `[devices.NAME]`,
+//! `[routes.NAME]`.
 
 mod error;
 mod gateway;
 mod load;
 mod locate;
 mod metrics;
+mod pipeline;
 mod report;
+mod route;
 mod source;
 mod store;
 mod topic;
@@ -32,6 +35,8 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors, ConfigWarnings, LoadError};
 pub use gateway::{GatewayConfig, LogLevel};
 pub use metrics::MetricsConfig;
+pub use pipeline::{Action, PipelineConfig, Step};
+pub use route::{Aggregate, DeadbandConfig, RouteConfig, WindowConfig};
 pub use source::{SourceConfig, SOURCE_TYPES};
 pub use store::StoreConfig;
 pub use topic::{MAX_TOPIC_BYTES, MAX_TOPIC_SLASHES, TOPIC_PLACEHOLDERS};
@@ -57,6 +62,10 @@ pub struct Config {
     pub uplinks: BTreeMap<String, UplinkConfig>,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `[[pipeline]]` steps applied before storage, and `[devices.NAME]`.
+    pub pipeline: PipelineConfig,
+    /// `[routes.NAME]`, by name: what routed uplinks send.
+    pub routes: BTreeMap<String, RouteConfig>,
 }
 
 impl Config {

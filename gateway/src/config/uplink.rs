@@ -104,6 +104,10 @@ pub struct UplinkConfig {
     /// be a configured source. Default: `[]` (all sources).
     #[serde(default)]
     pub sources: Vec<String>,
+    /// The route (`[routes.NAME]`) whose output this uplink sends instead
+    /// of the stored records. Default: none (the stored records).
+    #[serde(default)]
+    pub route: Option<String>,
 }
 
 impl UplinkConfig {
@@ -131,6 +135,7 @@ impl UplinkConfig {
             reconnect_min: defaults::reconnect_min(),
             reconnect_max: defaults::reconnect_max(),
             sources: Vec::new(),
+            route: None,
         }
     }
 

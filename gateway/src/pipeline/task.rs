@@ -1,0 +1,39 @@
+//! The pipeline task: receives the sources' submissions, applies the steps,
+//! forwards them to ingest.
+
+use std::sync::Arc;
+
+use ferry_adapters::sink::{Item, Sink, Submission};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::step::{Outcome, Pipeline};
+
+/// Starts the pipeline in front of `ingest`: returns the sink the sources
+/// submit to, and the task, which ends once every clone of that sink is
+/// dropped and what it holds is forwarded (dropping its `ingest` sink, so
+/// the writer can end in turn).
+pub fn spawn_pipeline(
+    pipeline: Arc<Pipeline>,
+    ingest: Sink,
+    queue: usize,
+) -> (Sink, JoinHandle<()>) {
+    let (sink, rx) = Sink::channel(queue);
+    let task = tokio::spawn(run(pipeline, ingest, rx));
+    (sink, task)
+}
+
+async fn run(pipeline: Arc<Pipeline>, ingest: Sink, mut rx: mpsc::Receiver<Submission>) {
+    while let Some(mut sub) = rx.recv().await {
+        sub.items.retain_mut(|item| match item {
+            Item::Record(r) => pipeline.apply(r) == Outcome::Keep,
+            Item::Dead(_) => true,
+        });
+        if ingest.forward(sub).await.is_err() {
+            warn!("ingest is shut down; the pipeline stops");
+            return;
+        }
+    }
+    info!("pipeline stopped");
+}
