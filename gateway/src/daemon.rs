@@ -114,6 +114,7 @@ pub async fn run_until(
     let index = Index::open(&store, IndexOptions::default()).context("query index")?;
 
     let mut registry = metrics::registry();
+    metrics::register_build_info(&mut registry);
     let ingest_metrics = IngestMetrics::new();
     ingest_metrics.register(&mut registry);
     if set_aside.is_some() {

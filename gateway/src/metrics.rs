@@ -19,6 +19,24 @@ pub fn registry() -> Registry {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub arch: String,
+}
+
+/// `ferry_build_info{version, arch} 1`: which build is running (a constant
+/// gauge, the Prometheus convention for build information).
+pub fn register_build_info(registry: &mut Registry) {
+    let info: Family<BuildLabels, Gauge> = Family::default();
+    info.get_or_create(&BuildLabels {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+    })
+    .set(1);
+    registry.register("build_info", "The running build of Ferry (always 1)", info);
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: String,
 }

@@ -9,11 +9,12 @@
 //! | --- | --- |
 //! | `gateway.log_level` | applied (unless `RUST_LOG` is set, which wins) |
 //! | an existing `[uplinks.NAME]` whose keys, or whose `ca`/`cert`/`key` files' contents, changed | that uplink drains its in-flight batches and starts again with the new settings, from its cursor; the others keep running |
-//! | an uplink added or removed, `gateway.id`, `gateway.data_dir`, `[store]`, `[sources]`, `[metrics]` | not applied: logged as needing a restart, the running value is kept |
+//! | an uplink added or removed, an uplink's `route`, `gateway.id`, `gateway.data_dir`, `[store]`, `[sources]`, `[[pipeline]]`, `[routes]`, `[metrics]` | not applied: logged as needing a restart, the running value is kept |
 //!
 //! Why the others need a restart: the embedded broker cannot release its
 //! port while the process lives; the store and its retention are opened with
-//! the set of uplinks whose undelivered records they protect; the metrics
+//! the set of uplinks and routes whose unconsumed records they protect (so
+//! adding, removing or re-routing an uplink needs a restart); the metrics
 //! endpoint and the gateway id are bound into every running part.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -119,10 +120,18 @@ pub fn plan(running: &Config, new: Config) -> Plan {
     if new.metrics != running.metrics {
         kept.push("[metrics]".to_owned());
     }
+    if new.pipeline != running.pipeline {
+        kept.push("[[pipeline]]".to_owned());
+    }
     kept.extend(changed_keys(&running.sources, &new.sources, "sources"));
+    kept.extend(changed_keys(&running.routes, &new.routes, "routes"));
     let mut restart = BTreeSet::new();
     for name in running.uplinks.keys().chain(new.uplinks.keys()) {
         match (running.uplinks.get(name), new.uplinks.get(name)) {
+            // Which stream it reads is also what retention protects for it.
+            (Some(old), Some(cfg)) if old.route != cfg.route => {
+                kept.push(format!("uplinks.{name}.route"));
+            }
             (Some(old), Some(cfg)) if old != cfg => {
                 config.uplinks.insert(name.clone(), cfg.clone());
                 restart.insert(name.clone());

@@ -435,7 +435,7 @@ impl Uplink {
     fn encode(&mut self, records: &[StoredRecord], window_end: u64) -> usize {
         let mut encoders: HashMap<String, Box<dyn super::batch::Encoder + Send>> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
-        let mut made = 0;
+        let mut done: Vec<(String, usize, Vec<u8>)> = Vec::new();
         let mut bytes = 0usize;
         let mut n = 0usize;
         let static_topic = self.s.topic.is_static();
@@ -456,25 +456,10 @@ impl Uplink {
             if e.push(r) {
                 continue;
             }
-            if e.is_empty() {
-                warn!(uplink = %self.s.name, seq = r.seq, "record larger than max_batch_bytes; skipped (it stays in the store)");
-                self.metrics
-                    .records_skipped
-                    .get_or_create(&self.label)
-                    .inc();
-                continue;
+            // Full: close this topic's batch and start the next with `r`.
+            if !e.is_empty() {
+                done.push((topic.clone(), e.len(), e.finish()));
             }
-            let records_in = e.len();
-            let payload = e.finish();
-            bytes += payload.len();
-            n += records_in;
-            self.queue.push_back(Ready {
-                window_end,
-                topic: topic.clone(),
-                payload,
-                records: records_in,
-            });
-            made += 1;
             if !e.push(r) {
                 warn!(uplink = %self.s.name, seq = r.seq, "record larger than max_batch_bytes; skipped (it stays in the store)");
                 self.metrics
@@ -485,20 +470,21 @@ impl Uplink {
         }
         for topic in order {
             let mut e = encoders.remove(&topic).expect("every topic has an encoder");
-            if e.is_empty() {
-                continue;
+            if !e.is_empty() {
+                let records_in = e.len();
+                done.push((topic, records_in, e.finish()));
             }
-            let records_in = e.len();
-            let payload = e.finish();
+        }
+        let made = done.len();
+        for (topic, records, payload) in done {
             bytes += payload.len();
-            n += records_in;
+            n += records;
             self.queue.push_back(Ready {
                 window_end,
                 topic,
                 payload,
-                records: records_in,
+                records,
             });
-            made += 1;
         }
         if n > 0 {
             self.bytes_per_record = bytes as f64 / n as f64;
