@@ -28,10 +28,11 @@ use crate::config::{Config, SourceConfig, UplinkConfig};
 use crate::metrics::{self, IngestMetrics, ModbusMetrics, PipelineMetrics, UplinkMetrics};
 use crate::notify::{Notifier, State};
 use crate::pipeline::{spawn_pipeline, Pipeline};
+use crate::route;
 use crate::query::{Index, IndexOptions};
 use crate::reload::{self, ReloadContext, Uplinks};
 use crate::status::StatusSource;
-use crate::store::{spawn_ingest, IngestConfig, Retention, Store, StoreOptions};
+use crate::store::{spawn_ingest, IngestConfig, Retention, Store, StoreOptions, Stream};
 use crate::uplink::{self, batch::Topic, Settings};
 use crate::watchdog::{self, Timing, Watchdog};
 
@@ -151,10 +152,14 @@ pub async fn run_until(
                 max_age: config.store.max_age,
                 when_full: config.store.when_full,
             },
+            // Retention keeps what these have not consumed of the raw stream:
+            // the uplinks sending it, and the routes.
             consumers: config
                 .uplinks
-                .keys()
-                .map(|name| Arc::from(uplink::cursor_name(name)))
+                .iter()
+                .filter(|(_, u)| u.route.is_none())
+                .map(|(name, _)| Arc::from(uplink::cursor_name(name)))
+                .chain(config.routes.keys().map(|r| Arc::from(route::cursor_name(r))))
                 .collect(),
             index: Some(index.clone()),
         },
@@ -197,6 +202,19 @@ pub async fn run_until(
         running_uplinks.start(settings, digest);
     }
     drop(ingest.cursors);
+    let routes_cancel = CancellationToken::new();
+    let mut routes = Vec::new();
+    for (name, cfg) in &config.routes {
+        routes.push(route::spawn_route(
+            name,
+            cfg.clone(),
+            store.clone(),
+            ingest.routes.clone(),
+            pipeline_metrics.clone(),
+            routes_cancel.clone(),
+        ));
+    }
+    drop(ingest.routes);
     // Ready once every embedded broker accepts connections (a source that
     // failed instead drops its sender and is reported below).
     for ready in listening {
@@ -272,6 +290,11 @@ pub async fn run_until(
     }
     if let Some(task) = pipeline_task {
         task.await.context("pipeline")?;
+    }
+    // Routes stop between commits; their state is committed with their output.
+    routes_cancel.cancel();
+    for task in routes {
+        task.await.context("route")?;
     }
     // 3. Uplinks: drain what is in flight.
     running_uplinks.shutdown().await;
@@ -456,5 +479,9 @@ fn settings(name: &str, u: &UplinkConfig, gateway: &str) -> anyhow::Result<Setti
         drain_timeout: Duration::from_secs(5),
         sources: u.sources.clone(),
         window_records: 2048,
+        stream: match &u.route {
+            Some(r) => Stream::Route(r.as_str().into()),
+            None => Stream::Raw,
+        },
     })
 }

@@ -10,6 +10,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod query;
 pub mod reload;
+pub mod route;
 mod status;
 pub mod store;
 pub mod uplink;

@@ -44,6 +44,7 @@ fn settings(
         drain_timeout: Duration::from_secs(5),
         sources: vec![],
         window_records: 2048,
+        stream: ferry_gateway::store::Stream::Raw,
     }
 }
 

@@ -43,7 +43,7 @@ use tracing::warn;
 pub use hook::IndexHook;
 pub use names::Names;
 pub use retention::{Retention, WhenFull};
-pub use writer::{spawn_ingest, Cursors, IngestConfig, IngestHandle};
+pub use writer::{spawn_ingest, Cursors, IngestConfig, IngestHandle, RouteCommit, RouteCommits};
 
 use codec::{DecodeError, Reader};
 
@@ -52,6 +52,26 @@ pub(crate) const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead"
 pub(crate) const NAMES: TableDefinition<u32, &str> = TableDefinition::new("names");
 pub(crate) const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Each route's state, committed with its output and cursor (`route/`).
+pub(crate) const ROUTE_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("route_state");
+
+/// A stream of records: the stored raw records, or a route's output (table
+/// `route.NAME`, seq → record in the same encoding as `records`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Raw,
+    Route(Arc<str>),
+}
+
+impl Stream {
+    /// The name of the stream's table.
+    pub fn table(&self) -> String {
+        match self {
+            Stream::Raw => "records".to_owned(),
+            Stream::Route(name) => format!("route.{name}"),
+        }
+    }
+}
 
 /// An error of the store layer, with what was being done.
 #[derive(Debug, Error)]
@@ -194,6 +214,8 @@ struct Inner {
     path: PathBuf,
     names: Names,
     heads: watch::Sender<Heads>,
+    /// The head of each route's output stream, once known.
+    route_heads: std::sync::RwLock<std::collections::HashMap<Arc<str>, u64>>,
 }
 
 impl Store {
@@ -259,6 +281,7 @@ impl Store {
                 path: path.to_owned(),
                 names,
                 heads: watch::Sender::new(heads),
+                route_heads: Default::default(),
             }),
         })
     }
@@ -376,8 +399,30 @@ impl Store {
         max: usize,
         out: &mut Vec<StoredRecord>,
     ) -> Result<ReadStats, StoreError> {
+        self.read_stream(&Stream::Raw, after, max, out)
+    }
+
+    /// [`Store::read_records`] of any stream; a route's stream that has no
+    /// output yet is empty.
+    pub fn read_stream(
+        &self,
+        stream: &Stream,
+        after: u64,
+        max: usize,
+        out: &mut Vec<StoredRecord>,
+    ) -> Result<ReadStats, StoreError> {
         let tx = self.db()?.begin_read()?;
-        let table = tx.open_table(RECORDS)?;
+        let name = stream.table();
+        let table = match tx.open_table(TableDefinition::<u64, &[u8]>::new(&name)) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Ok(ReadStats {
+                    last_seq: after,
+                    undecodable: 0,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut stats = ReadStats {
             last_seq: after,
             undecodable: 0,
@@ -395,6 +440,56 @@ impl Store {
             }
         }
         Ok(stats)
+    }
+
+    /// The highest committed sequence number of `stream` (0 = empty).
+    pub fn stream_head(&self, stream: &Stream) -> Result<u64, StoreError> {
+        let Stream::Route(route) = stream else {
+            return Ok(self.heads().records);
+        };
+        let known = self.route_heads_map().get(route).copied();
+        if let Some(head) = known {
+            return Ok(head);
+        }
+        let tx = self.db()?.begin_read()?;
+        let name = stream.table();
+        let head = match tx.open_table(TableDefinition::<u64, &[u8]>::new(&name)) {
+            Ok(table) => last_key(&table)?,
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        self.set_route_head(route, head);
+        Ok(head)
+    }
+
+    fn route_heads_map(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<Arc<str>, u64>> {
+        self.inner
+            .route_heads
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a route stream's new head (by the writer, after its commit).
+    pub(crate) fn set_route_head(&self, route: &Arc<str>, head: u64) {
+        let mut map = self
+            .inner
+            .route_heads
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let h = map.entry(route.clone()).or_insert(0);
+        *h = (*h).max(head);
+    }
+
+    /// The committed state of the route `name`, if it has committed any.
+    pub fn route_state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db()?.begin_read()?;
+        match tx.open_table(ROUTE_STATE) {
+            Ok(table) => Ok(table.get(name)?.map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads up to `max` dead letters with `seq > after`, in order.
@@ -428,6 +523,13 @@ impl Store {
     pub fn first_ts_after(&self, after: u64) -> Result<Option<Millis>, StoreError> {
         let mut out = Vec::with_capacity(1);
         self.read_records(after, 1, &mut out)?;
+        Ok(out.first().map(|r| r.record.ts))
+    }
+
+    /// The timestamp of the first record of `stream` with `seq > after`, if any.
+    pub fn first_ts_in(&self, stream: &Stream, after: u64) -> Result<Option<Millis>, StoreError> {
+        let mut out = Vec::with_capacity(1);
+        self.read_stream(stream, after, 1, &mut out)?;
         Ok(out.first().map(|r| r.record.ts))
     }
 

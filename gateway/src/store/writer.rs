@@ -86,6 +86,9 @@ impl Cursors {
 pub struct IngestHandle {
     pub sink: Sink,
     pub cursors: Cursors,
+    /// Commits routes' output, state and cursor together. The writer does
+    /// not wait for these handles to be dropped before it stops.
+    pub routes: RouteCommits,
     /// Ends after the last sink and cursor handle are dropped and the final
     /// commit is done.
     pub task: JoinHandle<()>,
@@ -102,11 +105,13 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub fn spawn_ingest(store: Store, cfg: IngestConfig, metrics: IngestMetrics) -> IngestHandle {
     let (sink, rx) = Sink::channel(cfg.queue);
     let (ctx, crx) = mpsc::channel(64);
+    let (rtx, rrx) = mpsc::channel(16);
     let (beat, heartbeat) = watch::channel(Instant::now());
-    let task = tokio::spawn(run(store, metrics, cfg, rx, crx, beat));
+    let task = tokio::spawn(run(store, metrics, cfg, rx, crx, rrx, beat));
     IngestHandle {
         sink,
         cursors: Cursors { tx: ctx },
+        routes: RouteCommits { tx: rtx },
         task,
         heartbeat,
     }
@@ -114,6 +119,41 @@ pub fn spawn_ingest(store: Store, cfg: IngestConfig, metrics: IngestMetrics) -> 
 
 /// Where a submission's outcome is sent.
 type Done = oneshot::Sender<Result<Committed, SubmitError>>;
+
+/// A route's output records, new state and cursor (the last raw sequence
+/// number it has processed), committed in one transaction with the next
+/// group commit: exactly-once through a crash (see `route/`).
+#[derive(Debug)]
+pub struct RouteCommit {
+    pub route: Arc<str>,
+    /// Appended to the stream `route.NAME`.
+    pub outputs: Vec<Record>,
+    /// Replaces the route's entry in `route_state`.
+    pub state: Vec<u8>,
+    /// The route's cursor `route.NAME` moves here.
+    pub through: u64,
+}
+
+/// Where a route commit's outcome (its stream's new head) is sent.
+type RouteDone = oneshot::Sender<Result<u64, SubmitError>>;
+
+/// Hands route commits to the writer.
+#[derive(Debug, Clone)]
+pub struct RouteCommits {
+    tx: mpsc::Sender<(RouteCommit, RouteDone)>,
+}
+
+impl RouteCommits {
+    /// Commits and waits; returns the head of the route's stream after it.
+    pub async fn commit(&self, commit: RouteCommit) -> Result<u64, SubmitError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send((commit, done))
+            .await
+            .map_err(|_| SubmitError::Closed)?;
+        rx.await.unwrap_or(Err(SubmitError::Closed))
+    }
+}
 
 /// Items and cursor moves waiting for the next commit.
 #[derive(Default)]
@@ -123,6 +163,7 @@ struct Batch {
     /// Each submission's receipt and how many records it brought.
     acks: Vec<(Option<Done>, usize)>,
     cursors: BTreeMap<Arc<str>, u64>,
+    routes: Vec<(RouteCommit, RouteDone)>,
     items_since: Option<Instant>,
     cursors_since: Option<Instant>,
     /// While ingest is blocked (`when_full = "block"`): when to look again.
@@ -167,7 +208,7 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        self.acks.is_empty() && self.cursors.is_empty()
+        self.acks.is_empty() && self.cursors.is_empty() && self.routes.is_empty()
     }
 
     fn deadline(&self, cfg: &IngestConfig) -> Option<Instant> {
@@ -211,6 +252,7 @@ async fn run(
     cfg: IngestConfig,
     mut rx: mpsc::Receiver<Submission>,
     mut crx: mpsc::Receiver<(Arc<str>, u64)>,
+    mut rrx: mpsc::Receiver<(RouteCommit, RouteDone)>,
     beat: watch::Sender<Instant>,
 ) {
     let init = {
@@ -225,7 +267,7 @@ async fn run(
         }
     };
     let mut batch = Batch::default();
-    let (mut items_open, mut cursors_open) = (true, true);
+    let (mut items_open, mut cursors_open, mut routes_open) = (true, true, true);
     loop {
         beat.send_replace(Instant::now());
         let closed = !items_open && !cursors_open;
@@ -253,6 +295,13 @@ async fn run(
                 mv = crx.recv(), if cursors_open => match mv {
                     Some((name, seq)) => batch.move_cursor(name, seq, Instant::now()),
                     None => cursors_open = false,
+                },
+                rc = rrx.recv(), if routes_open => match rc {
+                    Some(rc) => {
+                        batch.routes.push(rc);
+                        batch.items_since.get_or_insert(Instant::now());
+                    }
+                    None => routes_open = false,
                 },
                 _ = tokio::time::sleep_until(next_turn(deadline)) => {}
             }
@@ -321,6 +370,8 @@ struct WriterState {
     /// An eviction or drop episode is under way: (reason, records so far).
     episode: Option<(&'static str, u64)>,
     blocked: bool,
+    /// The heads of the route streams the current commit writes.
+    route_heads: Vec<(Arc<str>, u64)>,
     index: Option<Arc<dyn IndexHook>>,
 }
 
@@ -389,6 +440,7 @@ impl WriterState {
             age_checked: now - AGE_CHECK_INTERVAL,
             episode: None,
             blocked: false,
+            route_heads: Vec::new(),
             index: cfg.index.clone(),
         };
         state.update_gauges(heads);
@@ -460,6 +512,18 @@ impl WriterState {
                 if let Some(pos) = self.consumers.get_mut(name) {
                     *pos = (*pos).max(seq);
                 }
+            }
+            for (rc, _) in &batch.routes {
+                let head = self.write_route(&tx, rc)?;
+                let name: Arc<str> = format!("route.{}", rc.route).into();
+                let old = cursors.get(&*name)?.map(|v| v.value()).unwrap_or(0);
+                if rc.through > old {
+                    cursors.insert(&*name, rc.through)?;
+                }
+                if let Some(pos) = self.consumers.get_mut(&name) {
+                    *pos = (*pos).max(rc.through);
+                }
+                self.route_heads.push((rc.route.clone(), head));
             }
             let mut records = tx.open_table(RECORDS)?;
             let mut dead = tx.open_table(DEAD)?;
@@ -548,6 +612,35 @@ impl WriterState {
             heads,
             records: disposition,
         })
+    }
+
+    /// Appends a route's outputs to its stream and replaces its state;
+    /// returns the stream's new head.
+    fn write_route(
+        &mut self,
+        tx: &redb::WriteTransaction,
+        rc: &RouteCommit,
+    ) -> Result<u64, StoreError> {
+        let name = super::Stream::Route(rc.route.clone()).table();
+        let mut table = tx.open_table(redb::TableDefinition::<u64, &[u8]>::new(&name))?;
+        let mut head = table.last()?.map_or(0, |(k, _)| k.value());
+        for r in &rc.outputs {
+            let source = self.intern(&r.source);
+            let device = self.intern(&r.device);
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            codec::put_record_header(&mut buf, r.ts, source, device, r.fields.len());
+            for (field, value) in &r.fields {
+                let id = self.intern(field);
+                codec::put_field(&mut buf, id, value);
+            }
+            head += 1;
+            table.insert(head, buf.as_slice())?;
+            self.buf = buf;
+        }
+        tx.open_table(super::ROUTE_STATE)?
+            .insert(&*rc.route, rc.state.as_slice())?;
+        Ok(head)
     }
 
     /// The highest sequence number every protected consumer has delivered.
@@ -708,11 +801,24 @@ impl WriterState {
     /// into `next` to be tried again; a held batch goes back whole.
     fn finish(
         &mut self,
-        batch: Batch,
+        mut batch: Batch,
         result: Result<Written, StoreError>,
         next: &mut Batch,
         cfg: &IngestConfig,
     ) {
+        let route_heads = std::mem::take(&mut self.route_heads);
+        for (i, (_, done)) in std::mem::take(&mut batch.routes).into_iter().enumerate() {
+            let outcome = match (&result, route_heads.get(i)) {
+                (Ok(_), Some((route, head))) => {
+                    self.store.set_route_head(route, *head);
+                    Ok(*head)
+                }
+                (Err(e), _) => Err(SubmitError::Store(e.to_string().into())),
+                (Ok(_), None) => Err(SubmitError::Store("route commit not written".into())),
+            };
+            // A route that stopped waiting re-reads its state when it starts.
+            let _ = done.send(outcome);
+        }
         match result {
             Ok(Written {
                 heads,

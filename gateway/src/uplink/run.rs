@@ -41,7 +41,7 @@ use super::batch::{encoder, Encoding, Topic};
 use super::flight::Flight;
 use super::limiter::Limits;
 use crate::metrics::{UplinkLabel, UplinkMetrics};
-use crate::store::{Cursors, Store, StoredRecord};
+use crate::store::{Cursors, Store, StoredRecord, Stream};
 
 /// Everything an uplink needs to run, resolved from its config.
 #[derive(Clone)]
@@ -71,6 +71,8 @@ pub struct Settings {
     pub sources: Vec<String>,
     /// Records read from the store per window.
     pub window_records: usize,
+    /// The stream sent: the stored records, or a route's output.
+    pub stream: Stream,
 }
 
 /// Why a connection ended.
@@ -389,7 +391,7 @@ impl Uplink {
     /// to wait until when a partial batch should wait for more records.
     async fn fill(&mut self, now: Instant) -> Result<Option<Instant>, LinkError> {
         let from = self.flight.read_to();
-        let head = self.store.heads().records;
+        let head = self.store.stream_head(&self.s.stream)?;
         if head <= from {
             self.partial_since = None;
             return Ok(None);
@@ -406,10 +408,11 @@ impl Uplink {
         self.partial_since = None;
         let store = self.store.clone();
         let max = self.s.window_records;
+        let stream = self.s.stream.clone();
         let mut buf = std::mem::take(&mut self.read_buf);
         let (buf, stats) = tokio::task::spawn_blocking(move || {
             buf.clear();
-            let stats = store.read_records(from, max, &mut buf);
+            let stats = store.read_stream(&stream, from, max, &mut buf);
             (buf, stats)
         })
         .await
@@ -494,12 +497,12 @@ impl Uplink {
 
     fn update_gauges(&self) {
         let acked = self.flight.acked();
-        let head = self.store.heads().records;
+        let head = self.store.stream_head(&self.s.stream).unwrap_or(acked);
         self.metrics
             .backlog_records
             .get_or_create(&self.label)
             .set(head.saturating_sub(acked));
-        let age = match self.store.first_ts_after(acked) {
+        let age = match self.store.first_ts_in(&self.s.stream, acked) {
             Ok(Some(ts)) => ((now_millis() - ts).max(0) as f64) / 1000.0,
             _ => 0.0,
         };
