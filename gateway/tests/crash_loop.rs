@@ -27,28 +27,12 @@ async fn kill9_again_and_again_loses_nothing_in_subscribe_mode() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_ports(1).unwrap()[0]));
-    let config = format!(
-        r#"
-[gateway]
-id = "{id}"
-data_dir = "{data}"
-
-[sources.plant]
-type = "mqtt_subscribe"
-broker = "{local}"
-topics = ["sensors/{{device}}/telemetry"]
-reconnect_min = "50ms"
-reconnect_max = "200ms"
-
-{uplink}
-
-[metrics]
-listen = "{metrics}"
-"#,
-        id = pki.client_id,
-        data = dir.path().join("data").display(),
-        local = local.plain_addr(),
-        uplink = uplink_section(cloud.tls_addr(), &pki),
+    let config = subscribe_config(
+        &dir.path().join("data"),
+        local.plain_addr(),
+        cloud.tls_addr(),
+        &pki,
+        metrics,
     );
     let mut ferry = Ferry::start(dir.path(), &config);
     tokio::task::block_in_place(|| ferry.wait_log("subscribed", Duration::from_secs(30)));

@@ -211,28 +211,12 @@ async fn subscribe_mode_kill9_loses_nothing() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let metrics = addr(free_ports(1).unwrap()[0]);
-    let config = format!(
-        r#"
-[gateway]
-id = "{id}"
-data_dir = "{data}"
-
-[sources.plant]
-type = "mqtt_subscribe"
-broker = "{local}"
-topics = ["sensors/{{device}}/telemetry"]
-reconnect_min = "100ms"
-reconnect_max = "500ms"
-
-{uplink}
-
-[metrics]
-listen = "{metrics}"
-"#,
-        id = pki.client_id,
-        data = dir.path().join("data").display(),
-        local = local.plain_addr(),
-        uplink = uplink_section(cloud.tls_addr(), &pki),
+    let config = subscribe_config(
+        &dir.path().join("data"),
+        local.plain_addr(),
+        cloud.tls_addr(),
+        &pki,
+        metrics,
     );
     let mut ferry = Ferry::start(dir.path(), &config);
     // The first start creates the persistent session; from then on the

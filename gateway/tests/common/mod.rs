@@ -210,6 +210,39 @@ listen = "{metrics}"
     )
 }
 
+/// A gateway config with a subscriber of the local broker `local` and an
+/// uplink to a TLS mosquitto at `cloud`.
+pub fn subscribe_config(
+    data: &Path,
+    local: std::net::SocketAddr,
+    cloud: std::net::SocketAddr,
+    pki: &ferry_testkit::Pki,
+    metrics: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"
+[gateway]
+id = "{id}"
+data_dir = "{data}"
+
+[sources.plant]
+type = "mqtt_subscribe"
+broker = "{local}"
+topics = ["sensors/{{device}}/telemetry"]
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+
+{uplink}
+
+[metrics]
+listen = "{metrics}"
+"#,
+        id = pki.client_id,
+        data = data.display(),
+        uplink = uplink_section(cloud, pki),
+    )
+}
+
 pub fn uplink_section(cloud: std::net::SocketAddr, pki: &ferry_testkit::Pki) -> String {
     format!(
         r#"
