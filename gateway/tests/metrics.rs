@@ -230,7 +230,10 @@ async fn metrics_follow_the_conventions_and_the_dashboard_uses_only_them() {
     assert!(all.len() > 20, "{all:?}");
     let used: BTreeSet<String> = all.iter().flat_map(|e| metric_names(e)).collect();
     let missing: Vec<&String> = used.iter().filter(|n| !names.contains(*n)).collect();
-    assert!(missing.is_empty(), "the dashboard uses unknown metrics: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the dashboard uses unknown metrics: {missing:?}"
+    );
     assert!(used.len() >= 30, "{used:?}");
 }
 

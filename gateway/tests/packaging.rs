@@ -45,7 +45,11 @@ fn the_metadata_installs_what_the_issue_lists() {
     let dest = |d: &str| assets.iter().find(|a| a.1 == d).cloned();
     assert_eq!(
         dest("usr/bin/"),
-        Some(("target/release/ferry".into(), "usr/bin/".into(), "755".into()))
+        Some((
+            "target/release/ferry".into(),
+            "usr/bin/".into(),
+            "755".into()
+        ))
     );
     assert!(dest("etc/ferry/ferry.toml").is_some());
     assert!(dest("usr/share/ferry/grafana-dashboard.json").is_some());
@@ -117,10 +121,16 @@ fn the_conffile_is_valid_and_sends_nothing_until_the_uplink_is_filled_in() {
         .collect::<Vec<_>>()
         .join("\n")
         .replace("/etc/ferry/AmazonRootCA1.pem", pki.ca.to_str().unwrap())
-        .replace("/etc/ferry/device.pem.crt", pki.client.cert.to_str().unwrap())
-        .replace("/etc/ferry/private.pem.key", pki.client.key.to_str().unwrap());
-    let config = Config::from_toml(&enabled, &path)
-        .unwrap_or_else(|e| panic!("{e}\n---\n{enabled}"));
+        .replace(
+            "/etc/ferry/device.pem.crt",
+            pki.client.cert.to_str().unwrap(),
+        )
+        .replace(
+            "/etc/ferry/private.pem.key",
+            pki.client.key.to_str().unwrap(),
+        );
+    let config =
+        Config::from_toml(&enabled, &path).unwrap_or_else(|e| panic!("{e}\n---\n{enabled}"));
     let uplink = &config.uplinks["iot_core"];
     assert!(uplink.endpoint.ends_with("amazonaws.com:8883"));
     assert!(!uplink.plaintext);
