@@ -133,8 +133,8 @@ fn select_remove_rename_add_copy_give_exact_fields() {
     assert_eq!(
         fields(&r),
         vec![
-            f("current", Value::Float(2.5)),
             f("volts", Value::Int(230)),
+            f("current", Value::Float(2.5)),
             f("calibrated", Value::Bool(true)),
             f("gain", Value::Float(1.5)),
             f("phase", Value::Int(3)),
@@ -317,4 +317,50 @@ async fn the_task_forwards_transformed_submissions_and_acknowledges_after_commit
     drop(ingest.cursors);
     ingest.task.await.unwrap();
     assert_eq!(counter(&p, "dropped", "0_filter", "filtered"), 2);
+}
+
+/// `config/pipeline-example.toml` is valid but for the certificate files it
+/// names, and its pipeline does what its comments say.
+#[test]
+fn the_pipeline_example_is_valid_but_for_its_certificate_files() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/pipeline-example.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("/etc/ferry/", &format!("{}/", env!("CARGO_MANIFEST_DIR")))
+        .replace("AmazonRootCA1.pem", "Cargo.toml")
+        .replace("device.pem.crt", "Cargo.toml")
+        .replace("private.pem.key", "Cargo.toml");
+    let errors = match Config::from_toml(&text, &path) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.errors.into_iter().map(|e| e.key).collect(),
+    };
+    // Cargo.toml is no PEM file: only the TLS loading (at start) would object.
+    assert!(errors.iter().all(|k| k.starts_with("uplinks.")), "{errors:?}");
+    let without_uplink = text.split("[uplinks.iot_core]").next().unwrap();
+    let config = Config::from_toml(without_uplink, &path).unwrap_or_else(|e| panic!("{e}"));
+    let p = Pipeline::new(&config.pipeline, PipelineMetrics::new());
+    let mut r = rec(
+        "7",
+        &[
+            ("client_id", Value::Int(1)),
+            ("voltage", Value::Int(230)),
+            ("current", Value::Float(2.0)),
+            ("temperature", Value::Int(20)),
+        ],
+    );
+    assert_eq!(p.apply(&mut r), Outcome::Keep);
+    assert_eq!(
+        fields(&r),
+        vec![
+            f("voltage", Value::Int(230)),
+            f("current", Value::Float(2.0)),
+            f("temp_c", Value::Int(20)),
+            f("power", Value::Float(0.46)),
+            f("temp_f", Value::Float(68.0)),
+            f("firmware", Value::Str("2.1".into())),
+            f("line", Value::Int(7)),
+            f("site", Value::Str("plant-a".into())),
+        ]
+    );
+    assert!(config.routes.contains_key("minute"));
 }

@@ -103,9 +103,13 @@ impl Pipeline {
                 .retain(|(n, _)| !drop.iter().any(|k| **k == **n)),
             Action::Rename(pairs) => {
                 for (old, new) in pairs {
+                    // In place; a field already named `new` is replaced.
                     if let Some(i) = position(record, old) {
                         let (_, v) = record.fields.remove(i);
-                        set(record, new, v);
+                        match position(record, new) {
+                            Some(j) => record.fields[j].1 = v,
+                            None => record.fields.insert(i, (new.as_str().into(), v)),
+                        }
                     }
                 }
             }
