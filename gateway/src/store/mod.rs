@@ -17,6 +17,8 @@
 //! | `names`   | id `u32`       | an interned device, source or field name |
 //! | `cursors` | consumer name  | `u64`, the last sequence consumed        |
 //! | `meta`    | key            | `u64` (`format_version`)                |
+//! | `route.NAME` | seq `u64`   | a route's output record (same encoding) |
+//! | `route_state` | route name | a route's state (see `route/`)          |
 //!
 //! # When data is deleted
 //! Only by retention ([`retention`]): records older than `max_age`, and the
