@@ -66,6 +66,12 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Query the running daemon's stored readings (through its API).
+    Query(crate::api::cli::QueryArgs),
+    /// The running daemon's sources and uplinks (through its API).
+    Status(crate::api::cli::ApiArgs),
+    /// Print the latest stored records, then follow new ones.
+    Tail(crate::api::cli::TailArgs),
     /// Modbus tools.
     Modbus {
         #[command(subcommand)]
@@ -104,6 +110,9 @@ pub fn run_command(command: Command) -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Query(args) => crate::api::cli::query(args),
+        Command::Status(args) => crate::api::cli::status(args),
+        Command::Tail(args) => crate::api::cli::tail(args),
         Command::Modbus {
             command: ModbusCommand::Probe(args),
         } => modbus_probe(args),

@@ -140,6 +140,11 @@ pub async fn run_until(
         ));
     }
 
+    let api_listener = match config.api.listen {
+        Some(addr) => Some(crate::api::bind(addr).await?),
+        None => None,
+    };
+
     let ingest = spawn_ingest(
         store.clone(),
         IngestConfig {
@@ -215,6 +220,21 @@ pub async fn run_until(
         ));
     }
     drop(ingest.routes);
+    if let Some(listener) = api_listener {
+        let engine = crate::query::Engine::new(store.clone(), index);
+        let ctx = crate::api::ApiContext::new(
+            &config,
+            engine,
+            &ingest_metrics,
+            &uplink_metrics,
+            uplink_names.clone(),
+        );
+        tokio::spawn(crate::api::serve(
+            listener,
+            Arc::new(ctx),
+            http_cancel.clone(),
+        ));
+    }
     // Ready once every embedded broker accepts connections (a source that
     // failed instead drops its sender and is reported below).
     for ready in listening {

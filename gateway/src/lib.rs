@@ -1,6 +1,7 @@
 //! Ferry, the edge gateway daemon: configuration, the durable store, the
 //! uplinks to the cloud, metrics, and the wiring that runs them.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;

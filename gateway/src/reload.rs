@@ -120,6 +120,9 @@ pub fn plan(running: &Config, new: Config) -> Plan {
     if new.metrics != running.metrics {
         kept.push("[metrics]".to_owned());
     }
+    if new.api != running.api {
+        kept.push("[api]".to_owned());
+    }
     if new.pipeline != running.pipeline {
         kept.push("[[pipeline]]".to_owned());
     }

@@ -12,11 +12,13 @@ use super::error::{ConfigError, ConfigErrors, ConfigWarnings};
 use super::locate::{line_of, Locator};
 use super::report::{check_name, one_line, KeyPath, Problem, Report, Seg};
 use super::uplink_check::UplinkContext;
-use super::{Config, GatewayConfig, MetricsConfig, SourceConfig, StoreConfig, UplinkConfig};
+use super::{
+    ApiConfig, Config, GatewayConfig, MetricsConfig, SourceConfig, StoreConfig, UplinkConfig,
+};
 
 /// The top-level sections.
-const SECTIONS: [&str; 8] = [
-    "gateway", "store", "sources", "uplinks", "metrics", "pipeline", "devices", "routes",
+const SECTIONS: [&str; 9] = [
+    "gateway", "store", "sources", "uplinks", "metrics", "pipeline", "devices", "routes", "api",
 ];
 
 /// Parses and checks a config; on success also returns the warnings.
@@ -162,7 +164,7 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
                 format!(
                     "unknown key `{key}`, expected one of the sections \
                      `gateway`, `store`, `sources`, `uplinks`, `metrics`, \
-                     `pipeline`, `devices`, `routes`"
+                     `pipeline`, `devices`, `routes`, `api`"
                 ),
             );
         }
@@ -187,6 +189,20 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
 
     let (value, at) = section("metrics");
     let metrics = value.map_or(Some(MetricsConfig::default()), |v| typed(v, &at, report));
+
+    let (value, at) = section("api");
+    let api = value.map_or(Some(ApiConfig::default()), |v| typed(v, &at, report));
+    if let (Some(a), Some(m)) = (
+        api.as_ref().and_then(|a| a.listen),
+        metrics.as_ref().and_then(|m| m.listen),
+    ) {
+        if a == m && a.port() != 0 {
+            report.error(
+                at.key("listen"),
+                format!("{a} is also metrics.listen; give the API its own address"),
+            );
+        }
+    }
 
     let (value, at) = section("sources");
     let (sources, source_names) = build_sources(value, &at, report);
@@ -227,6 +243,7 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
         metrics: metrics?,
         pipeline: super::PipelineConfig { steps, devices },
         routes: routes?,
+        api: api?,
     })
 }
 

@@ -13,8 +13,9 @@
 //!
 //! Shape: `[gateway]`, `[store]`, `[sources.NAME]` (at least one), optional
 //! `[uplinks.NAME]`, `[metrics]`, `[[pipeline]]`, `[devices.NAME]`,
-//! `[routes.NAME]`.
+//! `[routes.NAME]`, `[api]`.
 
+mod api;
 mod error;
 mod gateway;
 mod load;
@@ -32,6 +33,7 @@ mod uplink_check;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use api::ApiConfig;
 pub use error::{ConfigError, ConfigErrors, ConfigWarnings, LoadError};
 pub use gateway::{GatewayConfig, LogLevel};
 pub use metrics::MetricsConfig;
@@ -66,6 +68,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// `[routes.NAME]`, by name: what routed uplinks send.
     pub routes: BTreeMap<String, RouteConfig>,
+    /// `[api]`: the local query API and status page.
+    pub api: ApiConfig,
 }
 
 impl Config {

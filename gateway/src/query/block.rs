@@ -180,7 +180,10 @@ impl Block {
                 last: f[4],
             },
         };
-        Ok((header, usize::try_from(count).map_err(|_| DecodeError::Varint)?))
+        Ok((
+            header,
+            usize::try_from(count).map_err(|_| DecodeError::Varint)?,
+        ))
     }
 
     pub fn decode_header(bytes: &[u8]) -> Result<Header, DecodeError> {
@@ -276,8 +279,13 @@ mod tests {
     #[test]
     fn first_and_last_go_by_timestamp() {
         let p = |seq, ts, value| Point { seq, ts, value };
-        let b = Block::from_points(vec![p(1, 50, 1.0), p(2, 10, 2.0), p(3, 90, 3.0), p(4, 90, 4.0)])
-            .unwrap();
+        let b = Block::from_points(vec![
+            p(1, 50, 1.0),
+            p(2, 10, 2.0),
+            p(3, 90, 3.0),
+            p(4, 90, 4.0),
+        ])
+        .unwrap();
         assert_eq!((b.rollup.first, b.rollup.last), (2.0, 4.0));
         assert_eq!((b.rollup.min, b.rollup.max, b.rollup.sum), (1.0, 4.0, 10.0));
     }

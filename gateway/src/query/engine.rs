@@ -216,17 +216,28 @@ impl Engine {
                 None => {
                     let mut points = Vec::new();
                     let mut over = false;
-                    scan(&view, &blocks, s, from, to, b0, b1, false, |_| true, |_, piece| {
-                        if let Piece::Points(p) = piece {
-                            total += p.len();
-                            if total > limit {
-                                over = true;
-                                return ControlFlow::Break(());
+                    scan(
+                        &view,
+                        &blocks,
+                        s,
+                        from,
+                        to,
+                        b0,
+                        b1,
+                        false,
+                        |_| true,
+                        |_, piece| {
+                            if let Piece::Points(p) = piece {
+                                total += p.len();
+                                if total > limit {
+                                    over = true;
+                                    return ControlFlow::Break(());
+                                }
+                                points.extend(p);
                             }
-                            points.extend(p);
-                        }
-                        ControlFlow::Continue(())
-                    })?;
+                            ControlFlow::Continue(())
+                        },
+                    )?;
                     if over {
                         return Err(QueryError::TooManyPoints { limit });
                     }
@@ -241,36 +252,47 @@ impl Engine {
                     };
                     let mut buckets: Vec<Bucket> = Vec::new();
                     let mut over = false;
-                    let mut add = |ts: Millis, r: &Rollup, buckets: &mut Vec<Bucket>| {
-                        match buckets.last_mut() {
-                            Some(last) if last.ts == ts => {
-                                last.rollup.merge(r);
-                                true
+                    let mut add = |ts: Millis, r: &Rollup, buckets: &mut Vec<Bucket>| match buckets
+                        .last_mut()
+                    {
+                        Some(last) if last.ts == ts => {
+                            last.rollup.merge(r);
+                            true
+                        }
+                        _ => {
+                            total += 1;
+                            if total > limit {
+                                return false;
                             }
-                            _ => {
-                                total += 1;
-                                if total > limit {
-                                    return false;
-                                }
-                                buckets.push(Bucket { ts, rollup: *r });
-                                true
-                            }
+                            buckets.push(Bucket { ts, rollup: *r });
+                            true
                         }
                     };
-                    scan(&view, &blocks, s, from, to, b0, b1, false, |b| !whole(b), |b, piece| {
-                        let ok = match piece {
-                            Piece::Rollup(r) => add(key(b), &r, &mut buckets),
-                            Piece::Points(p) => p
-                                .iter()
-                                .all(|p| add(key(p.ts), &Rollup::of(p), &mut buckets)),
-                        };
-                        if ok {
-                            ControlFlow::Continue(())
-                        } else {
-                            over = true;
-                            ControlFlow::Break(())
-                        }
-                    })?;
+                    scan(
+                        &view,
+                        &blocks,
+                        s,
+                        from,
+                        to,
+                        b0,
+                        b1,
+                        false,
+                        |b| !whole(b),
+                        |b, piece| {
+                            let ok = match piece {
+                                Piece::Rollup(r) => add(key(b), &r, &mut buckets),
+                                Piece::Points(p) => p
+                                    .iter()
+                                    .all(|p| add(key(p.ts), &Rollup::of(p), &mut buckets)),
+                            };
+                            if ok {
+                                ControlFlow::Continue(())
+                            } else {
+                                over = true;
+                                ControlFlow::Break(())
+                            }
+                        },
+                    )?;
                     if over {
                         return Err(QueryError::TooManyPoints { limit });
                     }
@@ -340,9 +362,8 @@ fn scan(
     need_points: impl Fn(Millis) -> bool,
     mut f: impl FnMut(Millis, Piece) -> ControlFlow<()>,
 ) -> Result<(), QueryError> {
-    let visible = |p: &Point| {
-        p.seq >= view.first_record && p.seq <= view.head && p.ts >= from && p.ts < to
-    };
+    let visible =
+        |p: &Point| p.seq >= view.first_record && p.seq <= view.head && p.ts >= from && p.ts < to;
     let finish = |mut points: Vec<Point>| {
         points.retain(visible);
         points.sort_by_key(|p| (p.ts, p.seq));

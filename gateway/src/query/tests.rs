@@ -43,7 +43,11 @@ fn records(n: i64) -> Vec<Record> {
     (0..n)
         .map(|i| {
             // Every 50th reading arrives 90 s late (into a closed minute).
-            let ts = if i % 50 == 49 { T0 + i * 1000 - 90_000 } else { T0 + i * 1000 };
+            let ts = if i % 50 == 49 {
+                T0 + i * 1000 - 90_000
+            } else {
+                T0 + i * 1000
+            };
             Record {
                 ts,
                 source: Arc::from("local"),
@@ -128,7 +132,10 @@ fn assert_same(got: &Series, want: &Series, what: &str) {
             assert_eq!(g.len(), w.len(), "{what}");
             for (g, w) in g.iter().zip(w) {
                 let mut g2 = *g;
-                assert!((g.rollup.sum - w.rollup.sum).abs() < 1e-6, "{what}: {g:?} vs {w:?}");
+                assert!(
+                    (g.rollup.sum - w.rollup.sum).abs() < 1e-6,
+                    "{what}: {g:?} vs {w:?}"
+                );
                 g2.rollup.sum = w.rollup.sum;
                 assert_eq!(&g2, w, "{what}");
             }
@@ -148,22 +155,32 @@ fn check_against_log(store: &Store, engine: &Engine, seed: u64) {
             (lo, hi, None),
             (lo, hi, Some(60_000)),
             (lo, hi, Some(1)),
-            (T0 + 2000, T0 + 4000, None),  // from inclusive, to exclusive
+            (T0 + 2000, T0 + 4000, None), // from inclusive, to exclusive
             (T0 + 60_000, T0 + 180_000, Some(60_000)), // whole minutes
-            (T0 + 1, T0 + 1, None),                     // empty
-            (hi + 1, hi + 100_000, Some(1000)),         // after the data
+            (T0 + 1, T0 + 1, None),       // empty
+            (hi + 1, hi + 100_000, Some(1000)), // after the data
         ];
         for _ in 0..40 {
             let from = rng.i64(lo..hi);
             let to = rng.i64(from..=hi);
-            let step = [None, Some(1000), Some(7_000), Some(60_000), Some(90_000), Some(3_600_000)]
-                [rng.usize(0..6)];
+            let step = [
+                None,
+                Some(1000),
+                Some(7_000),
+                Some(60_000),
+                Some(90_000),
+                Some(3_600_000),
+            ][rng.usize(0..6)];
             cases.push((from, to, step));
         }
         for (from, to, step) in cases {
             let got = engine.range(&[key], from, to, step, usize::MAX).unwrap();
             let want = expected(points, from, to, step);
-            assert_same(&got[0], &want, &format!("{device}/{field} {from}..{to} step {step:?}"));
+            assert_same(
+                &got[0],
+                &want,
+                &format!("{device}/{field} {from}..{to} step {step:?}"),
+            );
         }
     }
     // Listing and latest agree with the log.
@@ -219,7 +236,9 @@ async fn a_points_limit_is_an_error_not_a_truncation() {
     write(&ingest, records(300)).await;
     let engine = Engine::new(store.clone(), index.clone());
     let key = engine.series_key("a", "v").unwrap();
-    let all = engine.range(&[key], T0 - 100_000, T0 + 400_000, None, 200).unwrap();
+    let all = engine
+        .range(&[key], T0 - 100_000, T0 + 400_000, None, 200)
+        .unwrap();
     assert_eq!(all[0].len(), 200);
     assert!(matches!(
         engine.range(&[key], T0 - 100_000, T0 + 400_000, None, 199),
@@ -246,7 +265,10 @@ async fn the_index_rebuilt_from_the_log_equals_the_original() {
     let (store, index) = open(&dir);
     let original = dump_blocks(&store);
     let (through, applied) = index.progress();
-    assert_eq!((through, applied), (store.heads().records, store.heads().records));
+    assert_eq!(
+        (through, applied),
+        (store.heads().records, store.heads().records)
+    );
     check_against_log(&store, &Engine::new(store.clone(), index.clone()), 2);
     drop(index);
 
@@ -280,11 +302,16 @@ async fn catching_up_in_chunks_while_ingest_runs_loses_nothing() {
     drop(index);
     // An index that has not caught up is fed by the writer's transactions,
     // 100 log records at a time, while new records arrive.
-    let index = Arc::new(Index::open_without_catch_up(&store, IndexOptions {
-        catch_up_chunk: 100,
-        ..IndexOptions::default()
-    })
-    .unwrap());
+    let index = Arc::new(
+        Index::open_without_catch_up(
+            &store,
+            IndexOptions {
+                catch_up_chunk: 100,
+                ..IndexOptions::default()
+            },
+        )
+        .unwrap(),
+    );
     let ingest = start(&store, &index, IngestConfig::default());
     let more: Vec<Record> = records(1400).split_off(1000);
     write(&ingest, more).await;
@@ -316,7 +343,10 @@ async fn evicted_records_are_never_in_results_and_their_blocks_go() {
         let first = t.first().unwrap().unwrap().0.value();
         first
     };
-    assert!(first > 1000, "retention evicted the oldest records (first {first})");
+    assert!(
+        first > 1000,
+        "retention evicted the oldest records (first {first})"
+    );
     let engine = Engine::new(store.clone(), index.clone());
     check_against_log(&store, &engine, 5);
     // No block is wholly before the first stored record.

@@ -1,0 +1,448 @@
+//! The query API over HTTP, and the CLI commands that read it, against a
+//! store with known data.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use ferry_adapters::record::{DeadLetter, Record, Value};
+use ferry_adapters::sink::Item;
+use ferry_gateway::api::client::{Client, Response};
+use ferry_gateway::api::{serve, ApiContext};
+use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
+use ferry_gateway::query::{Engine, Index, IndexOptions};
+use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions};
+use serde_json::{json, Value as J};
+use tokio_util::sync::CancellationToken;
+
+const T0: i64 = 1_764_000_000_000;
+const TOKEN: &str = "s3cret";
+
+struct Api {
+    _dir: tempfile::TempDir,
+    ingest: IngestHandle,
+    addr: String,
+    cancel: CancellationToken,
+}
+
+fn reading(i: i64) -> Record {
+    Record {
+        ts: T0 + i * 1000,
+        source: Arc::from("local"),
+        device: "7".into(),
+        fields: vec![
+            ("voltage".into(), Value::Int(i)),
+            ("temperature".into(), Value::Float(20.0 + i as f64 / 4.0)),
+        ],
+    }
+}
+
+/// 120 readings of device 7 (T0, T0+1s, ...), one dead letter, an uplink
+/// `cloud` that has delivered nothing; the API on a free port.
+async fn start() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
+    let index = Index::open(&store, IndexOptions::default()).unwrap();
+    let ingest = spawn_ingest(
+        store.clone(),
+        IngestConfig {
+            index: Some(index.clone()),
+            ..IngestConfig::default()
+        },
+        IngestMetrics::new(),
+    );
+    let mut items: Vec<Item> = (0..120).map(|i| Item::Record(reading(i))).collect();
+    items.push(Item::Dead(DeadLetter::new(
+        Arc::from("local"),
+        "sensors/7/telemetry",
+        "not_json",
+        "not JSON: expected value at line 1 column 1",
+        b"oops",
+    )));
+    ingest.sink.submit_and_wait(items).await.unwrap();
+    let (_names_tx, names) = tokio::sync::watch::channel(vec![Arc::from("cloud")]);
+    std::mem::forget(_names_tx);
+    let ctx = ApiContext {
+        engine: Engine::new(store, index),
+        gateway: "test-gw".into(),
+        token: Some(TOKEN.into()),
+        max_points: 1000,
+        sources: vec![("local".into(), "mqtt_broker")],
+        ingest: IngestMetrics::new(),
+        uplinks: UplinkMetrics::new(),
+        uplink_names: names,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve(listener, Arc::new(ctx), cancel.clone()));
+    Api {
+        _dir: dir,
+        ingest,
+        addr,
+        cancel,
+    }
+}
+
+async fn get_with(addr: &str, token: Option<&str>, path: &str) -> Response {
+    let client = Client::new(addr, token.map(str::to_owned)).unwrap();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || client.get(&path).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn get(api: &Api, path: &str) -> (u16, J) {
+    let r = get_with(&api.addr, Some(TOKEN), path).await;
+    (r.status, serde_json::from_str(&r.body).unwrap())
+}
+
+async fn bad(api: &Api, path: &str) -> String {
+    let (status, body) = get(api, path).await;
+    assert!(status == 400 || status == 404, "{path}: {status} {body}");
+    body["error"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_exactly_on_known_data() {
+    let api = start().await;
+    // Without the token: 401; the page itself is public.
+    let r = get_with(&api.addr, None, "/api/v1/devices").await;
+    assert_eq!(r.status, 401);
+    let r = get_with(&api.addr, Some("wrong"), "/api/v1/devices").await;
+    assert_eq!(r.status, 401);
+    let page = get_with(&api.addr, None, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>Ferry status</title>"));
+
+    let (status, body) = get(&api, "/api/v1/devices").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["devices"],
+        json!([{ "device": "7", "last_ts": T0 + 119_000, "fields": [
+            { "field": "temperature", "first_ts": T0, "last_ts": T0 + 119_000, "last": 49.75, "last_seq": 120 },
+            { "field": "voltage", "first_ts": T0, "last_ts": T0 + 119_000, "last": 119.0, "last_seq": 120 },
+        ]}])
+    );
+    let (_, body) = get(&api, "/api/v1/devices/7/latest").await;
+    assert_eq!(
+        body["fields"]["voltage"],
+        json!({ "ts": T0 + 119_000, "value": 119.0, "seq": 120 })
+    );
+
+    // Raw: from inclusive, to exclusive.
+    let q = format!(
+        "/api/v1/query?series=7/voltage&from={}&to={}",
+        T0 + 1000,
+        T0 + 4000
+    );
+    let (_, body) = get(&api, &q).await;
+    assert_eq!(
+        body["series"][0]["points"],
+        json!([[T0 + 1000, 1.0], [T0 + 2000, 2.0], [T0 + 3000, 3.0]])
+    );
+    // Buckets of a minute, two series.
+    let q = format!(
+        "/api/v1/query?series=7/voltage&series=7/temperature&from={T0}&to={}&step=1m",
+        T0 + 120_000
+    );
+    let (_, body) = get(&api, &q).await;
+    assert_eq!(body["step"], json!(60_000));
+    assert_eq!(
+        body["series"][0]["buckets"],
+        json!([
+            { "ts": T0, "count": 60, "min": 0.0, "max": 59.0, "mean": 29.5, "sum": 1770.0, "first": 0.0, "last": 59.0 },
+            { "ts": T0 + 60_000, "count": 60, "min": 60.0, "max": 119.0, "mean": 89.5, "sum": 5370.0, "first": 60.0, "last": 119.0 },
+        ])
+    );
+    assert_eq!(body["series"][1]["field"], "temperature");
+    // An empty range and a range with no data.
+    let (_, body) = get(
+        &api,
+        &format!("/api/v1/query?series=7/voltage&from={T0}&to={T0}"),
+    )
+    .await;
+    assert_eq!(body["series"][0]["points"], json!([]));
+    let (_, body) = get(
+        &api,
+        "/api/v1/query?series=7/voltage&from=0&to=1000&step=1s",
+    )
+    .await;
+    assert_eq!(body["series"][0]["buckets"], json!([]));
+
+    // Bad parameters: each a clear 400 (or 404 for what does not exist).
+    let range = format!("from={T0}&to={}", T0 + 120_000);
+    assert!(bad(&api, "/api/v1/query")
+        .await
+        .contains("`series` is required"));
+    assert!(bad(&api, "/api/v1/query?series=7")
+        .await
+        .contains("DEVICE/FIELD"));
+    assert!(bad(&api, "/api/v1/query?series=7/nope")
+        .await
+        .contains("no series `7/nope`"));
+    assert!(bad(&api, "/api/v1/query?series=7/voltage&step=0")
+        .await
+        .contains("at least 1ms"));
+    assert!(bad(&api, "/api/v1/query?series=7/voltage&step=soon")
+        .await
+        .contains("not a duration"));
+    assert!(bad(&api, "/api/v1/query?series=7/voltage&from=yesterday")
+        .await
+        .contains("`from=yesterday`"));
+    assert!(bad(&api, "/api/v1/query?series=7/voltage&from=10&to=5")
+        .await
+        .contains("after `to`"));
+    assert!(bad(&api, "/api/v1/query?series=7/voltage&limit=5000")
+        .await
+        .contains("from 1 to 1000"));
+    assert!(bad(&api, "/api/v1/query?series=7/voltage&colour=red")
+        .await
+        .contains("unknown parameter `colour`"));
+    assert!(bad(&api, "/api/v1/devices/8/latest")
+        .await
+        .contains("no readings of device `8`"));
+    let (status, body) = get(
+        &api,
+        &format!("/api/v1/query?series=7/voltage&{range}&limit=100"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("too_many_points")),
+        "{body}"
+    );
+    let (status, _) = get(
+        &api,
+        &format!("/api/v1/query?series=7/voltage&{range}&limit=120"),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Uplink state: nothing delivered, everything is backlog.
+    let (_, body) = get(&api, "/api/v1/uplinks").await;
+    let u = &body["uplinks"][0];
+    assert_eq!(
+        (
+            u["name"].as_str(),
+            u["backlog"].as_u64(),
+            u["acked_seq"].as_u64()
+        ),
+        (Some("cloud"), Some(120), Some(0))
+    );
+    assert_eq!(u["oldest_unsent_ts"], json!(T0));
+
+    // Dead letters with their reasons.
+    let (_, body) = get(&api, "/api/v1/dead").await;
+    let d = &body["dead"][0];
+    assert_eq!(d["reason"], "not JSON: expected value at line 1 column 1");
+    assert_eq!(
+        (d["kind"].as_str(), d["payload"].as_str()),
+        (Some("not_json"), Some("oops"))
+    );
+
+    let (_, body) = get(&api, "/api/v1/status").await;
+    assert_eq!(body["records_head"], 120);
+    assert_eq!(body["sources"][0]["name"], "local");
+
+    // Records after a sequence number, and waiting for the next one.
+    let (_, body) = get(&api, "/api/v1/records?after=119").await;
+    assert_eq!(
+        body["records"][0]["fields"],
+        json!({ "voltage": 119, "temperature": 49.75 })
+    );
+    let waiting = {
+        let addr = api.addr.clone();
+        tokio::spawn(async move {
+            get_with(&addr, Some(TOKEN), "/api/v1/records?after=120&wait=30s").await
+        })
+    };
+    api.ingest
+        .sink
+        .submit_and_wait(vec![Item::Record(reading(120))])
+        .await
+        .unwrap();
+    let r = waiting.await.unwrap();
+    let body: J = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["records"][0]["seq"], 121);
+    api.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_the_api() {
+    let api = start().await;
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let url = format!("http://{}", api.addr);
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || Command::new(ferry).args(args).output().unwrap())
+    };
+    let args = |a: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        v.extend(["--api".into(), url.clone(), "--token".into(), TOKEN.into()]);
+        v
+    };
+    let out = run(args(&[
+        "query",
+        "7/voltage",
+        "--from",
+        &T0.to_string(),
+        "--to",
+        &(T0 + 120_000).to_string(),
+        "--step",
+        "1m",
+    ]))
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("series"));
+    assert!(
+        lines[1].contains("7/voltage  2025-11-24T16:00:00.000Z  60"),
+        "{text}"
+    );
+
+    let out = run(args(&[
+        "query",
+        "7/voltage",
+        "--from",
+        &(T0 + 1000).to_string(),
+        "--to",
+        &(T0 + 3000).to_string(),
+        "--json",
+    ]))
+    .await
+    .unwrap();
+    let body: J = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        body["series"][0]["points"],
+        json!([[T0 + 1000, 1.0], [T0 + 2000, 2.0]])
+    );
+
+    let out = run(args(&["status"])).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("gateway test-gw"), "{text}");
+    assert!(text.contains("cloud") && text.contains("120"), "{text}");
+
+    let out = run(args(&["tail", "-n", "2", "--no-follow"]))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with("120 2025-11-24T16:01:59.000Z local/7"),
+        "{text}"
+    );
+
+    // A bad parameter: the API's message, exit code 1.
+    let out = run(args(&["query", "7/voltage", "--step", "0"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1ms"));
+    // No token: refused.
+    let out = run(vec!["status".into(), "--api".into(), url.clone()])
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    api.cancel.cancel();
+}
+
+/// The status page in headless Chromium (Debian's `chromium`): it loads,
+/// shows the stored values and a sparkline per field, polls, and shows new
+/// values. Skipped when Chromium is missing unless `FERRY_REQUIRE_CHROMIUM`
+/// is set (`.ci/run` installs it and sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_stored_values_and_updates() {
+    let Some(chromium) = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok())
+    else {
+        assert!(
+            std::env::var_os("FERRY_REQUIRE_CHROMIUM").is_none(),
+            "chromium is required"
+        );
+        eprintln!("skipped: no chromium");
+        return;
+    };
+    let api = start().await;
+    let now = ferry_adapters::record::now_millis();
+    let live = |i: i64, v: i64| Record {
+        ts: now - 60_000 + i * 1000,
+        source: Arc::from("local"),
+        device: "9".into(),
+        fields: vec![
+            ("flow".into(), Value::Int(v)),
+            ("level".into(), Value::Float(2.5)),
+        ],
+    };
+    let items = (0..60).map(|i| Item::Record(live(i, 100 + i))).collect();
+    api.ingest.sink.submit_and_wait(items).await.unwrap();
+    let url = format!("http://{}/#token={TOKEN}&device=9&interval=250", api.addr);
+    let dump = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            let profile = tempfile::tempdir().unwrap();
+            let out = Command::new(chromium)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--virtual-time-budget=3000",
+                    "--dump-dom",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg(url)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let dom = dump(url.clone()).await.unwrap();
+    assert!(
+        dom.contains("<td>flow</td><td class=\"n\">159</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<td>level</td><td class=\"n\">2.5</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<polyline points="),
+        "a sparkline is drawn: {dom}"
+    );
+    assert!(dom.contains("<td>local</td><td>mqtt_broker</td>"), "{dom}");
+    assert!(
+        dom.contains("<td>cloud</td><td class=\"bad\">disconnected</td><td class=\"n\">180</td>"),
+        "{dom}"
+    );
+    let refreshes: u32 = dom
+        .split("data-refreshes=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(refreshes >= 3, "the page polls: {refreshes} refreshes");
+    // A new reading is on the page at its next load.
+    api.ingest
+        .sink
+        .submit_and_wait(vec![Item::Record(live(60, 777))])
+        .await
+        .unwrap();
+    let dom = dump(url).await.unwrap();
+    assert!(
+        dom.contains("<td>flow</td><td class=\"n\">777</td>"),
+        "{dom}"
+    );
+    api.cancel.cancel();
+}
