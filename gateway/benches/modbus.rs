@@ -6,8 +6,9 @@
 //! Prints `name: value unit` lines: the daemon's CPU time per second of wall
 //! time (% of one core, user + system, from `/proc/PID/stat`), its RSS at the
 //! end and its peak, and from its metrics the records stored, requests,
-//! errors and polls missed per second. The simulator's own CPU is printed too
-//! (it shares the machine).
+//! errors and polls missed per second, and the bytes the daemon wrote per
+//! record stored (`/proc/PID/io`). The simulator's own CPU is printed too (it
+//! shares the machine).
 //!
 //! Size: `--scale X` or `FERRY_BENCH_SCALE` (default 1: 100 devices, 60 s
 //! measured after 10 s of warm-up; without `--bench`, 0.05); the device
@@ -59,6 +60,16 @@ fn cpu(pid: u32) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Duration::from_micros(ticks * 1_000_000 / hz.max(1))
+}
+
+/// Bytes of page cache `pid` dirtied so far (`write_bytes` of `/proc/PID/io`:
+/// the kernel's estimate of what reaches the disk).
+fn write_bytes(pid: u32) -> f64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A `kB` line of `/proc/PID/status` (`VmRSS`, `VmHWM`), in MiB.
@@ -192,9 +203,9 @@ fn main() {
         "ferry_modbus_polls_missed_total",
     ];
     let before: Vec<f64> = counters.iter().map(|c| metric(metrics, c)).collect();
-    let (cpu0, sim0, t0) = (cpu(pid), cpu(sim_pid), Instant::now());
+    let (cpu0, sim0, io0, t0) = (cpu(pid), cpu(sim_pid), write_bytes(pid), Instant::now());
     std::thread::sleep(measured);
-    let (cpu1, sim1, wall) = (cpu(pid), cpu(sim_pid), t0.elapsed());
+    let (cpu1, sim1, io1, wall) = (cpu(pid), cpu(sim_pid), write_bytes(pid), t0.elapsed());
     let after: Vec<f64> = counters.iter().map(|c| metric(metrics, c)).collect();
     let per_s = |i: usize| (after[i] - before[i]) / wall.as_secs_f64();
 
@@ -210,6 +221,12 @@ fn main() {
     fig("modbus.records_stored", per_s(0), "records/s");
     fig("modbus.requests", per_s(1), "requests/s");
     fig("modbus.errors", per_s(2), "errors/s");
+    let records = (after[0] - before[0]).max(1.0);
+    fig(
+        "modbus.written_per_record",
+        (io1 - io0) / records,
+        "bytes/record",
+    );
     fig("modbus.polls_missed", per_s(3), "polls/s");
     fig(
         "modbus.simulator_cpu",
