@@ -42,8 +42,8 @@ pub struct RegisterConfig {
     /// Added after `scale`; the field is then a float. Default: none.
     #[serde(default)]
     pub offset: Option<f64>,
-    /// Unit label (`"V"`, `"kWh"`), for the people reading the config and
-    /// `ferry modbus probe`; records carry values only. Default: none.
+    /// Unit label (`"V"`, `"kWh"`), for the people reading the config;
+    /// records carry values only. Default: none.
     #[serde(default)]
     pub unit: Option<String>,
 }
