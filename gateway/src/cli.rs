@@ -204,7 +204,8 @@ fn run_daemon(config: Config, path: Option<PathBuf>) -> ExitCode {
 }
 
 /// Logs to stderr, one line per event, without colours unless stderr is a
-/// terminal (under systemd, stderr goes to the journal). The filter is
+/// terminal; under systemd, with each line's priority for the journal
+/// (`journal.rs`). The filter is
 /// `RUST_LOG` when set and valid, else `level`, which a reload can change.
 ///
 /// The embedded broker's own logging (rumqttd) is off by default: it logs
@@ -224,11 +225,22 @@ fn init_tracing(level: LogLevel) -> crate::reload::LogControl {
         _ => (crate::reload::filter_for(level), false),
     };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let subscriber = tracing_subscriber::registry().with(filter).with(
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal()),
-    );
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Under systemd: priorities journald understands, no time of our own.
+    let lines: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> =
+        if crate::journal::stderr_is_journal() {
+            let format = tracing_subscriber::fmt::format()
+                .without_time()
+                .with_ansi(false);
+            Box::new(
+                lines
+                    .with_ansi(false)
+                    .event_format(crate::journal::JournalFormat(format)),
+            )
+        } else {
+            Box::new(lines.with_ansi(std::io::stderr().is_terminal()))
+        };
+    let subscriber = tracing_subscriber::registry().with(filter).with(lines);
     // Only fails if a subscriber is already set (in tests): keep that one.
     match tracing::subscriber::set_global_default(subscriber) {
         Ok(()) => crate::reload::LogControl::new(handle, from_env),

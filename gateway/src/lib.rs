@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 mod http;
+mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;

@@ -276,3 +276,51 @@ reconnect_max = "200ms"
     ferry.signal(libc::SIGTERM);
     assert!(ferry.wait_exit().success(), "log:\n{}", ferry.log());
 }
+
+#[test]
+fn journal_stream_lines_carry_priorities_and_no_time() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2).unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(
+        &path,
+        config(&dir.path().join("data"), ports[0], ports[1], ""),
+    )
+    .unwrap();
+    // A file stands in for journald's stream: JOURNAL_STREAM names it.
+    let log = std::fs::File::create(dir.path().join("journal")).unwrap();
+    let meta = log.metadata().unwrap();
+    let socket = dir.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&socket).unwrap();
+    manager.set_read_timeout(Some(WAIT)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &socket)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = manager.recv(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"READY=1"));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
+    assert!(text.lines().count() >= 3, "{text}");
+    for line in text.lines() {
+        assert!(
+            line.starts_with("<6> INFO ") || line.starts_with("<4> WARN "),
+            "{line:?} in\n{text}"
+        );
+    }
+    assert!(
+        text.contains("<6> INFO ferry_gateway::daemon: ferry running"),
+        "{text}"
+    );
+}
