@@ -18,6 +18,26 @@ max_bytes=$((5 * 1024 * 1024))
 arches=("$@")
 ((${#arches[@]})) || arches=(amd64 arm64)
 
+# Depends: must name the glibc the binary really needs: the highest GLIBC_x.y
+# symbol version it links. dpkg-shlibdeps gets that right natively; for a cross
+# build it falls back to the cross libc package's version (and qualifies it as
+# libc6:arm64), so the control file is corrected here when it differs.
+check_depends() {
+  local deb=$1 arch=$2 tmp need have objdump=objdump
+  [[ "$arch" == arm64 ]] && objdump=aarch64-linux-gnu-objdump
+  tmp=$(mktemp -d)
+  dpkg-deb -R "$deb" "$tmp/pkg"
+  need=$("$objdump" -T "$tmp/pkg/usr/bin/ferry" | grep -o 'GLIBC_2\.[0-9]*' |
+    sed 's/GLIBC_//' | sort -t. -k2 -n -u | tail -n 1)
+  have=$(dpkg-deb -f "$deb" Depends)
+  if [[ "$have" != "adduser, libc6 (>= $need)" ]]; then
+    echo "Depends: $have -> adduser, libc6 (>= $need) (the highest GLIBC symbol version in the binary)"
+    sed -i "s/^Depends: .*/Depends: adduser, libc6 (>= $need)/" "$tmp/pkg/DEBIAN/control"
+    dpkg-deb --root-owner-group -Zxz -b "$tmp/pkg" "$deb" >/dev/null
+  fi
+  rm -rf "$tmp"
+}
+
 for arch in "${arches[@]}"; do
   case "$arch" in
     amd64) target=() ;;
@@ -31,6 +51,7 @@ for arch in "${arches[@]}"; do
   start=$SECONDS
   deb=$(cargo deb --locked -p ferry-gateway "${target[@]}" -o "$out" | tail -n 1)
   echo "built $deb in $((SECONDS - start)) s"
+  check_depends "$deb" "$arch"
   size=$(stat -c %s "$deb")
   echo "size: $size bytes ($(dpkg-deb -f "$deb" Installed-Size) KiB installed); Depends: $(dpkg-deb -f "$deb" Depends)"
   if ((size > max_bytes)); then
