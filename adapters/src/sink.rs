@@ -8,6 +8,7 @@
 //! to the device (an MQTT PUBACK, for instance).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -46,6 +47,12 @@ pub struct Submission {
     pub items: Vec<Item>,
     /// Told the outcome once the items are committed (or refused).
     pub done: Option<oneshot::Sender<Result<Committed, SubmitError>>>,
+    /// How long the items may wait for their commit: `None` is the store's
+    /// `commit_interval`. A source whose devices wait for the commit (an MQTT
+    /// PUBACK) wants it short; one that acknowledges nobody (a Modbus poll)
+    /// can let its records ride a later commit, which writes far less to
+    /// the disk per record.
+    pub max_delay: Option<Duration>,
 }
 
 /// The commit outcome of one submission.
@@ -75,11 +82,22 @@ impl Sink {
 
     /// Hands `items` to ingest, waiting while its queue is full.
     pub async fn submit(&self, items: Vec<Item>) -> Result<Receipt, SubmitError> {
+        self.submit_within(items, None).await
+    }
+
+    /// Like [`Sink::submit`], with the longest the items may wait for their
+    /// commit (see [`Submission::max_delay`]).
+    pub async fn submit_within(
+        &self,
+        items: Vec<Item>,
+        max_delay: Option<Duration>,
+    ) -> Result<Receipt, SubmitError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Submission {
                 items,
                 done: Some(done),
+                max_delay,
             })
             .await
             .map_err(|_| SubmitError::Closed)?;

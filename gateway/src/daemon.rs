@@ -28,9 +28,9 @@ use crate::config::{Config, SourceConfig, UplinkConfig};
 use crate::metrics::{self, IngestMetrics, ModbusMetrics, PipelineMetrics, UplinkMetrics};
 use crate::notify::{Notifier, State};
 use crate::pipeline::{spawn_pipeline, Pipeline};
-use crate::route;
 use crate::query::{Index, IndexOptions};
 use crate::reload::{self, ReloadContext, Uplinks};
+use crate::route;
 use crate::status::StatusSource;
 use crate::store::{spawn_ingest, IngestConfig, Retention, Store, StoreOptions, Stream};
 use crate::uplink::{self, batch::Topic, Settings};
@@ -164,7 +164,12 @@ pub async fn run_until(
                 .iter()
                 .filter(|(_, u)| u.route.is_none())
                 .map(|(name, _)| Arc::from(uplink::cursor_name(name)))
-                .chain(config.routes.keys().map(|r| Arc::from(route::cursor_name(r))))
+                .chain(
+                    config
+                        .routes
+                        .keys()
+                        .map(|r| Arc::from(route::cursor_name(r))),
+                )
                 .collect(),
             index: Some(index.clone()),
         },

@@ -335,7 +335,10 @@ fn the_pipeline_example_is_valid_but_for_its_certificate_files() {
         Err(e) => e.errors.into_iter().map(|e| e.key).collect(),
     };
     // Cargo.toml is no PEM file: only the TLS loading (at start) would object.
-    assert!(errors.iter().all(|k| k.starts_with("uplinks.")), "{errors:?}");
+    assert!(
+        errors.iter().all(|k| k.starts_with("uplinks.")),
+        "{errors:?}"
+    );
     let without_uplink = text.split("[uplinks.iot_core]").next().unwrap();
     let config = Config::from_toml(without_uplink, &path).unwrap_or_else(|e| panic!("{e}"));
     let p = Pipeline::new(&config.pipeline, PipelineMetrics::new());

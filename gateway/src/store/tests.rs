@@ -586,3 +586,47 @@ mod fsck {
         assert_eq!(after.records, 98);
     }
 }
+
+/// A source that acknowledges nobody lets its records wait for a later
+/// commit; one that waits for the commit takes them along.
+#[tokio::test]
+async fn relaxed_submissions_ride_the_next_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let metrics = IngestMetrics::new();
+    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), metrics.clone());
+    let delay = std::time::Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let relaxed = ingest
+        .sink
+        .submit_within(vec![Item::Record(record("m", 1, 1))], Some(delay))
+        .await
+        .unwrap();
+    relaxed.committed().await.unwrap();
+    assert!(started.elapsed() >= delay - std::time::Duration::from_millis(5));
+    assert_eq!(metrics.commits.get(), 1);
+
+    let relaxed = ingest
+        .sink
+        .submit_within(
+            vec![Item::Record(record("m", 2, 2))],
+            Some(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let urgent = ingest
+        .sink
+        .submit_and_wait(vec![Item::Record(record("q", 3, 3))])
+        .await
+        .unwrap();
+    assert_eq!(urgent.last_seq, Some(3));
+    assert_eq!(
+        relaxed.committed().await.unwrap().last_seq,
+        Some(2),
+        "in the urgent one's commit"
+    );
+    assert_eq!(metrics.commits.get(), 2);
+    drop(ingest.sink);
+    drop(ingest.cursors);
+    ingest.task.await.unwrap();
+}

@@ -164,14 +164,18 @@ struct Batch {
     acks: Vec<(Option<Done>, usize)>,
     cursors: BTreeMap<Arc<str>, u64>,
     routes: Vec<(RouteCommit, RouteDone)>,
-    items_since: Option<Instant>,
+    /// When the items gathered so far must be committed: the earliest of
+    /// their arrival plus their submission's `max_delay` (default: the
+    /// commit interval).
+    items_due: Option<Instant>,
     cursors_since: Option<Instant>,
     /// While ingest is blocked (`when_full = "block"`): when to look again.
     retry_at: Option<Instant>,
 }
 
 impl Batch {
-    fn add(&mut self, sub: Submission, now: Instant, metrics: &IngestMetrics) {
+    fn add(&mut self, sub: Submission, now: Instant, cfg: &IngestConfig, metrics: &IngestMetrics) {
+        self.due_by(now + sub.max_delay.unwrap_or(cfg.commit_interval));
         let mut n = 0;
         for item in sub.items {
             match item {
@@ -198,7 +202,10 @@ impl Batch {
             }
         }
         self.acks.push((sub.done, n));
-        self.items_since.get_or_insert(now);
+    }
+
+    fn due_by(&mut self, at: Instant) {
+        self.items_due = Some(self.items_due.map_or(at, |due| due.min(at)));
     }
 
     fn move_cursor(&mut self, name: Arc<str>, seq: u64, now: Instant) {
@@ -214,7 +221,7 @@ impl Batch {
     fn deadline(&self, cfg: &IngestConfig) -> Option<Instant> {
         let items = match self.retry_at {
             Some(retry) => Some(retry),
-            None => self.items_since.map(|t| t + cfg.commit_interval),
+            None => self.items_due,
         };
         let cursors = self.cursors_since.map(|t| t + cfg.cursor_flush_interval);
         [items, cursors].into_iter().flatten().min()
@@ -231,7 +238,9 @@ impl Batch {
         let mut acks = held.acks;
         acks.append(&mut self.acks);
         self.acks = acks;
-        self.items_since = held.items_since.or(self.items_since);
+        if let Some(due) = held.items_due {
+            self.due_by(due);
+        }
         self.retry_at = Some(retry_at);
     }
 
@@ -281,11 +290,11 @@ async fn run(
                 sub = rx.recv(), if items_open && !state.blocked => match sub {
                     Some(sub) => {
                         let now = Instant::now();
-                        batch.add(sub, now, &state.metrics);
+                        batch.add(sub, now, &cfg, &state.metrics);
                         // Take what else is already queued, up to a full batch.
                         while !batch.full(&cfg) {
                             match rx.try_recv() {
-                                Ok(sub) => batch.add(sub, now, &state.metrics),
+                                Ok(sub) => batch.add(sub, now, &cfg, &state.metrics),
                                 Err(_) => break,
                             }
                         }
@@ -299,7 +308,7 @@ async fn run(
                 rc = rrx.recv(), if routes_open => match rc {
                     Some(rc) => {
                         batch.routes.push(rc);
-                        batch.items_since.get_or_insert(Instant::now());
+                        batch.due_by(Instant::now() + cfg.commit_interval);
                     }
                     None => routes_open = false,
                 },
@@ -838,7 +847,7 @@ impl WriterState {
                     records,
                     dead,
                     acks,
-                    items_since,
+                    items_due,
                     ..
                 } = batch;
                 next.hold(
@@ -846,7 +855,7 @@ impl WriterState {
                         records,
                         dead,
                         acks,
-                        items_since,
+                        items_due,
                         ..Batch::default()
                     },
                     Instant::now()
