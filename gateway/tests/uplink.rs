@@ -321,7 +321,9 @@ async fn a_blackholed_link_is_detected_by_the_puback_timeout_and_recovers() {
     let pki = Pki::generate("pi-line-7").unwrap();
     let cloud = Mosquitto::tls(&pki).unwrap();
     let link = Proxy::start(cloud.tls_addr()).await.unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#").await.unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
     let gw = Gateway::new();
     let mut s = settings(&pki, link.addr(), &pki.ca, &pki.client);
     s.puback_timeout = Duration::from_millis(500);
