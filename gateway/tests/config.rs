@@ -180,7 +180,7 @@ fn unknown_key_at_the_top() {
         p(
             4,
             "storage",
-            "unknown key `storage`, expected one of the sections `gateway`, `store`, `sources`, `uplinks`, `metrics`, `pipeline`, `devices`, `routes`"
+            "unknown key `storage`, expected one of the sections `gateway`, `store`, `sources`, `uplinks`, `metrics`, `pipeline`, `devices`, `routes`, `api`"
         )
     );
 }
