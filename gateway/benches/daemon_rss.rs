@@ -1,3 +1,330 @@
-//! Work in progress.
+//! The real `ferry` binary at a steady 1,000 records/s: its memory and the
+//! bytes it writes to disk per record.
+//!
+//! Runs `ferry run --config FILE` (the binary cargo builds for this bench,
+//! `CARGO_BIN_EXE_ferry`) with its embedded broker on a free port, data in a
+//! temp dir and metrics on, twice: without an uplink, and with an uplink to a
+//! local TLS mosquitto (client certificates). 10 devices (rumqttc, one
+//! connection each) publish 100 QoS 1 readings/s each for ~20 s. Every second
+//! the daemon's `VmRSS` is sampled from `/proc/PID/status`; `/proc/PID/io` and
+//! the block device give the bytes written per record. After SIGTERM the
+//! store is opened to check every record (and, with the uplink, its cursor).
+//!
+//! `cargo bench -p ferry-gateway --bench daemon_rss`; `FERRY_BENCH_SCALE=0.1`
+//! shortens the run (at least 3 s). For experiments: `FERRY_BENCH_ONLY=uplink`
+//! (or `no_uplink`) runs one variant; `FERRY_BENCH_SOURCE_EXTRA` adds TOML
+//! lines to `[sources.local]`, `FERRY_BENCH_CONFIG_EXTRA` appends tables
+//! (e.g. `[store]`); the daemon inherits the environment (`MALLOC_ARENA_MAX`).
 
-fn main() {}
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{fig, fig1, scaled, section, Disk, Publisher, Writes};
+use ferry_gateway::store::{Store, StoreOptions};
+use ferry_testkit::{free_port, Mosquitto, Pki};
+
+const DEVICES: u64 = 10;
+const PER_DEVICE_PER_S: u64 = 100;
+const GATEWAY: &str = "pi-line-7";
+
+fn main() {
+    let scale = common::scale();
+    common::print_machine();
+    println!("# scale: {scale}");
+    let bin = ferry_binary();
+    println!("# binary: {}", bin.display());
+    let secs = scaled(20.0, scale, 3);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pki = Pki::generate(GATEWAY).expect("PKI (needs openssl)");
+    let cloud = Mosquitto::tls(&pki).expect("mosquitto (needs mosquitto installed)");
+    let only = std::env::var("FERRY_BENCH_ONLY").unwrap_or_default();
+    for uplink in [false, true] {
+        if !only.is_empty() && only != if uplink { "uplink" } else { "no_uplink" } {
+            continue;
+        }
+        let cloud = uplink.then_some((&pki, &cloud));
+        rt.block_on(run(&bin, secs, cloud));
+    }
+    rt.shutdown_background();
+}
+
+/// The `ferry` binary: cargo sets `CARGO_BIN_EXE_ferry` for benches; else
+/// the `ferry` next to this bench's `deps/` directory.
+fn ferry_binary() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_ferry") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("ferry"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build --profile bench --bin ferry",
+        bin.display()
+    );
+    bin
+}
+
+fn config(dir: &Path, broker: u16, metrics: u16, cloud: Option<(&Pki, &Mosquitto)>) -> String {
+    let mut c = format!(
+        r#"[gateway]
+id = "{GATEWAY}"
+data_dir = "{data}"
+log_level = "info"
+
+[sources.local]
+type = "mqtt_broker"
+listen = "127.0.0.1:{broker}"
+{source_extra}
+
+[metrics]
+listen = "127.0.0.1:{metrics}"
+"#,
+        data = dir.join("data").display(),
+        source_extra = std::env::var("FERRY_BENCH_SOURCE_EXTRA").unwrap_or_default(),
+    );
+    if let Some((pki, mosq)) = cloud {
+        c.push_str(&format!(
+            r#"
+[uplinks.cloud]
+endpoint = "{endpoint}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+"#,
+            endpoint = mosq.tls_addr(),
+            ca = pki.ca.display(),
+            cert = pki.client.cert.display(),
+            key = pki.client.key.display()
+        ));
+    }
+    c.push_str(&std::env::var("FERRY_BENCH_CONFIG_EXTRA").unwrap_or_default());
+    c
+}
+
+/// The daemon, with its stderr kept (the last lines) for a failure message.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(bin: &Path, config: &Path) -> Daemon {
+        let mut child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ferry");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let keep = log.clone();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = keep.lock().unwrap();
+                l.push(line);
+                if l.len() > 60 {
+                    l.remove(0);
+                }
+            }
+        });
+        Daemon { child, log }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn tail(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then waits for the exit; returns its code.
+    fn stop(&mut self) -> Option<i32> {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn status_kib(pid: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn run(bin: &Path, secs: u64, cloud: Option<(&Pki, &Mosquitto)>) {
+    let label = if cloud.is_some() {
+        "uplink"
+    } else {
+        "no_uplink"
+    };
+    let name = format!("daemon.{label}");
+    section(&format!(
+        "{label}: ferry with its embedded broker, {DEVICES} devices x {PER_DEVICE_PER_S} QoS 1 records/s for {secs} s{}",
+        if cloud.is_some() { ", uplink to TLS mosquitto" } else { "" }
+    ));
+    let dir = common::tempdir("ferry-bench-daemon-");
+    let disk = Disk::under(dir.path());
+    let broker = free_port().expect("free port");
+    let metrics = free_port().expect("free port");
+    let config_path = dir.path().join("ferry.toml");
+    std::fs::write(&config_path, config(dir.path(), broker, metrics, cloud)).expect("config");
+    let mut daemon = Daemon::start(bin, &config_path);
+    let pid = daemon.pid();
+    let addr = format!("127.0.0.1:{broker}").parse().expect("addr");
+
+    let mut publishers = Vec::new();
+    for d in 0..DEVICES {
+        publishers.push(Arc::new(
+            Publisher::connect(addr, &format!("dev-{d}"), 10).await,
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = status_kib(&pid, "VmRSS:");
+
+    let before = Writes::sample(&pid, disk.as_ref());
+    let start = Instant::now();
+    let per_device = secs * PER_DEVICE_PER_S;
+    let every = Duration::from_secs(1) / PER_DEVICE_PER_S as u32;
+    let mut tasks = Vec::new();
+    for (d, p) in publishers.iter().enumerate() {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let topic = common::seed_topic(d as u64);
+            let first = tokio::time::Instant::now() + every.mul_f64(d as f64 / DEVICES as f64);
+            let mut tick = tokio::time::interval_at(first, every);
+            for i in 0..per_device {
+                tick.tick().await;
+                let sent = start.elapsed().as_nanos() as u64;
+                p.publish(&topic, common::seed_payload(d as u64, i, sent))
+                    .await;
+            }
+        }));
+    }
+    // One RSS sample a second while the devices publish.
+    let mut samples = Vec::new();
+    let mut sampler = tokio::time::interval(Duration::from_secs(1));
+    while tasks.iter().any(|t| !t.is_finished()) {
+        sampler.tick().await;
+        samples.push(status_kib(&pid, "VmRSS:"));
+    }
+    let publishing = start.elapsed();
+    // The last commit, and the uplink's cursor flush (1 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = Writes::sample(&pid, disk.as_ref());
+    let hwm = status_kib(&pid, "VmHWM:");
+    let (anon, file) = (status_kib(&pid, "RssAnon:"), status_kib(&pid, "RssFile:"));
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    let published = per_device * DEVICES;
+    let acked: u64 = publishers
+        .iter()
+        .map(|p| p.acked.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    drop(publishers);
+    let code = daemon.stop();
+    if code != Some(0) {
+        println!("# ferry exited with {code:?}; its log:\n{}", daemon.tail());
+    }
+
+    let store = Store::open(
+        &Store::file_in(&dir.path().join("data")),
+        &StoreOptions::default(),
+    )
+    .expect("open the daemon's store");
+    let stored = store.heads().records;
+    if stored != published || acked != published {
+        println!("# published {published}, acknowledged {acked}, stored {stored}");
+    }
+    if cloud.is_some() {
+        let cursor = store
+            .cursor(&ferry_gateway::uplink::cursor_name("cloud"))
+            .unwrap_or(0);
+        fig(
+            &format!("{name}.uplink_cursor"),
+            cursor,
+            &format!("of {stored} records"),
+        );
+    }
+
+    let steady = {
+        let mut late: Vec<u64> = samples[samples.len() / 2..].to_vec();
+        late.sort_unstable();
+        late.get(late.len() / 2).copied().unwrap_or(0)
+    };
+    let max = samples.iter().copied().max().unwrap_or(0).max(hwm);
+    fig1(
+        &format!("{name}.records_per_s"),
+        published as f64 / publishing.as_secs_f64(),
+        "records/s offered",
+    );
+    fig(&format!("{name}.records_stored"), stored, "records");
+    fig(&format!("{name}.rss_idle"), idle, "KiB");
+    println!("{name}.rss_steady: {steady} KiB (target <= 10240)");
+    fig(
+        &format!("{name}.rss_max"),
+        max,
+        "KiB (max of samples and VmHWM)",
+    );
+    fig(&format!("{name}.rss_anon"), anon, "KiB (at the end)");
+    fig(
+        &format!("{name}.rss_file"),
+        file,
+        "KiB (at the end: mapped binary and libraries)",
+    );
+    fig(&format!("{name}.threads"), threads, "threads");
+    println!(
+        "{name}.rss_samples: {} KiB",
+        samples
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    after.report(&before, disk.as_ref(), stored, None, &name);
+    let size = std::fs::metadata(store.path()).map_or(0, |m| m.len());
+    fig1(
+        &format!("{name}.file_bytes_per_record"),
+        size as f64 / stored.max(1) as f64,
+        "bytes/record",
+    );
+}

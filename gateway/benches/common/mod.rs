@@ -33,9 +33,10 @@ pub fn scale() -> f64 {
         .position(|a| a == "--scale")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.parse::<f64>().expect("--scale takes a number, e.g. 0.1"));
-    let from_env = std::env::var("FERRY_BENCH_SCALE")
-        .ok()
-        .map(|s| s.parse::<f64>().expect("FERRY_BENCH_SCALE is a number, e.g. 0.1"));
+    let from_env = std::env::var("FERRY_BENCH_SCALE").ok().map(|s| {
+        s.parse::<f64>()
+            .expect("FERRY_BENCH_SCALE is a number, e.g. 0.1")
+    });
     let benching = args.iter().any(|a| a == "--bench");
     let s = from_arg
         .or(from_env)
@@ -78,8 +79,6 @@ pub fn tempdir(prefix: &str) -> tempfile::TempDir {
 /// The counters of `/proc/PID/io` that matter here.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Io {
-    /// Bytes handed to write-like syscalls.
-    pub wchar: u64,
     /// Bytes of page cache dirtied (the kernel's estimate of disk writes;
     /// counted per folio, see BENCHMARKS.md).
     pub write_bytes: u64,
@@ -96,7 +95,6 @@ impl Io {
                 .unwrap_or(0)
         };
         Io {
-            wchar: get("wchar:"),
             write_bytes: get("write_bytes:"),
         }
     }
@@ -107,7 +105,6 @@ impl Io {
 
     pub fn since(self, before: Io) -> Io {
         Io {
-            wchar: self.wchar - before.wchar,
             write_bytes: self.write_bytes - before.write_bytes,
         }
     }
@@ -178,9 +175,8 @@ impl Writes {
             (Some(d), Some(a), Some(b)) => Some((d, a - b)),
             _ => None,
         };
-        let mut per = |what: &str, n: u64, unit: &str| {
+        let per = |what: &str, n: u64, unit: &str| {
             let n = n.max(1) as f64;
-            fig1(&format!("{name}.wchar_per_{what}"), io.wchar as f64 / n, unit);
             fig1(
                 &format!("{name}.proc_write_bytes_per_{what}"),
                 io.write_bytes as f64 / n,
@@ -327,8 +323,10 @@ pub fn print_machine() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
         })
         .unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -337,7 +335,9 @@ pub fn print_machine() {
 
 /// CPU time of this process's threads so far, grouped by what they run
 /// (from their names), in seconds.
-pub fn cpu_by_group(group: impl Fn(&str) -> &'static str) -> std::collections::BTreeMap<&'static str, f64> {
+pub fn cpu_by_group(
+    group: impl Fn(&str) -> &'static str,
+) -> std::collections::BTreeMap<&'static str, f64> {
     // SAFETY: sysconf has no preconditions.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut out = std::collections::BTreeMap::new();
