@@ -292,6 +292,23 @@ async fn run(bin: &Path, secs: u64, cloud: Option<(&Pki, &Mosquitto)>) {
         late.get(late.len() / 2).copied().unwrap_or(0)
     };
     let max = samples.iter().copied().max().unwrap_or(0).max(hwm);
+    // Still growing? The least-squares slope of the second half, per second.
+    let slope = {
+        let late = &samples[samples.len() / 2..];
+        let n = late.len() as f64;
+        let mx = (n - 1.0) / 2.0;
+        let my = late.iter().sum::<u64>() as f64 / n;
+        let (mut sxy, mut sxx) = (0.0, 0.0);
+        for (i, &y) in late.iter().enumerate() {
+            sxy += (i as f64 - mx) * (y as f64 - my);
+            sxx += (i as f64 - mx).powi(2);
+        }
+        if sxx > 0.0 {
+            sxy / sxx
+        } else {
+            0.0
+        }
+    };
     fig1(
         &format!("{name}.records_per_s"),
         published as f64 / publishing.as_secs_f64(),
@@ -304,6 +321,11 @@ async fn run(bin: &Path, secs: u64, cloud: Option<(&Pki, &Mosquitto)>) {
         &format!("{name}.rss_max"),
         max,
         "KiB (max of samples and VmHWM)",
+    );
+    fig1(
+        &format!("{name}.rss_slope"),
+        slope,
+        "KiB/s over the second half (0 = steady)",
     );
     fig(&format!("{name}.rss_anon"), anon, "KiB (at the end)");
     fig(
