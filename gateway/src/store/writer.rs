@@ -892,6 +892,8 @@ impl WriterState {
                 self.metrics.dead_letters_stored.inc_by(dead.len() as u64);
                 self.metrics.head_seq.set(heads.records);
                 self.update_gauges(heads);
+                // Heads first: a submitter that reads them after its receipt sees its records.
+                self.store.heads_sender().send_replace(heads);
                 let mut seq = heads.records - if stored { records.len() as u64 } else { 0 };
                 for (done, n) in acks {
                     let last_seq = if stored && n > 0 {
@@ -911,7 +913,6 @@ impl WriterState {
                     head = heads.records,
                     "committed"
                 );
-                self.store.heads_sender().send_replace(heads);
             }
             Err(e) => {
                 self.metrics.commit_errors.inc();
