@@ -238,3 +238,49 @@ async fn connects_once_the_broker_is_up_and_subscribes() {
     assert_eq!(received, all);
     stop(cancel, task).await;
 }
+
+/// mosquitto sends at most its in-flight window (20 here) of QoS 1 messages
+/// before it waits for PUBACKs, which Ferry sends only after the commit. So
+/// batches may wait for the commit interval while few messages wait, and ask
+/// for a commit at once when half the window (`broker_inflight` / 2) does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_for_a_commit_at_once_when_half_the_broker_window_waits() {
+    init_tracing();
+    let mosquitto = Mosquitto::start();
+    let client_id = "ferry-test-window";
+    create_session(mosquitto.port, client_id, FILTER).await;
+    // Queued in the session before the subscriber connects.
+    let all = publish_all(mosquitto.port, 10, 0..6).await;
+    let cfg = SubscribeSourceConfig {
+        broker_inflight: 20,
+        ..config(&mosquitto, client_id)
+    };
+    let (mut ingest, cancel, task) = start(cfg, 64);
+
+    // Nothing is committed yet: the broker stops after its window of 20.
+    let mut waiting = 0;
+    let mut held = Vec::new();
+    while waiting < 20 {
+        let sub = ingest.next(WAIT).await;
+        waiting += sub.items.len();
+        let expected = (waiting >= 10).then_some(Duration::ZERO);
+        assert_eq!(
+            sub.max_delay, expected,
+            "a batch that brings the messages waiting for a commit to {waiting}"
+        );
+        held.push(sub);
+    }
+    assert_eq!(waiting, 20, "mosquitto sent more than its in-flight window");
+
+    // Committed, they are acknowledged and the rest comes.
+    let mut committed = BTreeSet::new();
+    for sub in held {
+        committed.extend(commit(&mut ingest, sub));
+    }
+    while committed.len() < all.len() {
+        let sub = ingest.next(WAIT).await;
+        committed.extend(commit(&mut ingest, sub));
+    }
+    assert_eq!(committed, all);
+    stop(cancel, task).await;
+}

@@ -55,7 +55,7 @@ fn the_embedded_default_is_valid_and_has_the_documented_values() {
     assert_eq!(c.gateway.id, "ferry");
     assert_eq!(c.gateway.data_dir, PathBuf::from("./ferry-data"));
     assert_eq!(c.gateway.log_level, LogLevel::Info);
-    assert_eq!(c.store.commit_interval, Duration::from_millis(10));
+    assert_eq!(c.store.commit_interval, Duration::from_millis(250));
     assert_eq!(c.store.commit_max_records, NonZeroUsize::new(4096).unwrap());
     assert_eq!(c.store.cursor_flush_interval, Duration::from_secs(1));
     assert_eq!(c.store.cache_size, ByteSize::mib(4));

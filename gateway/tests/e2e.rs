@@ -127,13 +127,14 @@ async fn broker_mode_kill9_loses_nothing_older_than_the_commit_window() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(2).unwrap();
     let (broker, metrics) = (addr(ports[0]), addr(ports[1]));
+    // The loss window is the commit interval: a short one, to test tightly.
     let config = broker_config(
         &dir.path().join("data"),
         broker,
         cloud.tls_addr(),
         &pki,
         metrics,
-    );
+    ) + "\n[store]\ncommit_interval = \"10ms\"\n";
     let mut ferry = Ferry::start(dir.path(), &config);
 
     // Publish in the background; kill -9 the daemon mid-stream.

@@ -217,6 +217,19 @@ pub struct SubscribeSourceConfig {
     /// Longest delay between reconnection attempts. Default: `"60s"`.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// The broker's in-flight window for this client: how many QoS 1
+    /// messages it sends before it waits for PUBACKs (mosquitto:
+    /// `max_inflight_messages`, default 20). Messages are acknowledged only
+    /// once committed, so when half of this many wait for their commit,
+    /// Ferry commits at once instead of after `store.commit_interval`: the
+    /// broker is never held up for long, and at low rates commits stay few.
+    /// 1 to 65535. Default: `20`.
+    #[serde(default = "default_broker_inflight")]
+    pub broker_inflight: u16,
+}
+
+fn default_broker_inflight() -> u16 {
+    20
 }
 
 impl std::fmt::Debug for SubscribeSourceConfig {
@@ -235,6 +248,7 @@ impl std::fmt::Debug for SubscribeSourceConfig {
             .field("max_fields", &self.max_fields)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
+            .field("broker_inflight", &self.broker_inflight)
             .finish()
     }
 }
@@ -256,6 +270,7 @@ impl SubscribeSourceConfig {
             max_fields: default_max_fields(),
             reconnect_min: default_reconnect_min(),
             reconnect_max: default_reconnect_max(),
+            broker_inflight: default_broker_inflight(),
         }
     }
 
@@ -295,6 +310,9 @@ impl SubscribeSourceConfig {
         }
         if self.reconnect_min.is_zero() {
             problems.push("reconnect_min: must be more than 0s".to_owned());
+        }
+        if self.broker_inflight == 0 {
+            problems.push("broker_inflight: must be at least 1".to_owned());
         }
         if self.reconnect_min > self.reconnect_max {
             problems.push(format!(

@@ -21,7 +21,10 @@
 //!   the first of each run, so that a changed `topics` takes effect).
 //! - The submitter hands what is queued to ingest in batches (waiting while
 //!   ingest is full: back-pressure reaches the broker, whose in-flight window
-//!   stops sending).
+//!   stops sending). A batch may wait up to `store.commit_interval` for its
+//!   commit, unless half the broker's in-flight window (`broker_inflight`)
+//!   is waiting: then it asks for a commit at once, since the broker sends
+//!   nothing more until it has PUBACKs.
 //! - The acker awaits the receipts in order and acknowledges each batch's
 //!   messages once it is committed. A failed commit is not acknowledged: the
 //!   acker drops the connection so that the broker sends those messages again
@@ -51,7 +54,7 @@
 //! on them each time the broker sends them. Cap the broker's message size
 //! (mosquitto: `message_size_limit`) below that.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -141,6 +144,8 @@ pub async fn run_subscriber(
         sink_closed: CancellationToken::new(),
         client: client.clone(),
         name: name.clone(),
+        unacked: AtomicUsize::new(0),
+        commit_now_at: usize::from(cfg.broker_inflight).div_ceil(2),
     });
     let (queue_tx, queue_rx) = mpsc::channel(QUEUE);
     let (receipts_tx, receipts_rx) = mpsc::channel(QUEUE);
@@ -196,6 +201,10 @@ struct Shared {
     sink_closed: CancellationToken,
     client: AsyncClient,
     name: Arc<str>,
+    /// Messages handed to ingest whose receipt the acker has not handled.
+    unacked: AtomicUsize,
+    /// At this many `unacked`, submissions ask for a commit at once.
+    commit_now_at: usize,
 }
 
 impl Shared {
@@ -461,11 +470,16 @@ async fn submitter(
                 Err(_) => break,
             }
         }
+        // Without acknowledgements the broker stops sending once its
+        // in-flight window is full: commit at once when half of it waits.
+        let count = items.len();
+        let unacked = shared.unacked.fetch_add(count, Ordering::Relaxed) + count;
+        let max_delay = (unacked >= shared.commit_now_at).then_some(Duration::ZERO);
         let receipt = tokio::select! {
             biased;
             // Not submitted: not acknowledged, the broker keeps them.
             _ = cancel.cancelled() => return,
-            r = sink.submit(items) => match r {
+            r = sink.submit_within(items, max_delay) => match r {
                 Ok(receipt) => receipt,
                 Err(_) => {
                     shared.sink_closed.cancel();
@@ -523,6 +537,9 @@ async fn acker(
                 }
             }
         }
+        shared
+            .unacked
+            .fetch_sub(deliveries.len(), Ordering::Relaxed);
     }
 }
 

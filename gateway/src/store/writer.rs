@@ -177,15 +177,28 @@ impl Batch {
     fn add(&mut self, sub: Submission, now: Instant, cfg: &IngestConfig, metrics: &IngestMetrics) {
         self.due_by(now + sub.max_delay.unwrap_or(cfg.commit_interval));
         let mut n = 0;
+        // Counted per run of one source (a submission is usually one run):
+        // a label lookup per record costs more than the rest of `add`.
+        let mut run: Option<(Arc<str>, u64)> = None;
+        let count = |run: (Arc<str>, u64)| {
+            metrics
+                .records_received
+                .get_or_create(&SourceLabel {
+                    source: run.0.to_string(),
+                })
+                .inc_by(run.1);
+        };
         for item in sub.items {
             match item {
                 Item::Record(r) => {
-                    metrics
-                        .records_received
-                        .get_or_create(&SourceLabel {
-                            source: r.source.to_string(),
-                        })
-                        .inc();
+                    match &mut run {
+                        Some((source, k)) if **source == *r.source => *k += 1,
+                        _ => {
+                            if let Some(done) = run.replace((r.source.clone(), 1)) {
+                                count(done);
+                            }
+                        }
+                    }
                     self.records.push(r);
                     n += 1;
                 }
@@ -200,6 +213,9 @@ impl Batch {
                     self.dead.push(d);
                 }
             }
+        }
+        if let Some(done) = run {
+            count(done);
         }
         self.acks.push((sub.done, n));
     }
@@ -367,7 +383,7 @@ const BLOCKED_RETRY: Duration = Duration::from_secs(1);
 struct WriterState {
     store: Store,
     metrics: IngestMetrics,
-    ids: HashMap<Arc<str>, u32>,
+    ids: foldhash::HashMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
     buf: Vec<u8>,
     retention: Retention,
