@@ -303,6 +303,129 @@ impl Drop for Publisher {
     }
 }
 
+/// A lean QoS 1 MQTT 3.1.1 publisher for load: it writes PUBLISH packets
+/// straight to its socket and a reader task counts PUBACKs, with at most
+/// `WIRE_INFLIGHT` unacknowledged. It costs a fraction of a full client's
+/// CPU (no event loop, no request channel), so that on a 2-core machine the
+/// devices' side leaves the cores to the gateway under test.
+pub struct WirePublisher {
+    writer: tokio::sync::Mutex<(tokio::net::tcp::OwnedWriteHalf, Vec<u8>, u16)>,
+    window: Arc<tokio::sync::Semaphore>,
+    pub acked: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Unacknowledged publishes per [`WirePublisher`] (the embedded broker's
+/// `max_inflight_count`).
+pub const WIRE_INFLIGHT: usize = 100;
+
+impl WirePublisher {
+    /// Connects to `addr` as `id` (clean session); returns after CONNACK.
+    pub async fn connect(addr: SocketAddr, id: &str) -> WirePublisher {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let (mut rd, mut wr) = stream.into_split();
+        // CONNECT: protocol "MQTT" level 4, clean session, keep-alive 60 s.
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+        body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        body.extend_from_slice(id.as_bytes());
+        let mut packet = vec![0x10];
+        put_remaining_length(&mut packet, body.len());
+        packet.extend_from_slice(&body);
+        wr.write_all(&packet).await.expect("send CONNECT");
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(20), rd.read_exact(&mut connack))
+            .await
+            .expect("CONNACK in time")
+            .expect("read CONNACK");
+        assert_eq!(connack, [0x20, 2, 0, 0], "publisher {id}: CONNACK refused");
+        let acked = Arc::new(AtomicU64::new(0));
+        let window = Arc::new(tokio::sync::Semaphore::new(WIRE_INFLIGHT));
+        let (count, permits, id) = (acked.clone(), window.clone(), id.to_owned());
+        let task = tokio::spawn(async move {
+            let mut rd = tokio::io::BufReader::with_capacity(16 << 10, rd);
+            let mut packet = [0u8; 4];
+            loop {
+                // The broker sends this connection nothing but PUBACKs.
+                if let Err(e) = rd.read_exact(&mut packet).await {
+                    eprintln!("publisher {id}: {e}");
+                    return;
+                }
+                assert_eq!(packet[..2], [0x40, 2], "publisher {id}: not a PUBACK");
+                count.fetch_add(1, Ordering::Relaxed);
+                permits.add_permits(1);
+            }
+        });
+        WirePublisher {
+            writer: tokio::sync::Mutex::new((wr, Vec::with_capacity(32 << 10), 0)),
+            window,
+            acked,
+            task,
+        }
+    }
+
+    /// Publishes QoS 1, waiting while `WIRE_INFLIGHT` are unacknowledged.
+    /// With `flush`, the packet is written at once; without, it waits in a
+    /// buffer for the next flushing publish (or a full buffer, or a full
+    /// window), so that a burst costs a few writes instead of one each.
+    pub async fn publish(&self, topic: &str, payload: &[u8], flush: bool) {
+        use tokio::io::AsyncWriteExt;
+        let mut guard = self.writer.lock().await;
+        let (wr, buf, id) = &mut *guard;
+        let permit = match self.window.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                // The window is full: what is buffered must go out for the
+                // PUBACKs that open it to come.
+                if !buf.is_empty() {
+                    wr.write_all(buf).await.expect("send PUBLISH");
+                    buf.clear();
+                }
+                self.window.acquire().await.expect("the window stays open")
+            }
+        };
+        permit.forget();
+        *id = id.wrapping_add(1).max(1);
+        buf.push(0x32);
+        put_remaining_length(buf, 2 + topic.len() + 2 + payload.len());
+        buf.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        buf.extend_from_slice(topic.as_bytes());
+        buf.extend_from_slice(&id.to_be_bytes());
+        buf.extend_from_slice(payload);
+        if flush || buf.len() >= 16 << 10 {
+            wr.write_all(buf).await.expect("send PUBLISH");
+            buf.clear();
+        }
+    }
+}
+
+impl Drop for WirePublisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn put_remaining_length(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
 /// Polls `done` every `every` until it holds or `limit` passes; returns
 /// whether it held.
 pub async fn poll_until(limit: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
