@@ -273,8 +273,10 @@ impl Uplink {
             if draining.is_none() {
                 wake = self.publish_ready(client, &mut limits, now).await?;
             }
-            if let Some(oldest) = self.flight.oldest() {
-                let limit = oldest + self.s.puback_timeout;
+            // No PUBACK for `puback_timeout` while publishes wait: a dead
+            // link. A slow one that keeps acknowledging is not given up.
+            if let Some(since) = self.flight.stalled_since() {
+                let limit = since + self.s.puback_timeout;
                 if limit <= now {
                     return Err(LinkError::PubackTimeout(self.s.puback_timeout));
                 }
