@@ -313,3 +313,234 @@ fn metrics_addr(ferry: &Ferry) -> SocketAddr {
     let line = section.lines().find(|l| l.starts_with("listen")).unwrap();
     line.split('"').nth(1).unwrap().parse().unwrap()
 }
+
+/// An ext4 file system in an image file, loop-mounted (needs root).
+/// `errors=remount-ro`, as Raspberry Pi OS mounts its root: after an error
+/// the kernel turns the file system read-only under the running daemon.
+struct LoopFs {
+    image: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl LoopFs {
+    fn create(under: &std::path::Path) -> Option<LoopFs> {
+        let image = under.join("store.img");
+        let dir = under.join("mnt");
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::File::create(&image).ok()?.set_len(64 << 20).ok()?;
+        let ok = run("mkfs.ext4", &["-q", "-F", image.to_str()?]).is_ok();
+        let fs = LoopFs { image, dir };
+        (ok && fs.mount().is_ok()).then_some(fs)
+    }
+
+    fn mount(&self) -> Result<(), String> {
+        run(
+            "mount",
+            &[
+                "-o",
+                "loop,errors=remount-ro",
+                self.image.to_str().unwrap(),
+                self.dir.to_str().unwrap(),
+            ],
+        )
+    }
+
+    /// What the kernel does on an I/O error with `errors=remount-ro`: from
+    /// now on every write and every open for writing fails with EROFS.
+    fn turn_read_only(&self) {
+        run(
+            "mount",
+            &["-o", "remount,abort", self.dir.to_str().unwrap()],
+        )
+        .unwrap();
+    }
+
+    /// What an operator does: unmount, check, mount again.
+    fn repair(&self) -> Result<(), String> {
+        run("umount", &[self.dir.to_str().unwrap()])?;
+        // e2fsck exits 1 when it corrected something: that is a repair.
+        let _ = run("e2fsck", &["-f", "-y", self.image.to_str().unwrap()]);
+        self.mount()
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = run("umount", &["-l", self.dir.to_str().unwrap()]);
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {args:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The store's file system turns read-only under the running daemon (as
+/// `errors=remount-ro` does after a card error): no panic, readings are not
+/// acknowledged to the local broker (subscribe mode), so nothing is lost;
+/// `ferry_store_writable` shows 0 and commit errors are counted. After the
+/// operator repairs and remounts the file system, ingest resumes by itself
+/// (the writer reopens the store file by its path) and every reading,
+/// before, during and after, reaches the store and the cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_file_system_turning_read_only_loses_nothing_and_ingest_resumes_by_itself() {
+    if !is_root() {
+        eprintln!("skipped: mounting a file system needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = LoopFs::create(dir.path()) else {
+        panic!("cannot make and loop-mount an ext4 image as root (mkfs.ext4, loop devices)");
+    };
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let cloud = Mosquitto::tls(&pki).unwrap();
+    let local = Mosquitto::plain().unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let data = fs.dir.join("data");
+    let config = subscribe_config(&data, local.plain_addr(), cloud.tls_addr(), &pki, metrics);
+    let mut ferry = Ferry::start(dir.path(), &config);
+    tokio::task::block_in_place(|| ferry.wait_log("subscribed", Duration::from_secs(30)));
+    let mut p = Publisher::connect(local.plain_addr(), "device-pub")
+        .await
+        .unwrap();
+    for i in 0..200 {
+        p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
+    }
+    ferry_testkit::wait_until(WAIT, "200 readings stored", || {
+        metric(metrics, "ferry_ingest_head_seq") == 200.0
+    })
+    .await
+    .unwrap();
+
+    fs.turn_read_only();
+    for i in 200..400 {
+        p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
+    }
+    ferry_testkit::wait_until(WAIT, "commits failing, shown in the metrics", || {
+        metric(metrics, "ferry_store_writable") == 0.0
+            && metric(metrics, "ferry_ingest_commit_errors_total") >= 1.0
+    })
+    .await
+    .unwrap();
+    assert_eq!(metric(metrics, "ferry_ingest_head_seq"), 200.0);
+    assert!(
+        ferry_alive(&mut ferry),
+        "the daemon ended on a read-only store"
+    );
+
+    // The operator repairs the file system; nothing is done to the daemon.
+    // (The writer closed the file when its commit failed, so it unmounts.)
+    ferry_testkit::wait_until(WAIT, "the file system unmounted and repaired", || {
+        fs.repair().is_ok()
+    })
+    .await
+    .unwrap();
+    for i in 400..500 {
+        p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
+    }
+    let seen = sub.wait_for_seqs(0..500, WAIT, sequences).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    assert_eq!(metric(metrics, "ferry_store_writable"), 1.0);
+    let log = ferry.log().join("\n");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("Read-only file system"), "the cause is logged");
+    assert!(log.contains("store reopened"), "{log}");
+    eprintln!(
+        "read-only: {} commit errors, {} records refused, then resumed; {} readings at the cloud",
+        metric(metrics, "ferry_ingest_commit_errors_total"),
+        metric(metrics, "ferry_ingest_records_failed_total"),
+        seen.distinct()
+    );
+
+    // Every reading is in the store file, once or more (redelivered ones).
+    assert!(ferry.terminate().success());
+    let store = Store::open(&Store::file_in(&data), &StoreOptions::default()).unwrap();
+    let mut out = Vec::new();
+    store.read_records(0, usize::MAX, &mut out).unwrap();
+    let mut have = std::collections::BTreeSet::new();
+    for r in &out {
+        let seq = r.record.fields.iter().find(|(k, _)| &**k == "sequence");
+        if let Some((_, Value::Int(n))) = seq {
+            have.insert(*n);
+        }
+    }
+    assert_eq!(have, (0..500).collect(), "every reading is stored");
+    drop(store);
+}
+
+fn ferry_alive(ferry: &mut Ferry) -> bool {
+    // The process exists and is not a zombie.
+    std::fs::read_to_string(format!("/proc/{}/stat", ferry.pid()))
+        .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+}
+
+/// Starting on a store directory that is read-only: the daemon exits at
+/// once with a message naming the store file and the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_on_a_read_only_store_directory_fails_with_a_clear_error() {
+    if !is_root() {
+        eprintln!("skipped: mounting a file system needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("ro");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = run("umount", &["-l", self.0.to_str().unwrap()]);
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let data = mnt.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    run("mount", &["-o", "remount,ro", mnt.to_str().unwrap()]).unwrap();
+
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let cloud = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, broker_config(&data, broker, cloud, &pki, metrics)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = Store::file_in(&data);
+    assert_eq!(out.status.code(), Some(73), "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    assert!(stderr.contains("read-only"), "{stderr}");
+}

@@ -508,6 +508,7 @@ impl WriterState {
             index: cfg.index.clone(),
         };
         state.update_gauges(heads);
+        state.metrics.store_writable.set(1);
         Ok(state)
     }
 
@@ -870,6 +871,7 @@ impl WriterState {
         next: &mut Batch,
         cfg: &IngestConfig,
     ) {
+        self.metrics.store_writable.set(i64::from(result.is_ok()));
         let route_heads = std::mem::take(&mut self.route_heads);
         for (i, (_, done)) in std::mem::take(&mut batch.routes).into_iter().enumerate() {
             let outcome = match (&result, route_heads.get(i)) {
