@@ -193,8 +193,11 @@ fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
 
 /// How far from a kill an acknowledged record may have reached the cloud
 /// and still be sent again: the commit interval (10 ms) and its fsync, the
-/// PUBACK's way back and scheduling on a loaded 2-core CI machine.
-const DUPLICATE_WINDOW: Duration = Duration::from_millis(250);
+/// PUBACK's way back and scheduling on a loaded 2-core CI machine (measured
+/// at most 108 ms over 100 kills, 154 ms in the drain). With the cursor
+/// saved only every `cursor_flush_interval` (1 s), the drain test sees
+/// thousands of copies 250 ms to 1 s from their kill.
+const DUPLICATE_WINDOW: Duration = Duration::from_millis(400);
 
 /// Duplicates at the cloud by gateway sequence number.
 struct Copies {
