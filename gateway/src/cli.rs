@@ -25,6 +25,9 @@ pub const EXIT_CONFIG: u8 = 64;
 pub const EXIT_NO_INPUT: u8 = 66;
 /// Exit code when the daemon fails while running.
 pub const EXIT_RUNTIME: u8 = 1;
+/// Exit code when the store cannot be written at start: a read-only file
+/// system or a directory without write permission (`EX_CANTCREAT`).
+pub const EXIT_CANT_CREATE: u8 = 73;
 
 /// Ferry: an edge gateway that stores every reading durably and forwards
 /// batches to AWS IoT Core.
@@ -198,9 +201,29 @@ fn run_daemon(config: Config, path: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry: error: {e:#}");
-            ExitCode::from(EXIT_RUNTIME)
+            ExitCode::from(if store_unwritable(&e) {
+                EXIT_CANT_CREATE
+            } else {
+                EXIT_RUNTIME
+            })
         }
     }
+}
+
+/// Whether `e` comes from a store (or data directory) the file system will
+/// not let Ferry write.
+fn store_unwritable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<crate::store::StoreError>()
+            .is_some_and(crate::store::StoreError::is_unwritable)
+            || cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+                )
+            })
+    })
 }
 
 /// Logs to stderr, one line per event, without colours unless stderr is a

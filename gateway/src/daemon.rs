@@ -107,7 +107,20 @@ pub async fn run_until(
         &StoreOptions {
             cache_bytes: config.store.cache_size.as_u64() as usize,
         },
-    )?;
+    )
+    .map_err(|e| {
+        let unwritable = e.is_unwritable();
+        let e = anyhow::Error::new(e);
+        if unwritable {
+            e.context(format!(
+                "the store {} cannot be written: its file system is read-only or the \
+                 directory is not writable by this user (gateway.data_dir)",
+                store_path.display()
+            ))
+        } else {
+            e
+        }
+    })?;
     let heads = store.heads();
     info!(store = %store_path.display(), records = heads.records, dead_letters = heads.dead, "store open");
     // Replays the log into the query index where it is behind (all of it

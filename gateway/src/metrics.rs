@@ -97,6 +97,9 @@ pub struct IngestMetrics {
     pub ingest_blocked: Gauge,
     /// Corrupt store files moved aside at start (a fresh store was begun).
     pub store_files_set_aside: Counter,
+    /// 1 while commits succeed; 0 from a failed commit (a read-only or
+    /// full file system, a failing card) until one succeeds again.
+    pub store_writable: Gauge,
 }
 
 impl Default for IngestMetrics {
@@ -125,6 +128,7 @@ impl IngestMetrics {
             store_estimated_bytes: Default::default(),
             ingest_blocked: Default::default(),
             store_files_set_aside: Default::default(),
+            store_writable: Default::default(),
         }
     }
 
@@ -208,6 +212,11 @@ impl IngestMetrics {
             "files_set_aside",
             "Corrupt store files moved aside at start, a fresh store begun",
             self.store_files_set_aside.clone(),
+        );
+        s.register(
+            "writable",
+            "1 while store commits succeed, 0 from a failed commit until one succeeds",
+            self.store_writable.clone(),
         );
         s.register_with_unit(
             "estimated",

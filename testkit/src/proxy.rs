@@ -9,6 +9,9 @@
 //!   open: the client notices only through its own timeouts (keep-alive), as with a
 //!   dead mobile link.
 //!
+//! Independently of the mode, [`Proxy::throttle`] paces relayed bytes to a given rate in
+//! each direction of each connection (a slow mobile link); [`Proxy::unthrottle`] lifts it.
+//!
 //! [`Proxy::restore`] forwards again and closes every held connection, so clients
 //! reconnect through a fresh, working relay.
 //!
@@ -57,6 +60,8 @@ struct Stats {
     accepted: AtomicU64,
     up: AtomicU64,
     down: AtomicU64,
+    /// Bytes per second in each direction; 0 = as fast as the sockets go.
+    throttle: AtomicU64,
 }
 
 impl Proxy {
@@ -116,6 +121,24 @@ impl Proxy {
     /// Relays again; connections held while cut or blackholed are closed.
     pub fn restore(&self) {
         self.mode.send_replace(Mode::Forward);
+    }
+
+    /// Paces relaying to `bytes_per_second` in each direction of each connection, open
+    /// ones included: data goes out in slices of about 1/20 s worth, each when the link
+    /// would have carried the previous one.
+    pub fn throttle(&self, bytes_per_second: u64) {
+        assert!(
+            bytes_per_second > 0,
+            "a throttle of 0 bytes/s is a blackhole"
+        );
+        self.stats
+            .throttle
+            .store(bytes_per_second, Ordering::Relaxed);
+    }
+
+    /// Relays at full speed again.
+    pub fn unthrottle(&self) {
+        self.stats.throttle.store(0, Ordering::Relaxed);
     }
 
     /// Bytes relayed from clients to the target.
@@ -250,8 +273,18 @@ async fn relay_both(
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
     tokio::try_join!(
-        relay(&mut client_read, &mut upstream_write, &stats.up),
-        relay(&mut upstream_read, &mut client_write, &stats.down),
+        relay(
+            &mut client_read,
+            &mut upstream_write,
+            &stats.up,
+            &stats.throttle
+        ),
+        relay(
+            &mut upstream_read,
+            &mut client_write,
+            &stats.down,
+            &stats.throttle
+        ),
     )?;
     Ok(())
 }
@@ -260,15 +293,36 @@ async fn relay(
     from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
     counter: &AtomicU64,
+    throttle: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut buffer = vec![0; BUFFER];
+    // When the throttled link is free to carry the next slice.
+    let mut free_at = tokio::time::Instant::now();
     loop {
         let n = from.read(&mut buffer).await?;
         if n == 0 {
             // Pass the half-close on; the other direction may still have data.
             return to.shutdown().await;
         }
-        to.write_all(&buffer[..n]).await?;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        let mut sent = 0;
+        while sent < n {
+            let rate = throttle.load(Ordering::Relaxed);
+            let slice = if rate == 0 {
+                n - sent
+            } else {
+                ((rate / 20).max(64) as usize).min(n - sent)
+            };
+            if rate > 0 {
+                // Link emulation, not synchronisation: the slice leaves when a link of
+                // this rate would have carried the one before.
+                let now = tokio::time::Instant::now();
+                free_at = free_at.max(now);
+                tokio::time::sleep_until(free_at).await;
+                free_at += std::time::Duration::from_secs_f64(slice as f64 / rate as f64);
+            }
+            to.write_all(&buffer[sent..sent + slice]).await?;
+            counter.fetch_add(slice as u64, Ordering::Relaxed);
+            sent += slice;
+        }
     }
 }

@@ -53,6 +53,8 @@ pub struct Message {
     pub dup: bool,
     /// Whether it was a retained message.
     pub retain: bool,
+    /// When the subscriber's event loop received it.
+    pub received: std::time::Instant,
 }
 
 impl Message {
@@ -422,6 +424,7 @@ impl Session {
                     qos: p.qos,
                     dup: p.dup,
                     retain: p.retain,
+                    received: std::time::Instant::now(),
                 };
                 self.messages.send_modify(|m| m.push(message));
             }

@@ -148,3 +148,34 @@ async fn a_dead_target_closes_the_client() {
     let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
     assert_closed(&mut client).await;
 }
+
+#[tokio::test]
+async fn throttle_paces_both_directions_and_lifts() {
+    let (target, _) = echo_server().await;
+    let proxy = Proxy::start(target).await.unwrap();
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    ping(&mut stream, b"fast").await;
+    // 10 KB/s each way: 20 KB echoed takes about 2 s (the two directions overlap).
+    proxy.throttle(10_000);
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let started = std::time::Instant::now();
+    let (mut r, mut w) = stream.split();
+    let (_, echoed) = tokio::join!(async { w.write_all(&data).await.unwrap() }, async {
+        let mut echo = vec![0; data.len()];
+        tokio::time::timeout(WAIT, r.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
+        echo
+    });
+    let took = started.elapsed();
+    assert_eq!(echoed, data);
+    assert!(
+        took >= Duration::from_millis(1_900) && took <= Duration::from_secs(5),
+        "20 KB through 10 KB/s took {took:?}"
+    );
+    proxy.unthrottle();
+    let started = std::time::Instant::now();
+    ping(&mut stream, &data).await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+}

@@ -87,9 +87,11 @@ pub struct UplinkConfig {
     /// Default: `"10s"`.
     #[serde(with = "humantime_serde", default = "defaults::connect_timeout")]
     pub connect_timeout: Duration,
-    /// A batch not acknowledged within this means the session is broken: it
-    /// is dropped and reconnected, and unacknowledged batches are resent.
-    /// 10ms to 1h. Default: `"30s"`.
+    /// No PUBACK for this long while batches wait for one (counted from the
+    /// later of the oldest unacknowledged publish and the last PUBACK, so a
+    /// slow link that keeps acknowledging is not given up) means the
+    /// session is broken: it is dropped and reconnected, and unacknowledged
+    /// batches are resent. 10ms to 1h. Default: `"30s"`.
     #[serde(with = "humantime_serde", default = "defaults::puback_timeout")]
     pub puback_timeout: Duration,
     /// The first reconnect delay; each failure doubles it up to

@@ -119,6 +119,24 @@ impl StoreError {
         )
     }
 
+    /// True when the file system refuses to write the store (read-only, or
+    /// not permitted): a new file would not help, the operator must.
+    pub fn is_unwritable(&self) -> bool {
+        use redb::{DatabaseError as D, StorageError as S};
+        let io = match self {
+            StoreError::Open {
+                source: D::Storage(S::Io(e)),
+                ..
+            } => e,
+            StoreError::Redb(redb::Error::Io(e)) => e,
+            _ => return false,
+        };
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+        )
+    }
+
     /// True when the file itself is bad (a new file would cure it), not
     /// when it is in use, not permitted, or of a newer format.
     pub fn is_corruption(&self) -> bool {

@@ -104,6 +104,29 @@ async fn dead_letters_and_cursors_are_durable() {
 }
 
 #[tokio::test]
+async fn a_prompt_cursor_move_is_durable_within_the_commit_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let cfg = IngestConfig {
+        commit_interval: std::time::Duration::from_millis(10),
+        cursor_flush_interval: std::time::Duration::from_secs(3600),
+        ..IngestConfig::default()
+    };
+    let ingest = spawn_ingest(store.clone(), cfg, IngestMetrics::new());
+    let name: Arc<str> = Arc::from("uplink.cloud");
+    ingest.cursors.advance_promptly(&name, 7).await.unwrap();
+    // Not an hour later: within a commit (a generous bound for a slow disk).
+    ferry_testkit::wait_until(std::time::Duration::from_secs(5), "cursor at 7", || {
+        store.cursor("uplink.cloud").unwrap() == 7
+    })
+    .await
+    .unwrap();
+    drop(ingest.sink);
+    drop(ingest.cursors);
+    ingest.task.await.unwrap();
+}
+
+#[tokio::test]
 async fn many_small_submissions_share_few_commits() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);

@@ -7,7 +7,10 @@
 //!   `commit_interval` later, or at once when it holds `commit_max_records`;
 //! - cursor moves alone open a batch that commits `cursor_flush_interval`
 //!   later (a cursor that lags only causes resends after a crash, so it is
-//!   not worth a write of its own each time);
+//!   not worth a write of its own each time), or within `commit_interval`
+//!   when moved with [`Cursors::advance_promptly`] (an uplink after a
+//!   PUBACK: what a crash resends is then bounded by the inflight window
+//!   and the acknowledgements of one commit interval);
 //! - each commit is one redb write transaction with `Durability::Immediate`;
 //!   only after it returns are the submissions' receipts resolved.
 //!
@@ -68,15 +71,36 @@ impl Default for IngestConfig {
 /// Moves consumers' cursors; the writer commits them with its next batch.
 #[derive(Debug, Clone)]
 pub struct Cursors {
-    tx: mpsc::Sender<(Arc<str>, u64)>,
+    tx: mpsc::Sender<CursorMove>,
+}
+
+/// A consumer has finished with every sequence number up to `seq`.
+#[derive(Debug)]
+struct CursorMove {
+    name: Arc<str>,
+    seq: u64,
+    /// Commit within `commit_interval` rather than `cursor_flush_interval`.
+    prompt: bool,
 }
 
 impl Cursors {
     /// Records that the consumer `name` has finished with every sequence
-    /// number up to `seq`. Durable after the writer's next commit.
+    /// number up to `seq`. Durable after the writer's next commit, at the
+    /// latest `cursor_flush_interval` from now.
     pub async fn advance(&self, name: &Arc<str>, seq: u64) -> Result<(), SubmitError> {
+        self.send(name, seq, false).await
+    }
+
+    /// [`Cursors::advance`], durable within `commit_interval` (riding the
+    /// next record commit when there is one).
+    pub async fn advance_promptly(&self, name: &Arc<str>, seq: u64) -> Result<(), SubmitError> {
+        self.send(name, seq, true).await
+    }
+
+    async fn send(&self, name: &Arc<str>, seq: u64, prompt: bool) -> Result<(), SubmitError> {
+        let name = name.clone();
         self.tx
-            .send((name.clone(), seq))
+            .send(CursorMove { name, seq, prompt })
             .await
             .map_err(|_| SubmitError::Closed)
     }
@@ -169,6 +193,8 @@ struct Batch {
     /// commit interval).
     items_due: Option<Instant>,
     cursors_since: Option<Instant>,
+    /// When prompt cursor moves must be committed.
+    cursors_due: Option<Instant>,
     /// While ingest is blocked (`when_full = "block"`): when to look again.
     retry_at: Option<Instant>,
 }
@@ -230,6 +256,10 @@ impl Batch {
         self.cursors_since.get_or_insert(now);
     }
 
+    fn cursors_due_by(&mut self, at: Instant) {
+        self.cursors_due = Some(self.cursors_due.map_or(at, |due| due.min(at)));
+    }
+
     fn is_empty(&self) -> bool {
         self.acks.is_empty() && self.cursors.is_empty() && self.routes.is_empty()
     }
@@ -240,7 +270,10 @@ impl Batch {
             None => self.items_due,
         };
         let cursors = self.cursors_since.map(|t| t + cfg.cursor_flush_interval);
-        [items, cursors].into_iter().flatten().min()
+        [items, cursors, self.cursors_due]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Puts a held batch's items back in front of what came since.
@@ -276,7 +309,7 @@ async fn run(
     metrics: IngestMetrics,
     cfg: IngestConfig,
     mut rx: mpsc::Receiver<Submission>,
-    mut crx: mpsc::Receiver<(Arc<str>, u64)>,
+    mut crx: mpsc::Receiver<CursorMove>,
     mut rrx: mpsc::Receiver<(RouteCommit, RouteDone)>,
     beat: watch::Sender<Instant>,
 ) {
@@ -318,7 +351,13 @@ async fn run(
                     None => items_open = false,
                 },
                 mv = crx.recv(), if cursors_open => match mv {
-                    Some((name, seq)) => batch.move_cursor(name, seq, Instant::now()),
+                    Some(mv) => {
+                        let now = Instant::now();
+                        if mv.prompt {
+                            batch.cursors_due_by(now + cfg.commit_interval);
+                        }
+                        batch.move_cursor(mv.name, mv.seq, now);
+                    }
                     None => cursors_open = false,
                 },
                 rc = rrx.recv(), if routes_open => match rc {
@@ -469,6 +508,7 @@ impl WriterState {
             index: cfg.index.clone(),
         };
         state.update_gauges(heads);
+        state.metrics.store_writable.set(1);
         Ok(state)
     }
 
@@ -831,6 +871,7 @@ impl WriterState {
         next: &mut Batch,
         cfg: &IngestConfig,
     ) {
+        self.metrics.store_writable.set(i64::from(result.is_ok()));
         let route_heads = std::mem::take(&mut self.route_heads);
         for (i, (_, done)) in std::mem::take(&mut batch.routes).into_iter().enumerate() {
             let outcome = match (&result, route_heads.get(i)) {

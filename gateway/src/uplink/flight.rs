@@ -40,6 +40,8 @@ pub struct Flight {
     unassigned: VecDeque<Sent>,
     by_pkid: HashMap<u16, Sent>,
     acked: u64,
+    /// When the broker last acknowledged a publish on this connection.
+    last_ack: Option<Instant>,
 }
 
 impl Flight {
@@ -50,6 +52,7 @@ impl Flight {
             unassigned: VecDeque::new(),
             by_pkid: HashMap::new(),
             acked,
+            last_ack: None,
         }
     }
 
@@ -101,6 +104,7 @@ impl Flight {
         if let Some(w) = self.windows.iter_mut().find(|w| w.end == sent.window_end) {
             w.outstanding = w.outstanding.saturating_sub(1);
         }
+        self.last_ack = Some(now);
         let acked = Acked {
             latency: now.saturating_duration_since(sent.at),
             records: sent.records,
@@ -134,12 +138,22 @@ impl Flight {
             .min()
     }
 
+    /// Since when the connection has shown no progress while publishes
+    /// wait: the later of the oldest unacknowledged publish and the last
+    /// PUBACK. A slow link that keeps acknowledging (one large batch after
+    /// another at a few KB/s) is alive; one that acknowledges nothing is not.
+    pub fn stalled_since(&self) -> Option<Instant> {
+        let oldest = self.oldest()?;
+        Some(self.last_ack.map_or(oldest, |ack| ack.max(oldest)))
+    }
+
     /// The connection is gone: forget everything in flight; reading starts
     /// again after the cursor, so unacknowledged batches are sent again.
     pub fn reset(&mut self) {
         self.windows.clear();
         self.unassigned.clear();
         self.by_pkid.clear();
+        self.last_ack = None;
     }
 }
 
@@ -193,6 +207,36 @@ mod tests {
         assert_eq!(f.add_window(12, 0), None, "behind an unacknowledged window");
         f.assigned(7);
         assert_eq!(f.ack(7, t).1, Some(12));
+    }
+
+    #[test]
+    fn progress_not_age_decides_a_stall() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut f = Flight::new(0);
+        assert_eq!(f.stalled_since(), None, "nothing in flight");
+        f.add_window(10, 1);
+        f.add_window(20, 1);
+        f.published(10, 10, t);
+        f.published(20, 10, t);
+        f.assigned(1);
+        f.assigned(2);
+        assert_eq!(f.stalled_since(), Some(t));
+        // A slow link acknowledges the first after 13 s: the second, sent
+        // at t, waits since then.
+        f.ack(1, t + s(13));
+        assert_eq!(f.stalled_since(), Some(t + s(13)));
+        f.add_window(30, 1);
+        f.published(30, 10, t + s(20));
+        f.assigned(3);
+        assert_eq!(f.stalled_since(), Some(t + s(13)));
+        f.ack(2, t + s(26));
+        assert_eq!(f.stalled_since(), Some(t + s(26)));
+        f.ack(3, t + s(27));
+        assert_eq!(f.stalled_since(), None);
+        f.reset();
+        f.published(40, 1, t + s(30));
+        assert_eq!(f.stalled_since(), Some(t + s(30)));
     }
 
     #[test]

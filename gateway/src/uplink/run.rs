@@ -13,7 +13,8 @@
 //! - **Connected**: reads windows of records after the cursor from the store
 //!   (never the whole backlog: one window at a time, as publishes free up),
 //!   encodes them into batches, publishes QoS 1 within the inflight window
-//!   and the token buckets, and moves the cursor over acknowledged windows.
+//!   and the token buckets, and moves the cursor over acknowledged windows
+//!   (with one topic, each batch is a window: the cursor moves batch by batch).
 //!   A partial batch waits up to `max_batch_age` for more records.
 //! - **Backoff**: everything in flight is forgotten and reading rewinds to
 //!   the cursor (so unacknowledged batches are sent again: at-least-once);
@@ -272,8 +273,10 @@ impl Uplink {
             if draining.is_none() {
                 wake = self.publish_ready(client, &mut limits, now).await?;
             }
-            if let Some(oldest) = self.flight.oldest() {
-                let limit = oldest + self.s.puback_timeout;
+            // No PUBACK for `puback_timeout` while publishes wait: a dead
+            // link. A slow one that keeps acknowledging is not given up.
+            if let Some(since) = self.flight.stalled_since() {
+                let limit = since + self.s.puback_timeout;
                 if limit <= now {
                     return Err(LinkError::PubackTimeout(self.s.puback_timeout));
                 }
@@ -340,10 +343,13 @@ impl Uplink {
         Ok(())
     }
 
+    /// Moves the durable cursor, committed within the store's commit
+    /// interval: after a crash, what is sent again is what was in flight
+    /// plus the acknowledgements of about one commit interval.
     async fn advance_cursor(&mut self, seq: u64) -> Result<(), LinkError> {
         self.metrics.acked_seq.get_or_create(&self.label).set(seq);
         self.cursors
-            .advance(&self.cursor_name, seq)
+            .advance_promptly(&self.cursor_name, seq)
             .await
             .map_err(|_| LinkError::Closed)
     }
@@ -424,21 +430,31 @@ impl Uplink {
                 .get_or_create(&self.label)
                 .inc_by(stats.undecodable);
         }
-        let batches = self.encode(&buf, stats.last_seq);
+        let windows = self.encode(&buf, stats.last_seq);
         self.read_buf = buf;
         if stats.last_seq > from {
-            if let Some(seq) = self.flight.add_window(stats.last_seq, batches) {
+            let mut moved = None;
+            for (end, batches) in windows {
+                moved = self.flight.add_window(end, batches).or(moved);
+            }
+            if let Some(seq) = moved {
                 self.advance_cursor(seq).await?;
             }
         }
         Ok(None)
     }
 
-    /// Encodes a window's records into batches per topic; returns how many.
-    fn encode(&mut self, records: &[StoredRecord], window_end: u64) -> usize {
+    /// Encodes a window's records into batches per topic and queues them.
+    /// Returns the windows to track, as (last sequence number, batches): with
+    /// one topic each batch is a window of its own (its records are a
+    /// contiguous run), so the cursor moves batch by batch; with topics per
+    /// device or source, batches interleave and the read is one window.
+    fn encode(&mut self, records: &[StoredRecord], window_end: u64) -> Vec<(u64, usize)> {
         let mut encoders: HashMap<String, Box<dyn super::batch::Encoder + Send>> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
-        let mut done: Vec<(String, usize, Vec<u8>)> = Vec::new();
+        // (topic, records, payload, the last seq in it)
+        let mut done: Vec<(String, usize, Vec<u8>, u64)> = Vec::new();
+        let mut last_pushed = 0u64;
         let mut bytes = 0usize;
         let mut n = 0usize;
         let static_topic = self.s.topic.is_static();
@@ -457,13 +473,16 @@ impl Uplink {
                 encoder(self.s.encoding, &self.s.gateway, self.s.max_batch_bytes)
             });
             if e.push(r) {
+                last_pushed = r.seq;
                 continue;
             }
             // Full: close this topic's batch and start the next with `r`.
             if !e.is_empty() {
-                done.push((topic.clone(), e.len(), e.finish()));
+                done.push((topic.clone(), e.len(), e.finish(), last_pushed));
             }
-            if !e.push(r) {
+            if e.push(r) {
+                last_pushed = r.seq;
+            } else {
                 warn!(uplink = %self.s.name, seq = r.seq, "record larger than max_batch_bytes; skipped (it stays in the store)");
                 self.metrics
                     .records_skipped
@@ -475,15 +494,25 @@ impl Uplink {
             let mut e = encoders.remove(&topic).expect("every topic has an encoder");
             if !e.is_empty() {
                 let records_in = e.len();
-                done.push((topic, records_in, e.finish()));
+                done.push((topic, records_in, e.finish(), window_end));
             }
         }
-        let made = done.len();
-        for (topic, records, payload) in done {
+        let windows = if !static_topic {
+            vec![(window_end, done.len())]
+        } else if done.is_empty() {
+            vec![(window_end, 0)]
+        } else {
+            // The last batch also covers what follows it in the read
+            // (records of other sources, undecodable ones).
+            let last = done.len() - 1;
+            done[last].3 = window_end;
+            done.iter().map(|d| (d.3, 1)).collect()
+        };
+        for (topic, records, payload, end) in done {
             bytes += payload.len();
             n += records;
             self.queue.push_back(Ready {
-                window_end,
+                window_end: if static_topic { end } else { window_end },
                 topic,
                 payload,
                 records,
@@ -492,7 +521,7 @@ impl Uplink {
         if n > 0 {
             self.bytes_per_record = bytes as f64 / n as f64;
         }
-        made
+        windows
     }
 
     fn update_gauges(&self) {

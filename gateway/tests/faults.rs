@@ -1,0 +1,546 @@
+//! Fault injection on the uplink's link and on the daemon while it is
+//! offline: a link throttled to 10 KB/s, and the CPU the daemon spends (and
+//! the reconnects it attempts) while the cloud is unreachable.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry_adapters::record::{Record, Value};
+use ferry_adapters::sink::Item;
+use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
+use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions};
+use ferry_gateway::uplink::batch::{Encoding, Topic};
+use ferry_gateway::uplink::{self, tls, Settings};
+use ferry_testkit::{free_port, json_record_seqs, CloudSubscriber, Mosquitto, Pki, Proxy};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn reading(i: u64) -> Record {
+    Record {
+        ts: 1_764_000_000_000 + i as i64,
+        source: Arc::from("local"),
+        device: format!("{}", i % 10).into(),
+        fields: vec![
+            ("voltage".into(), Value::Int(600 + (i % 50) as i64)),
+            ("sequence".into(), Value::Int(i as i64)),
+        ],
+    }
+}
+
+/// The gateway library's store, ingest writer and one uplink, in process.
+struct Gateway {
+    _dir: tempfile::TempDir,
+    store: Store,
+    ingest: IngestHandle,
+    metrics: UplinkMetrics,
+}
+
+impl Gateway {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
+        let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+        Gateway {
+            _dir: dir,
+            store,
+            ingest,
+            metrics: UplinkMetrics::new(),
+        }
+    }
+
+    async fn store(&self, range: std::ops::Range<u64>) {
+        for chunk in range.collect::<Vec<_>>().chunks(500) {
+            let items = chunk.iter().map(|&i| Item::Record(reading(i))).collect();
+            self.ingest.sink.submit_and_wait(items).await.unwrap();
+        }
+    }
+
+    fn start(&self, s: Settings) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(uplink::run(
+            s,
+            self.store.clone(),
+            self.ingest.cursors.clone(),
+            self.metrics.clone(),
+            cancel.clone(),
+        ));
+        (cancel, task)
+    }
+}
+
+fn settings(pki: &Pki, addr: SocketAddr) -> Settings {
+    Settings {
+        name: "cloud".into(),
+        gateway: pki.client_id.clone(),
+        client_id: pki.client_id.clone(),
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        tls: Some(tls::client_config(&pki.ca, &pki.client.cert, &pki.client.key, &[]).unwrap()),
+        topic: Topic::parse("dt/ferry/{gateway}/telemetry", &pki.client_id).unwrap(),
+        encoding: Encoding::Json,
+        max_batch_bytes: 128 * 1024,
+        max_batch_age: Duration::from_millis(50),
+        max_inflight: 100,
+        publishes_per_second: 100,
+        bytes_per_second: 512 * 1024,
+        keep_alive: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(10),
+        puback_timeout: Duration::from_secs(30),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+        drain_timeout: Duration::from_secs(5),
+        sources: vec![],
+        window_records: 2048,
+        stream: ferry_gateway::store::Stream::Raw,
+    }
+}
+
+/// A 10 KB/s link (each way) carrying batches that each take longer to
+/// cross than a fifth of `puback_timeout`, and all of them together far
+/// longer than it: the uplink keeps one session, sends every record exactly
+/// once, and keeps each batch within its limits. The PUBACK timeout counts
+/// from the last sign of progress, so a slow link is never mistaken for a
+/// dead one (which would resend the whole window again and again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_throttled_to_10_kb_per_s_delivers_each_record_once_without_resend_storms() {
+    const RECORDS: u64 = 1_000;
+    const RATE: u64 = 10_000;
+    const MAX_BATCH: usize = 16 * 1024;
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let cloud = Mosquitto::tls(&pki).unwrap();
+    let link = Proxy::start(cloud.tls_addr()).await.unwrap();
+    link.throttle(RATE);
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
+    let gw = Gateway::new();
+    gw.store(0..RECORDS).await;
+    let mut s = settings(&pki, link.addr());
+    s.max_batch_bytes = MAX_BATCH;
+    // One batch crosses in ~1.6 s; all of them take ~12 s.
+    s.puback_timeout = Duration::from_secs(4);
+    let started = Instant::now();
+    let (cancel, task) = gw.start(s);
+    let seen = sub
+        .wait_for_seqs(1..RECORDS + 1, WAIT, |m| json_record_seqs(&m.payload))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(seen.is_complete(), "{seen}");
+    assert_eq!(seen.duplicates(), 0, "exactly once on a slow link: {seen}");
+    assert_eq!(seen.outside(), 0);
+    let payload: usize = sub.messages().iter().map(|m| m.payload.len()).sum();
+    for m in sub.messages() {
+        assert!(m.payload.len() <= MAX_BATCH, "{} bytes", m.payload.len());
+    }
+    let label = UplinkMetrics::label("cloud");
+    let m = &gw.metrics;
+    assert_eq!(m.connect_errors.get_or_create(&label).get(), 0);
+    assert_eq!(m.connects.get_or_create(&label).get(), 1);
+    assert_eq!(link.accepted(), 1, "one connection, never given up");
+    // What crossed the link: the payloads once, plus TLS and MQTT framing.
+    let up = link.bytes_up();
+    assert!(
+        up <= payload as u64 * 11 / 10 + 16 * 1024,
+        "{up} bytes on the wire for {payload} bytes of payload: something was resent"
+    );
+    // And the link really was slow.
+    assert!(
+        took >= Duration::from_secs_f64(payload as f64 / RATE as f64 * 0.9),
+        "{payload} bytes crossed 10 KB/s in {took:?}"
+    );
+    eprintln!(
+        "{RECORDS} records in {} publishes ({payload} payload bytes, {up} on the wire) in {took:?}",
+        sub.len()
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// CPU time (user + system) of process `pid` so far, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces), which ends at the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
+/// A sample's value on the daemon's /metrics page (the sum over its labels).
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    http_get(addr, "/metrics")
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// How long the CPU is measured while offline, and the bound: 2% of one core.
+const OFFLINE_WINDOW: Duration = Duration::from_secs(6);
+const OFFLINE_CPU_SHARE: f64 = 0.02;
+
+/// The daemon with its embedded broker, a backlog of readings and an uplink
+/// to `cloud` (fast timeouts, so that reconnects happen within the window).
+fn offline_daemon(dir: &std::path::Path, cloud: SocketAddr, pki: &Pki) -> (Ferry, SocketAddr) {
+    let broker = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let config = broker_config(&dir.join("data"), broker, cloud, pki, metrics).replace(
+        "[metrics]",
+        "connect_timeout = \"1s\"\npuback_timeout = \"1s\"\nkeep_alive = \"5s\"\n\n[metrics]",
+    );
+    let ferry = Ferry::start(dir, &config);
+    (ferry, broker)
+}
+
+async fn publish_backlog(broker: SocketAddr, n: u64) {
+    let mut p = Publisher::connect(broker, "device-pub").await.unwrap();
+    for i in 0..n {
+        p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
+    }
+}
+
+/// Measures CPU time and reconnect attempts over [`OFFLINE_WINDOW`];
+/// `attempts` counts them however the case can.
+async fn measure_offline(ferry: &Ferry, attempts: impl Fn() -> u64) -> (Duration, u64, Duration) {
+    let (cpu0, n0, t0) = (cpu_time(ferry.pid()), attempts(), Instant::now());
+    // A measuring interval, not a wait for something to happen.
+    tokio::time::sleep(OFFLINE_WINDOW).await;
+    let (cpu1, n1, t1) = (cpu_time(ferry.pid()), attempts(), Instant::now());
+    (cpu1 - cpu0, n1 - n0, t1 - t0)
+}
+
+fn assert_low_cpu(what: &str, cpu: Duration, wall: Duration) {
+    let share = cpu.as_secs_f64() / wall.as_secs_f64();
+    eprintln!(
+        "{what}: {cpu:?} CPU in {wall:?} = {:.2}% of one core",
+        share * 100.0
+    );
+    assert!(
+        share < OFFLINE_CPU_SHARE,
+        "{what}: the daemon used {cpu:?} of CPU in {wall:?} ({:.2}% of a core; bound {}%)",
+        share * 100.0,
+        OFFLINE_CPU_SHARE * 100.0
+    );
+}
+
+/// The cloud refuses connections (nothing listens): reconnects follow the
+/// backoff (`reconnect_min` 100 ms doubling to `reconnect_max` 1 s, full
+/// jitter: about 2 attempts a second once at the cap, never a busy loop) and
+/// the daemon's CPU stays under 2% of a core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_with_the_cloud_refusing_connections_cpu_stays_low_and_reconnects_back_off() {
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let down = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let dir = tempfile::tempdir().unwrap();
+    let (ferry, broker) = offline_daemon(dir.path(), down, &pki);
+    let metrics = metrics_addr(&ferry);
+    publish_backlog(broker, 500).await;
+    let errors = || metric(metrics, "ferry_uplink_connect_errors_total") as u64;
+    // Past the first doublings: at the 1 s cap.
+    ferry_testkit::wait_until(WAIT, "five failed connects", || errors() >= 5)
+        .await
+        .unwrap();
+    let (cpu, attempts, wall) = measure_offline(&ferry, errors).await;
+    eprintln!("{attempts} connection attempts in {wall:?}");
+    // Uniform delays in [0.01 s, 1 s], mean ~0.5 s: ~12 in 6 s. A busy loop
+    // would make thousands; no retrying at all would make none.
+    assert!(
+        (2..=40).contains(&attempts),
+        "{attempts} attempts in {wall:?}"
+    );
+    assert_low_cpu("cloud refusing connections", cpu, wall);
+    assert_eq!(metric(metrics, "ferry_ingest_head_seq"), 500.0);
+}
+
+/// The link is blackholed (packets vanish, connections stay open): each
+/// attempt waits out `connect_timeout` (1 s) before the backoff, and the
+/// daemon's CPU stays under 2% of a core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_behind_a_blackholed_link_cpu_stays_low_and_reconnects_back_off() {
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let cloud = Mosquitto::tls(&pki).unwrap();
+    let link = Proxy::start(cloud.tls_addr()).await.unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ferry, broker) = offline_daemon(dir.path(), link.addr(), &pki);
+    let metrics = metrics_addr(&ferry);
+    publish_backlog(broker, 100).await;
+    sub.wait_for_seqs(1..101, WAIT, |m| json_record_seqs(&m.payload))
+        .await
+        .unwrap();
+    link.blackhole().await;
+    publish_backlog(broker, 500).await;
+    let errors = || metric(metrics, "ferry_uplink_connect_errors_total") as u64;
+    ferry_testkit::wait_until(WAIT, "the session given up, twice", || errors() >= 2)
+        .await
+        .unwrap();
+    let (cpu, attempts, wall) = measure_offline(&ferry, || link.accepted()).await;
+    eprintln!("{attempts} connections accepted by the blackhole in {wall:?}");
+    // Each attempt: 1 s unanswered, then up to 1 s of backoff.
+    let most = (wall.as_secs_f64() / 1.0).ceil() as u64 + 1;
+    assert!(
+        (1..=most).contains(&attempts),
+        "{attempts} attempts in {wall:?} (at most {most})"
+    );
+    assert_low_cpu("blackholed link", cpu, wall);
+    // And when the link returns, the backlog goes out.
+    link.restore();
+    let seen = sub
+        .wait_for_seqs(1..601, WAIT, |m| json_record_seqs(&m.payload))
+        .await
+        .unwrap();
+    assert!(seen.is_complete(), "{seen}");
+}
+
+/// The metrics address from the daemon's config file.
+fn metrics_addr(ferry: &Ferry) -> SocketAddr {
+    let config = std::fs::read_to_string(&ferry.config).unwrap();
+    let section = &config[config.find("[metrics]").unwrap()..];
+    let line = section.lines().find(|l| l.starts_with("listen")).unwrap();
+    line.split('"').nth(1).unwrap().parse().unwrap()
+}
+
+/// An ext4 file system in an image file, loop-mounted (needs root).
+/// `errors=remount-ro`, as Raspberry Pi OS mounts its root: after an error
+/// the kernel turns the file system read-only under the running daemon.
+struct LoopFs {
+    image: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl LoopFs {
+    fn create(under: &std::path::Path) -> Option<LoopFs> {
+        let image = under.join("store.img");
+        let dir = under.join("mnt");
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::File::create(&image).ok()?.set_len(64 << 20).ok()?;
+        let ok = run("mkfs.ext4", &["-q", "-F", image.to_str()?]).is_ok();
+        let fs = LoopFs { image, dir };
+        (ok && fs.mount().is_ok()).then_some(fs)
+    }
+
+    fn mount(&self) -> Result<(), String> {
+        run(
+            "mount",
+            &[
+                "-o",
+                "loop,errors=remount-ro",
+                self.image.to_str().unwrap(),
+                self.dir.to_str().unwrap(),
+            ],
+        )
+    }
+
+    /// What the kernel does on an I/O error with `errors=remount-ro`: from
+    /// now on every write and every open for writing fails with EROFS.
+    fn turn_read_only(&self) {
+        run(
+            "mount",
+            &["-o", "remount,abort", self.dir.to_str().unwrap()],
+        )
+        .unwrap();
+    }
+
+    /// What an operator does: unmount, check, mount again.
+    fn repair(&self) -> Result<(), String> {
+        run("umount", &[self.dir.to_str().unwrap()])?;
+        // e2fsck exits 1 when it corrected something: that is a repair.
+        let _ = run("e2fsck", &["-f", "-y", self.image.to_str().unwrap()]);
+        self.mount()
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = run("umount", &["-l", self.dir.to_str().unwrap()]);
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {args:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The store's file system turns read-only under the running daemon (as
+/// `errors=remount-ro` does after a card error): no panic, readings are not
+/// acknowledged to the local broker (subscribe mode), so nothing is lost;
+/// `ferry_store_writable` shows 0 and commit errors are counted. After the
+/// operator repairs and remounts the file system, ingest resumes by itself
+/// (the writer reopens the store file by its path) and every reading,
+/// before, during and after, reaches the store and the cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_file_system_turning_read_only_loses_nothing_and_ingest_resumes_by_itself() {
+    if !is_root() {
+        eprintln!("skipped: mounting a file system needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = LoopFs::create(dir.path()) else {
+        panic!("cannot make and loop-mount an ext4 image as root (mkfs.ext4, loop devices)");
+    };
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let cloud = Mosquitto::tls(&pki).unwrap();
+    let local = Mosquitto::plain().unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let data = fs.dir.join("data");
+    let config = subscribe_config(&data, local.plain_addr(), cloud.tls_addr(), &pki, metrics);
+    let mut ferry = Ferry::start(dir.path(), &config);
+    tokio::task::block_in_place(|| ferry.wait_log("subscribed", Duration::from_secs(30)));
+    let mut p = Publisher::connect(local.plain_addr(), "device-pub")
+        .await
+        .unwrap();
+    for i in 0..200 {
+        p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
+    }
+    ferry_testkit::wait_until(WAIT, "200 readings stored", || {
+        metric(metrics, "ferry_ingest_head_seq") == 200.0
+    })
+    .await
+    .unwrap();
+
+    fs.turn_read_only();
+    for i in 200..400 {
+        p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
+    }
+    ferry_testkit::wait_until(WAIT, "commits failing, shown in the metrics", || {
+        metric(metrics, "ferry_store_writable") == 0.0
+            && metric(metrics, "ferry_ingest_commit_errors_total") >= 1.0
+    })
+    .await
+    .unwrap();
+    assert_eq!(metric(metrics, "ferry_ingest_head_seq"), 200.0);
+    assert!(
+        ferry_alive(&mut ferry),
+        "the daemon ended on a read-only store"
+    );
+
+    // The operator repairs the file system; nothing is done to the daemon.
+    // (The writer closed the file when its commit failed, so it unmounts.)
+    ferry_testkit::wait_until(WAIT, "the file system unmounted and repaired", || {
+        fs.repair().is_ok()
+    })
+    .await
+    .unwrap();
+    for i in 400..500 {
+        p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
+    }
+    let seen = sub.wait_for_seqs(0..500, WAIT, sequences).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    assert_eq!(metric(metrics, "ferry_store_writable"), 1.0);
+    let log = ferry.log().join("\n");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("Read-only file system"), "the cause is logged");
+    assert!(log.contains("store reopened"), "{log}");
+    eprintln!(
+        "read-only: {} commit errors, {} records refused, then resumed; {} readings at the cloud",
+        metric(metrics, "ferry_ingest_commit_errors_total"),
+        metric(metrics, "ferry_ingest_records_failed_total"),
+        seen.distinct()
+    );
+
+    // Every reading is in the store file, once or more (redelivered ones).
+    assert!(ferry.terminate().success());
+    let store = Store::open(&Store::file_in(&data), &StoreOptions::default()).unwrap();
+    let mut out = Vec::new();
+    store.read_records(0, usize::MAX, &mut out).unwrap();
+    let mut have = std::collections::BTreeSet::new();
+    for r in &out {
+        let seq = r.record.fields.iter().find(|(k, _)| &**k == "sequence");
+        if let Some((_, Value::Int(n))) = seq {
+            have.insert(*n);
+        }
+    }
+    assert_eq!(have, (0..500).collect(), "every reading is stored");
+    drop(store);
+}
+
+fn ferry_alive(ferry: &mut Ferry) -> bool {
+    // The process exists and is not a zombie.
+    std::fs::read_to_string(format!("/proc/{}/stat", ferry.pid()))
+        .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+}
+
+/// Starting on a store directory that is read-only: the daemon exits at
+/// once with a message naming the store file and the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_on_a_read_only_store_directory_fails_with_a_clear_error() {
+    if !is_root() {
+        eprintln!("skipped: mounting a file system needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("ro");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = run("umount", &["-l", self.0.to_str().unwrap()]);
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let data = mnt.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    run("mount", &["-o", "remount,ro", mnt.to_str().unwrap()]).unwrap();
+
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let broker = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let cloud = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, broker_config(&data, broker, cloud, &pki, metrics)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = Store::file_in(&data);
+    assert_eq!(out.status.code(), Some(73), "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    assert!(stderr.contains("read-only"), "{stderr}");
+}
