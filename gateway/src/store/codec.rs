@@ -16,7 +16,9 @@
 //!
 //! Decoding never panics on bad bytes: it returns [`DecodeError`].
 
-use ferry_adapters::record::{Millis, Value};
+use std::sync::Arc;
+
+use ferry_adapters::record::{DeadLetter, Millis, Record, Value};
 use thiserror::Error;
 
 /// The format version written as the first byte of every stored value.
@@ -217,6 +219,68 @@ pub fn put_dead_letter(buf: &mut Vec<u8>, d: &ferry_adapters::record::DeadLetter
     put_bytes(buf, d.origin.as_bytes());
     put_bytes(buf, d.reason.as_bytes());
     put_bytes(buf, &d.payload);
+}
+
+/// Decodes one stored record; `names` is the interned name table (an id is
+/// its index).
+pub fn decode_record(bytes: &[u8], names: &[Arc<str>]) -> Result<Record, DecodeError> {
+    let name = |id: u32| names.get(id as usize).ok_or(DecodeError::Name(id));
+    let mut r = Reader::new(bytes);
+    r.version()?;
+    let ts = r.zvarint()?;
+    let source = name(r.id()?)?.clone();
+    let device = Box::from(&**name(r.id()?)?);
+    let n = r.varint()?;
+    let mut fields = Vec::with_capacity(n.min(256) as usize);
+    for _ in 0..n {
+        let field = Box::from(&**name(r.id()?)?);
+        fields.push((field, r.value()?));
+    }
+    r.finish()?;
+    Ok(Record {
+        ts,
+        source,
+        device,
+        fields,
+    })
+}
+
+/// Decodes one stored dead letter. A kind that is not one of
+/// [`Reject::KINDS`](ferry_adapters::mqtt::Reject::KINDS) reads back as
+/// `other`.
+pub fn decode_dead_letter(bytes: &[u8], names: &[Arc<str>]) -> Result<DeadLetter, DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.version()?;
+    let ts = r.zvarint()?;
+    let id = r.id()?;
+    let source = names
+        .get(id as usize)
+        .cloned()
+        .ok_or(DecodeError::Name(id))?;
+    let payload_len = r.varint()? as u32;
+    let kind = known_kind(r.str()?);
+    let origin = r.str()?.into();
+    let reason = r.str()?.into();
+    let payload = r.bytes()?.to_vec();
+    r.finish()?;
+    Ok(DeadLetter {
+        ts,
+        source,
+        origin,
+        kind,
+        reason,
+        payload,
+        payload_len,
+    })
+}
+
+/// Dead-letter kinds are a closed set of labels; map a stored one back to it.
+fn known_kind(s: &str) -> &'static str {
+    ferry_adapters::mqtt::Reject::KINDS
+        .iter()
+        .find(|k| **k == s)
+        .copied()
+        .unwrap_or("other")
 }
 
 #[cfg(test)]

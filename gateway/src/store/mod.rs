@@ -47,7 +47,7 @@ pub use names::Names;
 pub use retention::{Retention, WhenFull};
 pub use writer::{spawn_ingest, Cursors, IngestConfig, IngestHandle, RouteCommit, RouteCommits};
 
-use codec::{DecodeError, Reader};
+use codec::DecodeError;
 
 pub(crate) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 pub(crate) const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead");
@@ -555,63 +555,12 @@ impl Store {
 
     /// Decodes one stored record.
     pub fn decode_record(&self, bytes: &[u8]) -> Result<Record, DecodeError> {
-        let names = self.inner.names.snapshot();
-        let name = |id: u32| names.get(id as usize).cloned().ok_or(DecodeError::Name(id));
-        let mut r = Reader::new(bytes);
-        r.version()?;
-        let ts = r.zvarint()?;
-        let source = name(r.id()?)?;
-        let device = Box::from(&*name(r.id()?)?);
-        let n = r.varint()? as usize;
-        let mut fields = Vec::with_capacity(n.min(256));
-        for _ in 0..n {
-            let field = Box::from(&*name(r.id()?)?);
-            fields.push((field, r.value()?));
-        }
-        r.finish()?;
-        Ok(Record {
-            ts,
-            source,
-            device,
-            fields,
-        })
+        codec::decode_record(bytes, &self.inner.names.snapshot())
     }
 
     pub(crate) fn decode_dead(&self, bytes: &[u8]) -> Result<DeadLetter, DecodeError> {
-        let names = self.inner.names.snapshot();
-        let mut r = Reader::new(bytes);
-        r.version()?;
-        let ts = r.zvarint()?;
-        let id = r.id()?;
-        let source = names
-            .get(id as usize)
-            .cloned()
-            .ok_or(DecodeError::Name(id))?;
-        let payload_len = r.varint()? as u32;
-        let kind = known_kind(r.str()?);
-        let origin = r.str()?.into();
-        let reason = r.str()?.into();
-        let payload = r.bytes()?.to_vec();
-        r.finish()?;
-        Ok(DeadLetter {
-            ts,
-            source,
-            origin,
-            kind,
-            reason,
-            payload,
-            payload_len,
-        })
+        codec::decode_dead_letter(bytes, &self.inner.names.snapshot())
     }
-}
-
-/// Dead-letter kinds are a closed set of labels; map a stored one back to it.
-fn known_kind(s: &str) -> &'static str {
-    ferry_adapters::mqtt::Reject::KINDS
-        .iter()
-        .find(|k| **k == s)
-        .copied()
-        .unwrap_or("other")
 }
 
 fn last_key(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {
