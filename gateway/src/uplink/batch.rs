@@ -132,6 +132,24 @@ fn json_str(buf: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *buf, s).expect("writing to a Vec cannot fail");
 }
 
+/// At least the length of `s` as a JSON string: quotes, `\"` and `\\` take
+/// two bytes, a control character at most six (`\u001f`).
+fn json_str_bound(s: &str) -> usize {
+    2 + s.len()
+        + s.bytes()
+            .map(|b| match b {
+                b'"' | b'\\' => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+}
+
+/// Decimal digits of `n`.
+fn digits(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 fn json_value(buf: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Bool(b) => buf.extend_from_slice(if *b { b"true" } else { b"false" }),
@@ -239,6 +257,8 @@ impl Encoder for JsonEncoder {
 /// The `columnar` encoding.
 pub struct ColumnarEncoder {
     gateway: String,
+    /// The gateway id as a JSON string.
+    gateway_json: Vec<u8>,
     max_bytes: usize,
     n: usize,
     seq: Vec<u8>,
@@ -249,7 +269,8 @@ pub struct ColumnarEncoder {
     source_col: Vec<u8>,
     devices: Dict,
     device_col: Vec<u8>,
-    columns: Vec<(Box<str>, Vec<u8>)>,
+    /// Each field's name as a JSON string, and its column of values.
+    columns: Vec<(Vec<u8>, Vec<u8>)>,
     column_ids: HashMap<Box<str>, usize>,
     touched: Vec<bool>,
     size: usize,
@@ -278,13 +299,18 @@ impl Dict {
     }
 }
 
-/// Fixed bytes of a columnar batch beyond its columns (keys and brackets).
+/// Fixed bytes of a columnar batch beyond its columns and the gateway id:
+/// keys and brackets (91 with several sources), with room to spare.
 const COLUMNAR_OVERHEAD: usize = 96;
 
 impl ColumnarEncoder {
     pub fn new(gateway: &str, max_bytes: usize) -> Self {
+        let mut gateway_json = Vec::new();
+        json_str(&mut gateway_json, gateway);
+        let size = COLUMNAR_OVERHEAD + gateway_json.len();
         ColumnarEncoder {
             gateway: gateway.to_owned(),
+            gateway_json,
             max_bytes,
             n: 0,
             seq: Vec::new(),
@@ -298,25 +324,37 @@ impl ColumnarEncoder {
             columns: Vec::new(),
             column_ids: HashMap::new(),
             touched: Vec::new(),
-            size: COLUMNAR_OVERHEAD,
+            size,
         }
     }
 
-    /// The bytes `r` would add, without adding it.
+    /// At least the bytes `r` would add, without adding it: the check that
+    /// keeps a batch within `max_bytes`. Exact sizes are counted on push.
     fn cost(&self, r: &StoredRecord) -> usize {
-        // Generous upper bounds per column; exact sizes are counted on push.
-        let mut cost = 21 + 21 + 4 + 4;
-        cost += r.record.source.len() + r.record.device.len() + 8;
+        // A separator and at most 20 characters each: seq and ts.
+        let mut cost = 21 + 21;
+        // The source and the device: a separator and an index into their
+        // listing (one more entry if new), and the new entry.
+        for (dict, name) in [
+            (&self.sources, &*r.record.source),
+            (&self.devices, &*r.record.device),
+        ] {
+            cost += 1 + digits(dict.ids.len() + 1);
+            if !dict.ids.contains_key(name) {
+                cost += 1 + json_str_bound(name);
+            }
+        }
         for (name, value) in &r.record.fields {
             cost += 1 + match value {
                 Value::Bool(_) => 5,
                 Value::Int(_) => 20,
                 Value::Float(_) => 24,
-                Value::Str(s) => s.len() * 6 + 2,
+                Value::Str(s) => json_str_bound(s),
             };
             if !self.column_ids.contains_key(name) {
-                // A new column: its name and a null for every earlier record.
-                cost += name.len() * 6 + 4 + self.n * 5;
+                // A new column: its name, brackets and separators, and a null
+                // for every earlier record.
+                cost += json_str_bound(name) + 4 + self.n * 5;
             }
         }
         // Columns this record lacks get a null.
@@ -366,7 +404,9 @@ impl Encoder for ColumnarEncoder {
                         }
                         col.extend_from_slice(b"null");
                     }
-                    self.columns.push((name.clone(), col));
+                    let mut json = Vec::new();
+                    json_str(&mut json, name);
+                    self.columns.push((json, col));
                     self.touched.push(false);
                     self.column_ids.insert(name.clone(), self.columns.len() - 1);
                     self.columns.len() - 1
@@ -406,7 +446,7 @@ impl Encoder for ColumnarEncoder {
     fn finish(&mut self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.size);
         out.extend_from_slice(b"{\"gateway\":");
-        json_str(&mut out, &self.gateway);
+        out.extend_from_slice(&self.gateway_json);
         out.extend_from_slice(b",\"seq\":[");
         out.extend_from_slice(&self.seq);
         out.extend_from_slice(b"],\"ts\":[");
@@ -430,7 +470,7 @@ impl Encoder for ColumnarEncoder {
             if i > 0 {
                 out.push(b',');
             }
-            json_str(&mut out, name);
+            out.extend_from_slice(name);
             out.extend_from_slice(b":[");
             out.extend_from_slice(col);
             out.push(b']');
@@ -452,7 +492,7 @@ impl ColumnarEncoder {
             + self
                 .columns
                 .iter()
-                .map(|(n, c)| n.len() + 6 + c.len())
+                .map(|(n, c)| n.len() + 4 + c.len())
                 .sum::<usize>()
     }
 }

@@ -172,3 +172,65 @@ fn topics_render_placeholders_safely() {
         "unknown placeholder `{nope}` in topic `a/{nope}`"
     );
 }
+
+/// Found by the `uplink_batch` fuzz target: a columnar batch went over its
+/// limit when the gateway id was long (it was not counted) or names needed
+/// JSON escapes (counted unescaped). The limit holds whatever the names.
+#[test]
+fn columnar_stays_within_the_limit_with_long_ids_and_escaped_names() {
+    let gateways = ["g".repeat(128), "\"".repeat(128), "pi-7".into()];
+    let names = [
+        "\"".repeat(40),
+        "\\".repeat(40),
+        "\u{1}".repeat(40),
+        "v".into(),
+    ];
+    for gateway in &gateways {
+        for name in &names {
+            for max in (1024..1400).step_by(7) {
+                let mut e = ColumnarEncoder::new(gateway, max);
+                let mut seq = 1;
+                let mut pushed = 0;
+                loop {
+                    // A new device, source-like name and column on every record.
+                    let r = StoredRecord {
+                        seq,
+                        record: Record {
+                            ts: i64::MIN + seq as i64,
+                            source: Arc::from(format!("{name}{}", seq % 3).as_str()),
+                            device: format!("{name}{seq}").into(),
+                            fields: vec![
+                                (
+                                    format!("{name}{seq}").into(),
+                                    Value::Float(-2.2250738585072014e-308),
+                                ),
+                                ("s".into(), Value::Str(name.as_str().into())),
+                            ],
+                        },
+                    };
+                    if !e.push(&r) {
+                        break;
+                    }
+                    pushed += 1;
+                    seq += 1;
+                }
+                if name == "v" {
+                    assert!(pushed > 3, "{pushed} records in {max} bytes");
+                }
+                let size = e.size();
+                let p = e.finish();
+                assert!(
+                    p.len() <= max,
+                    "{} > {max} ({gateway:?}, {name:?})",
+                    p.len()
+                );
+                assert!(
+                    p.len() <= size,
+                    "size() {size} is not an upper bound of {}",
+                    p.len()
+                );
+                serde_json::from_slice::<serde_json::Value>(&p).unwrap();
+            }
+        }
+    }
+}
