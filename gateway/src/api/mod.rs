@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod client;
 mod handlers;
+mod json;
 mod params;
 
 use std::net::SocketAddr;
