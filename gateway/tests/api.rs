@@ -1,16 +1,21 @@
 //! The query API over HTTP, and the CLI commands that read it, against a
 //! store with known data.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_adapters::record::{DeadLetter, Record, Value};
 use ferry_adapters::sink::Item;
 use ferry_gateway::api::client::{Client, Response};
 use ferry_gateway::api::{serve, ApiContext};
-use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
+use ferry_gateway::config::Config;
+use ferry_gateway::metrics::{IngestMetrics, PipelineMetrics, UplinkMetrics};
 use ferry_gateway::query::{Engine, Index, IndexOptions};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions};
+use ferry_gateway::route::spawn_route;
+use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions, Stream};
 use serde_json::{json, Value as J};
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +24,7 @@ const TOKEN: &str = "s3cret";
 
 struct Api {
     _dir: tempfile::TempDir,
+    store: Store,
     ingest: IngestHandle,
     addr: String,
     cancel: CancellationToken,
@@ -76,8 +82,32 @@ async fn start() -> Api {
         b"oops",
     )));
     ingest.sink.submit_and_wait(items).await.unwrap();
-    let (_names_tx, names) = tokio::sync::watch::channel(vec![Arc::from("cloud")]);
+    // A route of one-minute sums, and an uplink `summary` that sends it.
+    let cancel = CancellationToken::new();
+    let text = "[sources.local]\ntype = \"mqtt_broker\"\n[routes.sums]\n\
+                window = { size = \"1m\", aggregates = [\"sum\"] }\n";
+    let mut config = Config::from_toml(text, Path::new("t.toml")).unwrap();
+    spawn_route(
+        "sums",
+        config.routes.remove("sums").unwrap(),
+        store.clone(),
+        ingest.routes.clone(),
+        PipelineMetrics::new(),
+        cancel.clone(),
+    );
+    let route = Stream::Route("sums".into());
+    let mut heads = store.watch_heads();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while store.stream_head(&route).unwrap() == 0 {
+            heads.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the route emits the first minute's sums");
+    let (_names_tx, names) =
+        tokio::sync::watch::channel(vec![Arc::from("cloud"), Arc::from("summary")]);
     std::mem::forget(_names_tx);
+    let store_for_test = store.clone();
     let ctx = ApiContext {
         engine: Engine::new(store, index),
         gateway: "test-gw".into(),
@@ -87,13 +117,14 @@ async fn start() -> Api {
         ingest: IngestMetrics::new(),
         uplinks: UplinkMetrics::new(),
         uplink_names: names,
+        uplink_streams: HashMap::from([("summary".to_owned(), route)]),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let cancel = CancellationToken::new();
     tokio::spawn(serve(listener, Arc::new(ctx), cancel.clone()));
     Api {
         _dir: dir,
+        store: store_for_test,
         ingest,
         addr,
         cancel,
@@ -286,6 +317,24 @@ async fn the_api_answers_exactly_on_known_data() {
         (Some("cloud"), Some(120), Some(0))
     );
     assert_eq!(u["oldest_unsent_ts"], json!(T0));
+    // An uplink fed by a route: its backlog is the route's output, not the
+    // raw records.
+    let u = &body["uplinks"][1];
+    let mut sums = Vec::new();
+    api.store
+        .read_stream(&Stream::Route("sums".into()), 0, 100, &mut sums)
+        .unwrap();
+    assert!(!sums.is_empty() && sums.len() < 120, "{sums:?}");
+    assert_eq!(
+        (
+            u["name"].as_str(),
+            u["stream"].as_str(),
+            u["backlog"].as_u64()
+        ),
+        (Some("summary"), Some("sums"), Some(sums.len() as u64))
+    );
+    assert_eq!(u["oldest_unsent_ts"], json!(sums[0].record.ts));
+    assert_eq!(body["uplinks"][0]["stream"], J::Null);
 
     // Dead letters with their reasons.
     let (_, body) = get(&api, "/api/v1/dead").await;

@@ -16,7 +16,7 @@ use super::{ApiContext, ApiError};
 use crate::metrics::UplinkMetrics;
 use crate::query::QueryError;
 use crate::store::codec::Reader;
-use crate::store::{Store, StoreError, StoredRecord, RECORDS};
+use crate::store::{Store, StoreError, StoredRecord, Stream, RECORDS};
 use crate::uplink::cursor_name;
 
 type Ctx = State<Arc<ApiContext>>;
@@ -199,10 +199,12 @@ pub async fn query(State(ctx): Ctx, Query(params): Params) -> Result<Body, ApiEr
 }
 
 /// One uplink's state, from the store (durable cursor, what is stored after
-/// it) and the uplink's metrics (connection, acknowledged sequence).
+/// it in the stream the uplink sends: a route's output or the raw records)
+/// and the uplink's metrics (connection, acknowledged sequence).
 fn uplink_state(ctx: &ApiContext, name: &str, now_ms: i64) -> Result<Json_, ApiError> {
     let store = ctx.engine.store();
     let label = UplinkMetrics::label(name);
+    let stream = ctx.uplink_streams.get(name).unwrap_or(&Stream::Raw);
     let cursor = store.cursor(&cursor_name(name))?;
     let acked = ctx
         .uplinks
@@ -210,24 +212,22 @@ fn uplink_state(ctx: &ApiContext, name: &str, now_ms: i64) -> Result<Json_, ApiE
         .get_or_create(&label)
         .get()
         .max(cursor);
-    let head = store.heads().records;
-    let backlog = head.saturating_sub(acked);
-    let oldest = if backlog > 0 {
-        store.first_ts_after(acked)?
-    } else {
-        None
-    };
-    let backlog = match oldest {
-        // Records evicted before delivery are not backlog any more.
-        Some(_) => {
-            let mut first = Vec::with_capacity(1);
-            store.read_records(acked, 1, &mut first)?;
-            first.first().map_or(0, |r| head + 1 - r.seq)
-        }
-        None => 0,
-    };
+    let head = store.stream_head(stream)?;
+    let mut first = Vec::with_capacity(1);
+    if head > acked {
+        store.read_stream(stream, acked, 1, &mut first)?;
+    }
+    let oldest = first.first().map(|r| r.record.ts);
+    // Records evicted before delivery are not backlog any more.
+    let backlog = first
+        .first()
+        .map_or(0, |r| (head + 1).saturating_sub(r.seq));
     Ok(json!({
         "name": name,
+        "stream": match stream {
+            Stream::Raw => None,
+            Stream::Route(r) => Some(&**r),
+        },
         "connected": ctx.uplinks.connected.get_or_create(&label).get() > 0,
         "backlog": backlog,
         "oldest_unsent_ts": oldest,
