@@ -1,14 +1,23 @@
 //! Query benchmark (issue 6): 24 hours of 1 Hz readings for 100 series
-//! (10 devices × 10 fields), stored through the ingest writer with the query
-//! index; then one series over 24 h in 1-minute buckets and over 1 hour raw,
-//! in-process and through the HTTP API, beside SQLite (rusqlite, bundled)
-//! holding the same readings with an index on (series, ts), in the same run.
+//! (10 devices × 10 fields), stored through the ingest writer; the query
+//! index built from that log (the rebuild time); then one series over 24 h
+//! in 1-minute buckets and over 1 hour raw, in-process and through the HTTP
+//! API (a new connection per request, and one kept-alive connection), beside
+//! SQLite (rusqlite, bundled) holding the same readings with an index on
+//! (series, ts), in the same run.
+//!
 //! Also the index's extra bytes written per reading (`/proc/self/io`
-//! `write_bytes`, ingest with and without the index).
+//! `write_bytes`, the log alone and log + index, fresh stores): at full
+//! ingest speed (an hour of data as fast as the writer takes it), and in
+//! real time at 1 Hz (each device's record submitted on its own every
+//! 100 ms, the default commit interval) for `FERRY_BENCH_REALTIME_SECS`
+//! seconds each (default 180 × scale).
 //!
 //! `FERRY_BENCH_SCALE=0.05` shortens the day (to 72 minutes); run as
 //! `cargo bench -p ferry-gateway --bench query`. Prints `name: value unit`.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,6 +113,93 @@ async fn ingest(store: &Store, index: Option<Arc<Index>>, seconds: i64) -> (u64,
     (write_bytes() - before, started.elapsed())
 }
 
+/// Ingests `seconds` of data in real time: each device's record on its own,
+/// one every 100 ms (10 devices: each sends once a second); returns the
+/// bytes written.
+async fn ingest_realtime(store: &Store, index: Option<Arc<Index>>, seconds: i64) -> u64 {
+    let before = write_bytes();
+    let ingest = spawn_ingest(
+        store.clone(),
+        IngestConfig {
+            index: index.map(|i| i as _),
+            ..IngestConfig::default()
+        },
+        IngestMetrics::new(),
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut pending = Vec::new();
+    for s in 0..seconds {
+        for d in 0..DEVICES {
+            tick.tick().await;
+            let mut r = record(d, s);
+            r.ts += d * 100;
+            pending.push(
+                ingest
+                    .sink
+                    .submit(vec![Item::Record(r)])
+                    .await
+                    .expect("submit"),
+            );
+        }
+    }
+    for r in pending {
+        r.committed().await.expect("commit");
+    }
+    drop(ingest.sink);
+    drop(ingest.cursors);
+    ingest.task.await.expect("writer");
+    write_bytes() - before
+}
+
+/// One HTTP/1.1 connection kept alive, as a dashboard holds it.
+struct KeepAlive {
+    reader: BufReader<TcpStream>,
+    authority: String,
+}
+
+impl KeepAlive {
+    fn connect(authority: &str) -> KeepAlive {
+        let stream = TcpStream::connect(authority).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        KeepAlive {
+            reader: BufReader::new(stream),
+            authority: authority.to_owned(),
+        }
+    }
+
+    /// `GET path`: the status and the body's length.
+    fn get(&mut self, path: &str) -> (u16, usize) {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.authority);
+        self.reader
+            .get_mut()
+            .write_all(req.as_bytes())
+            .expect("send");
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        let mut len = 0;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).expect("header");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().expect("length");
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body).expect("body");
+        (status, len)
+    }
+}
+
 fn quantiles(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
     let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0;
@@ -131,49 +227,103 @@ fn main() {
         .build()
         .expect("runtime");
 
-    // 1. Bytes written per reading, without and with the index (one hour of
-    //    data each, fresh stores).
+    // 1. Bytes written per reading, the log alone and log + index (fresh
+    //    stores): an hour of data at full speed, then in real time at 1 Hz.
     let hour = 3600.min(seconds);
+    let fresh = || {
+        let d = tempfile::tempdir_in(&base).expect("dir");
+        let s = Store::open(&Store::file_in(d.path()), &StoreOptions::default()).expect("store");
+        (d, s)
+    };
+    let per = |b: u64, secs: i64| b as f64 / (secs * DEVICES * FIELDS) as f64;
     let (plain, with) = rt.block_on(async {
-        let d1 = tempfile::tempdir_in(&base).expect("dir");
-        let s1 = Store::open(&Store::file_in(d1.path()), &StoreOptions::default()).expect("store");
-        let (plain, _) = ingest(&s1, None, hour).await;
-        let d2 = tempfile::tempdir_in(&base).expect("dir");
-        let s2 = Store::open(&Store::file_in(d2.path()), &StoreOptions::default()).expect("store");
+        let (_d1, s1) = fresh();
+        let (plain, t1) = ingest(&s1, None, hour).await;
+        let (_d2, s2) = fresh();
         let index = Index::open(&s2, IndexOptions::default()).expect("index");
-        let (with, _) = ingest(&s2, Some(index), hour).await;
+        let (with, t2) = ingest(&s2, Some(index), hour).await;
+        let rate =
+            |t: Duration| format!("{:.0}", (hour * DEVICES * FIELDS) as f64 / t.as_secs_f64());
+        fig("ingest_readings_per_second_log_alone", rate(t1), "");
+        fig("ingest_readings_per_second_with_index", rate(t2), "");
         (plain, with)
     });
-    let per = |b: u64| b as f64 / (hour * DEVICES * FIELDS) as f64;
     fig(
         "bytes_written_per_reading_without_index",
-        format!("{:.1}", per(plain)),
+        format!("{:.1}", per(plain, hour)),
         "B",
     );
     fig(
         "bytes_written_per_reading_with_index",
-        format!("{:.1}", per(with)),
+        format!("{:.1}", per(with, hour)),
         "B",
     );
     fig(
         "index_extra_bytes_written_per_reading",
-        format!("{:.1}", per(with) - per(plain)),
+        format!("{:.1}", per(with, hour) - per(plain, hour)),
         "B",
     );
+    let realtime: i64 = std::env::var("FERRY_BENCH_REALTIME_SECS")
+        .ok()
+        .map(|s| {
+            s.parse()
+                .expect("FERRY_BENCH_REALTIME_SECS is a number of seconds")
+        })
+        .unwrap_or(((180.0 * scale) as i64).max(3));
+    if realtime > 0 {
+        let (plain, with) = rt.block_on(async {
+            let (_d1, s1) = fresh();
+            let plain = ingest_realtime(&s1, None, realtime).await;
+            let (_d2, s2) = fresh();
+            let index = Index::open(&s2, IndexOptions::default()).expect("index");
+            let with = ingest_realtime(&s2, Some(index), realtime).await;
+            (plain, with)
+        });
+        fig("realtime_seconds", realtime, "s");
+        fig(
+            "realtime_bytes_written_per_reading_without_index",
+            format!("{:.1}", per(plain, realtime)),
+            "B",
+        );
+        fig(
+            "realtime_bytes_written_per_reading_with_index",
+            format!("{:.1}", per(with, realtime)),
+            "B",
+        );
+        fig(
+            "realtime_index_extra_bytes_written_per_reading",
+            format!("{:.1}", per(with, realtime) - per(plain, realtime)),
+            "B",
+        );
+    }
 
-    // 2. The full data set, with the index.
+    // 2. The full data set, the log alone; then the index built from it.
     let dir = tempfile::tempdir_in(&base).expect("dir");
     let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).expect("store");
-    let index = Index::open(&store, IndexOptions::default()).expect("index");
-    let (_, took) = rt.block_on(ingest(&store, Some(index.clone()), seconds));
+    let (_, took) = rt.block_on(ingest(&store, None, seconds));
     fig(
         "ingest_readings_per_second",
         format!("{:.0}", readings as f64 / took.as_secs_f64()),
         "",
     );
+    let log_bytes = std::fs::metadata(store.path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let t = Instant::now();
+    let index = Index::open(&store, IndexOptions::default()).expect("index");
+    fig(
+        "index_rebuild_seconds",
+        format!("{:.2}", t.elapsed().as_secs_f64()),
+        "s",
+    );
     let file = std::fs::metadata(store.path())
         .map(|m| m.len())
         .unwrap_or(0);
+    fig(
+        "store_file_bytes_per_reading_log_alone",
+        format!("{:.1}", log_bytes as f64 / readings as f64),
+        "B",
+    );
     fig(
         "store_file_bytes_per_reading",
         format!("{:.1}", file as f64 / readings as f64),
@@ -216,8 +366,9 @@ fn main() {
     let ours_bucketed = report("inprocess_24h_1m_buckets", bucketed);
     let ours_raw = report("inprocess_1h_raw", raw);
 
-    // 4. Through the HTTP API (a new connection per request, as curl does).
-    let (http_bucketed, http_raw) = rt.block_on(async {
+    // 4. Through the HTTP API: a new connection per request (as curl does),
+    //    then one kept-alive connection (as a dashboard does).
+    let (http_bucketed, http_raw, ka_bucketed, ka_raw) = rt.block_on(async {
         let (_tx, names) = tokio::sync::watch::channel(Vec::new());
         let ctx = ApiContext {
             engine: engine.clone(),
@@ -228,7 +379,17 @@ fn main() {
             ingest: IngestMetrics::new(),
             uplinks: UplinkMetrics::new(),
             uplink_names: names,
+            uplink_streams: Default::default(),
         };
+        // What handing a query to the blocking pool costs (the handler does,
+        // so a 2-5 ms query never holds a runtime thread).
+        let mut handoff = Vec::new();
+        for _ in 0..QUERIES {
+            let t = Instant::now();
+            tokio::task::spawn_blocking(|| ()).await.expect("noop");
+            handoff.push(t.elapsed());
+        }
+        report("spawn_blocking_handoff", handoff);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -237,8 +398,9 @@ fn main() {
         tokio::spawn(serve(listener, Arc::new(ctx), cancel.clone()));
         let out = tokio::task::spawn_blocking(move || {
             let client = Client::new(&addr, None).expect("client");
+            let mut keep = KeepAlive::connect(&addr);
             let mut rng = fastrand::Rng::with_seed(7);
-            let (mut b, mut r) = (Vec::new(), Vec::new());
+            let (mut b, mut r, mut kb, mut kr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for i in 0..QUERIES {
                 let s = format!("dev{}/f{}", i % 10, (i / 10) % 10);
                 let t = Instant::now();
@@ -256,8 +418,19 @@ fn main() {
                     .expect("get");
                 r.push(t.elapsed());
                 assert_eq!(resp.status, 200);
+                let t = Instant::now();
+                let (status, len) = keep.get(&format!(
+                    "/api/v1/query?series={s}&from={T0}&to={end}&step=1m"
+                ));
+                kb.push(t.elapsed());
+                assert_eq!((status, len as i64 > (seconds + 59) / 60 * 50), (200, true));
+                let t = Instant::now();
+                let (status, _) =
+                    keep.get(&format!("/api/v1/query?series={s}&from={from}&to={to}"));
+                kr.push(t.elapsed());
+                assert_eq!(status, 200);
             }
-            (b, r)
+            (b, r, kb, kr)
         })
         .await
         .expect("client task");
@@ -266,6 +439,8 @@ fn main() {
     });
     report("http_24h_1m_buckets", http_bucketed);
     report("http_1h_raw", http_raw);
+    report("http_keepalive_24h_1m_buckets", ka_bucketed);
+    report("http_keepalive_1h_raw", ka_raw);
     drop((engine, index, store));
 
     // 5. SQLite with the same readings, an index on (series, ts).

@@ -125,7 +125,15 @@ pub async fn run_until(
     info!(store = %store_path.display(), records = heads.records, dead_letters = heads.dead, "store open");
     // Replays the log into the query index where it is behind (all of it
     // the first time); ingest starts after.
-    let index = Index::open(&store, IndexOptions::default()).context("query index")?;
+    let query_metrics = metrics::QueryMetrics::new();
+    let index = Index::open(
+        &store,
+        IndexOptions {
+            metrics: query_metrics.clone(),
+            ..IndexOptions::default()
+        },
+    )
+    .context("query index")?;
 
     let mut registry = metrics::registry();
     metrics::register_build_info(&mut registry);
@@ -140,6 +148,7 @@ pub async fn run_until(
     modbus_metrics.register(&mut registry);
     let pipeline_metrics = PipelineMetrics::new();
     pipeline_metrics.register(&mut registry);
+    query_metrics.register(&mut registry);
 
     let (ready_tx, ready_rx) = watch::channel(None);
     let http_cancel = CancellationToken::new();

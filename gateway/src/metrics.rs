@@ -341,6 +341,33 @@ impl UplinkMetrics {
     }
 }
 
+/// What the query index reports.
+#[derive(Clone, Debug, Default)]
+pub struct QueryMetrics {
+    pub index_lag_records: Gauge,
+    pub index_unpersisted_records: Gauge,
+}
+
+impl QueryMetrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("query");
+        r.register(
+            "index_lag_records",
+            "Stored records the query index has not taken in yet (queries do not see them); nonzero while it catches up with the log",
+            self.index_lag_records.clone(),
+        );
+        r.register(
+            "index_unpersisted_records",
+            "Records the query index holds in memory only: what a restart replays from the log",
+            self.index_unpersisted_records.clone(),
+        );
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeviceLabels {
     pub source: String,

@@ -1,16 +1,21 @@
 //! The query API over HTTP, and the CLI commands that read it, against a
 //! store with known data.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_adapters::record::{DeadLetter, Record, Value};
 use ferry_adapters::sink::Item;
 use ferry_gateway::api::client::{Client, Response};
 use ferry_gateway::api::{serve, ApiContext};
-use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
+use ferry_gateway::config::Config;
+use ferry_gateway::metrics::{IngestMetrics, PipelineMetrics, UplinkMetrics};
 use ferry_gateway::query::{Engine, Index, IndexOptions};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions};
+use ferry_gateway::route::spawn_route;
+use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions, Stream};
 use serde_json::{json, Value as J};
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +24,7 @@ const TOKEN: &str = "s3cret";
 
 struct Api {
     _dir: tempfile::TempDir,
+    store: Store,
     ingest: IngestHandle,
     addr: String,
     cancel: CancellationToken,
@@ -32,7 +38,24 @@ fn reading(i: i64) -> Record {
         fields: vec![
             ("voltage".into(), Value::Int(i)),
             ("temperature".into(), Value::Float(20.0 + i as f64 / 4.0)),
+            (
+                "state".into(),
+                Value::Str(if i < 90 { "idle" } else { "run" }.into()),
+            ),
+            ("count".into(), Value::Int(BIG + i)),
         ],
+    }
+}
+
+/// 2^53 + 1: the first integer an `f64` cannot hold.
+const BIG: i64 = 9_007_199_254_740_993;
+
+fn other(i: i64) -> Record {
+    Record {
+        ts: T0 + 200_000 + i * 1000,
+        source: Arc::from("local"),
+        device: "8".into(),
+        fields: vec![("flow".into(), Value::Int(i))],
     }
 }
 
@@ -59,8 +82,32 @@ async fn start() -> Api {
         b"oops",
     )));
     ingest.sink.submit_and_wait(items).await.unwrap();
-    let (_names_tx, names) = tokio::sync::watch::channel(vec![Arc::from("cloud")]);
+    // A route of one-minute sums, and an uplink `summary` that sends it.
+    let cancel = CancellationToken::new();
+    let text = "[sources.local]\ntype = \"mqtt_broker\"\n[routes.sums]\n\
+                window = { size = \"1m\", aggregates = [\"sum\"] }\n";
+    let mut config = Config::from_toml(text, Path::new("t.toml")).unwrap();
+    spawn_route(
+        "sums",
+        config.routes.remove("sums").unwrap(),
+        store.clone(),
+        ingest.routes.clone(),
+        PipelineMetrics::new(),
+        cancel.clone(),
+    );
+    let route = Stream::Route("sums".into());
+    let mut heads = store.watch_heads();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while store.stream_head(&route).unwrap() == 0 {
+            heads.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the route emits the first minute's sums");
+    let (_names_tx, names) =
+        tokio::sync::watch::channel(vec![Arc::from("cloud"), Arc::from("summary")]);
     std::mem::forget(_names_tx);
+    let store_for_test = store.clone();
     let ctx = ApiContext {
         engine: Engine::new(store, index),
         gateway: "test-gw".into(),
@@ -70,13 +117,14 @@ async fn start() -> Api {
         ingest: IngestMetrics::new(),
         uplinks: UplinkMetrics::new(),
         uplink_names: names,
+        uplink_streams: HashMap::from([("summary".to_owned(), route)]),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let cancel = CancellationToken::new();
     tokio::spawn(serve(listener, Arc::new(ctx), cancel.clone()));
     Api {
         _dir: dir,
+        store: store_for_test,
         ingest,
         addr,
         cancel,
@@ -119,14 +167,52 @@ async fn the_api_answers_exactly_on_known_data() {
     assert_eq!(
         body["devices"],
         json!([{ "device": "7", "last_ts": T0 + 119_000, "fields": [
+            { "field": "count", "first_ts": T0, "last_ts": T0 + 119_000, "last": BIG + 119, "last_seq": 120 },
+            { "field": "state", "first_ts": T0, "last_ts": T0 + 119_000, "last": "run", "last_seq": 120 },
             { "field": "temperature", "first_ts": T0, "last_ts": T0 + 119_000, "last": 49.75, "last_seq": 120 },
-            { "field": "voltage", "first_ts": T0, "last_ts": T0 + 119_000, "last": 119.0, "last_seq": 120 },
+            { "field": "voltage", "first_ts": T0, "last_ts": T0 + 119_000, "last": 119, "last_seq": 120 },
         ]}])
     );
     let (_, body) = get(&api, "/api/v1/devices/7/latest").await;
     assert_eq!(
         body["fields"]["voltage"],
-        json!({ "ts": T0 + 119_000, "value": 119.0, "seq": 120 })
+        json!({ "ts": T0 + 119_000, "value": 119, "seq": 120 })
+    );
+    assert_eq!(body["fields"]["state"]["value"], "run");
+    // Integers above 2^53 exactly, in points and in first/last.
+    let (_, body) = get(
+        &api,
+        &format!(
+            "/api/v1/query?series=7/count&from={}&to={}",
+            T0 + 1000,
+            T0 + 2000
+        ),
+    )
+    .await;
+    assert_eq!(body["series"][0]["points"], json!([[T0 + 1000, BIG + 1]]));
+    assert_eq!(body["series"][0]["points"][0][1].as_i64(), Some(BIG + 1));
+    // Strings: raw points, and buckets of count/first/last (no numbers).
+    let q = format!(
+        "/api/v1/query?series=7/state&from={T0}&to={}&step=1m",
+        T0 + 120_000
+    );
+    let (_, body) = get(&api, &q).await;
+    assert_eq!(
+        body["series"][0]["buckets"],
+        json!([
+            { "ts": T0, "count": 60, "min": null, "max": null, "mean": null, "sum": null, "first": "idle", "last": "idle" },
+            { "ts": T0 + 60_000, "count": 60, "min": null, "max": null, "mean": null, "sum": null, "first": "idle", "last": "run" },
+        ])
+    );
+    let q = format!(
+        "/api/v1/query?series=7/state&from={}&to={}",
+        T0 + 89_000,
+        T0 + 91_000
+    );
+    let (_, body) = get(&api, &q).await;
+    assert_eq!(
+        body["series"][0]["points"],
+        json!([[T0 + 89_000, "idle"], [T0 + 90_000, "run"]])
     );
 
     // Raw: from inclusive, to exclusive.
@@ -138,7 +224,7 @@ async fn the_api_answers_exactly_on_known_data() {
     let (_, body) = get(&api, &q).await;
     assert_eq!(
         body["series"][0]["points"],
-        json!([[T0 + 1000, 1.0], [T0 + 2000, 2.0], [T0 + 3000, 3.0]])
+        json!([[T0 + 1000, 1], [T0 + 2000, 2], [T0 + 3000, 3]])
     );
     // Buckets of a minute, two series.
     let q = format!(
@@ -150,11 +236,12 @@ async fn the_api_answers_exactly_on_known_data() {
     assert_eq!(
         body["series"][0]["buckets"],
         json!([
-            { "ts": T0, "count": 60, "min": 0.0, "max": 59.0, "mean": 29.5, "sum": 1770.0, "first": 0.0, "last": 59.0 },
-            { "ts": T0 + 60_000, "count": 60, "min": 60.0, "max": 119.0, "mean": 89.5, "sum": 5370.0, "first": 60.0, "last": 119.0 },
+            { "ts": T0, "count": 60, "min": 0.0, "max": 59.0, "mean": 29.5, "sum": 1770.0, "first": 0, "last": 59 },
+            { "ts": T0 + 60_000, "count": 60, "min": 60.0, "max": 119.0, "mean": 89.5, "sum": 5370.0, "first": 60, "last": 119 },
         ])
     );
     assert_eq!(body["series"][1]["field"], "temperature");
+    assert_eq!(body["series"][1]["buckets"][1]["last"], 49.75);
     // An empty range and a range with no data.
     let (_, body) = get(
         &api,
@@ -230,6 +317,24 @@ async fn the_api_answers_exactly_on_known_data() {
         (Some("cloud"), Some(120), Some(0))
     );
     assert_eq!(u["oldest_unsent_ts"], json!(T0));
+    // An uplink fed by a route: its backlog is the route's output, not the
+    // raw records.
+    let u = &body["uplinks"][1];
+    let mut sums = Vec::new();
+    api.store
+        .read_stream(&Stream::Route("sums".into()), 0, 100, &mut sums)
+        .unwrap();
+    assert!(!sums.is_empty() && sums.len() < 120, "{sums:?}");
+    assert_eq!(
+        (
+            u["name"].as_str(),
+            u["stream"].as_str(),
+            u["backlog"].as_u64()
+        ),
+        (Some("summary"), Some("sums"), Some(sums.len() as u64))
+    );
+    assert_eq!(u["oldest_unsent_ts"], json!(sums[0].record.ts));
+    assert_eq!(body["uplinks"][0]["stream"], J::Null);
 
     // Dead letters with their reasons.
     let (_, body) = get(&api, "/api/v1/dead").await;
@@ -248,7 +353,7 @@ async fn the_api_answers_exactly_on_known_data() {
     let (_, body) = get(&api, "/api/v1/records?after=119").await;
     assert_eq!(
         body["records"][0]["fields"],
-        json!({ "voltage": 119, "temperature": 49.75 })
+        json!({ "voltage": 119, "temperature": 49.75, "state": "run", "count": BIG + 119 })
     );
     let waiting = {
         let addr = api.addr.clone();
@@ -264,6 +369,31 @@ async fn the_api_answers_exactly_on_known_data() {
     let r = waiting.await.unwrap();
     let body: J = serde_json::from_str(&r.body).unwrap();
     assert_eq!(body["records"][0]["seq"], 121);
+
+    // `device`: `limit` counts that device's records, filtered in the store.
+    let items = (0..5).map(|i| Item::Record(other(i))).collect();
+    api.ingest.sink.submit_and_wait(items).await.unwrap();
+    let seqs = |body: &J| -> Vec<u64> {
+        body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let (_, body) = get(&api, "/api/v1/records?limit=3").await;
+    assert_eq!(seqs(&body), [124, 125, 126]);
+    let (_, body) = get(&api, "/api/v1/records?device=7&limit=3").await;
+    assert_eq!(seqs(&body), [119, 120, 121]);
+    assert_eq!(body["next"], 126);
+    let (_, body) = get(&api, "/api/v1/records?device=8&after=0&limit=2").await;
+    assert_eq!(seqs(&body), [122, 123]);
+    assert_eq!(body["records"][0]["device"], "8");
+    assert_eq!(body["next"], 123);
+    let (_, body) = get(&api, "/api/v1/records?device=7&after=121").await;
+    assert_eq!((seqs(&body), &body["next"]), (vec![], &json!(126)));
+    let (_, body) = get(&api, "/api/v1/records?device=nope").await;
+    assert_eq!(seqs(&body), Vec::<u64>::new());
     api.cancel.cancel();
 }
 
@@ -320,7 +450,7 @@ async fn the_cli_reads_the_api() {
     let body: J = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         body["series"][0]["points"],
-        json!([[T0 + 1000, 1.0], [T0 + 2000, 2.0]])
+        json!([[T0 + 1000, 1], [T0 + 2000, 2]])
     );
 
     let out = run(args(&["status"])).await.unwrap();
@@ -340,6 +470,20 @@ async fn the_cli_reads_the_api() {
             .starts_with("120 2025-11-24T16:01:59.000Z local/7"),
         "{text}"
     );
+
+    // `--device`: the last N records of that device, however many others
+    // came after them.
+    let items = (0..3).map(|i| Item::Record(other(i))).collect();
+    api.ingest.sink.submit_and_wait(items).await.unwrap();
+    let out = run(args(&["tail", "--device", "7", "-n", "2", "--no-follow"]))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("119 "), "{text}");
+    assert!(lines[1].starts_with("120 "), "{text}");
+    assert!(lines.iter().all(|l| l.contains(" local/7 ")), "{text}");
 
     // A bad parameter: the API's message, exit code 1.
     let out = run(args(&["query", "7/voltage", "--step", "0"]))

@@ -7,13 +7,16 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use ferry_adapters::record::Value;
+use redb::ReadableDatabase;
 use serde_json::{json, Map, Value as Json_};
 
+use super::json::{Body, DeviceOut, DevicesOut, FieldOut, Latest, LatestOut, QueryOut, SeriesOut};
 use super::params::{now, parse_count, parse_duration_ms, parse_range};
 use super::{ApiContext, ApiError};
 use crate::metrics::UplinkMetrics;
-use crate::query::{QueryError, Series};
-use crate::store::StoreError;
+use crate::query::QueryError;
+use crate::store::codec::Reader;
+use crate::store::{Store, StoreError, StoredRecord, Stream, RECORDS};
 use crate::uplink::cursor_name;
 
 type Ctx = State<Arc<ApiContext>>;
@@ -24,6 +27,8 @@ type Answer = Result<Json<Json_>, ApiError>;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// The most records or dead letters in one response.
 const MAX_RECORDS: usize = 1000;
+/// The most stored records one `/records?device=` request looks through.
+const MAX_SCAN: usize = 200_000;
 
 fn one<'a>(params: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, ApiError> {
     let mut it = params.iter().filter(|(k, _)| k == name);
@@ -88,54 +93,55 @@ fn value_json(v: &Value) -> Json_ {
 
 /// `GET /api/v1/devices`: every device, its fields, their first and last
 /// timestamp and last value.
-pub async fn devices(State(ctx): Ctx, Query(params): Params) -> Answer {
+pub async fn devices(State(ctx): Ctx, Query(params): Params) -> Result<Body, ApiError> {
     known(&params, &[])?;
-    let list = blocking(move || Ok(ctx.engine.list(None)?)).await?;
-    let mut devices: BTreeMap<&str, Vec<Json_>> = BTreeMap::new();
-    for s in &list {
-        devices.entry(&s.device).or_default().push(json!({
-            "field": &*s.field,
-            "first_ts": s.first_ts,
-            "last_ts": s.last.ts,
-            "last": s.last.value,
-            "last_seq": s.last.seq,
-        }));
-    }
-    let devices: Vec<Json_> = devices
-        .into_iter()
-        .map(|(d, fields)| {
-            let last_ts = fields.iter().filter_map(|f| f["last_ts"].as_i64()).max();
-            json!({ "device": d, "last_ts": last_ts, "fields": fields })
-        })
-        .collect();
-    Ok(Json(json!({ "devices": devices })))
+    blocking(move || {
+        let list = ctx.engine.list(None)?;
+        let mut devices: Vec<DeviceOut<'_>> = Vec::new();
+        // `list` is sorted by device, then field.
+        for s in &list {
+            match devices.last_mut() {
+                Some(d) if d.device == &*s.device => {
+                    d.last_ts = d.last_ts.max(Some(s.last.ts));
+                    d.fields.push(FieldOut::new(s));
+                }
+                _ => devices.push(DeviceOut {
+                    device: &s.device,
+                    last_ts: Some(s.last.ts),
+                    fields: vec![FieldOut::new(s)],
+                }),
+            }
+        }
+        Body::of(&DevicesOut { devices })
+    })
+    .await
 }
 
 /// `GET /api/v1/devices/{device}/latest`: the last value of each field.
-pub async fn latest(State(ctx): Ctx, Path(device): Path<String>, Query(params): Params) -> Answer {
+pub async fn latest(
+    State(ctx): Ctx,
+    Path(device): Path<String>,
+    Query(params): Params,
+) -> Result<Body, ApiError> {
     known(&params, &[])?;
-    let d = device.clone();
-    let list = blocking(move || Ok(ctx.engine.list(Some(&d))?)).await?;
-    if list.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no readings of device `{device}`"
-        )));
-    }
-    let mut fields = Map::new();
-    for s in &list {
-        fields.insert(
-            s.field.to_string(),
-            json!({ "ts": s.last.ts, "value": s.last.value, "seq": s.last.seq }),
-        );
-    }
-    let ts = list.iter().map(|s| s.last.ts).max();
-    Ok(Json(
-        json!({ "device": device, "ts": ts, "fields": fields }),
-    ))
+    blocking(move || {
+        let list = ctx.engine.list(Some(&device))?;
+        if list.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "no readings of device `{device}`"
+            )));
+        }
+        Body::of(&LatestOut {
+            device: &device,
+            ts: list.iter().map(|s| s.last.ts).max(),
+            fields: Latest(&list),
+        })
+    })
+    .await
 }
 
 /// `GET /api/v1/query?series=DEVICE/FIELD&from=&to=&step=&limit=`.
-pub async fn query(State(ctx): Ctx, Query(params): Params) -> Answer {
+pub async fn query(State(ctx): Ctx, Query(params): Params) -> Result<Body, ApiError> {
     known(&params, &["series", "from", "to", "step", "limit"])?;
     let names: Vec<String> = params
         .iter()
@@ -159,7 +165,6 @@ pub async fn query(State(ctx): Ctx, Query(params): Params) -> Answer {
         ctx.max_points,
     )?;
     let mut keys = Vec::with_capacity(names.len());
-    let mut pairs = Vec::with_capacity(names.len());
     for name in &names {
         let Some((device, field)) = name.split_once('/') else {
             return Err(ApiError::bad(format!(
@@ -170,42 +175,36 @@ pub async fn query(State(ctx): Ctx, Query(params): Params) -> Answer {
             ApiError::not_found(format!("no series `{name}`: device or field never stored"))
         })?;
         keys.push(key);
-        pairs.push((device.to_owned(), field.to_owned()));
     }
-    let engine = ctx.engine.clone();
-    let result = blocking(move || Ok(engine.range(&keys, from, to, step, limit)?)).await?;
-    let series: Vec<Json_> = pairs
-        .iter()
-        .zip(&result)
-        .map(|((device, field), s)| match s {
-            Series::Raw(points) => json!({
-                "device": device,
-                "field": field,
-                "points": points.iter().map(|p| json!([p.ts, p.value])).collect::<Vec<_>>(),
-            }),
-            Series::Buckets(buckets) => json!({
-                "device": device,
-                "field": field,
-                "buckets": buckets.iter().map(|b| {
-                    let r = &b.rollup;
-                    json!({
-                        "ts": b.ts, "count": r.count, "min": r.min, "max": r.max,
-                        "mean": r.mean(), "sum": r.sum, "first": r.first, "last": r.last,
-                    })
-                }).collect::<Vec<_>>(),
-            }),
+    // The query and the body's serialization both run off the runtime's
+    // threads (a 24 h query reads ~1,500 blocks).
+    blocking(move || {
+        let result = ctx.engine.range(&keys, from, to, step, limit)?;
+        let series = names
+            .iter()
+            .zip(&result)
+            .map(|(name, s)| {
+                let (device, field) = name.split_once('/').expect("checked above");
+                SeriesOut::new(device, field, s)
+            })
+            .collect();
+        Body::of(&QueryOut {
+            from,
+            to,
+            step,
+            series,
         })
-        .collect();
-    Ok(Json(
-        json!({ "from": from, "to": to, "step": step, "series": series }),
-    ))
+    })
+    .await
 }
 
 /// One uplink's state, from the store (durable cursor, what is stored after
-/// it) and the uplink's metrics (connection, acknowledged sequence).
+/// it in the stream the uplink sends: a route's output or the raw records)
+/// and the uplink's metrics (connection, acknowledged sequence).
 fn uplink_state(ctx: &ApiContext, name: &str, now_ms: i64) -> Result<Json_, ApiError> {
     let store = ctx.engine.store();
     let label = UplinkMetrics::label(name);
+    let stream = ctx.uplink_streams.get(name).unwrap_or(&Stream::Raw);
     let cursor = store.cursor(&cursor_name(name))?;
     let acked = ctx
         .uplinks
@@ -213,24 +212,22 @@ fn uplink_state(ctx: &ApiContext, name: &str, now_ms: i64) -> Result<Json_, ApiE
         .get_or_create(&label)
         .get()
         .max(cursor);
-    let head = store.heads().records;
-    let backlog = head.saturating_sub(acked);
-    let oldest = if backlog > 0 {
-        store.first_ts_after(acked)?
-    } else {
-        None
-    };
-    let backlog = match oldest {
-        // Records evicted before delivery are not backlog any more.
-        Some(_) => {
-            let mut first = Vec::with_capacity(1);
-            store.read_records(acked, 1, &mut first)?;
-            first.first().map_or(0, |r| head + 1 - r.seq)
-        }
-        None => 0,
-    };
+    let head = store.stream_head(stream)?;
+    let mut first = Vec::with_capacity(1);
+    if head > acked {
+        store.read_stream(stream, acked, 1, &mut first)?;
+    }
+    let oldest = first.first().map(|r| r.record.ts);
+    // Records evicted before delivery are not backlog any more.
+    let backlog = first
+        .first()
+        .map_or(0, |r| (head + 1).saturating_sub(r.seq));
     Ok(json!({
         "name": name,
+        "stream": match stream {
+            Stream::Raw => None,
+            Stream::Route(r) => Some(&**r),
+        },
         "connected": ctx.uplinks.connected.get_or_create(&label).get() > 0,
         "backlog": backlog,
         "oldest_unsent_ts": oldest,
@@ -344,8 +341,11 @@ fn seq_param(params: &[(String, String)], name: &str) -> Result<Option<u64>, Api
 }
 
 /// `GET /api/v1/records?after=&limit=&device=&wait=`: stored records in
-/// order (the newest `limit` without `after`); with `wait`, waits up to that
-/// long for a record after `after` (what `ferry tail` follows).
+/// order (the newest `limit` without `after`); with `device`, only that
+/// device's records, and `limit` counts those (looking through at most
+/// `MAX_SCAN` stored records per request; `next` says how far it looked).
+/// With `wait`, waits up to that long for a record after `after` (what
+/// `ferry tail` follows).
 pub async fn records(State(ctx): Ctx, Query(params): Params) -> Answer {
     known(&params, &["after", "limit", "device", "wait"])?;
     let limit = parse_count("limit", one(&params, "limit")?, 100, MAX_RECORDS)?;
@@ -356,17 +356,23 @@ pub async fn records(State(ctx): Ctx, Query(params): Params) -> Answer {
         .transpose()?
         .map(|ms| Duration::from_millis(ms as u64).min(MAX_WAIT));
     let store = ctx.engine.store().clone();
-    let after = after.unwrap_or_else(|| store.heads().records.saturating_sub(limit as u64));
-    if let Some(wait) = wait {
+    if let (Some(wait), Some(after)) = (wait, after) {
         let mut heads = store.watch_heads();
         let _ = tokio::time::timeout(wait, heads.wait_for(|h| h.records > after)).await;
     }
     blocking(move || {
-        let mut out = Vec::new();
-        let stats = store.read_records(after, limit, &mut out)?;
+        let (out, next) = match &device {
+            Some(d) => device_records(&store, d, after, limit)?,
+            None => {
+                let after =
+                    after.unwrap_or_else(|| store.heads().records.saturating_sub(limit as u64));
+                let mut out = Vec::new();
+                let stats = store.read_records(after, limit, &mut out)?;
+                (out, stats.last_seq)
+            }
+        };
         let records: Vec<Json_> = out
             .iter()
-            .filter(|r| device.as_deref().is_none_or(|d| *r.record.device == *d))
             .map(|r| {
                 let fields: Map<String, Json_> = r
                     .record
@@ -380,7 +386,73 @@ pub async fn records(State(ctx): Ctx, Query(params): Params) -> Answer {
                 })
             })
             .collect();
-        Ok(Json(json!({ "records": records, "next": stats.last_seq })))
+        Ok(Json(json!({ "records": records, "next": next })))
     })
     .await
+}
+
+/// Up to `limit` records of `device`: the first after `after`, or the
+/// newest; and the sequence number to continue after.
+fn device_records(
+    store: &Store,
+    device: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<(Vec<StoredRecord>, u64), StoreError> {
+    let head = store.heads().records;
+    let names = store.names().snapshot();
+    let Some(id) = names.iter().position(|n| &**n == device) else {
+        return Ok((Vec::new(), after.unwrap_or(head)));
+    };
+    let id = id as u32;
+    // The device is in the record's header: no need to decode the others.
+    let of_device = |bytes: &[u8]| {
+        let mut r = Reader::new(bytes);
+        r.version().is_ok()
+            && r.zvarint().is_ok()
+            && r.id().is_ok()
+            && r.id().is_ok_and(|d| d == id)
+    };
+    let tx = store.db()?.begin_read()?;
+    let table = tx.open_table(RECORDS)?;
+    let mut found: Vec<(u64, Vec<u8>)> = Vec::new();
+    let next = match after {
+        Some(after) => {
+            let mut next = after;
+            for e in table.range(after.saturating_add(1)..=head)?.take(MAX_SCAN) {
+                let (seq, bytes) = e?;
+                next = seq.value();
+                if of_device(bytes.value()) {
+                    found.push((next, bytes.value().to_vec()));
+                    if found.len() == limit {
+                        break;
+                    }
+                }
+            }
+            next
+        }
+        None => {
+            for e in table.range(..=head)?.rev().take(MAX_SCAN) {
+                let (seq, bytes) = e?;
+                if of_device(bytes.value()) {
+                    found.push((seq.value(), bytes.value().to_vec()));
+                    if found.len() == limit {
+                        break;
+                    }
+                }
+            }
+            found.reverse();
+            head
+        }
+    };
+    let mut out = Vec::with_capacity(found.len());
+    for (seq, bytes) in found {
+        match store.decode_record(&bytes) {
+            Ok(record) => out.push(StoredRecord { seq, record }),
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "skipping a stored record that does not decode")
+            }
+        }
+    }
+    Ok((out, next))
 }

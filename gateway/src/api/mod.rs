@@ -13,8 +13,10 @@
 pub mod cli;
 pub mod client;
 mod handlers;
+mod json;
 mod params;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ use tracing::{info, warn};
 
 use crate::metrics::{IngestMetrics, UplinkMetrics};
 use crate::query::Engine;
+use crate::store::Stream;
 
 pub use params::{parse_duration_ms, parse_time};
 
@@ -52,6 +55,9 @@ pub struct ApiContext {
     pub uplinks: UplinkMetrics,
     /// The names of the running uplinks.
     pub uplink_names: watch::Receiver<Vec<Arc<str>>>,
+    /// The stream each uplink sends (a route's output, or the raw records
+    /// when absent): what its backlog is counted in.
+    pub uplink_streams: HashMap<String, Stream>,
 }
 
 impl ApiContext {
@@ -76,6 +82,17 @@ impl ApiContext {
             ingest: ingest.clone(),
             uplinks: uplinks.clone(),
             uplink_names,
+            uplink_streams: config
+                .uplinks
+                .iter()
+                .map(|(name, u)| {
+                    let stream = match &u.route {
+                        Some(r) => Stream::Route(r.as_str().into()),
+                        None => Stream::Raw,
+                    };
+                    (name.clone(), stream)
+                })
+                .collect(),
         }
     }
 }

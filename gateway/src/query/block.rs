@@ -1,84 +1,125 @@
-//! One series' readings in one time bucket: the rollup and the points, and
-//! their encoding as an index block (format version 1).
+//! One series' readings in one minute: the rollup and the points, and their
+//! encoding as an index block (format version 2).
 //!
 //! ```text
-//! block  := version:u8 n:varint min_seq:varint (max_seq-min_seq):varint
+//! block  := version:u8 header point{count}
+//! header := count:varint numeric:varint min_seq:varint (max_seq-min_seq):varint
 //!           first_ts:zvarint (last_ts-first_ts):zvarint
-//!           min:f64 max:f64 sum:f64 first:f64 last:f64      (little-endian)
-//!           point{n}
+//!           (first_seq-min_seq):varint (last_seq-min_seq):varint
+//!           [min:f64 max:f64 sum:f64]       (little-endian; only if numeric > 0)
+//!           first:value last:value
 //! point  := (seq - previous seq):varint (ts - previous ts):zvarint value
 //! ```
 //!
-//! Points are in sequence order (the order they were stored); `value` uses the
-//! record codec's narrowest float form, so a small integral reading takes
-//! 2–3 bytes. `first`/`last` are the values with the earliest/latest
-//! timestamp (ties: the lower/higher sequence number).
+//! `value` is the record codec's encoding, so every value is kept as it was
+//! stored: integers exactly (also above 2^53), floats in their narrowest
+//! exact form (a small integral reading takes 2–3 bytes), booleans, strings.
+//! `min`, `max` and `sum` are over the numeric points only (numbers and
+//! booleans as 0/1; not strings, NaN or infinities) and are `f64`: an integer
+//! above 2^53 is rounded in them, never in the points, `first` or `last`.
+//! Points are in sequence order (the order they were stored); `first`/`last`
+//! are the values with the earliest/latest timestamp (ties: the lower/higher
+//! sequence number).
 
 use crate::store::codec::{self, DecodeError, Reader};
 use ferry_adapters::record::{Millis, Value};
 
-/// The index's block format version.
-pub const BLOCK_VERSION: u8 = 1;
+/// The index's block format version (1: numbers only, as `f64`).
+pub const BLOCK_VERSION: u8 = 2;
 
 /// One indexed reading.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub seq: u64,
     pub ts: Millis,
-    pub value: f64,
+    pub value: Value,
 }
 
 /// Count, min, max, sum, first and last of some points.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rollup {
     pub count: u64,
+    /// How many of the points are numeric (what `min`, `max`, `sum` are of).
+    pub numeric: u64,
+    /// +inf, -inf and 0 when no point is numeric.
     pub min: f64,
     pub max: f64,
     pub sum: f64,
     pub first_ts: Millis,
     pub first_seq: u64,
-    pub first: f64,
+    pub first: Value,
     pub last_ts: Millis,
     pub last_seq: u64,
-    pub last: f64,
+    pub last: Value,
+}
+
+/// The number a value counts as in `min`, `max` and `sum`, if any.
+pub fn numeric(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(x) if x.is_finite() => Some(*x),
+        Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        _ => None,
+    }
 }
 
 impl Rollup {
     pub fn of(p: &Point) -> Rollup {
+        let x = numeric(&p.value);
         Rollup {
             count: 1,
-            min: p.value,
-            max: p.value,
-            sum: p.value,
+            numeric: u64::from(x.is_some()),
+            min: x.unwrap_or(f64::INFINITY),
+            max: x.unwrap_or(f64::NEG_INFINITY),
+            sum: x.unwrap_or(0.0),
             first_ts: p.ts,
             first_seq: p.seq,
-            first: p.value,
+            first: p.value.clone(),
             last_ts: p.ts,
             last_seq: p.seq,
-            last: p.value,
+            last: p.value.clone(),
         }
     }
 
     /// Adds another rollup (of other points) to this one.
     pub fn merge(&mut self, o: &Rollup) {
         self.count += o.count;
+        self.numeric += o.numeric;
         self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
         self.sum += o.sum;
         if (o.first_ts, o.first_seq) < (self.first_ts, self.first_seq) {
-            (self.first_ts, self.first_seq, self.first) = (o.first_ts, o.first_seq, o.first);
+            (self.first_ts, self.first_seq) = (o.first_ts, o.first_seq);
+            self.first = o.first.clone();
         }
         if (o.last_ts, o.last_seq) > (self.last_ts, self.last_seq) {
-            (self.last_ts, self.last_seq, self.last) = (o.last_ts, o.last_seq, o.last);
+            (self.last_ts, self.last_seq) = (o.last_ts, o.last_seq);
+            self.last = o.last.clone();
         }
     }
 
+    /// Adds one point.
     pub fn add(&mut self, p: &Point) {
-        self.merge(&Rollup::of(p));
+        self.count += 1;
+        if let Some(x) = numeric(&p.value) {
+            self.numeric += 1;
+            self.min = self.min.min(x);
+            self.max = self.max.max(x);
+            self.sum += x;
+        }
+        if (p.ts, p.seq) < (self.first_ts, self.first_seq) {
+            (self.first_ts, self.first_seq) = (p.ts, p.seq);
+            self.first = p.value.clone();
+        }
+        if (p.ts, p.seq) > (self.last_ts, self.last_seq) {
+            (self.last_ts, self.last_seq) = (p.ts, p.seq);
+            self.last = p.value.clone();
+        }
     }
 
-    pub fn mean(&self) -> f64 {
-        self.sum / self.count as f64
+    /// `min`, `max`, `mean`, `sum` when some point is numeric.
+    pub fn stats(&self) -> Option<(f64, f64, f64, f64)> {
+        (self.numeric > 0).then(|| (self.min, self.max, self.sum / self.numeric as f64, self.sum))
     }
 }
 
@@ -93,11 +134,70 @@ pub struct Block {
 }
 
 /// What is known from a block's header alone.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Header {
     pub min_seq: u64,
     pub max_seq: u64,
     pub rollup: Rollup,
+}
+
+impl Header {
+    /// Appends the header's encoding (no version byte).
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        let r = &self.rollup;
+        codec::put_varint(buf, r.count);
+        codec::put_varint(buf, r.numeric);
+        codec::put_varint(buf, self.min_seq);
+        codec::put_varint(buf, self.max_seq - self.min_seq);
+        codec::put_zvarint(buf, r.first_ts);
+        codec::put_zvarint(buf, r.last_ts.wrapping_sub(r.first_ts));
+        codec::put_varint(buf, r.first_seq - self.min_seq);
+        codec::put_varint(buf, r.last_seq - self.min_seq);
+        if r.numeric > 0 {
+            for x in [r.min, r.max, r.sum] {
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        codec::put_value(buf, &r.first);
+        codec::put_value(buf, &r.last);
+    }
+
+    /// Reads a header written by [`Header::encode`].
+    pub fn read(r: &mut Reader<'_>) -> Result<Header, DecodeError> {
+        let count = r.varint()?;
+        let numeric = r.varint()?;
+        let min_seq = r.varint()?;
+        let max_seq = min_seq.saturating_add(r.varint()?);
+        let first_ts = r.zvarint()?;
+        let last_ts = first_ts.wrapping_add(r.zvarint()?);
+        let first_seq = min_seq.saturating_add(r.varint()?);
+        let last_seq = min_seq.saturating_add(r.varint()?);
+        let mut f = [f64::INFINITY, f64::NEG_INFINITY, 0.0];
+        if numeric > 0 {
+            for x in &mut f {
+                *x = f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+            }
+        }
+        let first = r.value()?;
+        let last = r.value()?;
+        Ok(Header {
+            min_seq,
+            max_seq,
+            rollup: Rollup {
+                count,
+                numeric,
+                min: f[0],
+                max: f[1],
+                sum: f[2],
+                first_ts,
+                first_seq,
+                first,
+                last_ts,
+                last_seq,
+                last,
+            },
+        })
+    }
 }
 
 impl Block {
@@ -120,29 +220,19 @@ impl Block {
         Header {
             min_seq: self.min_seq,
             max_seq: self.max_seq,
-            rollup: self.rollup,
+            rollup: self.rollup.clone(),
         }
     }
 
     pub fn encode(&self, buf: &mut Vec<u8>) {
-        let r = &self.rollup;
         buf.clear();
         buf.push(BLOCK_VERSION);
-        codec::put_varint(buf, r.count);
-        codec::put_varint(buf, self.min_seq);
-        codec::put_varint(buf, self.max_seq - self.min_seq);
-        codec::put_zvarint(buf, r.first_ts);
-        codec::put_zvarint(buf, r.last_ts.wrapping_sub(r.first_ts));
-        codec::put_varint(buf, r.first_seq - self.min_seq);
-        codec::put_varint(buf, r.last_seq - self.min_seq);
-        for x in [r.min, r.max, r.sum, r.first, r.last] {
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-        let (mut seq, mut ts) = (self.min_seq, r.first_ts);
+        self.header().encode(buf);
+        let (mut seq, mut ts) = (self.min_seq, self.rollup.first_ts);
         for p in &self.points {
             codec::put_varint(buf, p.seq - seq);
             codec::put_zvarint(buf, p.ts.wrapping_sub(ts));
-            codec::put_value(buf, &Value::Float(p.value));
+            codec::put_value(buf, &p.value);
             (seq, ts) = (p.seq, p.ts);
         }
     }
@@ -153,37 +243,9 @@ impl Block {
             BLOCK_VERSION => {}
             v => return Err(DecodeError::Version(v)),
         }
-        let count = r.varint()?;
-        let min_seq = r.varint()?;
-        let max_seq = min_seq.saturating_add(r.varint()?);
-        let first_ts = r.zvarint()?;
-        let last_ts = first_ts.wrapping_add(r.zvarint()?);
-        let first_seq = min_seq.saturating_add(r.varint()?);
-        let last_seq = min_seq.saturating_add(r.varint()?);
-        let mut f = [0f64; 5];
-        for x in &mut f {
-            *x = f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
-        }
-        let header = Header {
-            min_seq,
-            max_seq,
-            rollup: Rollup {
-                count,
-                min: f[0],
-                max: f[1],
-                sum: f[2],
-                first_ts,
-                first_seq,
-                first: f[3],
-                last_ts,
-                last_seq,
-                last: f[4],
-            },
-        };
-        Ok((
-            header,
-            usize::try_from(count).map_err(|_| DecodeError::Varint)?,
-        ))
+        let header = Header::read(r)?;
+        let n = usize::try_from(header.rollup.count).map_err(|_| DecodeError::Varint)?;
+        Ok((header, n))
     }
 
     pub fn decode_header(bytes: &[u8]) -> Result<Header, DecodeError> {
@@ -198,10 +260,7 @@ impl Block {
         for _ in 0..n {
             seq = seq.saturating_add(r.varint()?);
             ts = ts.wrapping_add(r.zvarint()?);
-            let value = match r.value()? {
-                Value::Float(x) => x,
-                _ => return Err(DecodeError::Tag(0xff)),
-            };
+            let value = r.value()?;
             points.push(Point { seq, ts, value });
         }
         r.finish()?;
@@ -221,15 +280,15 @@ pub fn union_by_seq(a: &[Point], b: &[Point]) -> Vec<Point> {
     while i < a.len() && j < b.len() {
         match a[i].seq.cmp(&b[j].seq) {
             std::cmp::Ordering::Less => {
-                out.push(a[i]);
+                out.push(a[i].clone());
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
-                out.push(b[j]);
+                out.push(b[j].clone());
                 j += 1;
             }
             std::cmp::Ordering::Equal => {
-                out.push(a[i]);
+                out.push(a[i].clone());
                 i += 1;
                 j += 1;
             }
@@ -238,17 +297,6 @@ pub fn union_by_seq(a: &[Point], b: &[Point]) -> Vec<Point> {
     out.extend_from_slice(&a[i..]);
     out.extend_from_slice(&b[j..]);
     out
-}
-
-/// The number a stored value is indexed as: numbers as they are, booleans as
-/// 0/1; strings and non-finite numbers are not indexed.
-pub fn indexed_value(v: &Value) -> Option<f64> {
-    match v {
-        Value::Int(i) => Some(*i as f64),
-        Value::Float(x) if x.is_finite() => Some(*x),
-        Value::Bool(b) => Some(f64::from(u8::from(*b))),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -261,7 +309,7 @@ mod tests {
             .map(|i| Point {
                 seq: 1000 + i * 100,
                 ts: 1_764_000_000_000 + i as i64 * 1000,
-                value: (i % 7) as f64,
+                value: Value::Float((i % 7) as f64),
             })
             .collect();
         let block = Block::from_points(points).unwrap();
@@ -277,8 +325,51 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_value_is_kept_exactly() {
+        let big = (1i64 << 53) + 1;
+        let p = |seq, value| Point {
+            seq,
+            ts: 1000 + seq as i64,
+            value,
+        };
+        let points = vec![
+            p(1, Value::Int(big)),
+            p(2, Value::Str("running".into())),
+            p(3, Value::Bool(true)),
+            p(4, Value::Float(f64::NAN)),
+            p(5, Value::Int(-big)),
+        ];
+        let block = Block::from_points(points.clone()).unwrap();
+        let mut buf = Vec::new();
+        block.encode(&mut buf);
+        let back = Block::decode(&buf).unwrap();
+        assert_eq!(back.points[0].value, Value::Int(big));
+        assert_eq!(back.points[1].value, Value::Str("running".into()));
+        assert!(matches!(back.points[3].value, Value::Float(x) if x.is_nan()));
+        let r = &back.rollup;
+        assert_eq!((r.count, r.numeric), (5, 3));
+        assert_eq!((&r.first, &r.last), (&Value::Int(big), &Value::Int(-big)));
+        // min/max/sum are f64: the integer is rounded there.
+        assert_eq!((r.min, r.max), (-big as f64, big as f64));
+        // Strings alone: count, first and last, no numbers.
+        let s = Block::from_points(vec![
+            p(1, Value::Str("a".into())),
+            p(2, Value::Str("b".into())),
+        ])
+        .unwrap();
+        s.encode(&mut buf);
+        let h = Block::decode_header(&buf).unwrap();
+        assert_eq!(h.rollup.stats(), None);
+        assert_eq!((h.rollup.count, h.rollup.last), (2, Value::Str("b".into())));
+    }
+
+    #[test]
     fn first_and_last_go_by_timestamp() {
-        let p = |seq, ts, value| Point { seq, ts, value };
+        let p = |seq, ts, value| Point {
+            seq,
+            ts,
+            value: Value::Float(value),
+        };
         let b = Block::from_points(vec![
             p(1, 50, 1.0),
             p(2, 10, 2.0),
@@ -286,7 +377,10 @@ mod tests {
             p(4, 90, 4.0),
         ])
         .unwrap();
-        assert_eq!((b.rollup.first, b.rollup.last), (2.0, 4.0));
+        assert_eq!(
+            (b.rollup.first, b.rollup.last),
+            (Value::Float(2.0), Value::Float(4.0))
+        );
         assert_eq!((b.rollup.min, b.rollup.max, b.rollup.sum), (1.0, 4.0, 10.0));
     }
 }

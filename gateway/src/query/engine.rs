@@ -7,10 +7,14 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use ferry_adapters::record::Millis;
+use redb::{AccessGuard, ReadOnlyTable, ReadTransaction};
 use thiserror::Error;
 
-use super::block::{union_by_seq, Block, Point, Rollup};
-use super::index::{bucket_of, series_ids, series_key, Index, SeriesKey, View, BLOCKS, BUCKET_MS};
+use super::block::{union_by_seq, Block, Header, Point, Rollup};
+use super::index::{
+    bucket_of, hour_of, series_ids, series_key, Directory, Index, OpenBucket, SeriesKey, View,
+    BLOCKS, BUCKET_MS, HOURS, HOUR_MS, SERIES,
+};
 use crate::store::codec::DecodeError;
 use crate::store::{Store, StoreError};
 
@@ -37,7 +41,7 @@ impl From<redb::TableError> for QueryError {
 }
 
 /// One output bucket of a range query: `ts` is its start.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Bucket {
     pub ts: Millis,
     pub rollup: Rollup,
@@ -129,31 +133,20 @@ impl Engine {
             None => None,
         };
         let view = self.index.view(&self.store, None)?;
-        let blocks = view.tx.open_table(BLOCKS)?;
-        let mut keys = BTreeSet::new();
+        let t = Tables::open(&view.tx)?;
         let (lo, hi) = match device_id {
             Some(d) => (series_key(d, 0), series_key(d, u32::MAX)),
             None => (0, u64::MAX),
         };
-        let mut next = Some(lo);
-        while let Some(s0) = next.filter(|s| *s <= hi) {
-            match blocks.range((s0, i64::MIN)..=(hi, i64::MAX))?.next() {
-                Some(e) => {
-                    let s = e?.0.value().0;
-                    keys.insert(s);
-                    next = s.checked_add(1);
-                }
-                None => break,
-            }
+        let mut keys = BTreeSet::new();
+        for e in t.series.range(lo..=hi)? {
+            keys.insert(e?.0.value());
         }
         keys.extend(view.memory.keys().filter(|k| (lo..=hi).contains(*k)));
         let names = self.store.names().snapshot();
         let mut out = Vec::new();
         for s in keys {
-            let (first, last) = (
-                edge(&view, &blocks, s, false)?,
-                edge(&view, &blocks, s, true)?,
-            );
+            let (first, last) = (edge(&view, &t, s, false)?, edge(&view, &t, s, true)?);
             let (Some(first), Some(last)) = (first, last) else {
                 continue;
             };
@@ -200,7 +193,7 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<Series>, QueryError> {
         let view = self.index.view(&self.store, Some(series))?;
-        let blocks = view.tx.open_table(BLOCKS)?;
+        let blocks = Tables::open(&view.tx)?;
         let mut out = Vec::with_capacity(series.len());
         let mut total = 0usize;
         for &s in series {
@@ -264,7 +257,10 @@ impl Engine {
                             if total > limit {
                                 return false;
                             }
-                            buckets.push(Bucket { ts, rollup: *r });
+                            buckets.push(Bucket {
+                                ts,
+                                rollup: r.clone(),
+                            });
                             true
                         }
                     };
@@ -304,17 +300,29 @@ impl Engine {
     }
 }
 
+/// The index tables in a read transaction.
+struct Tables {
+    blocks: ReadOnlyTable<(i64, u64), &'static [u8]>,
+    hours: ReadOnlyTable<(u64, i64), &'static [u8]>,
+    series: ReadOnlyTable<u64, (i64, i64)>,
+}
+
+impl Tables {
+    fn open(tx: &ReadTransaction) -> Result<Tables, QueryError> {
+        Ok(Tables {
+            blocks: tx.open_table(BLOCKS)?,
+            hours: tx.open_table(HOURS)?,
+            series: tx.open_table(SERIES)?,
+        })
+    }
+}
+
 /// The rollup of a series' first (or last) non-empty index bucket.
-fn edge(
-    view: &View,
-    blocks: &redb::ReadOnlyTable<(u64, i64), &'static [u8]>,
-    s: SeriesKey,
-    last: bool,
-) -> Result<Option<Rollup>, QueryError> {
+fn edge(view: &View, t: &Tables, s: SeriesKey, last: bool) -> Result<Option<Rollup>, QueryError> {
     let mut found = None;
     scan(
         view,
-        blocks,
+        t,
         s,
         Millis::MIN,
         Millis::MAX,
@@ -344,15 +352,32 @@ fn edge(
     Ok(found)
 }
 
+/// A persisted block as found: its header (from the hour's directory) or
+/// its bytes (read minute by minute in an hour without one).
+enum Disk<'a> {
+    Header(Header),
+    Bytes(AccessGuard<'a, &'static [u8]>),
+}
+
+/// One index bucket of a series: in memory (and maybe on disk), or on disk.
+enum Slot<'a> {
+    Memory(&'a OpenBucket, Option<Disk<'a>>),
+    Disk(Disk<'a>),
+}
+
 /// Visits series `s`'s index buckets `b0..=b1` in order (reversed with
 /// `rev`), merging persisted blocks with the in-memory buckets. A block is
 /// given as its header's rollup when `need_points` says so is enough and
 /// every point of it is visible; otherwise as its points with
 /// `from <= ts < to` that are committed and not evicted, by timestamp.
+///
+/// Persisted blocks are looked for only within the series' extent, an hour
+/// at a time: through the hour's directory when it is sealed (one read for
+/// up to 60 blocks), else minute by minute.
 #[allow(clippy::too_many_arguments)]
 fn scan(
     view: &View,
-    blocks: &redb::ReadOnlyTable<(u64, i64), &'static [u8]>,
+    t: &Tables,
     s: SeriesKey,
     from: Millis,
     to: Millis,
@@ -369,55 +394,109 @@ fn scan(
         points.sort_by_key(|p| (p.ts, p.seq));
         points
     };
+    let block_points = |b: Millis, disk: &Disk<'_>| -> Result<Option<Vec<Point>>, QueryError> {
+        Ok(match disk {
+            Disk::Bytes(v) => Some(Block::decode(v.value())?.points),
+            Disk::Header(_) => match t.blocks.get((b, s))? {
+                Some(v) => Some(Block::decode(v.value())?.points),
+                None => None,
+            },
+        })
+    };
     let empty = Default::default();
     let memory = view.memory.get(&s).unwrap_or(&empty);
-    let mut mem = memory.range(b0..=b1);
-    let mut disk = blocks.range((s, b0)..=(s, b1))?;
-    let mut next_mem = if rev { mem.next_back() } else { mem.next() };
-    let mut next_disk = if rev { disk.next_back() } else { disk.next() }.transpose()?;
-    loop {
-        let mk = next_mem.map(|(b, _)| *b);
-        let dk = next_disk.as_ref().map(|(k, _)| k.value().1);
-        let take_mem = match (mk, dk) {
-            (None, None) => return Ok(()),
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (Some(m), Some(d)) => {
-                if rev {
-                    m >= d
-                } else {
-                    m <= d
+    let extent = t
+        .series
+        .get(s)?
+        .map(|v| v.value())
+        .map(|(a, z)| (a.max(b0), z.min(b1)))
+        .filter(|(a, z)| a <= z);
+    let mut hours: BTreeSet<Millis> = memory.range(b0..=b1).map(|(b, _)| hour_of(*b)).collect();
+    if let Some((a, z)) = extent {
+        hours.extend((hour_of(a)..=z).step_by(HOUR_MS as usize));
+    }
+    let ordered: Box<dyn Iterator<Item = &Millis>> = if rev {
+        Box::new(hours.iter().rev())
+    } else {
+        Box::new(hours.iter())
+    };
+    for &h in ordered {
+        let (lo, hi) = (h.max(b0), (h + HOUR_MS - BUCKET_MS).min(b1));
+        let mut disk: Vec<(Millis, Disk<'_>)> = Vec::new();
+        if let Some((a, z)) = extent.filter(|(a, z)| *a <= hi && *z >= lo) {
+            let (lo, hi) = (lo.max(a), hi.min(z));
+            match t.hours.get((s, h))? {
+                Some(v) => disk.extend(
+                    Directory::decode(h, v.value())?
+                        .0
+                        .into_iter()
+                        .filter(|(b, _)| (lo..=hi).contains(b))
+                        .map(|(b, hd)| (b, Disk::Header(hd))),
+                ),
+                None => {
+                    for m in (bucket_of(lo)..=hi).step_by(BUCKET_MS as usize) {
+                        if let Some(v) = t.blocks.get((m, s))? {
+                            disk.push((m, Disk::Bytes(v)));
+                        }
+                    }
                 }
             }
-        };
-        let (b, piece) = if take_mem {
-            let (b, ob) = next_mem.expect("checked");
-            let points = if Some(*b) == dk {
-                let (_, v) = next_disk.take().expect("checked");
-                next_disk = if rev { disk.next_back() } else { disk.next() }.transpose()?;
-                union_by_seq(&Block::decode(v.value())?.points, &ob.points)
-            } else {
-                ob.points.clone()
-            };
-            next_mem = if rev { mem.next_back() } else { mem.next() };
-            (*b, Piece::Points(finish(points)))
-        } else {
-            let (k, v) = next_disk.take().expect("checked");
-            next_disk = if rev { disk.next_back() } else { disk.next() }.transpose()?;
-            let b = k.value().1;
-            let h = Block::decode_header(v.value())?;
-            let complete = h.min_seq >= view.first_record && h.max_seq <= view.head;
-            if complete && !need_points(b) {
-                (b, Piece::Rollup(h.rollup))
-            } else {
-                (b, Piece::Points(finish(Block::decode(v.value())?.points)))
-            }
-        };
-        if matches!(&piece, Piece::Points(p) if p.is_empty()) {
-            continue;
         }
-        if f(b, piece).is_break() {
-            return Ok(());
+        // Merge with the memory's buckets of the hour, by bucket.
+        let mut slots: Vec<(Millis, Slot<'_>)> = Vec::with_capacity(disk.len() + 1);
+        let mut mem = memory.range(lo..=hi).peekable();
+        let mut disk = disk.into_iter().peekable();
+        loop {
+            let (mk, dk) = (mem.peek().map(|(b, _)| **b), disk.peek().map(|(b, _)| *b));
+            match (mk, dk) {
+                (None, None) => break,
+                (Some(m), d) if d.is_none_or(|d| m <= d) => {
+                    let (_, ob) = mem.next().expect("peeked");
+                    let on_disk = (d == Some(m)).then(|| disk.next().expect("peeked").1);
+                    slots.push((m, Slot::Memory(ob, on_disk)));
+                }
+                _ => {
+                    let (b, d) = disk.next().expect("peeked");
+                    slots.push((b, Slot::Disk(d)));
+                }
+            }
+        }
+        if rev {
+            slots.reverse();
+        }
+        for (b, slot) in slots {
+            let piece = match slot {
+                Slot::Memory(ob, None) => Piece::Points(finish(ob.points.clone())),
+                Slot::Memory(ob, Some(d)) => {
+                    let old = block_points(b, &d)?.unwrap_or_default();
+                    Piece::Points(finish(union_by_seq(&old, &ob.points)))
+                }
+                Slot::Disk(d) => {
+                    let h = match &d {
+                        Disk::Header(h) => h.clone(),
+                        Disk::Bytes(v) => Block::decode_header(v.value())?,
+                    };
+                    if h.max_seq < view.first_record {
+                        continue; // evicted
+                    }
+                    let complete = h.min_seq >= view.first_record && h.max_seq <= view.head;
+                    if complete && !need_points(b) {
+                        Piece::Rollup(h.rollup)
+                    } else {
+                        match block_points(b, &d)? {
+                            Some(p) => Piece::Points(finish(p)),
+                            None => continue,
+                        }
+                    }
+                }
+            };
+            if matches!(&piece, Piece::Points(p) if p.is_empty()) {
+                continue;
+            }
+            if f(b, piece).is_break() {
+                return Ok(());
+            }
         }
     }
+    Ok(())
 }

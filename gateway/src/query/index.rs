@@ -1,29 +1,91 @@
 //! The per-series index: its in-memory open buckets, how the ingest writer
 //! feeds it ([`IndexHook`]), and how it repairs itself from the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ferry_adapters::record::Millis;
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
 use tracing::{info, warn};
 
-use super::block::{indexed_value, union_by_seq, Block, Point, BLOCK_VERSION};
-use crate::store::codec::{DecodeError, Reader};
+use super::block::{union_by_seq, Block, Header, Point, BLOCK_VERSION};
+use crate::metrics::QueryMetrics;
+use crate::store::codec::{self, DecodeError, Reader};
 use crate::store::{Heads, IndexHook, Store, StoreError, META, RECORDS};
 
-/// `(series, bucket start)` → an encoded [`Block`].
-pub(crate) const BLOCKS: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("index_blocks");
-/// `(max seq, series, bucket start)` of every block: what retention drops
+/// `(minute start, series)` → an encoded [`Block`]. Minute first, so the
+/// blocks a minute closes are neighbours: writing them touches few pages.
+pub(crate) const BLOCKS: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("index_minutes");
+/// `(series, hour start)` → the headers of the series' blocks in that hour
+/// (a [`Directory`]), written once the series has moved on to a later hour,
+/// so a long query reads one entry per hour instead of one per minute.
+pub(crate) const HOURS: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("index_hours");
+/// `series` → (first, last) minute start with a block: where to look.
+pub(crate) const SERIES: TableDefinition<u64, (i64, i64)> = TableDefinition::new("index_series");
+/// `(max seq, series, minute start)` of every block: what retention drops
 /// once the first stored record passes `max seq`.
 pub(crate) const EXPIRY: TableDefinition<(u64, u64, i64), ()> =
     TableDefinition::new("index_expiry");
+/// The blocks of format version 1 (series first): dropped at open.
+const BLOCKS_V1: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("index_blocks");
 /// `meta` key: every record with a sequence number up to this is in the
 /// persisted blocks.
 pub(crate) const META_THROUGH: &str = "index.through";
 /// `meta` key: the block format version of the persisted index.
 pub(crate) const META_VERSION: &str = "index.version";
+
+/// An hour, the span of one [`HOURS`] entry.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// The start of the hour holding `ts`.
+pub fn hour_of(ts: Millis) -> Millis {
+    ts.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+/// The headers of one series' blocks in one hour, by minute.
+///
+/// ```text
+/// directory := n:varint (minute of the hour:u8 header)*n
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Directory(pub Vec<(Millis, Header)>);
+
+impl Directory {
+    pub fn encode(&self, hour: Millis, buf: &mut Vec<u8>) {
+        buf.clear();
+        codec::put_varint(buf, self.0.len() as u64);
+        for (b, h) in &self.0 {
+            buf.push(((b - hour) / BUCKET_MS) as u8);
+            h.encode(buf);
+        }
+    }
+
+    pub fn decode(hour: Millis, bytes: &[u8]) -> Result<Directory, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let n = r.varint()?;
+        let mut out = Vec::with_capacity((n as usize).min(60));
+        for _ in 0..n {
+            let m = r.u8()?;
+            if m >= 60 {
+                return Err(DecodeError::Varint);
+            }
+            out.push((hour + i64::from(m) * BUCKET_MS, Header::read(&mut r)?));
+        }
+        r.finish()?;
+        Ok(Directory(out))
+    }
+
+    /// Sets the header of the block of minute `b`.
+    fn put(&mut self, b: Millis, h: Header) {
+        match self.0.binary_search_by_key(&b, |(m, _)| *m) {
+            Ok(i) => self.0[i].1 = h,
+            Err(i) => self.0.insert(i, (b, h)),
+        }
+    }
+}
 
 /// The width of an index bucket: one block per series per minute.
 pub const BUCKET_MS: i64 = 60_000;
@@ -52,6 +114,8 @@ pub struct IndexOptions {
     pub flush_interval: Duration,
     /// The most log records replayed in one transaction while catching up.
     pub catch_up_chunk: usize,
+    /// Where the index reports how far behind the log it is.
+    pub metrics: QueryMetrics,
 }
 
 impl Default for IndexOptions {
@@ -59,6 +123,7 @@ impl Default for IndexOptions {
         IndexOptions {
             flush_interval: Duration::from_secs(60),
             catch_up_chunk: 50_000,
+            metrics: QueryMetrics::new(),
         }
     }
 }
@@ -98,6 +163,9 @@ struct State {
     /// Caught up with the log: records the writer appends are applied.
     live: bool,
     series: HashMap<SeriesKey, BTreeMap<Millis, OpenBucket>>,
+    /// Hours of series that have moved on to a later hour: their
+    /// directories are written (from the blocks) at the next flush.
+    seals: HashSet<(SeriesKey, Millis)>,
     last_flush: Instant,
     sources: HashMap<u32, SourceSeen>,
     buf: Vec<u8>,
@@ -146,9 +214,12 @@ impl Index {
                 (Some(v), Some(t)) if v == u64::from(BLOCK_VERSION) => t,
                 _ => {
                     if version.is_some() || through.is_some() {
-                        info!(found = ?version, "the query index is of another format: rebuilding it");
+                        info!(found = ?version, "the query index is of another format: rebuilding it from the log");
                     }
+                    tx.delete_table(BLOCKS_V1)?;
                     tx.delete_table(BLOCKS)?;
+                    tx.delete_table(HOURS)?;
+                    tx.delete_table(SERIES)?;
                     tx.delete_table(EXPIRY)?;
                     meta.insert(META_VERSION, u64::from(BLOCK_VERSION))?;
                     meta.insert(META_THROUGH, 0)?;
@@ -157,22 +228,27 @@ impl Index {
             }
         };
         tx.open_table(BLOCKS)?;
+        tx.open_table(HOURS)?;
+        tx.open_table(SERIES)?;
         tx.open_table(EXPIRY)?;
         tx.commit()?;
         drop(db);
-        Ok(Index {
+        let index = Index {
             state: Mutex::new(State {
                 applied: through,
                 persisted: through,
                 pending: None,
                 live: false,
                 series: HashMap::new(),
+                seals: HashSet::new(),
                 last_flush: Instant::now(),
                 sources: HashMap::new(),
                 buf: Vec::new(),
             }),
             opts,
-        })
+        };
+        index.report(store.heads().records);
+        Ok(index)
     }
 
     /// Replays the log after what the index holds, until it is caught up.
@@ -201,6 +277,7 @@ impl Index {
                     return Err(e);
                 }
             }
+            self.report(heads.records);
             if self.lock().applied >= heads.records {
                 break;
             }
@@ -214,6 +291,15 @@ impl Index {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the lag gauges against the log's head `head`.
+    fn report(&self, head: u64) {
+        let (persisted, applied) = self.progress();
+        let m = &self.opts.metrics;
+        m.index_lag_records.set(head.saturating_sub(applied) as i64);
+        m.index_unpersisted_records
+            .set(applied.saturating_sub(persisted) as i64);
     }
 
     /// The seq the persisted index is complete through, and the highest
@@ -265,21 +351,37 @@ impl Index {
     ) -> Result<bool, StoreError> {
         let mut guard = self.lock();
         let state = &mut *guard;
+        let mut t = Tables {
+            blocks: tx.open_table(BLOCKS)?,
+            hours: tx.open_table(HOURS)?,
+            series: tx.open_table(SERIES)?,
+            extent: HashMap::new(),
+            dirs: HashMap::new(),
+        };
         let mut wrote = false;
-        let mut blocks = tx.open_table(BLOCKS)?;
         let mut expiry = tx.open_table(EXPIRY)?;
         // Retention: blocks wholly before the first stored record go.
         let expired: Vec<(u64, u64, i64)> = expiry
             .range(..(first_record, 0, i64::MIN))?
             .map(|e| e.map(|(k, _)| k.value()))
             .collect::<Result<_, _>>()?;
+        let mut emptied = HashSet::new();
         for (max, s, b) in expired {
             expiry.remove((max, s, b))?;
-            blocks.remove((s, b))?;
+            t.remove_block(s, b)?;
+            emptied.insert((s, hour_of(b)));
             if let Some(ob) = state.series.get_mut(&s).and_then(|m| m.get_mut(&b)) {
                 ob.persisted_max = None;
             }
             wrote = true;
+        }
+        // A directory goes with the last of its blocks.
+        for (s, h) in emptied {
+            if let Some(dir) = t.dir(s, h)? {
+                if dir.0.iter().all(|(_, hd)| hd.max_seq < first_record) {
+                    t.dirs.insert((s, h), None);
+                }
+            }
         }
         let flush_all =
             force || !state.live || state.last_flush.elapsed() >= self.opts.flush_interval;
@@ -292,7 +394,7 @@ impl Index {
                     continue;
                 }
                 if !ob.loaded {
-                    if let Some(v) = blocks.get((s, b))? {
+                    if let Some(v) = t.blocks.get((b, s))? {
                         match Block::decode(v.value()) {
                             Ok(old) => {
                                 ob.points = union_by_seq(&old.points, &ob.points);
@@ -311,12 +413,22 @@ impl Index {
                 match Block::from_points(ob.points.clone()) {
                     Some(block) => {
                         block.encode(&mut state.buf);
-                        blocks.insert((s, b), state.buf.as_slice())?;
+                        t.blocks.insert((b, s), state.buf.as_slice())?;
                         expiry.insert((block.max_seq, s, b), ())?;
                         ob.persisted_max = Some(block.max_seq);
+                        // The series moved on to a later hour: seal the last one.
+                        if let Some((_, last)) = t.extent(s)? {
+                            if hour_of(last) < hour_of(b) {
+                                state.seals.insert((s, hour_of(last)));
+                            }
+                        }
+                        t.grow(s, b)?;
+                        if let Some(dir) = t.dir(s, hour_of(b))? {
+                            dir.put(b, block.header());
+                        }
                     }
                     None => {
-                        blocks.remove((s, b))?;
+                        t.remove_block(s, b)?;
                         ob.closed = true;
                     }
                 }
@@ -324,6 +436,38 @@ impl Index {
                 wrote = true;
             }
         }
+        // Seal the hours series have left, unless they still hold data
+        // not written yet (then at a later flush).
+        let seals: Vec<_> = state.seals.iter().copied().collect();
+        for (s, h) in seals {
+            let unwritten = state.series.get(&s).is_some_and(|m| {
+                m.range(h..h + HOUR_MS)
+                    .any(|(_, ob)| ob.dirty_since.is_some())
+            });
+            if unwritten {
+                continue;
+            }
+            state.seals.remove(&(s, h));
+            if t.dir(s, h)?.is_none() {
+                let mut dir = Directory::default();
+                for m in (h..h + HOUR_MS).step_by(BUCKET_MS as usize) {
+                    if let Some(v) = t.blocks.get((m, s))? {
+                        match Block::decode_header(v.value()) {
+                            Ok(hd) => dir.0.push((m, hd)),
+                            Err(e) => {
+                                warn!(series = s, bucket = m, error = %e, "an index block does not decode: its hour stays unsealed");
+                                dir.0.clear();
+                                break;
+                            }
+                        }
+                    }
+                }
+                if !dir.0.is_empty() {
+                    t.dirs.insert((s, h), Some(dir));
+                }
+            }
+        }
+        wrote |= t.write(&mut state.buf)?;
         let through = state
             .series
             .values()
@@ -336,6 +480,100 @@ impl Index {
             wrote = true;
         }
         state.pending = Some(through);
+        Ok(wrote)
+    }
+}
+
+/// The index tables in a write transaction, with the directories and
+/// series extents changed in it (written once, at the end).
+struct Tables<'t> {
+    blocks: Table<'t, (i64, u64), &'static [u8]>,
+    hours: Table<'t, (u64, i64), &'static [u8]>,
+    series: Table<'t, u64, (i64, i64)>,
+    /// Series extents read or changed (`None`: no block).
+    extent: HashMap<SeriesKey, (Option<(i64, i64)>, bool)>,
+    /// Directories read or changed (`None`: to delete), and whether they exist.
+    dirs: HashMap<(SeriesKey, Millis), Option<Directory>>,
+}
+
+impl Tables<'_> {
+    fn extent(&mut self, s: SeriesKey) -> Result<Option<(i64, i64)>, StoreError> {
+        if let Some((e, _)) = self.extent.get(&s) {
+            return Ok(*e);
+        }
+        let e = self.series.get(s)?.map(|v| v.value());
+        self.extent.insert(s, (e, false));
+        Ok(e)
+    }
+
+    fn grow(&mut self, s: SeriesKey, b: Millis) -> Result<(), StoreError> {
+        let e = self.extent(s)?;
+        let new = e.map_or((b, b), |(f, l)| (f.min(b), l.max(b)));
+        if Some(new) != e {
+            self.extent.insert(s, (Some(new), true));
+        }
+        Ok(())
+    }
+
+    /// Removes the block of minute `b`; the extent's start moves past it.
+    fn remove_block(&mut self, s: SeriesKey, b: Millis) -> Result<(), StoreError> {
+        self.blocks.remove((b, s))?;
+        if let Some((f, l)) = self.extent(s)? {
+            if f == b {
+                // A lower bound of the first block left: readers look on from it.
+                let new = (f + BUCKET_MS <= l).then_some((f + BUCKET_MS, l));
+                self.extent.insert(s, (new, true));
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory of `(s, h)`, if the hour is sealed.
+    fn dir(&mut self, s: SeriesKey, h: Millis) -> Result<Option<&mut Directory>, StoreError> {
+        if !self.dirs.contains_key(&(s, h)) {
+            let dir = match self.hours.get((s, h))? {
+                Some(v) => match Directory::decode(h, v.value()) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        warn!(series = s, hour = h, error = %e, "an index directory does not decode: dropping it (the hour is read minute by minute)");
+                        None
+                    }
+                },
+                None => None,
+            };
+            match dir {
+                Some(d) => self.dirs.insert((s, h), Some(d)),
+                None => return Ok(None),
+            };
+        }
+        Ok(self.dirs.get_mut(&(s, h)).and_then(Option::as_mut))
+    }
+
+    /// Writes what changed; whether anything did.
+    fn write(mut self, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        let mut wrote = false;
+        for ((s, h), dir) in std::mem::take(&mut self.dirs) {
+            match dir {
+                Some(dir) => {
+                    dir.encode(h, buf);
+                    self.hours.insert((s, h), buf.as_slice())?;
+                }
+                None => {
+                    self.hours.remove((s, h))?;
+                }
+            }
+            wrote = true;
+        }
+        for (s, (e, changed)) in std::mem::take(&mut self.extent) {
+            if !changed {
+                continue;
+            }
+            match e {
+                Some(e) => self.series.insert(s, e)?,
+                None => self.series.remove(s)?,
+            };
+            wrote = true;
+        }
         Ok(wrote)
     }
 }
@@ -355,13 +593,15 @@ impl State {
         let b = bucket_of(ts);
         for _ in 0..n {
             let field = r.id()?;
-            let Some(value) = indexed_value(&r.value()?) else {
-                continue;
-            };
-            let buckets = self.series.entry(series_key(device, field)).or_default();
+            let value = r.value()?;
+            let s = series_key(device, field);
+            let buckets = self.series.entry(s).or_default();
             if buckets.len() > 1 || !buckets.contains_key(&b) {
-                for (_, ob) in buckets.iter_mut().filter(|(&k, _)| k != b) {
+                for (&k, ob) in buckets.iter_mut().filter(|(&k, _)| k != b) {
                     ob.closed = true;
+                    if hour_of(k) != hour_of(b) {
+                        self.seals.insert((s, hour_of(k)));
+                    }
                 }
             }
             let ob = buckets.entry(b).or_default();
@@ -415,6 +655,9 @@ impl IndexHook for Index {
             }
         }
         state.live = state.applied >= committed.records;
+        let lag = committed.records.saturating_sub(state.applied);
+        drop(guard);
+        self.opts.metrics.index_lag_records.set(lag as i64);
         Ok(())
     }
 
@@ -429,13 +672,23 @@ impl IndexHook for Index {
     }
 
     fn finish(&self, tx: &WriteTransaction, first_record: u64) -> Result<bool, StoreError> {
-        self.finish_inner(tx, first_record, false)
+        let wrote = self.finish_inner(tx, first_record, false)?;
+        let (persisted, applied) = {
+            let s = self.lock();
+            (s.pending.unwrap_or(s.persisted), s.applied)
+        };
+        self.opts
+            .metrics
+            .index_unpersisted_records
+            .set(applied.saturating_sub(persisted) as i64);
+        Ok(wrote)
     }
 
     fn abort(&self) {
         // Forget what memory held; the next transaction replays it from the log.
         let mut state = self.lock();
         state.series.clear();
+        state.seals.clear();
         state.applied = state.persisted;
         state.pending = None;
         state.live = false;

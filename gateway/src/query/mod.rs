@@ -9,15 +9,28 @@
 //! timestamp, value; delta-encoded, a few bytes each), so long ranges read
 //! one small header per minute and raw ranges never touch the log.
 //!
-//! | table          | key                          | value          |
-//! |----------------|------------------------------|----------------|
-//! | `index_blocks` | (series, minute start ms)    | a block        |
-//! | `index_expiry` | (max seq, series, minute)    | `()`           |
-//! | `meta`         | `index.through`, `index.version` | `u64`      |
+//! | table           | key                          | value                      |
+//! |-----------------|------------------------------|----------------------------|
+//! | `index_minutes` | (minute start ms, series)    | a block                    |
+//! | `index_hours`   | (series, hour start ms)      | the hour's block headers   |
+//! | `index_series`  | series                       | (first, last) minute       |
+//! | `index_expiry`  | (max seq, series, minute)    | `()`                       |
+//! | `meta`          | `index.through`, `index.version` | `u64`                  |
+//!
+//! Blocks are keyed minute first: the blocks a minute closes (one per
+//! series) are neighbours, so writing them rewrites a few B-tree pages, not
+//! one page per series. A long query reads a series' minutes through its
+//! hour directories (`index_hours`, one entry per series per hour, written
+//! once the series has moved on to a later hour and kept in step with every
+//! later write of a block of that hour), and minute by minute in an hour
+//! without one (the current hour). `index_series` bounds where to look.
 //!
 //! A series key is `device name id << 32 | field name id` (the ids of the
-//! store's `names` table). Numbers are indexed as `f64`, booleans as 0/1;
-//! strings and non-finite numbers are not indexed (they stay in the log).
+//! store's `names` table). Every value is indexed as stored: integers
+//! exactly (also above 2^53), floats, booleans, strings; `min`, `max`, `sum`
+//! are `f64` over the numeric values (see [`block`]). An index of another
+//! format version (version 1 held numbers only, series first) is dropped
+//! and rebuilt from the log at open.
 //!
 //! # How it is written
 //! The ingest writer feeds every record it appends to the index
@@ -28,6 +41,9 @@
 //! the writer makes anyway: the index adds no fsync. `index.through` (the
 //! sequence number every persisted block is complete through) is written
 //! in the same transaction, so the index is exactly as durable as the log.
+//! `ferry_query_index_lag_records` counts the stored records the index has
+//! not taken in (nonzero only while it catches up), and
+//! `ferry_query_index_unpersisted_records` what a restart would replay.
 //!
 //! # Repair
 //! On open, the log after `index.through` is replayed (all of it for a new,
@@ -38,8 +54,9 @@
 //! # Retention
 //! When retention evicts records, the blocks whose every point is before the
 //! first stored record are deleted in the same transaction (found through
-//! `index_expiry`); queries drop points of partly evicted blocks, and never
-//! show a record that is not committed yet.
+//! `index_expiry`), and an hour directory with its last block; queries drop
+//! points of partly evicted blocks (and skip directory entries of evicted
+//! ones), and never show a record that is not committed yet.
 //!
 //! # Reading
 //! A query reads the persisted blocks in one read transaction and merges
@@ -51,7 +68,9 @@ mod index;
 
 pub use block::{Point, Rollup};
 pub use engine::{Bucket, Engine, QueryError, Series, SeriesInfo};
-pub use index::{bucket_of, Index, IndexOptions, SeriesKey, SourceSeen, BUCKET_MS};
+pub use index::{
+    bucket_of, hour_of, Index, IndexOptions, SeriesKey, SourceSeen, BUCKET_MS, HOUR_MS,
+};
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use ferry_adapters::record::{Millis, Record, Value};
 use ferry_adapters::sink::Item;
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::index::{BLOCKS, META_THROUGH};
+use super::index::{Directory, BLOCKS, HOURS, META_THROUGH, META_VERSION};
 use super::*;
 use crate::metrics::IngestMetrics;
 use crate::store::{
@@ -37,16 +37,20 @@ async fn stop(ingest: IngestHandle) {
     ingest.task.await.unwrap();
 }
 
-/// Two devices, readings every second with some out of order, an integer, a
-/// float, a boolean and a string field.
+/// Two devices, readings every 7 seconds (so hours pass) with some out of
+/// order, an integer, an integer above 2^53, a float, a boolean and a
+/// string field.
 fn records(n: i64) -> Vec<Record> {
     (0..n)
         .map(|i| {
-            // Every 50th reading arrives 90 s late (into a closed minute).
-            let ts = if i % 50 == 49 {
-                T0 + i * 1000 - 90_000
+            // Every 50th reading arrives 90 s late (into a closed minute),
+            // every 97th two hours late (into an hour already sealed).
+            let ts = if i % 97 == 96 {
+                T0 + i * 7000 - 7_200_000
+            } else if i % 50 == 49 {
+                T0 + i * 7000 - 90_000
             } else {
-                T0 + i * 1000
+                T0 + i * 7000
             };
             Record {
                 ts,
@@ -56,7 +60,8 @@ fn records(n: i64) -> Vec<Record> {
                     ("v".into(), Value::Int(i)),
                     ("t".into(), Value::Float(20.0 + (i % 17) as f64 * 0.25)),
                     ("ok".into(), Value::Bool(i % 2 == 0)),
-                    ("state".into(), Value::Str("run".into())),
+                    ("state".into(), Value::Str(format!("s{}", i % 5).into())),
+                    ("big".into(), Value::Int((1 << 53) + i)),
                 ],
             }
         })
@@ -74,22 +79,19 @@ async fn write(ingest: &IngestHandle, recs: Vec<Record>) {
     }
 }
 
-/// Every numeric point of every series, read from the log itself.
+/// Every point of every series, read from the log itself.
 fn reference(store: &Store) -> BTreeMap<(String, String), Vec<Point>> {
     let mut out: BTreeMap<(String, String), Vec<Point>> = BTreeMap::new();
     let mut recs = Vec::new();
     store.read_records(0, usize::MAX, &mut recs).unwrap();
     for r in recs {
         for (name, value) in &r.record.fields {
-            let Some(value) = block::indexed_value(value) else {
-                continue;
-            };
             out.entry((r.record.device.to_string(), name.to_string()))
                 .or_default()
                 .push(Point {
                     seq: r.seq,
                     ts: r.record.ts,
-                    value,
+                    value: value.clone(),
                 });
         }
     }
@@ -102,8 +104,8 @@ fn reference(store: &Store) -> BTreeMap<(String, String), Vec<Point>> {
 fn expected(points: &[Point], from: Millis, to: Millis, step: Option<i64>) -> Series {
     let inside: Vec<Point> = points
         .iter()
-        .copied()
         .filter(|p| p.ts >= from && p.ts < to)
+        .cloned()
         .collect();
     match step {
         None => Series::Raw(inside),
@@ -131,9 +133,9 @@ fn assert_same(got: &Series, want: &Series, what: &str) {
         (Series::Buckets(g), Series::Buckets(w)) => {
             assert_eq!(g.len(), w.len(), "{what}");
             for (g, w) in g.iter().zip(w) {
-                let mut g2 = *g;
+                let mut g2 = g.clone();
                 assert!(
-                    (g.rollup.sum - w.rollup.sum).abs() < 1e-6,
+                    (g.rollup.sum - w.rollup.sum).abs() <= 1e-9 * w.rollup.sum.abs().max(1.0),
                     "{what}: {g:?} vs {w:?}"
                 );
                 g2.rollup.sum = w.rollup.sum;
@@ -193,7 +195,43 @@ fn check_against_log(store: &Store, engine: &Engine, seed: u64) {
     }
 }
 
-fn dump_blocks(store: &Store) -> Vec<((u64, i64), Vec<u8>)> {
+/// Every hour directory lists exactly the blocks of its series and hour,
+/// with their headers (but for blocks wholly evicted).
+fn check_directories(store: &Store) -> usize {
+    let blocks = dump_blocks(store);
+    let db = store.db().unwrap();
+    let tx = db.begin_read().unwrap();
+    let first = tx
+        .open_table(crate::store::RECORDS)
+        .unwrap()
+        .first()
+        .unwrap()
+        .map_or(0, |(k, _)| k.value());
+    let hours = tx.open_table(HOURS).unwrap();
+    let mut n = 0;
+    for e in hours.iter().unwrap() {
+        let (k, v) = e.unwrap();
+        let (s, h) = k.value();
+        let dir = Directory::decode(h, v.value()).unwrap();
+        let listed: Vec<_> = dir
+            .0
+            .iter()
+            .filter(|(_, hd)| hd.max_seq >= first)
+            .map(|(b, hd)| (*b, hd.clone()))
+            .collect();
+        let stored: Vec<_> = blocks
+            .iter()
+            .filter(|((b, bs), _)| *bs == s && (h..h + 3_600_000).contains(b))
+            .map(|((b, _), bytes)| (*b, block::Block::decode_header(bytes).unwrap()))
+            .filter(|(_, hd)| hd.max_seq >= first)
+            .collect();
+        assert_eq!(listed, stored, "series {s} hour {h}");
+        n += 1;
+    }
+    n
+}
+
+fn dump_blocks(store: &Store) -> Vec<((i64, u64), Vec<u8>)> {
     let db = store.db().unwrap();
     let tx = db.begin_read().unwrap();
     let t = tx.open_table(BLOCKS).unwrap();
@@ -215,7 +253,7 @@ async fn queries_match_the_log_exactly() {
     let engine = Engine::new(store.clone(), index.clone());
     // Part of the data is only in memory now (each series' current minute).
     check_against_log(&store, &engine, 1);
-    // The strings were not indexed; the others were.
+    // Every field is indexed, strings too.
     assert!(engine.series_key("a", "state").is_some());
     let fields: Vec<String> = engine
         .list(Some("a"))
@@ -223,7 +261,20 @@ async fn queries_match_the_log_exactly() {
         .iter()
         .map(|i| i.field.to_string())
         .collect();
-    assert_eq!(fields, ["ok", "t", "v"]);
+    assert_eq!(fields, ["big", "ok", "state", "t", "v"]);
+    // Integers above 2^53 come back exactly.
+    let key = engine.series_key("a", "big").unwrap();
+    let got = engine.range(&[key], T0, T0 + 7001, None, 10).unwrap();
+    assert_eq!(
+        got[0],
+        Series::Raw(vec![Point {
+            seq: 2,
+            ts: T0 + 7000,
+            value: Value::Int((1 << 53) + 1)
+        }])
+    );
+    // Hours the series left are sealed, and their directories are right.
+    assert!(check_directories(&store) > 0);
     assert!(engine.list(Some("nope")).unwrap().is_empty());
     stop(ingest).await;
 }
@@ -237,15 +288,15 @@ async fn a_points_limit_is_an_error_not_a_truncation() {
     let engine = Engine::new(store.clone(), index.clone());
     let key = engine.series_key("a", "v").unwrap();
     let all = engine
-        .range(&[key], T0 - 100_000, T0 + 400_000, None, 200)
+        .range(&[key], T0 - 10_000_000, T0 + 3_000_000, None, 200)
         .unwrap();
     assert_eq!(all[0].len(), 200);
     assert!(matches!(
-        engine.range(&[key], T0 - 100_000, T0 + 400_000, None, 199),
+        engine.range(&[key], T0 - 10_000_000, T0 + 3_000_000, None, 199),
         Err(QueryError::TooManyPoints { limit: 199 })
     ));
     assert!(matches!(
-        engine.range(&[key], T0 - 100_000, T0 + 400_000, Some(1000), 10),
+        engine.range(&[key], T0 - 10_000_000, T0 + 3_000_000, Some(1000), 10),
         Err(QueryError::TooManyPoints { limit: 10 })
     ));
     stop(ingest).await;
@@ -270,6 +321,7 @@ async fn the_index_rebuilt_from_the_log_equals_the_original() {
         (store.heads().records, store.heads().records)
     );
     check_against_log(&store, &Engine::new(store.clone(), index.clone()), 2);
+    check_directories(&store);
     drop(index);
 
     // Delete the index: its tables and its position.
@@ -353,5 +405,75 @@ async fn evicted_records_are_never_in_results_and_their_blocks_go() {
     for (_, bytes) in dump_blocks(&store) {
         assert!(block::Block::decode(&bytes).unwrap().max_seq >= first);
     }
+    check_directories(&store);
+    stop(ingest).await;
+}
+
+#[tokio::test]
+async fn an_index_of_the_old_format_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, index) = open(&dir);
+    let ingest = start(&store, &index, IngestConfig::default());
+    write(&ingest, records(800)).await;
+    stop(ingest).await;
+    drop(index);
+    // Reopened: the open minutes are written too.
+    drop(Index::open(&store, IndexOptions::default()).unwrap());
+    let original = dump_blocks(&store);
+    // What a version 1 index left: its own table (series first), version 1.
+    const V1: redb::TableDefinition<(u64, i64), &[u8]> = redb::TableDefinition::new("index_blocks");
+    {
+        let db = store.db().unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(V1)
+            .unwrap()
+            .insert((1, 0), &[1u8, 2, 3][..])
+            .unwrap();
+        tx.delete_table(BLOCKS).unwrap();
+        tx.delete_table(HOURS).unwrap();
+        let mut meta = tx.open_table(META).unwrap();
+        meta.insert(META_VERSION, 1).unwrap();
+        meta.insert(META_THROUGH, 800).unwrap();
+        drop(meta);
+        tx.commit().unwrap();
+    }
+    let index = Index::open(&store, IndexOptions::default()).unwrap();
+    assert_eq!(index.progress(), (800, 800));
+    assert_eq!(dump_blocks(&store), original);
+    {
+        let db = store.db().unwrap();
+        let tx = db.begin_read().unwrap();
+        assert!(tx.open_table(V1).is_err(), "the old table is gone");
+        let meta = tx.open_table(META).unwrap();
+        assert_eq!(
+            meta.get(META_VERSION).unwrap().unwrap().value(),
+            u64::from(block::BLOCK_VERSION)
+        );
+    }
+    check_against_log(&store, &Engine::new(store.clone(), index), 6);
+    check_directories(&store);
+}
+
+#[tokio::test]
+async fn strings_are_counted_not_summed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, index) = open(&dir);
+    let ingest = start(&store, &index, IngestConfig::default());
+    write(&ingest, records(30)).await;
+    let engine = Engine::new(store.clone(), index.clone());
+    let key = engine.series_key("a", "state").unwrap();
+    let got = engine
+        .range(&[key], T0, T0 + 60_000, Some(60_000), 10)
+        .unwrap();
+    let Series::Buckets(b) = &got[0] else {
+        panic!("{got:?}")
+    };
+    // Device a: i = 1, 2, 4, 5, 7, 8 in the first minute (ts < T0 + 60 s).
+    let r = &b[0].rollup;
+    assert_eq!((r.count, r.numeric, r.stats()), (6, 0, None));
+    assert_eq!(
+        (&r.first, &r.last),
+        (&Value::Str("s1".into()), &Value::Str("s3".into()))
+    );
     stop(ingest).await;
 }
