@@ -466,10 +466,10 @@ fn scan(
         }
         for (b, slot) in slots {
             let piece = match slot {
-                Slot::Memory(ob, None) => Piece::Points(finish(ob.points.clone())),
+                Slot::Memory(ob, None) => Piece::Points(finish(ob.points.to_vec())),
                 Slot::Memory(ob, Some(d)) => {
                     let old = block_points(b, &d)?.unwrap_or_default();
-                    Piece::Points(finish(union_by_seq(&old, &ob.points)))
+                    Piece::Points(finish(union_by_seq(&old, &ob.points.to_vec())))
                 }
                 Slot::Disk(d) => {
                     let h = match &d {

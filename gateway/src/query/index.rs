@@ -11,7 +11,7 @@ use redb::{
 };
 use tracing::{info, warn};
 
-use super::block::{union_by_seq, Block, Header, Point, BLOCK_VERSION};
+use super::block::{union_by_seq, Block, Header, Point, PointBuf, BLOCK_VERSION};
 use crate::metrics::QueryMetrics;
 use crate::store::codec::{self, DecodeError, Reader};
 use crate::store::{Heads, IndexHook, Store, StoreError, META, RECORDS};
@@ -132,8 +132,8 @@ impl Default for IndexOptions {
 /// written in the transaction under way (kept until it has committed).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OpenBucket {
-    /// Sorted by seq.
-    pub points: Vec<Point>,
+    /// Sorted by seq, encoded compactly.
+    pub points: PointBuf,
     /// The first seq not yet in the persisted block.
     dirty_since: Option<u64>,
     /// The series has moved on to another bucket: write and forget it.
@@ -397,7 +397,10 @@ impl Index {
                     if let Some(v) = t.blocks.get((b, s))? {
                         match Block::decode(v.value()) {
                             Ok(old) => {
-                                ob.points = union_by_seq(&old.points, &ob.points);
+                                ob.points = PointBuf::from_points(&union_by_seq(
+                                    &old.points,
+                                    &ob.points.to_vec(),
+                                ));
                                 ob.persisted_max = Some(old.max_seq);
                             }
                             Err(e) => warn!(series = s, bucket = b, error = %e,
@@ -410,7 +413,7 @@ impl Index {
                 if let Some(old) = ob.persisted_max.take() {
                     expiry.remove((old, s, b))?;
                 }
-                match Block::from_points(ob.points.clone()) {
+                match Block::from_points(ob.points.to_vec()) {
                     Some(block) => {
                         block.encode(&mut state.buf);
                         t.blocks.insert((b, s), state.buf.as_slice())?;
@@ -606,7 +609,7 @@ impl State {
             }
             let ob = buckets.entry(b).or_default();
             ob.closed = false;
-            ob.points.push(Point { seq, ts, value });
+            ob.points.push(&Point { seq, ts, value });
             ob.dirty_since.get_or_insert(seq);
         }
         Ok(())
