@@ -184,6 +184,15 @@ pub async fn run_until(
                         .map(|r| Arc::from(route::cursor_name(r))),
                 )
                 .collect(),
+            // ... and on route streams, what the uplinks sending them have not.
+            route_consumers: config
+                .uplinks
+                .iter()
+                .filter_map(|(name, u)| {
+                    let route = u.route.as_deref()?;
+                    Some((Arc::from(route), Arc::from(uplink::cursor_name(name))))
+                })
+                .collect(),
             index: Some(index.clone()),
         },
         ingest_metrics.clone(),

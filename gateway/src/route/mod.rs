@@ -28,9 +28,9 @@
 //!   ones (the route's cursor is a protected consumer).
 //! - An uplink with `route = "NAME"` sends the route's stream, at least
 //!   once, with its own cursor on that stream.
-//!
-//! # Not yet
-//! Route output streams are not trimmed by retention.
+//! - **Output is trimmed by retention** like raw records (`max_age`, the
+//!   disk budget), after the raw records it summarises; entries an uplink
+//!   has not sent go last (see `store::retention`).
 
 pub mod deadband;
 mod task;
