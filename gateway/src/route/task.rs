@@ -173,9 +173,7 @@ async fn run(ctx: &Ctx<'_>, config: &mut watch::Receiver<RouteConfig>) -> Result
             return Ok(());
         }
         if config_open && config.has_changed().unwrap_or(false) {
-            let new = config.borrow_and_update().clone();
-            info!(route = %name, "route config changed; applied from the next batch");
-            route.as_mut().expect("route").config = new;
+            adopt(name, route.as_mut().expect("route"), config);
         }
         if store.heads().records <= cursor {
             // Caught up: close what the clock has made due, else wait.
@@ -202,7 +200,10 @@ async fn run(ctx: &Ctx<'_>, config: &mut watch::Receiver<RouteConfig>) -> Result
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 changed = heads.changed() => if changed.is_err() { return Ok(()) },
-                changed = config.changed(), if config_open => if changed.is_err() { config_open = false },
+                changed = config.changed(), if config_open => match changed {
+                    Ok(()) => adopt(name, route.as_mut().expect("route"), config),
+                    Err(_) => config_open = false,
+                },
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
             }
             continue;
@@ -245,6 +246,12 @@ async fn run(ctx: &Ctx<'_>, config: &mut watch::Receiver<RouteConfig>) -> Result
         }
         cursor = stats.last_seq;
     }
+}
+
+/// Takes the route's new config (a reload); its state stays.
+fn adopt(name: &str, route: &mut Route, config: &mut watch::Receiver<RouteConfig>) {
+    route.config = config.borrow_and_update().clone();
+    info!(route = %name, "route config changed; applies from the next batch");
 }
 
 /// Commits `work` and counts it; false if ingest has shut down.
