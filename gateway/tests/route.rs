@@ -508,18 +508,12 @@ async fn the_task_closes_windows_on_the_clock_exactly_once_through_restarts() {
     .await;
     let mut out = Vec::new();
     store.read_stream(&stream, 0, 10, &mut out).unwrap();
-    let got: Vec<(u64, i64, Vec<(String, Value)>)> = out
+    let got: Vec<(u64, Row)> = out
         .iter()
-        .map(|s| (s.seq, s.record.ts, fields(&s.record)))
+        .map(|s| (s.seq, (s.record.ts, &*s.record.device, fields(&s.record))))
         .collect();
-    assert_eq!(
-        got,
-        vec![(
-            1,
-            T0,
-            vec![("t_count".to_owned(), Value::Int(2)), f("t_sum", 3.0)]
-        )]
-    );
+    let window = vec![("t_count".to_owned(), Value::Int(2)), f("t_sum", 3.0)];
+    assert_eq!(got, vec![(1, (T0, "a", window))]);
     let too_late = metrics
         .route_dropped
         .get_or_create(&ferry_gateway::metrics::RouteReasonLabels {
