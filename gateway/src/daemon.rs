@@ -37,6 +37,9 @@ use crate::store::{spawn_ingest, IngestConfig, Retention, Store, StoreOptions, S
 use crate::uplink::{self, batch::Topic, Settings};
 use crate::watchdog::{self, Timing, Watchdog};
 
+/// Submissions the pipeline task holds before sources wait.
+const PIPELINE_QUEUE: usize = 16;
+
 /// How long sources get to stop before ingest is closed regardless.
 const SOURCE_STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -203,8 +206,11 @@ pub async fn run_until(
     // only forwards, and a reload can give it some).
     let (pipeline_tx, pipeline_rx) =
         watch::channel(Pipeline::new(&config.pipeline, pipeline_metrics.clone()));
+    // Its own queue is short: ingest's queue is where submissions wait, so
+    // the pipeline adds little to what a broker source has acknowledged and
+    // not yet committed.
     let (source_sink, pipeline_task) =
-        spawn_pipeline_with(pipeline_rx, ingest.sink.clone(), config.store.queue.get());
+        spawn_pipeline_with(pipeline_rx, ingest.sink.clone(), PIPELINE_QUEUE);
     drop(ingest.sink);
 
     let sources_cancel = CancellationToken::new();
