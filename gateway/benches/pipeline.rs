@@ -8,7 +8,11 @@
 //!    through the pipeline with a window route reading the stored stream:
 //!    the process CPU per record (user + system, getrusage) and the rate
 //!    committed.
-//! 3. `max`: the same two set-ups fed as fast as ingest takes them.
+//! 3. `max`: the same set-ups fed as fast as ingest takes them.
+//!
+//! A third set-up, `empty_pipeline`, is the pipeline task with no steps and
+//! no route: what the daemon runs when none are configured (the task is
+//! always there so that a reload can add steps).
 //!
 //! `cargo bench -p ferry-gateway --bench pipeline`; `FERRY_BENCH_SCALE=0.1`
 //! for a quick run.
@@ -21,7 +25,7 @@ use ferry_adapters::record::{Record, Value};
 use ferry_adapters::sink::{Item, Sink};
 use ferry_gateway::config::Config;
 use ferry_gateway::metrics::{IngestMetrics, PipelineMetrics};
-use ferry_gateway::pipeline::{spawn_pipeline, Pipeline};
+use ferry_gateway::pipeline::{spawn_pipeline, spawn_pipeline_with, Pipeline};
 use ferry_gateway::route::{spawn_route, Dropped, Route};
 use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
@@ -113,7 +117,8 @@ fn steps(n: u64) {
 /// Feeds `n` records at `rate`/s (0 = as fast as possible); returns the
 /// committed rate and the CPU per record, and waits for the route (if any)
 /// to catch up.
-async fn run(n: u64, rate: u64, with_pipeline: bool) -> (f64, f64) {
+async fn run(n: u64, rate: u64, mode: Mode) -> (f64, f64) {
+    let with_pipeline = mode == Mode::Full;
     let dir = tempfile::Builder::new()
         .prefix("ferry-bench-pipeline")
         .tempdir()
@@ -134,6 +139,17 @@ async fn run(n: u64, rate: u64, with_pipeline: bool) -> (f64, f64) {
             cancel.clone(),
         );
         (sink, Some(task), Some(route))
+    } else if mode == Mode::Empty {
+        let empty = Config::from_toml(
+            "[sources.local]\ntype = \"mqtt_broker\"\n",
+            Path::new("e.toml"),
+        )
+        .unwrap();
+        let p: Arc<Pipeline> = Pipeline::new(&empty.pipeline, PipelineMetrics::new());
+        // As the daemon runs it: following a watch channel, a queue of 16.
+        let (_keep, rx) = tokio::sync::watch::channel(p);
+        let (sink, task) = spawn_pipeline_with(rx, ingest.sink.clone(), 16);
+        (sink, Some(task), None)
     } else {
         (ingest.sink.clone(), None, None)
     };
@@ -179,25 +195,33 @@ async fn run(n: u64, rate: u64, with_pipeline: bool) -> (f64, f64) {
     (n as f64 / elapsed, cpu_us)
 }
 
+/// What sits between the submitter and ingest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    None,
+    Empty,
+    Full,
+}
+
+const MODES: [(&str, Mode); 3] = [
+    ("no_pipeline", Mode::None),
+    ("empty_pipeline", Mode::Empty),
+    ("pipeline_5_steps_and_window_route", Mode::Full),
+];
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let s = scale();
     println!("## pipeline (scale {s})");
     steps((200_000.0 * s).max(10_000.0) as u64);
     let n = ((300_000.0 * s) as u64).max(20_000);
-    for (name, with) in [
-        ("no_pipeline", false),
-        ("pipeline_5_steps_and_window_route", true),
-    ] {
-        let (rate, cpu) = run(n, 100_000, with).await;
+    for (name, mode) in MODES {
+        let (rate, cpu) = run(n, 100_000, mode).await;
         println!("paced_100k.{name}.committed: {rate:.0} records/s");
         println!("paced_100k.{name}.cpu: {cpu:.2} us/record");
     }
-    for (name, with) in [
-        ("no_pipeline", false),
-        ("pipeline_5_steps_and_window_route", true),
-    ] {
-        let (rate, cpu) = run(n, 0, with).await;
+    for (name, mode) in MODES {
+        let (rate, cpu) = run(n, 0, mode).await;
         println!("max.{name}.committed: {rate:.0} records/s");
         println!("max.{name}.cpu: {cpu:.2} us/record");
     }

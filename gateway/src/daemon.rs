@@ -14,6 +14,7 @@
 //! `STOPPING=1` when shutdown begins. SIGHUP reloads the config file
 //! (`reload.rs`) between `RELOADING=1` and `READY=1`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +25,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, SourceConfig, UplinkConfig};
+use crate::config::{Config, RouteConfig, SourceConfig, UplinkConfig};
 use crate::metrics::{self, IngestMetrics, ModbusMetrics, PipelineMetrics, UplinkMetrics};
 use crate::notify::{Notifier, State};
-use crate::pipeline::{spawn_pipeline, Pipeline};
+use crate::pipeline::{spawn_pipeline_with, Pipeline};
 use crate::query::{Index, IndexOptions};
 use crate::reload::{self, ReloadContext, Uplinks};
 use crate::route;
@@ -35,6 +36,9 @@ use crate::status::StatusSource;
 use crate::store::{spawn_ingest, IngestConfig, Retention, Store, StoreOptions, Stream};
 use crate::uplink::{self, batch::Topic, Settings};
 use crate::watchdog::{self, Timing, Watchdog};
+
+/// Submissions the pipeline task holds before sources wait.
+const PIPELINE_QUEUE: usize = 16;
 
 /// How long sources get to stop before ingest is closed regardless.
 const SOURCE_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -193,19 +197,29 @@ pub async fn run_until(
                         .map(|r| Arc::from(route::cursor_name(r))),
                 )
                 .collect(),
+            // ... and on route streams, what the uplinks sending them have not.
+            route_consumers: config
+                .uplinks
+                .iter()
+                .filter_map(|(name, u)| {
+                    let route = u.route.as_deref()?;
+                    Some((Arc::from(route), Arc::from(uplink::cursor_name(name))))
+                })
+                .collect(),
             index: Some(index.clone()),
         },
         ingest_metrics.clone(),
     );
 
-    // The pipeline sits between the sources and ingest, when it has steps.
-    let pipeline = Pipeline::new(&config.pipeline, pipeline_metrics.clone());
-    let (source_sink, pipeline_task) = if pipeline.is_empty() {
-        (ingest.sink.clone(), None)
-    } else {
-        let (sink, task) = spawn_pipeline(pipeline, ingest.sink.clone(), config.store.queue.get());
-        (sink, Some(task))
-    };
+    // The pipeline sits between the sources and ingest (with no steps it
+    // only forwards, and a reload can give it some).
+    let (pipeline_tx, pipeline_rx) =
+        watch::channel(Pipeline::new(&config.pipeline, pipeline_metrics.clone()));
+    // Its own queue is short: ingest's queue is where submissions wait, so
+    // the pipeline adds little to what a broker source has acknowledged and
+    // not yet committed.
+    let (source_sink, pipeline_task) =
+        spawn_pipeline_with(pipeline_rx, ingest.sink.clone(), PIPELINE_QUEUE);
     drop(ingest.sink);
 
     let sources_cancel = CancellationToken::new();
@@ -236,10 +250,15 @@ pub async fn run_until(
     drop(ingest.cursors);
     let routes_cancel = CancellationToken::new();
     let mut routes = Vec::new();
+    let mut route_configs = BTreeMap::new();
+    let clock = route::Clock::new();
     for (name, cfg) in &config.routes {
-        routes.push(route::spawn_route(
+        let (tx, rx) = watch::channel(cfg.clone());
+        route_configs.insert(name.clone(), tx);
+        routes.push(route::spawn_route_with(
             name,
-            cfg.clone(),
+            rx,
+            clock,
             store.clone(),
             ingest.routes.clone(),
             pipeline_metrics.clone(),
@@ -247,6 +266,12 @@ pub async fn run_until(
         ));
     }
     drop(ingest.routes);
+    let mut live = Live {
+        uplinks: running_uplinks,
+        pipeline: pipeline_tx,
+        pipeline_metrics: pipeline_metrics.clone(),
+        routes: route_configs,
+    };
     if let Some(listener) = api_listener {
         let engine = crate::query::Engine::new(store.clone(), index);
         let ctx = crate::api::ApiContext::new(
@@ -299,7 +324,7 @@ pub async fn run_until(
                 if let Some(n) = &notifier {
                     n.notify(&[State::Reloading]);
                 }
-                reload_config(&reload, &mut config, &mut running_uplinks).await;
+                reload_config(&reload, &mut config, &mut live).await;
                 if let Some(n) = &notifier {
                     n.notify(&[State::Ready]);
                 }
@@ -335,16 +360,14 @@ pub async fn run_until(
         sources.abort_all();
         while sources.join_next().await.is_some() {}
     }
-    if let Some(task) = pipeline_task {
-        task.await.context("pipeline")?;
-    }
+    pipeline_task.await.context("pipeline")?;
     // Routes stop between commits; their state is committed with their output.
     routes_cancel.cancel();
     for task in routes {
         task.await.context("route")?;
     }
     // 3. Uplinks: drain what is in flight.
-    running_uplinks.shutdown().await;
+    live.uplinks.shutdown().await;
     // 2 and the last cursor moves: ingest ends after its final commit.
     ingest.task.await.context("ingest writer")?;
     http_cancel.cancel();
@@ -420,9 +443,19 @@ fn uplink_settings(config: &Config) -> anyhow::Result<Vec<(Settings, u64)>> {
     Ok(out)
 }
 
+/// What a reload can change in the running daemon.
+struct Live {
+    uplinks: Uplinks,
+    pipeline: watch::Sender<Arc<Pipeline>>,
+    pipeline_metrics: PipelineMetrics,
+    /// Each route's config, followed by its task.
+    routes: BTreeMap<String, watch::Sender<RouteConfig>>,
+}
+
 /// SIGHUP: reads the config file again and applies what can change in
 /// place (see `reload.rs`); a config with any problem changes nothing.
-async fn reload_config(ctx: &ReloadContext, running: &mut Config, uplinks: &mut Uplinks) {
+async fn reload_config(ctx: &ReloadContext, running: &mut Config, live: &mut Live) {
+    let uplinks = &mut live.uplinks;
     let Some(path) = &ctx.path else {
         warn!("reload: running on the embedded default config; there is no file to read again");
         return;
@@ -472,12 +505,29 @@ async fn reload_config(ctx: &ReloadContext, running: &mut Config, uplinks: &mut 
     for key in &plan.kept {
         warn!("reload: {key} changed, which needs a restart (systemctl restart ferry); running on with the previous value");
     }
+    if plan.pipeline {
+        let p = &plan.config.pipeline;
+        live.pipeline
+            .send_replace(Pipeline::new(p, live.pipeline_metrics.clone()));
+        info!(
+            steps = p.steps.len(),
+            devices = p.devices.len(),
+            "reload: pipeline and device registry replaced"
+        );
+    }
+    for (name, cfg) in &plan.routes {
+        if let Some(tx) = live.routes.get(name) {
+            tx.send_replace(cfg.clone());
+            info!(route = %name, "reload: route config applied from its next batch");
+        }
+    }
     let restarted: Vec<String> = restarts.iter().map(|(s, _)| s.name.clone()).collect();
     for (s, digest) in restarts {
-        uplinks.restart(s, digest).await;
+        live.uplinks.restart(s, digest).await;
     }
+    let routes: Vec<&String> = plan.routes.keys().collect();
+    info!(restarted_uplinks = ?restarted, pipeline_replaced = plan.pipeline, routes_changed = ?routes, needs_restart = ?plan.kept, "config reloaded");
     *running = plan.config;
-    info!(restarted_uplinks = ?restarted, needs_restart = ?plan.kept, "config reloaded");
 }
 
 fn settings(name: &str, u: &UplinkConfig, gateway: &str) -> anyhow::Result<Settings> {

@@ -83,6 +83,9 @@ pub struct IngestMetrics {
     /// Records removed by retention, by reason (`max_age`, `disk_budget`,
     /// `disk_budget_undelivered`).
     pub records_evicted: Family<ReasonLabel, Counter>,
+    /// Route output entries removed by retention, by route and reason (the
+    /// same reasons as `records_evicted`).
+    pub route_records_evicted: Family<RouteReasonLabels, Counter>,
     /// Records not stored by policy, by reason (`disk_full`).
     pub records_dropped: Family<ReasonLabel, Counter>,
     /// Dead letters removed to keep them within their share of the budget.
@@ -121,6 +124,7 @@ impl IngestMetrics {
             commit_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             head_seq: Default::default(),
             records_evicted: Default::default(),
+            route_records_evicted: Default::default(),
             records_dropped: Default::default(),
             dead_letters_evicted: Default::default(),
             store_records: Default::default(),
@@ -180,6 +184,11 @@ impl IngestMetrics {
             "records_evicted",
             "Records removed by retention, by reason",
             self.records_evicted.clone(),
+        );
+        r.register(
+            "route_records_evicted",
+            "Route output entries removed by retention, by route and reason",
+            self.route_records_evicted.clone(),
         );
         r.register(
             "records_dropped",

@@ -9,13 +9,22 @@
 //! | --- | --- |
 //! | `gateway.log_level` | applied (unless `RUST_LOG` is set, which wins) |
 //! | an existing `[uplinks.NAME]` whose keys, or whose `ca`/`cert`/`key` files' contents, changed | that uplink drains its in-flight batches and starts again with the new settings, from its cursor; the others keep running |
-//! | an uplink added or removed, an uplink's `route`, `gateway.id`, `gateway.data_dir`, `[store]`, `[sources]`, `[[pipeline]]`, `[routes]`, `[metrics]` | not applied: logged as needing a restart, the running value is kept |
+//! | `[[pipeline]]` and `[devices.NAME]` | applied together, as one: every submission after the reload goes through the new steps with the new registry, none through a mix |
+//! | an existing `[routes.NAME]`: `sources`, `devices`, `fields`, `batch_records`, the `deadband` (added, removed or changed: its state is the last reported values, valid under any threshold), the window's `aggregates` and `grace` | applied from the route's next batch; its state is kept |
+//! | a route's `window` added or removed, or its `size` changed | not applied (the route's other changes are): the open windows in the stored state are intervals of the old size, and the route's stream would change meaning under its uplink; logged as needing a restart |
+//! | an uplink or a route added or removed, an uplink's `route`, `gateway.id`, `gateway.data_dir`, `[store]`, `[sources]`, `[metrics]`, `[api]` | not applied: logged as needing a restart, the running value is kept |
 //!
 //! Why the others need a restart: the embedded broker cannot release its
 //! port while the process lives; the store and its retention are opened with
 //! the set of uplinks and routes whose unconsumed records they protect (so
-//! adding, removing or re-routing an uplink needs a restart); the metrics
-//! endpoint and the gateway id are bound into every running part.
+//! adding, removing or re-routing an uplink, or adding a route, needs a
+//! restart); the metrics endpoint and the gateway id are bound into every
+//! running part.
+//!
+//! A window size change needs more than a restart to be meaningful: the
+//! route's state holds windows of the old size. After a restart with a new
+//! size, the open windows of the old size are closed as they fall due and
+//! new ones are of the new size; for a clean cut, rename the route.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -28,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::config::{Config, LogLevel, UplinkConfig};
+use crate::config::{Config, LogLevel, RouteConfig, UplinkConfig};
 use crate::metrics::UplinkMetrics;
 use crate::store::{Cursors, Store};
 use crate::uplink::{self, Settings};
@@ -95,6 +104,10 @@ pub struct Plan {
     pub log_level: Option<LogLevel>,
     /// Uplinks whose keys changed: restarted with their new settings.
     pub restart: BTreeSet<String>,
+    /// `[[pipeline]]` or `[devices]` changed: the pipeline is replaced.
+    pub pipeline: bool,
+    /// Routes whose config changes in place, with the config they run now.
+    pub routes: BTreeMap<String, RouteConfig>,
     /// What changed but needs a restart of Ferry; kept as it runs.
     pub kept: Vec<String>,
 }
@@ -123,11 +136,29 @@ pub fn plan(running: &Config, new: Config) -> Plan {
     if new.api != running.api {
         kept.push("[api]".to_owned());
     }
-    if new.pipeline != running.pipeline {
-        kept.push("[[pipeline]]".to_owned());
+    let pipeline = new.pipeline != running.pipeline;
+    if pipeline {
+        config.pipeline = new.pipeline.clone();
     }
     kept.extend(changed_keys(&running.sources, &new.sources, "sources"));
-    kept.extend(changed_keys(&running.routes, &new.routes, "routes"));
+    let mut routes = BTreeMap::new();
+    for name in changed_keys(&running.routes, &new.routes, "") {
+        let name = &name[1..];
+        match (running.routes.get(name), new.routes.get(name)) {
+            (Some(old), Some(cfg)) => {
+                let (merged, window_kept) = route_in_place(old, cfg);
+                if let Some(what) = window_kept {
+                    kept.push(format!("routes.{name}.window{what}"));
+                }
+                if merged != *old {
+                    config.routes.insert(name.to_owned(), merged.clone());
+                    routes.insert(name.to_owned(), merged);
+                }
+            }
+            (Some(_), None) => kept.push(format!("routes.{name} (removed)")),
+            _ => kept.push(format!("routes.{name} (added)")),
+        }
+    }
     let mut restart = BTreeSet::new();
     for name in running.uplinks.keys().chain(new.uplinks.keys()) {
         match (running.uplinks.get(name), new.uplinks.get(name)) {
@@ -149,8 +180,27 @@ pub fn plan(running: &Config, new: Config) -> Plan {
         config,
         log_level,
         restart,
+        pipeline,
+        routes,
         kept,
     }
+}
+
+/// What of `new` a running route can take: everything but a window added,
+/// removed or resized (then the old window is kept, and what was not
+/// applied is returned as a key suffix).
+fn route_in_place(old: &RouteConfig, new: &RouteConfig) -> (RouteConfig, Option<&'static str>) {
+    let mut merged = new.clone();
+    let kept = match (&old.window, &new.window) {
+        (Some(a), Some(b)) if a.size != b.size => Some(".size"),
+        (None, Some(_)) => Some(" (added)"),
+        (Some(_), None) => Some(" (removed)"),
+        _ => None,
+    };
+    if kept.is_some() {
+        merged.window = old.window.clone();
+    }
+    (merged, kept)
 }
 
 /// `section.NAME` for every entry added, removed or changed.
@@ -296,6 +346,7 @@ plaintext = true
         let p = plan(&running, running.clone());
         assert_eq!(p.config, running);
         assert_eq!((p.log_level, p.restart.len(), p.kept.len()), (None, 0, 0));
+        assert!(!p.pipeline && p.routes.is_empty());
     }
 
     #[test]
@@ -328,6 +379,39 @@ plaintext = true
         assert_eq!(p.config.uplinks["a"], running.uplinks["a"]);
         assert!(!p.config.uplinks.contains_key("c"));
         assert_eq!(p.config.sources, running.sources);
+    }
+
+    #[test]
+    fn pipeline_and_route_changes_apply_a_window_resize_is_kept() {
+        let routes = "[[pipeline]]\nfilter = \"t > 0\"\n[devices.7]\nsite = \"a\"\n\
+            [routes.keep]\nfields = [\"t\"]\n\
+            [routes.r]\ndeadband = { absolute = 1 }\nwindow = { size = \"1m\", grace = \"5s\" }\n\
+            [routes.s]\nwindow = { size = \"1m\" }\n";
+        let running = config(&format!("{BASE}{routes}"));
+        let new = config(&format!(
+            "{BASE}{}[routes.t]\n",
+            routes
+                .replace("site = \"a\"", "site = \"b\"")
+                .replace(
+                    "absolute = 1 }\nwindow = { size = \"1m\", grace = \"5s\"",
+                    "absolute = 2 }\nwindow = { size = \"1m\", grace = \"9s\""
+                )
+                .replace(
+                    "[routes.s]\nwindow = { size = \"1m\" }",
+                    "[routes.s]\nfields = [\"t\"]\nwindow = { size = \"5m\" }"
+                )
+        ));
+        let p = plan(&running, new.clone());
+        assert!(p.pipeline);
+        assert_eq!(p.config.pipeline, new.pipeline);
+        // r: deadband and grace in place; s: its select, but not the resize.
+        assert_eq!(p.routes.keys().collect::<Vec<_>>(), ["r", "s"]);
+        assert_eq!(p.routes["r"], new.routes["r"]);
+        assert_eq!(p.routes["s"].fields, ["t"]);
+        assert_eq!(p.routes["s"].window, running.routes["s"].window);
+        assert_eq!(p.config.routes["s"], p.routes["s"]);
+        assert!(!p.config.routes.contains_key("t"));
+        assert_eq!(p.kept, ["routes.s.window.size", "routes.t (added)"]);
     }
 
     #[test]

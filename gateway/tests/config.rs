@@ -112,6 +112,33 @@ fn the_commented_uplink_in_the_default_is_valid_with_the_documented_defaults() {
 }
 
 #[test]
+fn the_commented_pipeline_and_route_in_the_default_are_valid() {
+    let block: Vec<&str> = DEFAULT_TOML
+        .lines()
+        .skip_while(|l| *l != "# [devices.7]")
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect();
+    assert!(block.len() > 30, "the example is missing: {block:?}");
+    let c = valid(&format!(
+        "[sources.local]\ntype = \"mqtt_broker\"\n{}\n",
+        block.join("\n")
+    ));
+    let steps: Vec<&str> = c.pipeline.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(steps, ["plausible", "1_math", "2_rename", "3_enrich"]);
+    assert_eq!(c.pipeline.devices["7"].len(), 2);
+    let r = &c.routes["minute"];
+    assert_eq!(r.fields, ["voltage", "temp_c", "power"]);
+    assert_eq!(r.deadband.as_ref().unwrap().absolute, Some(0.5));
+    let w = r.window.as_ref().unwrap();
+    assert_eq!(
+        (w.size, w.grace),
+        (Duration::from_secs(60), Duration::from_secs(10))
+    );
+    assert_eq!(r.batch_records.get(), 4096);
+}
+
+#[test]
 fn uplink_defaults() {
     let c = valid(&with_uplink(""));
     let u = uplink(&c);

@@ -353,3 +353,194 @@ async fn the_task_commits_output_state_and_cursor_together_and_resumes() {
     task.await.unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+/// A minute boundary in device time for the clock tests.
+const T0: i64 = 1_700_000_040_000;
+
+#[test]
+fn the_clock_closes_windows_when_the_records_stop_and_later_ones_are_too_late() {
+    let cfg = route_config(
+        "window = { size = \"1m\", aggregates = [\"count\", \"sum\"], grace = \"10s\" }\n",
+    );
+    let mut route = Route::new("r", cfg, Default::default());
+    let (out, _) = run(
+        &mut route,
+        &[t(T0 + 5_000, "a", 1.0), t(T0 + 20_000, "a", 2.0)],
+    );
+    assert!(out.is_empty());
+    assert_eq!(route.next_due(), None, "no wall time noted yet");
+    // Read at wall time W: the watermark (T0 + 20 s) is anchored there, so
+    // the window's end + grace (T0 + 70 s) is due 50 s later.
+    const W: i64 = 5_000_000;
+    route.anchor(W);
+    assert_eq!(route.next_due(), Some(W + 50_000));
+    let mut out = Vec::new();
+    route.tick(W + 49_999, &mut out);
+    assert!(out.is_empty());
+    route.tick(W + 50_000, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].ts, &*out[0].device), (T0, "a"));
+    assert_eq!(
+        fields(&out[0]),
+        vec![("t_count".to_owned(), Value::Int(2)), f("t_sum", 3.0)]
+    );
+    assert_eq!(route.next_due(), None);
+    // The window is closed for good: a reading for it now is too late (the
+    // record watermark alone would have taken it); a later one opens the next.
+    let (out, dropped) = run(
+        &mut route,
+        &[t(T0 + 30_000, "a", 9.0), t(T0 + 65_000, "b", 4.0)],
+    );
+    assert!(out.is_empty());
+    assert_eq!(dropped.too_late, 1);
+    route.anchor(W + 60_000);
+    assert_eq!(route.next_due(), Some(W + 60_000 + 5_000 + 60_000));
+}
+
+#[test]
+fn the_clock_closes_late_windows_at_end_plus_grace_too() {
+    let cfg =
+        route_config("window = { size = \"1m\", aggregates = [\"count\"], grace = \"30s\" }\n");
+    let mut route = Route::new("r", cfg, Default::default());
+    let input = [
+        t(T0 + 5_000, "a", 1.0),
+        t(T0 + 61_000, "a", 2.0), // closes [T0, T0 + 1m) by record time
+        t(T0 + 50_000, "a", 3.0), // late, within grace: its own window
+    ];
+    let (out, _) = run(&mut route, &input);
+    assert_eq!(out.len(), 1);
+    route.anchor(0);
+    // The late window is due at T0 + 90 s, 29 s after the watermark.
+    assert_eq!(route.next_due(), Some(29_000));
+    let mut out = Vec::new();
+    route.tick(29_000, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        fields(&out[0]),
+        vec![
+            ("t_count".to_owned(), Value::Int(1)),
+            ("late".to_owned(), Value::Bool(true))
+        ]
+    );
+    // [T0 + 1m, T0 + 2m) closes at T0 + 150 s.
+    assert_eq!(route.next_due(), Some(89_000));
+}
+
+/// The task in paused time: the window of a device that stopped reporting
+/// is closed by the timer at end + grace, committed with the state, and
+/// emitted once through restarts (one of them after it was due).
+#[tokio::test(start_paused = true)]
+async fn the_task_closes_windows_on_the_clock_exactly_once_through_restarts() {
+    use ferry_gateway::route::{spawn_route_with, Clock};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
+    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+    let cfg = route_config(
+        "window = { size = \"1m\", aggregates = [\"count\", \"sum\"], grace = \"10s\" }\n",
+    );
+    let metrics = PipelineMetrics::new();
+    let stream = Stream::Route("r".into());
+    let clock = Clock::starting_at(T0);
+    let start = tokio::time::Instant::now();
+    let start_task = || {
+        let cancel = CancellationToken::new();
+        let (_keep, config) = tokio::sync::watch::channel(cfg.clone());
+        let task = spawn_route_with(
+            "r",
+            config,
+            clock,
+            store.clone(),
+            ingest.routes.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        );
+        (cancel, task)
+    };
+    let wait = |what: &'static str, done: Box<dyn Fn(&Store) -> bool>| {
+        let store = store.clone();
+        async move {
+            let mut heads = store.watch_heads();
+            while !done(&store) {
+                tokio::time::timeout(Duration::from_secs(600), heads.changed())
+                    .await
+                    .unwrap_or_else(|_| panic!("no {what}"))
+                    .unwrap();
+            }
+        }
+    };
+    let submit = |recs: Vec<Record>| {
+        let sink = ingest.sink.clone();
+        async move {
+            sink.submit_and_wait(recs.into_iter().map(Item::Record).collect())
+                .await
+                .unwrap()
+        }
+    };
+
+    // Read, then stopped before the window is due.
+    let (cancel, task) = start_task();
+    submit(vec![t(T0 + 1_000, "a", 1.0), t(T0 + 2_000, "a", 2.0)]).await;
+    wait(
+        "cursor",
+        Box::new(|s| s.cursor(&cursor_name("r")).unwrap() == 2),
+    )
+    .await;
+    cancel.cancel();
+    task.await.unwrap();
+    assert_eq!(store.stream_head(&stream).unwrap(), 0);
+    // Ferry is down while it falls due; started again, it emits it at once.
+    tokio::time::advance(Duration::from_secs(120)).await;
+    let (cancel, task) = start_task();
+    wait(
+        "clock output",
+        Box::new(|s| s.stream_head(&Stream::Route("r".into())).unwrap() >= 1),
+    )
+    .await;
+    cancel.cancel();
+    task.await.unwrap();
+    // Once more: nothing is emitted again.
+    let (cancel, task) = start_task();
+    submit(vec![t(T0 + 30_000, "a", 9.0)]).await; // for the closed window: too late
+    wait(
+        "cursor",
+        Box::new(|s| s.cursor(&cursor_name("r")).unwrap() == 3),
+    )
+    .await;
+    let mut out = Vec::new();
+    store.read_stream(&stream, 0, 10, &mut out).unwrap();
+    let got: Vec<(u64, Row)> = out
+        .iter()
+        .map(|s| (s.seq, (s.record.ts, &*s.record.device, fields(&s.record))))
+        .collect();
+    let window = vec![("t_count".to_owned(), Value::Int(2)), f("t_sum", 3.0)];
+    assert_eq!(got, vec![(1, (T0, "a", window))]);
+    let too_late = metrics
+        .route_dropped
+        .get_or_create(&ferry_gateway::metrics::RouteReasonLabels {
+            route: "r".into(),
+            reason: "too_late".into(),
+        })
+        .get();
+    assert_eq!(too_late, 1);
+
+    // While running: a new window for device b (its clock agrees with the
+    // gateway's), then silence; the timer closes it at its end + grace on
+    // the clock (the anchor is when the route read it: a commit later).
+    let before = clock.now();
+    submit(vec![t(before, "b", 5.0)]).await;
+    wait(
+        "timer output",
+        Box::new(|s| s.stream_head(&Stream::Route("r".into())).unwrap() >= 2),
+    )
+    .await;
+    let window_end = before.div_euclid(60_000) * 60_000 + 60_000;
+    let now = clock.now();
+    assert!(
+        now >= window_end + 10_000 && now < window_end + 10_000 + 1_000,
+        "closed at {} ms past end + grace",
+        now - window_end - 10_000
+    );
+    assert!(start.elapsed() >= Duration::from_secs(120));
+    cancel.cancel();
+    task.await.unwrap();
+}

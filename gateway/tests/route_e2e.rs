@@ -175,8 +175,11 @@ async fn kill9_during_aggregation_then_restart_emits_exactly_the_uninterrupted_o
     }
     let ports = free_ports(2).unwrap();
     let (broker, metrics) = (addr(ports[0]), addr(ports[1]));
+    // Route commits ride group commits: a short interval lets the 300
+    // commits of 10 records each finish in seconds.
     let config = format!(
-        "[gateway]\ndata_dir = \"{}\"\n[sources.local]\ntype = \"mqtt_broker\"\nlisten = \"{broker}\"\n\
+        "[gateway]\ndata_dir = \"{}\"\n[store]\ncommit_interval = \"10ms\"\n\
+         [sources.local]\ntype = \"mqtt_broker\"\nlisten = \"{broker}\"\n\
          [metrics]\nlisten = \"{metrics}\"\n{CRASH_ROUTE}",
         data.display()
     );

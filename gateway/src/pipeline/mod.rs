@@ -8,8 +8,10 @@
 //! submission, with its receipt, to the ingest writer. So a source is still
 //! acknowledged only after its (transformed) records are committed, and a
 //! submission whose records were all filtered out is acknowledged too (it
-//! is committed empty). Dead letters pass through unchanged. With no steps
-//! configured the daemon does not start the task at all.
+//! is committed empty). Dead letters pass through unchanged. The daemon
+//! starts the task even with no steps (it then only forwards), so a reload
+//! (SIGHUP) can replace the steps and the device registry in place: the new
+//! pipeline applies whole from the next submission on.
 //!
 //! # What each step does with a record it cannot handle
 //! Counted in `ferry_pipeline_errors_total{step,reason}`, never a panic:
@@ -31,4 +33,4 @@ mod task;
 
 pub use expr::{EvalError, Expression};
 pub use step::{Outcome, Pipeline};
-pub use task::spawn_pipeline;
+pub use task::{spawn_pipeline, spawn_pipeline_with};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use ferry_adapters::sink::{Item, Sink, Submission};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -19,17 +19,35 @@ pub fn spawn_pipeline(
     ingest: Sink,
     queue: usize,
 ) -> (Sink, JoinHandle<()>) {
+    let (_, pipeline) = watch::channel(pipeline);
+    spawn_pipeline_with(pipeline, ingest, queue)
+}
+
+/// [`spawn_pipeline`] following `pipeline`: a new value (a reload) applies
+/// whole from the next submission on, steps and device registry together.
+pub fn spawn_pipeline_with(
+    pipeline: watch::Receiver<Arc<Pipeline>>,
+    ingest: Sink,
+    queue: usize,
+) -> (Sink, JoinHandle<()>) {
     let (sink, rx) = Sink::channel(queue);
     let task = tokio::spawn(run(pipeline, ingest, rx));
     (sink, task)
 }
 
-async fn run(pipeline: Arc<Pipeline>, ingest: Sink, mut rx: mpsc::Receiver<Submission>) {
+async fn run(
+    pipeline: watch::Receiver<Arc<Pipeline>>,
+    ingest: Sink,
+    mut rx: mpsc::Receiver<Submission>,
+) {
     while let Some(mut sub) = rx.recv().await {
-        sub.items.retain_mut(|item| match item {
-            Item::Record(r) => pipeline.apply(r) == Outcome::Keep,
-            Item::Dead(_) => true,
-        });
+        let pipeline = pipeline.borrow().clone();
+        if !pipeline.is_empty() {
+            sub.items.retain_mut(|item| match item {
+                Item::Record(r) => pipeline.apply(r) == Outcome::Keep,
+                Item::Dead(_) => true,
+            });
+        }
         if ingest.forward(sub).await.is_err() {
             warn!("ingest is shut down; the pipeline stops");
             return;

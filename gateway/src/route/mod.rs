@@ -21,16 +21,23 @@
 //!   transaction, so after a crash the route resumes from a cursor and a
 //!   state that match the output already stored: nothing is emitted twice
 //!   or lost. Steps are deterministic functions of the stored records (by
-//!   record time, never the wall clock) and windows close after each
-//!   record, so the output does not depend on batching or restarts.
+//!   record time) and windows close after each record, so the output does
+//!   not depend on batching or restarts.
+//! - **Windows close on the clock** when the records stop: once the route
+//!   has read every stored record, a timer closes each window when the
+//!   watermark's wall-time estimate passes its end + grace ([`window`]);
+//!   that output is committed with the state like any other, so it too is
+//!   emitted exactly once through a crash.
+//! - **Reload.** A route's config can be replaced while it runs (SIGHUP,
+//!   see `reload.rs`); it takes effect from the next batch.
 //! - **Raw records stay.** A route only reads the raw stream; retention
 //!   keeps the records a route has not processed as it keeps undelivered
 //!   ones (the route's cursor is a protected consumer).
 //! - An uplink with `route = "NAME"` sends the route's stream, at least
 //!   once, with its own cursor on that stream.
-//!
-//! # Not yet
-//! Route output streams are not trimmed by retention.
+//! - **Output is trimmed by retention** like raw records (`max_age`, the
+//!   disk budget), after the raw records it summarises; entries an uplink
+//!   has not sent go last (see `store::retention`).
 
 pub mod deadband;
 mod task;
@@ -38,11 +45,11 @@ pub mod window;
 
 use std::sync::Arc;
 
-use ferry_adapters::record::Record;
+use ferry_adapters::record::{Millis, Record};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RouteConfig;
-pub use task::{cursor_name, spawn_route};
+pub use task::{cursor_name, spawn_route, spawn_route_with, Clock};
 
 /// The durable state of a route.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -85,6 +92,27 @@ impl Route {
     /// The state from its stored form.
     pub fn decode_state(bytes: &[u8]) -> Result<State, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// Notes that the route has read everything it has at wall time `wall`
+    /// (anchors the windows' watermark: see [`window`]).
+    pub fn anchor(&mut self, wall: Millis) {
+        if self.config.window.is_some() {
+            self.state.windows.anchor(wall);
+        }
+    }
+
+    /// The wall time at which [`Route::tick`] next has a window to close.
+    pub fn next_due(&self) -> Option<Millis> {
+        let w = self.config.window.as_ref()?;
+        self.state.windows.next_due(w)
+    }
+
+    /// Closes the windows due by wall time `now`; appends them to `out`.
+    pub fn tick(&mut self, now: Millis, out: &mut Vec<Record>) {
+        if let Some(w) = &self.config.window {
+            self.state.windows.close_by_clock(w, &self.name, now, out);
+        }
     }
 
     /// Processes one stored record; appends what it emits to `out`.

@@ -14,6 +14,18 @@
 //! - Windows close after each record, so the output does not depend on how
 //!   the input was batched: after a crash and restart the route emits
 //!   exactly what an uninterrupted run would have.
+//! - **On the clock too.** When no record moves the watermark, it moves
+//!   with wall time: the route notes the wall time at which its watermark
+//!   last advanced (the *anchor*), and the watermark's estimate at wall
+//!   time `now` is `watermark + (now - anchor)`. When the estimate reaches
+//!   a window's `end + grace`, the window (late or not) is closed and
+//!   emitted ([`Windows::close_by_clock`]), so a device that stops reporting
+//!   does not hold its last window open. A record that arrives afterwards
+//!   for a window closed this way is too late (counted and dropped). The
+//!   estimate follows the devices' own clock, so a device whose clock is off
+//!   by minutes, or a replay of old readings, is not cut short. The anchor
+//!   is part of the durable state, so a window due while Ferry was stopped
+//!   is emitted when it starts again, once.
 //! - Only numbers are aggregated (integers as floats); NaN and infinities
 //!   are counted (`not_finite`) and skipped; strings and booleans are
 //!   ignored. Output fields are `FIELD_AGG` (`temperature_mean`), fields in
@@ -79,6 +91,13 @@ type Key = (Millis, bool, String);
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Windows {
     watermark: Option<Millis>,
+    /// (watermark, wall time at which the route first saw it).
+    #[serde(default)]
+    anchor: Option<(Millis, Millis)>,
+    /// Every window with `end + grace` at or before this (record time) has
+    /// been closed by the clock.
+    #[serde(default)]
+    closed: Option<Millis>,
     /// Open windows, with each field's aggregates.
     open: Vec<(Key, BTreeMap<String, Acc>)>,
     #[serde(skip)]
@@ -119,7 +138,8 @@ impl Windows {
         let start = r.ts.div_euclid(size) * size;
         let end = start + size;
         let late = end <= wm;
-        if late && wm >= end + grace {
+        let clock_closed = self.closed.is_some_and(|c| end + grace <= c);
+        if clock_closed || (late && wm >= end + grace) {
             skipped(Skipped::TooLate);
         } else {
             let key = (start, late, r.device.to_string());
@@ -169,6 +189,59 @@ impl Windows {
         self.close(cfg, route, wm, out);
     }
 
+    /// Notes that the route has read what it has at wall time `wall`: if
+    /// the watermark moved since the last note, it is anchored there.
+    pub fn anchor(&mut self, wall: Millis) {
+        if let Some(wm) = self.watermark {
+            if self.anchor.map(|(at, _)| at) != Some(wm) {
+                self.anchor = Some((wm, wall));
+            }
+        }
+    }
+
+    /// The watermark's estimate at wall time `now` (see the module docs).
+    fn estimate(&self, now: Millis) -> Option<Millis> {
+        self.anchor
+            .map(|(wm, wall)| wm.saturating_add(now.saturating_sub(wall).max(0)))
+    }
+
+    /// The wall time at which the clock closes the next window, if any is open.
+    pub fn next_due(&self, cfg: &WindowConfig) -> Option<Millis> {
+        let size = cfg.size.as_millis() as Millis;
+        let grace = cfg.grace.as_millis() as Millis;
+        let (wm, wall) = self.anchor?;
+        // Keys are in start order: the first open window ends first.
+        let (start, _, _) = self.index.keys().next()?;
+        Some(wall + (start + size + grace - wm).max(0))
+    }
+
+    /// Closes, by wall time `now`, every window whose `end + grace` the
+    /// watermark's estimate has reached; appends them to `out`.
+    pub fn close_by_clock(
+        &mut self,
+        cfg: &WindowConfig,
+        route: &Arc<str>,
+        now: Millis,
+        out: &mut Vec<Record>,
+    ) {
+        let Some(est) = self.estimate(now) else {
+            return;
+        };
+        let size = cfg.size.as_millis() as Millis;
+        let grace = cfg.grace.as_millis() as Millis;
+        let due: Vec<Key> = self
+            .index
+            .keys()
+            .take_while(|(start, _, _)| start + size + grace <= est)
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        self.closed = Some(self.closed.map_or(est, |c| c.max(est)));
+        self.emit(cfg, route, due, out);
+    }
+
     /// Emits, in (start, late, device) order, every window due at `wm`.
     fn close(&mut self, cfg: &WindowConfig, route: &Arc<str>, wm: Millis, out: &mut Vec<Record>) {
         let size = cfg.size.as_millis() as Millis;
@@ -180,6 +253,11 @@ impl Windows {
             .filter(|(start, late, _)| !late || start + size + grace <= wm)
             .cloned()
             .collect();
+        self.emit(cfg, route, due, out);
+    }
+
+    /// Emits the windows `due` (in key order) and forgets them.
+    fn emit(&mut self, cfg: &WindowConfig, route: &Arc<str>, due: Vec<Key>, out: &mut Vec<Record>) {
         if due.is_empty() {
             return;
         }

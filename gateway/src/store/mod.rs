@@ -16,21 +16,23 @@
 //! | `dead`    | seq `u64`      | an encoded dead letter                  |
 //! | `names`   | id `u32`       | an interned device, source or field name |
 //! | `cursors` | consumer name  | `u64`, the last sequence consumed        |
-//! | `meta`    | key            | `u64` (`format_version`)                |
+//! | `meta`    | key            | `u64` (`format_version`, byte accounts, route stream heads) |
 //! | `route.NAME` | seq `u64`   | a route's output record (same encoding) |
 //! | `route_state` | route name | a route's state (see `route/`)          |
 //!
 //! # When data is deleted
 //! Only by retention ([`retention`]): records older than `max_age`, and the
 //! oldest records when the store reaches its disk budget (delivered ones
-//! first; undelivered ones only under `when_full = "drop_oldest"`). Every
-//! deletion is counted by reason.
+//! first; undelivered ones only under `when_full = "drop_oldest"`). Route
+//! output streams are trimmed by the same rules, after raw records of the
+//! same kind (`route_retention`). Every deletion is counted by reason.
 
 pub mod codec;
 pub mod fsck;
 mod hook;
 mod names;
 pub mod retention;
+mod route_retention;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -478,6 +480,12 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => 0,
             Err(e) => return Err(e.into()),
         };
+        // Retention may have emptied the stream; its head is kept in `meta`.
+        let saved = tx
+            .open_table(META)?
+            .get(&*route_retention::head_key(route))?
+            .map_or(0, |v| v.value());
+        let head = head.max(saved);
         self.set_route_head(route, head);
         Ok(head)
     }
@@ -567,5 +575,7 @@ fn last_key(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, Store
     Ok(table.last()?.map(|(k, _)| k.value()).unwrap_or(0))
 }
 
+#[cfg(test)]
+mod route_tests;
 #[cfg(test)]
 mod tests;

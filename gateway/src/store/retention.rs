@@ -18,6 +18,10 @@
 //!    `block` stops taking submissions (back-pressure to the sources) until
 //!    uplinks deliver enough to make room.
 //!
+//! Route output streams (`route.NAME`) count in the same budget and are
+//! trimmed by the same rules, after raw records of the same kind (see
+//! `route_retention`): the aggregates outlive the raw data they summarise.
+//!
 //! Records older than `max_age` are evicted whatever the budget. Dead letters
 //! are kept within [`DEAD_SHARE`] of the budget, oldest evicted first. Every
 //! evicted or dropped record is counted by reason; each episode is logged
@@ -87,6 +91,8 @@ pub fn entry_bytes(value_len: usize) -> u64 {
 pub struct Usage {
     pub record_bytes: u64,
     pub dead_bytes: u64,
+    /// Every route output stream together (`route_retention`).
+    pub route_bytes: u64,
     /// The first sequence number still stored (head + 1 when empty).
     pub first_record: u64,
     pub first_dead: u64,
@@ -95,17 +101,18 @@ pub struct Usage {
 impl Usage {
     /// The store file size these streams need, estimated.
     pub fn file_bytes(&self) -> u64 {
-        ((self.record_bytes + self.dead_bytes) as f64 * FILE_FACTOR) as u64 + FILE_BASE
+        ((self.record_bytes + self.dead_bytes + self.route_bytes) as f64 * FILE_FACTOR) as u64
+            + FILE_BASE
     }
 
-    /// Accounted bytes to free from the record stream now (0 = none).
+    /// Accounted bytes to free from the record and route streams now (0 = none).
     pub fn records_to_free(&self, r: &Retention) -> u64 {
         let budget = r.max_disk as f64;
         if (self.file_bytes() as f64) < budget * HIGH_WATER {
             return 0;
         }
         let target = ((budget * LOW_WATER - FILE_BASE as f64) / FILE_FACTOR).max(0.0) as u64;
-        (self.record_bytes + self.dead_bytes).saturating_sub(target)
+        (self.record_bytes + self.dead_bytes + self.route_bytes).saturating_sub(target)
     }
 
     /// Accounted bytes to free from the dead-letter stream now (0 = none).

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::retention::{entry_bytes, Retention, Usage, WhenFull, MAX_EVICT_PER_COMMIT};
+use super::route_retention::{self, RouteStreams};
 use super::{codec, Heads, IndexHook, Store, StoreError, CURSORS, DEAD, META, NAMES, RECORDS};
 use crate::metrics::{IngestMetrics, ReasonLabel, RejectLabels, SourceLabel};
 
@@ -49,6 +50,9 @@ pub struct IngestConfig {
     /// The cursors of the consumers whose undelivered records retention
     /// protects (per `when_full`): one per configured uplink.
     pub consumers: Vec<Arc<str>>,
+    /// The cursors of the uplinks sending a route's stream, as (route,
+    /// cursor): what retention counts as delivered on route streams.
+    pub route_consumers: Vec<(Arc<str>, Arc<str>)>,
     /// A secondary index written in the writer's transactions (the query
     /// index), if any.
     pub index: Option<Arc<dyn IndexHook>>,
@@ -63,6 +67,7 @@ impl Default for IngestConfig {
             queue: 1024,
             retention: Retention::default(),
             consumers: Vec::new(),
+            route_consumers: Vec::new(),
             index: None,
         }
     }
@@ -436,6 +441,8 @@ struct WriterState {
     blocked: bool,
     /// The heads of the route streams the current commit writes.
     route_heads: Vec<(Arc<str>, u64)>,
+    /// The route output streams' accounts.
+    routes: RouteStreams,
     index: Option<Arc<dyn IndexHook>>,
 }
 
@@ -490,6 +497,8 @@ impl WriterState {
             usage.dead_bytes += entry_bytes(entry?.1.value().len());
         }
         usage.first_dead = dead.first()?.map_or(heads.dead + 1, |(k, _)| k.value());
+        let routes = RouteStreams::load(&tx, &cfg.route_consumers)?;
+        usage.route_bytes = routes.total();
         let now = std::time::Instant::now();
         let state = WriterState {
             store,
@@ -505,6 +514,7 @@ impl WriterState {
             episode: None,
             blocked: false,
             route_heads: Vec::new(),
+            routes,
             index: cfg.index.clone(),
         };
         state.update_gauges(heads);
@@ -529,6 +539,7 @@ impl WriterState {
         let started = std::time::Instant::now();
         let known = self.names.len();
         let (usage, consumers, episode) = (self.usage, self.consumers.clone(), self.episode);
+        let routes = self.routes.clone();
         let result = self.write(batch, known);
         match &result {
             Ok(_) => {
@@ -553,6 +564,7 @@ impl WriterState {
                 }
                 self.usage = usage;
                 self.consumers = consumers;
+                self.routes = routes;
                 self.episode = episode;
             }
         }
@@ -577,6 +589,7 @@ impl WriterState {
                 if let Some(pos) = self.consumers.get_mut(name) {
                     *pos = (*pos).max(seq);
                 }
+                self.routes.move_cursor(name, seq);
             }
             for (rc, _) in &batch.routes {
                 let head = self.write_route(&tx, rc)?;
@@ -593,14 +606,14 @@ impl WriterState {
             let mut records = tx.open_table(RECORDS)?;
             let mut dead = tx.open_table(DEAD)?;
             evicted_any |= self.evict_dead(&mut dead)?;
-            evicted_any |= self.evict_aged(&mut records)?;
+            evicted_any |= self.evict_aged(&tx, &mut records)?;
             let avg = if heads.records >= self.usage.first_record {
                 self.usage.record_bytes / (heads.records - self.usage.first_record + 1)
             } else {
                 64
             };
             let incoming = avg * batch.records.len() as u64;
-            let (evicted, room) = self.evict_for_budget(&mut records, incoming)?;
+            let (evicted, room) = self.evict_for_budget(&tx, &mut records, incoming)?;
             evicted_any |= evicted;
             disposition = if batch.records.is_empty() || room {
                 Disposition::Stored
@@ -661,6 +674,8 @@ impl WriterState {
                 meta.insert("usage.dead_bytes", self.usage.dead_bytes)?;
                 meta.insert("usage.as_of_record", heads.records)?;
                 meta.insert("usage.as_of_dead", heads.dead)?;
+                drop(meta);
+                self.routes.save(&tx)?;
                 self.usage_saved = std::time::Instant::now();
             }
         }
@@ -688,7 +703,13 @@ impl WriterState {
     ) -> Result<u64, StoreError> {
         let name = super::Stream::Route(rc.route.clone()).table();
         let mut table = tx.open_table(redb::TableDefinition::<u64, &[u8]>::new(&name))?;
-        let mut head = table.last()?.map_or(0, |(k, _)| k.value());
+        let mut meta = tx.open_table(META)?;
+        let head_key = route_retention::head_key(&rc.route);
+        // The saved head too: eviction may have emptied the stream.
+        let mut head = table
+            .last()?
+            .map_or(0, |(k, _)| k.value())
+            .max(meta.get(&*head_key)?.map_or(0, |v| v.value()));
         for r in &rc.outputs {
             let source = self.intern(&r.source);
             let device = self.intern(&r.device);
@@ -701,7 +722,13 @@ impl WriterState {
             }
             head += 1;
             table.insert(head, buf.as_slice())?;
+            let bytes = entry_bytes(buf.len());
+            self.routes.added(&rc.route, bytes);
+            self.usage.route_bytes += bytes;
             self.buf = buf;
+        }
+        if !rc.outputs.is_empty() {
+            meta.insert(&*head_key, head)?;
         }
         tx.open_table(super::ROUTE_STATE)?
             .insert(&*rc.route, rc.state.as_slice())?;
@@ -737,9 +764,11 @@ impl WriterState {
         Ok(n > 0)
     }
 
-    /// Evicts records older than `max_age` from the front of the log.
+    /// Evicts records older than `max_age` from the front of the log and
+    /// of the route streams.
     fn evict_aged(
         &mut self,
+        tx: &redb::WriteTransaction,
         records: &mut redb::Table<u64, &'static [u8]>,
     ) -> Result<bool, StoreError> {
         let Some(max_age) = self.retention.max_age else {
@@ -765,13 +794,22 @@ impl WriterState {
             self.pop_record(records, "max_age")?;
             n += 1;
         }
-        Ok(n > 0)
+        let before = self.routes.total();
+        let routed = self
+            .routes
+            .evict_aged(tx, cutoff, MAX_EVICT_PER_COMMIT - n, &self.metrics)?;
+        self.usage.route_bytes -= (before - self.routes.total()).min(self.usage.route_bytes);
+        Ok(n + routed > 0)
     }
 
     /// Frees room for `incoming` more bytes within the budget, as the policy
-    /// allows. Returns whether anything was evicted and whether there is room.
+    /// allows: delivered raw records, then delivered route entries, then
+    /// (`drop_oldest`) undelivered raw records, then undelivered route
+    /// entries (see `route_retention`). Returns whether anything was evicted
+    /// and whether there is room.
     fn evict_for_budget(
         &mut self,
+        tx: &redb::WriteTransaction,
         records: &mut redb::Table<u64, &'static [u8]>,
         incoming: u64,
     ) -> Result<(bool, bool), StoreError> {
@@ -782,22 +820,39 @@ impl WriterState {
             self.end_episode();
             return Ok((false, true));
         }
-        let delivered = self.delivered();
+        let drop_oldest = self.retention.when_full == WhenFull::DropOldest;
         let mut n = 0;
-        while need > 0 && n < MAX_EVICT_PER_COMMIT {
-            let first = self.usage.first_record;
-            let reason = if first <= delivered {
-                "disk_budget"
-            } else if self.retention.when_full == WhenFull::DropOldest {
-                "disk_budget_undelivered"
+        for undelivered in [false, true] {
+            if undelivered && !drop_oldest {
+                break;
+            }
+            let (reason, upto) = if undelivered {
+                ("disk_budget_undelivered", u64::MAX)
             } else {
-                break;
+                ("disk_budget", self.delivered())
             };
-            let Some(bytes) = self.pop_record(records, reason)? else {
-                break;
-            };
-            need = need.saturating_sub(bytes);
-            n += 1;
+            while need > 0 && n < MAX_EVICT_PER_COMMIT && self.usage.first_record <= upto {
+                let Some(bytes) = self.pop_record(records, reason)? else {
+                    break;
+                };
+                need = need.saturating_sub(bytes);
+                n += 1;
+            }
+            if need > 0 && n < MAX_EVICT_PER_COMMIT {
+                let (freed, routed) = self.routes.evict_for_budget(
+                    tx,
+                    need,
+                    undelivered,
+                    MAX_EVICT_PER_COMMIT - n,
+                    &self.metrics,
+                )?;
+                self.usage.route_bytes -= freed.min(self.usage.route_bytes);
+                need = need.saturating_sub(freed);
+                n += routed;
+                if routed > 0 {
+                    self.count_episode(reason, routed as u64);
+                }
+            }
         }
         let mut after = self.usage;
         after.record_bytes += incoming;
