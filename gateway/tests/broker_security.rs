@@ -472,8 +472,11 @@ listen = "{metrics}"
     let (_d, code_d) = raw_client(plain, "d");
     assert_eq!(code_d, 0, "a slot is free again");
 
-    let devices = stored_devices(api);
-    assert_eq!(devices, ["dev1", "dev2", "dev3", "press-7"]);
+    wait_until_blocking(WAIT, "dev3's and press-7's readings stored", || {
+        stored_devices(api).len() >= 4
+    })
+    .unwrap();
+    assert_eq!(stored_devices(api), ["dev1", "dev2", "dev3", "press-7"]);
 }
 
 #[test]
