@@ -198,8 +198,6 @@ impl Front {
         }
         let identity = self.policy.identity(client, user);
         if identity == Some("") {
-            self.observer
-                .event(&self.source, BrokerEvent::Denied(Denied::Will));
             warn!(source = %self.source, %peer, client, user, "refused: the ACL needs a client name, and it is empty");
             wr.write_all(&refuse(ConnackCode::IdentifierRejected))
                 .await?;
