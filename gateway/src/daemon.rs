@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, RouteConfig, SourceConfig, UplinkConfig};
-use crate::metrics::{self, IngestMetrics, ModbusMetrics, PipelineMetrics, UplinkMetrics};
+use crate::metrics::{
+    self, BrokerMetrics, IngestMetrics, ModbusMetrics, PipelineMetrics, UplinkMetrics,
+};
 use crate::notify::{Notifier, State};
 use crate::pipeline::{spawn_pipeline_with, Pipeline};
 use crate::query::{Index, IndexOptions};
@@ -150,6 +152,8 @@ pub async fn run_until(
     uplink_metrics.register(&mut registry);
     let modbus_metrics = Arc::new(ModbusMetrics::new());
     modbus_metrics.register(&mut registry);
+    let broker_metrics = Arc::new(BrokerMetrics::new());
+    broker_metrics.register(&mut registry);
     let pipeline_metrics = PipelineMetrics::new();
     pipeline_metrics.register(&mut registry);
     query_metrics.register(&mut registry);
@@ -234,6 +238,7 @@ pub async fn run_until(
             &config.gateway.id,
             source_sink.clone(),
             &modbus_metrics,
+            &broker_metrics,
             sources_cancel.clone(),
         );
     }
@@ -388,19 +393,29 @@ fn start_source(
     gateway: &str,
     sink: Sink,
     modbus_metrics: &Arc<ModbusMetrics>,
+    #[cfg_attr(not(feature = "embedded-broker"), allow(unused_variables))] broker_metrics: &Arc<
+        BrokerMetrics,
+    >,
     cancel: CancellationToken,
 ) {
     let name: Arc<str> = name.into();
     match source {
         #[cfg(feature = "embedded-broker")]
         SourceConfig::MqttBroker(cfg) => {
-            let cfg = cfg.clone();
+            let (cfg, observer) = (cfg.clone(), broker_metrics.clone());
             let (ready, ready_rx) = tokio::sync::oneshot::channel();
             listening.push(ready_rx);
             tasks.spawn(async move {
-                ferry_adapters::mqtt::run_broker(name.clone(), cfg, sink, cancel, Some(ready))
-                    .await
-                    .with_context(|| format!("source {name}"))
+                ferry_adapters::mqtt::run_broker_observed(
+                    name.clone(),
+                    cfg,
+                    sink,
+                    observer,
+                    cancel,
+                    Some(ready),
+                )
+                .await
+                .with_context(|| format!("source {name}"))
             });
         }
         SourceConfig::MqttSubscribe(cfg) => {

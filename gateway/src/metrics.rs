@@ -575,6 +575,122 @@ impl ferry_adapters::modbus::DeviceObserver for ModbusDeviceMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub source: String,
+    /// `connections`, `topic_length`, `payload` or `fields`.
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoginLabels {
+    pub source: String,
+    /// `bad_password`, `unknown_user` or `no_credentials`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    pub source: String,
+    /// `publish`, `subscribe` or `will`.
+    pub action: String,
+}
+
+/// What the embedded broker sources count about their clients
+/// (`ferry_source_*`); labelled by source, never by client (client ids are
+/// unbounded).
+#[derive(Clone, Debug, Default)]
+pub struct BrokerMetrics {
+    /// Clients connected now.
+    pub connections: Family<SourceLabel, Gauge>,
+    /// Times a limit was hit, by limit.
+    pub limits_hit: Family<LimitLabels, Counter>,
+    /// Logins refused, by reason.
+    pub logins_refused: Family<LoginLabels, Counter>,
+    /// What the ACL refused, by action.
+    pub acl_denied: Family<DeniedLabels, Counter>,
+    /// TLS handshakes that failed.
+    pub tls_failures: Family<SourceLabel, Counter>,
+}
+
+impl BrokerMetrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("source");
+        r.register(
+            "connections",
+            "Clients connected to an embedded broker",
+            self.connections.clone(),
+        );
+        r.register(
+            "limits_hit",
+            "Times a client hit a limit (connections, topic_length, payload, fields)",
+            self.limits_hit.clone(),
+        );
+        r.register(
+            "logins_refused",
+            "Logins refused by an embedded broker, by reason",
+            self.logins_refused.clone(),
+        );
+        r.register(
+            "acl_denied",
+            "Publishes, subscriptions and will topics the ACL refused",
+            self.acl_denied.clone(),
+        );
+        r.register(
+            "tls_failures",
+            "TLS handshakes with devices that failed",
+            self.tls_failures.clone(),
+        );
+    }
+}
+
+#[cfg(feature = "embedded-broker")]
+impl ferry_adapters::mqtt::BrokerObserver for BrokerMetrics {
+    fn event(&self, source: &str, event: ferry_adapters::mqtt::BrokerEvent) {
+        use ferry_adapters::mqtt::BrokerEvent;
+        let source = source.to_owned();
+        match event {
+            BrokerEvent::Connected => {
+                self.connections
+                    .get_or_create(&SourceLabel { source })
+                    .inc();
+            }
+            BrokerEvent::Disconnected => {
+                self.connections
+                    .get_or_create(&SourceLabel { source })
+                    .dec();
+            }
+            BrokerEvent::LoginRefused(why) => {
+                let reason = why.as_str().to_owned();
+                self.logins_refused
+                    .get_or_create(&LoginLabels { source, reason })
+                    .inc();
+            }
+            BrokerEvent::TlsFailed => {
+                self.tls_failures
+                    .get_or_create(&SourceLabel { source })
+                    .inc();
+            }
+            BrokerEvent::Denied(what) => {
+                let action = what.as_str().to_owned();
+                self.acl_denied
+                    .get_or_create(&DeniedLabels { source, action })
+                    .inc();
+            }
+            BrokerEvent::Limit(limit) => {
+                let limit = limit.as_str().to_owned();
+                self.limits_hit
+                    .get_or_create(&LimitLabels { source, limit })
+                    .inc();
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
     pub step: String,
     pub reason: String,

@@ -233,7 +233,8 @@ fn unknown_key_in_a_source() {
             3,
             "sources.local.listne",
             "unknown field `listne`, expected one of `listen`, `topics`, `device_field`, \
-             `timestamp_field`, `max_payload`, `max_fields`, `max_connections`, `buffer`"
+             `timestamp_field`, `max_payload`, `max_fields`, `max_connections`, \
+             `max_topic_length`, `tls`, `password_file`, `acl`, `buffer`"
         )
     );
 }
@@ -752,7 +753,7 @@ listen = "127.0.0.1:9108"
     assert_eq!(shown.lines().count(), 11);
     assert_eq!(
         shown.lines().nth(1).unwrap(),
-        "ferry: config error: ferry.toml:3: gateway.colour: unknown field `colour`, expected one of `id`, `data_dir`, `log_level`"
+        "ferry: config error: ferry.toml:3: gateway.colour: unknown field `colour`, expected one of `id`, `data_dir`, `log_level`, `insecure_key_files`"
     );
 }
 

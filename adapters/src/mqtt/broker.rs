@@ -55,6 +55,7 @@ use crate::sink::{Item, Receipt, Sink, SubmitError};
 
 use super::config::BrokerSourceConfig;
 use super::decode::MessageDecoder;
+use super::front::{self, BoundFront, BrokerEvent, BrokerObserver, Limit, NoBrokerObserver};
 use super::log::DeadLetterLog;
 use super::payload::Reject;
 use super::SourceError;
@@ -94,17 +95,44 @@ pub async fn run_broker(
     cancel: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> Result<(), SourceError> {
+    run_broker_observed(name, cfg, sink, Arc::new(NoBrokerObserver), cancel, ready).await
+}
+
+/// [`run_broker`], reporting connections, refusals and limits to
+/// `observer`.
+pub async fn run_broker_observed(
+    name: Arc<str>,
+    cfg: BrokerSourceConfig,
+    sink: Sink,
+    observer: Arc<dyn BrokerObserver>,
+    cancel: CancellationToken,
+    ready: Option<oneshot::Sender<SocketAddr>>,
+) -> Result<(), SourceError> {
     let decoder = cfg.decoder(name.clone())?;
-    let addr = reserve(cfg.listen)?;
-    let (link, mut stopped) = spawn_broker(&name, rumqttd_config(&cfg, &name, addr), addr).await?;
+    // rumqttd listens on loopback only; devices reach it through the front
+    // (see the `front` module for why).
+    let inner = reserve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    let front =
+        BoundFront::bind(name.clone(), &cfg, inner, observer.clone(), cancel.clone()).await?;
+    let addr = front.local_addr()?;
+    let (link, mut stopped) =
+        spawn_broker(&name, rumqttd_config(&cfg, &name, inner), inner).await?;
     let (_link_tx, link_rx) = link;
 
     tokio::select! {
         biased;
         _ = cancel.cancelled() => return Ok(()),
-        r = wait_listening(&name, addr, &mut stopped) => r?,
+        r = wait_listening(&name, inner, &mut stopped) => r?,
     }
-    info!(source = %name, %addr, "embedded MQTT broker listening");
+    let _front = front.serve();
+    info!(
+        source = %name,
+        %addr,
+        tls = cfg.tls.is_some(),
+        login = cfg.password_file.is_some(),
+        acl = cfg.acl.as_str(),
+        "embedded MQTT broker listening"
+    );
     if let Some(ready) = ready {
         if ready.send(addr).is_err() {
             debug!(source = %name, "nobody waits for the broker's address");
@@ -121,6 +149,7 @@ pub async fn run_broker(
         next_offset: 0,
         lost: 0,
         dead: DeadLetterLog::default(),
+        observer,
     };
     let result = forwarder.run(&cancel, &mut stopped).await;
     info!(
@@ -150,7 +179,6 @@ fn reserve(listen: SocketAddr) -> Result<SocketAddr, SourceError> {
 }
 
 fn rumqttd_config(cfg: &BrokerSourceConfig, name: &str, addr: SocketAddr) -> rumqttd::Config {
-    let max_payload = usize::try_from(cfg.max_payload.as_u64()).unwrap_or(usize::MAX);
     let buffer = usize::try_from(cfg.buffer.as_u64()).unwrap_or(usize::MAX);
     let router = RouterConfig {
         // The devices, Ferry's link and the start-up probe.
@@ -164,9 +192,8 @@ fn rumqttd_config(cfg: &BrokerSourceConfig, name: &str, addr: SocketAddr) -> rum
     };
     let connections = ConnectionSettings {
         connection_timeout_ms: 5_000,
-        // Room above `max_payload` so that oversize payloads arrive and
-        // become dead letters instead of dropped connections.
-        max_payload_size: max_payload.saturating_mul(2).saturating_add(1024),
+        // The front closes a connection that sends more (and counts it).
+        max_payload_size: front::max_packet(cfg),
         max_inflight_count: 100,
         auth: None,
         external_auth: None,
@@ -296,6 +323,7 @@ struct Forwarder {
     /// Messages the broker dropped before Ferry could read them.
     lost: u64,
     dead: DeadLetterLog,
+    observer: Arc<dyn BrokerObserver>,
 }
 
 impl Forwarder {
@@ -372,6 +400,15 @@ impl Forwarder {
         let item = self.decoder.decode(&topic, &publish.payload);
         if let Item::Dead(d) = &item {
             self.dead.log(d);
+            let limit = match d.kind {
+                Reject::OVERSIZE => Some(Limit::Payload),
+                Reject::TOO_MANY_FIELDS => Some(Limit::Fields),
+                _ => None,
+            };
+            if let Some(limit) = limit {
+                self.observer
+                    .event(self.source(), BrokerEvent::Limit(limit));
+            }
         }
         self.batch.push(item);
         false
@@ -505,7 +542,7 @@ mod tests {
         );
         let v4 = &c.v4.as_ref().unwrap()["1"];
         assert_eq!(v4.listen, addr);
-        assert_eq!(v4.connections.max_payload_size, 2 * 65536 + 1024);
+        assert_eq!(v4.connections.max_payload_size, 2 * 65536 + 1024 + 65537);
         assert!(c.v5.is_none() && c.ws.is_none() && c.console.is_none());
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+use super::broker_security::{Acl, BrokerTlsConfig};
 use super::decode::MessageDecoder;
 use super::payload::PayloadOptions;
 use super::topic::TopicTemplate;
@@ -38,6 +39,9 @@ fn default_max_fields() -> usize {
 fn default_max_connections() -> usize {
     1000
 }
+fn default_max_topic_length() -> usize {
+    256
+}
 fn default_buffer() -> ByteSize {
     ByteSize::mib(2)
 }
@@ -59,8 +63,8 @@ fn default_reconnect_max() -> Duration {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSourceConfig {
-    /// Address the broker listens on (MQTT 3.1.1 over plain TCP); port 0
-    /// picks a free port. Default: `"127.0.0.1:1883"`.
+    /// Address the broker listens on (MQTT 3.1.1, over TLS when `tls` is
+    /// set); port 0 picks a free port. Default: `"127.0.0.1:1883"`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Topic templates that are accepted, tried in order; `{device}` takes
@@ -87,9 +91,28 @@ pub struct BrokerSourceConfig {
     /// fields); more is a `too_many_fields` dead letter. Default: `256`.
     #[serde(default = "default_max_fields")]
     pub max_fields: usize,
-    /// Most devices connected at once; more are refused. Default: `1000`.
+    /// Most devices connected at once; more are refused (CONNACK 3, server
+    /// unavailable). Default: `1000`.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Longest topic a device may publish to, in bytes; a longer one is
+    /// dropped (acknowledged at QoS 1, not stored). Default: `256`.
+    #[serde(default = "default_max_topic_length")]
+    pub max_topic_length: usize,
+    /// TLS for devices: `{ cert = "...", key = "...", client_ca = "..." }`.
+    /// Default: none (plain TCP).
+    #[serde(default)]
+    pub tls: Option<BrokerTlsConfig>,
+    /// Devices must log in with a username and password listed in this
+    /// file, in mosquitto's format (`mosquitto_passwd -c FILE USER` writes
+    /// it). Re-read on SIGHUP. Default: none (any client may connect).
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// Per-device topics: `"username"` or `"client_id"` lets a client
+    /// publish only to topics whose `{device}` level equals that name, and
+    /// not subscribe; `"none"` allows any topic. Default: `"none"`.
+    #[serde(default)]
+    pub acl: Acl,
     /// Memory the broker keeps of recent messages. If Ferry falls behind by
     /// more than this (the store stalls), the broker drops the oldest
     /// messages it has already acknowledged; Ferry logs and counts them.
@@ -108,6 +131,10 @@ impl Default for BrokerSourceConfig {
             max_payload: default_max_payload(),
             max_fields: default_max_fields(),
             max_connections: default_max_connections(),
+            max_topic_length: default_max_topic_length(),
+            tls: None,
+            password_file: None,
+            acl: Acl::None,
             buffer: default_buffer(),
         }
     }
@@ -127,6 +154,31 @@ impl BrokerSourceConfig {
         );
         if self.max_connections == 0 {
             problems.push("max_connections: must be at least 1".to_owned());
+        }
+        if self.max_topic_length == 0 || self.max_topic_length > usize::from(u16::MAX) {
+            problems.push(format!(
+                "max_topic_length: {} is not 1 to 65535 bytes",
+                self.max_topic_length
+            ));
+        }
+        match self.acl {
+            Acl::None => {}
+            Acl::Username if self.password_file.is_none() => problems.push(
+                "acl: \"username\" needs password_file, or any client could claim any \
+                 username"
+                    .to_owned(),
+            ),
+            Acl::Username | Acl::ClientId => {
+                for (i, text) in self.topics.iter().enumerate() {
+                    if TopicTemplate::parse(text).is_ok_and(|t| !t.has_device()) {
+                        problems.push(format!(
+                            "topics[{i}]: `{text}` has no `{{device}}` level, which acl = \"{}\" \
+                             compares with the client's name",
+                            self.acl.as_str()
+                        ));
+                    }
+                }
+            }
         }
         if self.buffer < ByteSize::kib(64) {
             problems.push(format!(

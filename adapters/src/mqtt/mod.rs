@@ -19,9 +19,12 @@
 mod backoff;
 #[cfg(feature = "embedded-broker")]
 mod broker;
+mod broker_security;
 mod config;
 mod decode;
 mod error;
+#[cfg(feature = "embedded-broker")]
+mod front;
 mod log;
 mod payload;
 mod rfc3339;
@@ -29,10 +32,16 @@ mod subscribe;
 mod topic;
 
 #[cfg(feature = "embedded-broker")]
-pub use broker::run_broker;
+pub use broker::{run_broker, run_broker_observed};
+pub use broker_security::{Acl, BrokerTlsConfig};
 pub use config::{BrokerSourceConfig, SubscribeSourceConfig};
 pub use decode::MessageDecoder;
 pub use error::SourceError;
+#[cfg(feature = "embedded-broker")]
+pub use front::{
+    check_files as check_broker_files, BrokerEvent, BrokerObserver, Denied, Limit, LoginError,
+    NoBrokerObserver, Passwords,
+};
 pub use payload::{decode_payload, Decoded, PayloadOptions, Reject};
 pub use subscribe::{run_subscriber, SHUTDOWN_GRACE as SUBSCRIBER_SHUTDOWN_GRACE};
 pub use topic::{TemplateError, TopicMatch, TopicTemplate};

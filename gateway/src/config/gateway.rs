@@ -20,6 +20,20 @@ pub struct GatewayConfig {
     /// The least severe log events written, unless `RUST_LOG` is set.
     /// Default: `"info"`.
     pub log_level: LogLevel,
+    /// What to do when a private key (an uplink's `key`, a broker's
+    /// `tls.key`) or a broker's `password_file` is readable by every user:
+    /// `"warn"` (start anyway) or `"refuse"` (a config error).
+    /// Default: `"warn"`.
+    pub insecure_key_files: KeyFilePolicy,
+}
+
+/// `gateway.insecure_key_files`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFilePolicy {
+    #[default]
+    Warn,
+    Refuse,
 }
 
 impl Default for GatewayConfig {
@@ -28,6 +42,7 @@ impl Default for GatewayConfig {
             id: "ferry".to_owned(),
             data_dir: PathBuf::from("./ferry-data"),
             log_level: LogLevel::Info,
+            insecure_key_files: KeyFilePolicy::Warn,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 use super::error::{ConfigError, ConfigErrors, ConfigWarnings};
+use super::gateway::KeyFilePolicy;
 use super::locate::{line_of, Locator};
 use super::report::{check_name, one_line, KeyPath, Problem, Report, Seg};
 use super::uplink_check::UplinkContext;
@@ -204,8 +205,11 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
         }
     }
 
+    let key_files = gateway
+        .as_ref()
+        .map_or(KeyFilePolicy::Warn, |g| g.insecure_key_files);
     let (value, at) = section("sources");
-    let (sources, source_names) = build_sources(value, &at, report);
+    let (sources, source_names) = build_sources(value, &at, key_files, report);
     if let Some(sources) = &sources {
         let metrics_listen = metrics.as_ref().and_then(|m| m.listen);
         super::source::check_conflicts(sources, &gateway_id, metrics_listen, report);
@@ -215,6 +219,7 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
     let cx = UplinkContext {
         gateway: &gateway_id,
         sources: &source_names,
+        key_files,
     };
     let uplinks = build_uplinks(value, &at, &cx, report);
 
@@ -300,6 +305,7 @@ fn named_tables(
 fn build_sources(
     value: Option<toml::Value>,
     at: &KeyPath,
+    key_files: KeyFilePolicy,
     report: &mut Report,
 ) -> (Option<BTreeMap<String, SourceConfig>>, BTreeSet<String>) {
     let Some(table) = named_tables(value, at, "source", report) else {
@@ -318,7 +324,7 @@ fn build_sources(
         check_name(report, at.clone(), "source", &name);
         match SourceConfig::from_value(value, &at, report) {
             Some(source) => {
-                source.check(&at, report);
+                source.check(&at, key_files, report);
                 if let Some(s) = &mut sources {
                     s.insert(name, source);
                 }

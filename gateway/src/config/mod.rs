@@ -35,7 +35,7 @@ use std::path::Path;
 
 pub use api::ApiConfig;
 pub use error::{ConfigError, ConfigErrors, ConfigWarnings, LoadError};
-pub use gateway::{GatewayConfig, LogLevel};
+pub use gateway::{GatewayConfig, KeyFilePolicy, LogLevel};
 pub use metrics::MetricsConfig;
 pub use pipeline::{Action, PipelineConfig, Step};
 pub use route::{Aggregate, DeadbandConfig, RouteConfig, WindowConfig};

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use ferry_adapters::modbus::{RtuSourceConfig, TcpSourceConfig};
 use ferry_adapters::mqtt::{BrokerSourceConfig, SubscribeSourceConfig};
 
+use super::gateway::KeyFilePolicy;
 use super::report::{KeyPath, Report, Seg};
+use super::uplink_check::check_file;
 
 /// The `type` values a source may have.
 pub const SOURCE_TYPES: [&str; 4] = ["mqtt_broker", "mqtt_subscribe", "modbus_tcp", "modbus_rtu"];
@@ -80,10 +82,16 @@ impl SourceConfig {
         }
     }
 
-    /// Checks what the types could not.
-    pub(crate) fn check(&self, at: &KeyPath, report: &mut Report) {
+    /// Checks what the types could not, and the files a source names.
+    pub(crate) fn check(&self, at: &KeyPath, key_files: KeyFilePolicy, report: &mut Report) {
         let problems = match self {
-            SourceConfig::MqttBroker(c) => c.validate(),
+            SourceConfig::MqttBroker(c) => {
+                let problems = c.validate();
+                if problems.is_empty() {
+                    check_broker_files(c, at, key_files, report);
+                }
+                problems
+            }
             SourceConfig::MqttSubscribe(c) => c.validate(),
             SourceConfig::ModbusTcp(c) => c.validate(),
             SourceConfig::ModbusRtu(c) => c.validate(),
@@ -93,6 +101,39 @@ impl SourceConfig {
             report.error(path, message);
         }
     }
+}
+
+/// Checks that the files of an embedded broker can be read (and are not
+/// readable by every user when secret), then that they load.
+fn check_broker_files(
+    c: &BrokerSourceConfig,
+    at: &KeyPath,
+    key_files: KeyFilePolicy,
+    report: &mut Report,
+) {
+    let mut readable = true;
+    if let Some(tls) = &c.tls {
+        let at = at.key("tls");
+        readable &= check_file(report, at.key("cert"), &tls.cert, None);
+        let private = Some(("private key", key_files));
+        readable &= check_file(report, at.key("key"), &tls.key, private);
+        if let Some(ca) = &tls.client_ca {
+            readable &= check_file(report, at.key("client_ca"), ca, None);
+        }
+    }
+    if let Some(file) = &c.password_file {
+        let private = Some(("password file", key_files));
+        readable &= check_file(report, at.key("password_file"), file, private);
+    }
+    #[cfg(feature = "embedded-broker")]
+    if readable {
+        for problem in ferry_adapters::mqtt::check_broker_files(c) {
+            let (path, message) = split_key(at, &problem);
+            report.error(path, message);
+        }
+    }
+    #[cfg(not(feature = "embedded-broker"))]
+    let _ = readable;
 }
 
 /// Splits an adapter's `"topics[1]: message"` into the key path below `at`

@@ -6,6 +6,7 @@ use std::net::Ipv6Addr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::gateway::KeyFilePolicy;
 use super::report::{fmt_bytes, KeyPath, Report};
 use super::topic::{check_client_id, check_topic};
 use super::uplink::{UplinkConfig, MAX_BATCH_BYTES, MIN_BATCH_BYTES};
@@ -16,6 +17,8 @@ pub(crate) struct UplinkContext<'a> {
     pub(crate) gateway: &'a str,
     /// The names of all sources in the file, valid or not.
     pub(crate) sources: &'a BTreeSet<String>,
+    /// `gateway.insecure_key_files`.
+    pub(crate) key_files: KeyFilePolicy,
 }
 
 impl UplinkConfig {
@@ -27,7 +30,7 @@ impl UplinkConfig {
         if let Err(why) = check_client_id(&self.client_id, cx.gateway) {
             report.error(at.key("client_id"), why);
         }
-        self.check_tls(at, report);
+        self.check_tls(at, cx, report);
         self.check_sources(at, cx, report);
         let longest_source = if self.sources.is_empty() {
             cx.sources
@@ -47,7 +50,7 @@ impl UplinkConfig {
         self.check_iot_core(at, report);
     }
 
-    fn check_tls(&self, at: &KeyPath, report: &mut Report) {
+    fn check_tls(&self, at: &KeyPath, cx: &UplinkContext<'_>, report: &mut Report) {
         if report.is_suppressed(&at.key("plaintext")) {
             return; // Invalid: whether TLS is meant is unknown.
         }
@@ -58,7 +61,10 @@ impl UplinkConfig {
                     at.key(name),
                     format!("missing field `{name}` (required unless plaintext = true)"),
                 ),
-                (false, Some(file)) => check_file(report, at.key(name), file, name == "key"),
+                (false, Some(file)) => {
+                    let private = (name == "key").then_some(("private key", cx.key_files));
+                    check_file(report, at.key(name), file, private);
+                }
                 (true, Some(_)) => report.error(
                     at.key(name),
                     "is set but plaintext = true turns TLS off; remove one of them",
@@ -209,38 +215,54 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks that a TLS file named by `key` can be read; warns when a private
-/// key can be read by every user.
-fn check_file(report: &mut Report, key: KeyPath, file: &Path, private: bool) {
+/// Checks that a file named by `key` can be read; for a `private` file
+/// (`what`: a private key, a password file) readable by every user, warns
+/// or errs as the policy says. Returns whether the file can be read.
+pub(crate) fn check_file(
+    report: &mut Report,
+    key: KeyPath,
+    file: &Path,
+    private: Option<(&str, KeyFilePolicy)>,
+) -> bool {
     let shown = file.display();
     let meta = match std::fs::metadata(file) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return report.error(key, format!("file not found: {shown}"));
+            report.error(key, format!("file not found: {shown}"));
+            return false;
         }
-        Err(e) => return report.error(key, format!("cannot read {shown}: {e}")),
+        Err(e) => {
+            report.error(key, format!("cannot read {shown}: {e}"));
+            return false;
+        }
     };
     if !meta.is_file() {
-        return report.error(key, format!("not a file: {shown}"));
+        report.error(key, format!("not a file: {shown}"));
+        return false;
     }
     if let Err(e) = std::fs::File::open(file) {
-        return report.error(key, format!("cannot read {shown}: {e}"));
+        report.error(key, format!("cannot read {shown}: {e}"));
+        return false;
     }
     #[cfg(unix)]
-    if private {
+    if let Some((what, policy)) = private {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o004 != 0 {
-            report.warn(
-                key,
-                format!(
-                    "private key {shown} is readable by every user (mode {mode:o}); chmod 600 it"
+            let message =
+                format!("{what} {shown} is readable by every user (mode {mode:o}); chmod 600 it");
+            match policy {
+                KeyFilePolicy::Warn => report.warn(key, message),
+                KeyFilePolicy::Refuse => report.error(
+                    key,
+                    format!("{message} (gateway.insecure_key_files = \"refuse\")"),
                 ),
-            );
+            }
         }
     }
     #[cfg(not(unix))]
     let _ = private;
+    true
 }
 
 #[cfg(test)]

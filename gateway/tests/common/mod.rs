@@ -11,6 +11,13 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
+/// The `ferry` binary under test: `FERRY_BIN` if set (a copy that a
+/// concurrent build in a shared target directory cannot replace), else the
+/// one cargo built for these tests.
+pub fn ferry_bin() -> std::ffi::OsString {
+    std::env::var_os("FERRY_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ferry").into())
+}
+
 /// A running `ferry run --config FILE`, killed on drop.
 pub struct Ferry {
     child: Child,
@@ -28,7 +35,7 @@ impl Ferry {
     }
 
     pub fn start_file(path: &Path) -> Ferry {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        let mut child = Command::new(ferry_bin())
             .args(["run", "--config"])
             .arg(path)
             .env("RUST_LOG", "info")

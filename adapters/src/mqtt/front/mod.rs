@@ -1,0 +1,164 @@
+//! The embedded broker's front door: what devices connect to.
+//!
+//! rumqttd 0.20 cannot do what a gateway's device port needs: its
+//! authentication drops a refused client without a CONNACK, its TLS listener
+//! brings a second TLS stack (tokio-rustls 0.25, rustls 0.22), and the
+//! messages it forwards do not say which connection published them, so no
+//! per-device ACL can be built on its API. So rumqttd listens on a loopback
+//! port only, and this front listens on `listen`, terminates TLS (rustls
+//! 0.23, like the uplinks), and reads each client's packets:
+//!
+//! | checked here | how it is refused |
+//! | --- | --- |
+//! | `max_connections` | CONNACK 3 (server unavailable) |
+//! | `password_file` (mosquitto's format) | CONNACK 4 (bad username or password), or 5 (not authorized) without credentials |
+//! | `acl`: PUBLISH to a topic whose `{device}` is not the client's name | dropped; QoS 1 acknowledged (as mosquitto does), QoS 2 closes the connection |
+//! | `acl`: SUBSCRIBE | SUBACK 0x80 for every filter |
+//! | `acl`: a will topic outside the client's own | CONNACK 5 |
+//! | `max_topic_length` | the PUBLISH is dropped as above |
+//! | a packet over twice `max_payload` | the connection is closed |
+//! | `tls.client_ca` | the TLS handshake fails |
+//!
+//! Payloads up to twice `max_payload` pass and become `oversize` dead
+//! letters, as do payloads with more than `max_fields` fields
+//! (`too_many_fields`): the decoder checks those. Every refusal is counted
+//! through [`BrokerObserver`] and logged with the client's address, client
+//! id and username (the first refusal of a connection at `warn`, the rest
+//! at `debug`); a password is never logged.
+//!
+//! The front parses only packet boundaries and the CONNECT, PUBLISH and
+//! SUBSCRIBE heads; everything else is copied, in batches, as it arrives.
+
+mod acl;
+mod events;
+mod packet;
+mod passwd;
+mod serve;
+mod tls;
+
+pub use events::{BrokerEvent, BrokerObserver, Denied, Limit, NoBrokerObserver};
+pub use passwd::{LoginError, Passwords};
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::config::BrokerSourceConfig;
+use super::{SourceError, TopicTemplate};
+use acl::TopicPolicy;
+use serve::Front;
+
+/// Room above twice `max_payload` for a packet's topic and header.
+const PACKET_OVERHEAD: usize = 1024 + 65_537;
+
+/// The largest packet a device may send: twice `max_payload` (so that
+/// oversize payloads arrive and become dead letters) plus its topic.
+pub fn max_packet(cfg: &BrokerSourceConfig) -> usize {
+    let max_payload = usize::try_from(cfg.max_payload.as_u64()).unwrap_or(usize::MAX);
+    max_payload
+        .saturating_mul(2)
+        .saturating_add(PACKET_OVERHEAD)
+}
+
+/// Loads the files a broker source names (its TLS certificate and key, its
+/// password file): every problem, each starting with its key.
+pub fn check_files(cfg: &BrokerSourceConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(tls) = &cfg.tls {
+        if let Err(e) = tls::server_config(tls) {
+            problems.push(e);
+        }
+    }
+    if let Some(path) = &cfg.password_file {
+        if let Err(e) = Passwords::load(path) {
+            problems.push(format!("password_file: {e}"));
+        }
+    }
+    problems
+}
+
+/// A bound, not yet serving front.
+pub struct BoundFront {
+    front: Arc<Front>,
+    listener: TcpListener,
+}
+
+impl BoundFront {
+    /// Loads the TLS and password files and binds `cfg.listen`; devices are
+    /// relayed to `inner` once [`BoundFront::serve`] runs.
+    pub async fn bind(
+        name: Arc<str>,
+        cfg: &BrokerSourceConfig,
+        inner: SocketAddr,
+        observer: Arc<dyn BrokerObserver>,
+        cancel: CancellationToken,
+    ) -> Result<BoundFront, SourceError> {
+        let problems = check_files(cfg);
+        if !problems.is_empty() {
+            return Err(SourceError::Config(problems));
+        }
+        let tls = match &cfg.tls {
+            Some(t) => Some(TlsAcceptor::from(
+                tls::server_config(t).map_err(|e| SourceError::Config(vec![e]))?,
+            )),
+            None => None,
+        };
+        let passwords = match &cfg.password_file {
+            Some(path) => {
+                let p = Passwords::load(path)
+                    .map_err(|e| SourceError::Config(vec![format!("password_file: {e}")]))?;
+                Some((path.clone(), RwLock::new(Arc::new(p))))
+            }
+            None => None,
+        };
+        let templates = cfg
+            .topics
+            .iter()
+            .map(|t| TopicTemplate::parse(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SourceError::Config(vec![format!("topics: {e}")]))?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| SourceError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let front = Front {
+            source: name,
+            inner,
+            tls,
+            passwords,
+            policy: TopicPolicy {
+                acl: cfg.acl,
+                templates,
+                max_topic_length: cfg.max_topic_length,
+            },
+            max_packet: max_packet(cfg),
+            slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            max_connections: cfg.max_connections,
+            observer,
+            cancel,
+        };
+        Ok(BoundFront {
+            front: Arc::new(front),
+            listener,
+        })
+    }
+
+    /// The address devices connect to.
+    pub fn local_addr(&self) -> Result<SocketAddr, SourceError> {
+        self.listener.local_addr().map_err(|e| SourceError::Broker {
+            addr: self.front.inner,
+            reason: format!("its front has no address: {e}"),
+        })
+    }
+
+    /// Serves devices until cancelled.
+    pub fn serve(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.front.run(self.listener))
+    }
+}

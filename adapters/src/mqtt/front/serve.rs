@@ -1,0 +1,449 @@
+//! The front's listener and its per-connection relay.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::acl::{TopicPolicy, TopicRefusal};
+use super::events::{BrokerEvent, BrokerObserver, Denied, Limit};
+use super::packet::{self, ConnackCode, Header, Malformed};
+use super::passwd::Passwords;
+
+/// Time a client has for its TLS handshake and CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest CONNECT read (client id, will, username, password).
+const MAX_CONNECT: usize = 64 * 1024;
+
+/// What every connection of one front shares.
+pub struct Front {
+    pub source: Arc<str>,
+    /// rumqttd's own listener, on loopback.
+    pub inner: SocketAddr,
+    pub tls: Option<TlsAcceptor>,
+    /// The password file and what it held when last read; `None`: no login.
+    pub passwords: Option<(PathBuf, RwLock<Arc<Passwords>>)>,
+    pub policy: TopicPolicy,
+    /// Largest packet relayed; a bigger one closes its connection.
+    pub max_packet: usize,
+    pub slots: Arc<Semaphore>,
+    pub max_connections: usize,
+    pub observer: Arc<dyn BrokerObserver>,
+    pub cancel: CancellationToken,
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Front {
+    /// Accepts devices until cancelled; SIGHUP re-reads the password file.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| warn!(source = %self.source, "cannot watch SIGHUP: {e}"))
+            .ok();
+        loop {
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = hangup => self.reload_passwords(),
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let permit = self.slots.clone().try_acquire_owned().ok();
+                        tokio::spawn(self.clone().serve(tcp, peer, permit));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, mostly: let some close.
+                        warn!(source = %self.source, "cannot accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Reads the password file again; keeps the old users if it is bad.
+    pub fn reload_passwords(&self) {
+        let Some((path, current)) = &self.passwords else {
+            return;
+        };
+        match Passwords::load(path) {
+            Ok(p) => {
+                info!(source = %self.source, users = p.len(), "password file re-read");
+                *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+            }
+            Err(e) => error!(
+                source = %self.source,
+                "password file not re-read, the previous users stay: {e}"
+            ),
+        }
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        slot: Option<OwnedSemaphorePermit>,
+    ) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(source = %self.source, %peer, "cannot set TCP_NODELAY: {e}");
+        }
+        let result = match &self.tls {
+            None => self.session(tcp, peer, slot).await,
+            Some(acceptor) => match timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => self.session(tls, peer, slot).await,
+                Ok(Err(e)) => {
+                    self.observer.event(&self.source, BrokerEvent::TlsFailed);
+                    warn!(source = %self.source, %peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    self.observer.event(&self.source, BrokerEvent::TlsFailed);
+                    warn!(source = %self.source, %peer, "no TLS handshake within {CONNECT_TIMEOUT:?}");
+                    return;
+                }
+            },
+        };
+        if let Err(e) = result {
+            debug!(source = %self.source, %peer, "connection closed: {e}");
+        }
+    }
+
+    /// One client: its CONNECT checked, then relayed to rumqttd.
+    async fn session<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), Closed>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut buf = BytesMut::with_capacity(1024);
+        let first = timeout(CONNECT_TIMEOUT, read_packet(&mut rd, &mut buf, MAX_CONNECT))
+            .await
+            .map_err(|_| Closed::Refused(format!("no CONNECT within {CONNECT_TIMEOUT:?}")))??;
+        let Some((h, connect_bytes)) = first else {
+            return Ok(());
+        };
+        if h.kind() != packet::CONNECT {
+            return Err(Closed::Refused(format!(
+                "first packet is of type {}, not CONNECT",
+                h.kind()
+            )));
+        }
+        let connect = packet::connect(packet::body(&h, &connect_bytes))?;
+        let client = connect.client_id.as_str();
+        let user = connect.username.as_deref();
+        let refuse = |code: ConnackCode| packet::connack(code);
+        if !(3..=4).contains(&connect.level) {
+            wr.write_all(&refuse(ConnackCode::BadProtocolVersion))
+                .await?;
+            wr.flush().await?;
+            return Err(Closed::Refused(format!(
+                "MQTT protocol level {} (only 3.1 and 3.1.1)",
+                connect.level
+            )));
+        }
+        if slot.is_none() {
+            self.observer
+                .event(&self.source, BrokerEvent::Limit(Limit::Connections));
+            warn!(
+                source = %self.source, %peer, client, user,
+                "refused: max_connections ({}) clients are connected already",
+                self.max_connections
+            );
+            wr.write_all(&refuse(ConnackCode::ServerUnavailable))
+                .await?;
+            wr.flush().await?;
+            return Ok(());
+        }
+        if let Some((_, passwords)) = &self.passwords {
+            let passwords = passwords.read().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Err(why) = passwords.check(user, connect.password.as_deref()) {
+                self.observer
+                    .event(&self.source, BrokerEvent::LoginRefused(why));
+                warn!(source = %self.source, %peer, client, user, reason = why.as_str(), "login refused");
+                let code = match why {
+                    super::passwd::LoginError::NoCredentials => ConnackCode::NotAuthorized,
+                    _ => ConnackCode::BadUsernameOrPassword,
+                };
+                wr.write_all(&refuse(code)).await?;
+                wr.flush().await?;
+                return Ok(());
+            }
+        }
+        let identity = self.policy.identity(client, user);
+        if identity == Some("") {
+            warn!(source = %self.source, %peer, client, user, "refused: the ACL needs a client name, and it is empty");
+            wr.write_all(&refuse(ConnackCode::IdentifierRejected))
+                .await?;
+            wr.flush().await?;
+            return Ok(());
+        }
+        if let Some(will) = &connect.will_topic {
+            if let Err(why) = self.policy.check(will.as_bytes(), identity) {
+                let (event, what) = match why {
+                    TopicRefusal::TooLong => (
+                        BrokerEvent::Limit(Limit::TopicLength),
+                        "longer than max_topic_length",
+                    ),
+                    TopicRefusal::NotOwn => (
+                        BrokerEvent::Denied(Denied::Will),
+                        "not the client's own topic",
+                    ),
+                };
+                self.observer.event(&self.source, event);
+                warn!(source = %self.source, %peer, client, user, topic = %will, "refused: the will topic is {what}");
+                wr.write_all(&refuse(ConnackCode::NotAuthorized)).await?;
+                wr.flush().await?;
+                return Ok(());
+            }
+        }
+        let inner = match TcpStream::connect(self.inner).await {
+            Ok(inner) => inner,
+            Err(e) => {
+                error!(source = %self.source, inner = %self.inner, "cannot reach the embedded broker: {e}");
+                wr.write_all(&refuse(ConnackCode::ServerUnavailable))
+                    .await?;
+                wr.flush().await?;
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = inner.set_nodelay(true) {
+            debug!(source = %self.source, "cannot set TCP_NODELAY: {e}");
+        }
+        let (inner_rd, mut inner_wr) = inner.into_split();
+        inner_wr.write_all(&connect_bytes).await?;
+        drop(connect_bytes);
+
+        self.observer.event(&self.source, BrokerEvent::Connected);
+        let (inject_tx, inject_rx) = mpsc::channel(64);
+        let mut conn = Conn {
+            front: self,
+            peer,
+            client,
+            user,
+            identity,
+            refused: 0,
+        };
+        let result = tokio::select! {
+            r = conn.upstream(&mut rd, buf, &mut inner_wr, inject_tx) => r,
+            r = downstream(inner_rd, &mut wr, inject_rx) => r,
+            _ = self.cancel.cancelled() => Ok(()),
+        };
+        if conn.refused > 1 {
+            warn!(
+                source = %self.source, %peer, client, user, refused = conn.refused,
+                "connection closed after publishes or subscriptions were refused"
+            );
+        }
+        self.observer.event(&self.source, BrokerEvent::Disconnected);
+        drop(slot);
+        result
+    }
+}
+
+/// An accepted client's relay state.
+struct Conn<'a> {
+    front: &'a Front,
+    peer: SocketAddr,
+    client: &'a str,
+    user: Option<&'a str>,
+    identity: Option<&'a str>,
+    /// Publishes and subscriptions refused so far (the first is logged at
+    /// `warn`, the others at `debug` and summed up at the end).
+    refused: u64,
+}
+
+impl Conn<'_> {
+    /// Client to broker: whole packets, each PUBLISH checked, each
+    /// SUBSCRIBE refused under the ACL.
+    async fn upstream<R, W>(
+        &mut self,
+        rd: &mut R,
+        mut buf: BytesMut,
+        inner: &mut W,
+        inject: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), Closed>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut out = BytesMut::with_capacity(4096);
+        loop {
+            while let Some((h, pkt)) = packet::split_packet(&mut buf)? {
+                match h.kind() {
+                    packet::PUBLISH => {
+                        let p = packet::publish(h.byte, packet::body(&h, &pkt))?;
+                        match self.front.policy.check(p.topic, self.identity) {
+                            Ok(()) => out.extend_from_slice(&pkt),
+                            Err(why) => {
+                                self.refuse_publish(why, p.topic);
+                                match (p.qos, p.pkid) {
+                                    (0, _) => {}
+                                    (1, Some(pkid)) => send(&inject, packet::puback(pkid).to_vec()).await?,
+                                    _ => {
+                                        return Err(Closed::Refused(
+                                            "a QoS 2 publish was refused; QoS 2 refusals close the connection".to_owned(),
+                                        ))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    packet::SUBSCRIBE if self.identity.is_some() => {
+                        let (pkid, count) = packet::subscribe(packet::body(&h, &pkt))?;
+                        self.refuse(
+                            BrokerEvent::Denied(Denied::Subscribe),
+                            "subscription refused: devices may not subscribe under the ACL",
+                            "",
+                        );
+                        let mut suback = BytesMut::new();
+                        packet::suback_refused(pkid, count, &mut suback);
+                        send(&inject, suback.to_vec()).await?;
+                    }
+                    packet::CONNECT => return Err(Closed::Refused("a second CONNECT".to_owned())),
+                    _ => out.extend_from_slice(&pkt),
+                }
+            }
+            if !out.is_empty() {
+                inner.write_all(&out).await?;
+                out.clear();
+            }
+            if let Some(h) = packet::header(&buf)? {
+                if h.total() > self.front.max_packet {
+                    self.refuse(
+                        BrokerEvent::Limit(Limit::Payload),
+                        "connection closed: a packet is over twice max_payload",
+                        "",
+                    );
+                    return Err(Closed::Refused(format!("a {}-byte packet", h.total())));
+                }
+                buf.reserve(h.total() - buf.len());
+            }
+            if rd.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn refuse_publish(&mut self, why: TopicRefusal, topic: &[u8]) {
+        let topic = String::from_utf8_lossy(topic);
+        match why {
+            TopicRefusal::TooLong => self.refuse(
+                BrokerEvent::Limit(Limit::TopicLength),
+                "publish dropped: its topic is longer than max_topic_length",
+                &topic,
+            ),
+            TopicRefusal::NotOwn => self.refuse(
+                BrokerEvent::Denied(Denied::Publish),
+                "publish dropped: not the client's own topic",
+                &topic,
+            ),
+        }
+    }
+
+    fn refuse(&mut self, event: BrokerEvent, what: &str, topic: &str) {
+        let f = self.front;
+        f.observer.event(&f.source, event);
+        self.refused += 1;
+        let (peer, client, user) = (self.peer, self.client, self.user);
+        if self.refused == 1 {
+            warn!(source = %f.source, %peer, client, user, topic, "{what}");
+        } else {
+            debug!(source = %f.source, %peer, client, user, topic, "{what}");
+        }
+    }
+}
+
+async fn send(inject: &mpsc::Sender<Vec<u8>>, packet: Vec<u8>) -> Result<(), Closed> {
+    inject
+        .send(packet)
+        .await
+        .map_err(|_| Closed::Refused("the client's writer stopped".to_owned()))
+}
+
+/// Broker to client: whole packets, with the front's own answers (PUBACK,
+/// SUBACK) between them.
+async fn downstream<R, W>(
+    mut inner: R,
+    client: &mut W,
+    mut inject: mpsc::Receiver<Vec<u8>>,
+) -> Result<(), Closed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        tokio::select! {
+            n = inner.read_buf(&mut buf) => {
+                if n? == 0 {
+                    return Ok(());
+                }
+                let whole = packet::whole_packets_len(&buf)?;
+                if whole > 0 {
+                    let packets = buf.split_to(whole);
+                    client.write_all(&packets).await?;
+                    client.flush().await?;
+                }
+                if let Some(h) = packet::header(&buf)? {
+                    buf.reserve(h.total().saturating_sub(buf.len()));
+                }
+            }
+            Some(extra) = inject.recv() => {
+                client.write_all(&extra).await?;
+                client.flush().await?;
+            }
+        }
+    }
+}
+
+/// Reads one whole packet (at most `max` bytes); `None` if the peer closed
+/// first.
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<(Header, BytesMut)>, Closed> {
+    loop {
+        if let Some(p) = packet::split_packet(buf)? {
+            return Ok(Some(p));
+        }
+        if let Some(h) = packet::header(buf)? {
+            if h.total() > max {
+                return Err(Closed::Refused(format!(
+                    "a {}-byte first packet",
+                    h.total()
+                )));
+            }
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
