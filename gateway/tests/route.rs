@@ -544,3 +544,67 @@ async fn the_task_closes_windows_on_the_clock_exactly_once_through_restarts() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+/// A route reads at most `batch_records` per commit. Behind the log (a
+/// backlog after a restart, a burst), its commits go out at once instead of
+/// one per commit interval, so it catches up at the store's speed: here 100
+/// route commits under a 10 s interval, which would otherwise take 1,000 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_behind_the_log_commits_without_waiting_for_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
+    let ingest = spawn_ingest(
+        store.clone(),
+        IngestConfig {
+            commit_interval: Duration::from_secs(10),
+            ..IngestConfig::default()
+        },
+        IngestMetrics::new(),
+    );
+    // 10,000 readings, committed before the route starts.
+    let records: Vec<Item> = (0..10_000)
+        .map(|i| Item::Record(t(i * 1_000, "a", 1.0)))
+        .collect();
+    ingest
+        .sink
+        .submit_within(records, Some(Duration::ZERO))
+        .await
+        .unwrap()
+        .committed()
+        .await
+        .unwrap();
+    let cfg =
+        route_config("batch_records = 100\nwindow = { size = \"1m\", aggregates = [\"count\"] }\n");
+    let cancel = CancellationToken::new();
+    let task = spawn_route(
+        "r",
+        cfg,
+        store.clone(),
+        ingest.routes.clone(),
+        PipelineMetrics::new(),
+        cancel.clone(),
+    );
+    let started = std::time::Instant::now();
+    let mut heads = store.watch_heads();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while store.cursor(&cursor_name("r")).unwrap() < 10_000 {
+            heads.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the route caught up with 10,000 records within 60 s");
+    // Well under one interval per route commit (100 x 10 s).
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // 10,000 s of readings at 1 s: windows of 60 counts, all but the open one closed.
+    let mut out = Vec::new();
+    store
+        .read_stream(&Stream::Route("r".into()), 0, 1_000, &mut out)
+        .unwrap();
+    assert_eq!(out.len(), 166);
+    assert!(out
+        .iter()
+        .all(|s| s.record.fields[0].1 == Value::Int(60)
+            || s.record.fields[0].1 == Value::Float(60.0)));
+    cancel.cancel();
+    task.await.unwrap();
+}

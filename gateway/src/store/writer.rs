@@ -367,8 +367,13 @@ async fn run(
                 },
                 rc = rrx.recv(), if routes_open => match rc {
                     Some(rc) => {
+                        // A route behind the log commits at once: it reads at
+                        // most `batch_records` per commit, so waiting for the
+                        // interval would cap it at that many per interval.
+                        let behind = rc.0.through < state.store.heads().records;
                         batch.routes.push(rc);
-                        batch.due_by(Instant::now() + cfg.commit_interval);
+                        let wait = if behind { Duration::ZERO } else { cfg.commit_interval };
+                        batch.due_by(Instant::now() + wait);
                     }
                     None => routes_open = false,
                 },
