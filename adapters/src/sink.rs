@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::record::{DeadLetter, Record};
 
@@ -53,6 +54,11 @@ pub struct Submission {
     /// can let its records ride a later commit, which writes far less to
     /// the disk per record.
     pub max_delay: Option<Duration>,
+    /// When the source handed the items over. `max_delay` counts from here,
+    /// not from when the writer takes them: items that queued while the
+    /// previous commit was being written are not made to wait a whole
+    /// interval more.
+    pub submitted: Instant,
 }
 
 /// The commit outcome of one submission.
@@ -98,6 +104,7 @@ impl Sink {
                 items,
                 done: Some(done),
                 max_delay,
+                submitted: Instant::now(),
             })
             .await
             .map_err(|_| SubmitError::Closed)?;

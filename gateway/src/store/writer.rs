@@ -194,8 +194,8 @@ struct Batch {
     cursors: BTreeMap<Arc<str>, u64>,
     routes: Vec<(RouteCommit, RouteDone)>,
     /// When the items gathered so far must be committed: the earliest of
-    /// their arrival plus their submission's `max_delay` (default: the
-    /// commit interval).
+    /// their submission's time plus its `max_delay` (default: the commit
+    /// interval).
     items_due: Option<Instant>,
     cursors_since: Option<Instant>,
     /// When prompt cursor moves must be committed.
@@ -206,7 +206,7 @@ struct Batch {
 
 impl Batch {
     fn add(&mut self, sub: Submission, now: Instant, cfg: &IngestConfig, metrics: &IngestMetrics) {
-        self.due_by(now + sub.max_delay.unwrap_or(cfg.commit_interval));
+        self.due_by(sub.submitted.min(now) + sub.max_delay.unwrap_or(cfg.commit_interval));
         let mut n = 0;
         // Counted per run of one source (a submission is usually one run):
         // a label lookup per record costs more than the rest of `add`.
