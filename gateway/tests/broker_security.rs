@@ -167,8 +167,9 @@ fn tls_logins_acls_and_limits_of_the_embedded_broker() {
     passwd(&pw, true, "dev1", "secret-1");
     passwd(&pw, false, "dev2", "secret-2");
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let p = free_ports(5).unwrap();
+    let p = free_ports(6).unwrap();
     let (secure, mtls, plain, api, metrics) = (p[0], p[1], p[2], local(p[3]), local(p[4]));
+    let direct = p[5];
     let config = format!(
         r#"
 [gateway]
@@ -198,6 +199,13 @@ type = "mqtt_broker"
 listen = "127.0.0.1:{plain}"
 topics = ["lab/{{device}}"]
 max_connections = 2
+device_front = "always"
+
+[sources.direct]
+type = "mqtt_broker"
+listen = "127.0.0.1:{direct}"
+topics = ["hall/{{device}}"]
+max_topic_length = 20
 
 [api]
 listen = "{api}"
@@ -477,6 +485,40 @@ listen = "{metrics}"
     })
     .unwrap();
     assert_eq!(stored_devices(api), ["dev1", "dev2", "dev3", "press-7"]);
+
+    // Without TLS, logins or an ACL, devices reach rumqttd directly: a topic
+    // over max_topic_length becomes a dead letter, counted as the front
+    // counts its drops, and no connection gauge is kept.
+    let long = format!("hall/{}", "x".repeat(30));
+    mosquitto(
+        "mosquitto_pub",
+        direct,
+        &["-q", "1", "-t", &long, "-m", r#"{"t":1}"#],
+    )
+    .unwrap();
+    mosquitto(
+        "mosquitto_pub",
+        direct,
+        &["-q", "1", "-t", "hall/h1", "-m", r#"{"t":2}"#],
+    )
+    .unwrap();
+    wait_until_blocking(WAIT, "h1's reading stored", || {
+        stored_devices(api).len() >= 5
+    })
+    .unwrap();
+    assert_eq!(stored_devices(api)[4], "h1");
+    assert_eq!(
+        dead_kinds(api).last().map(String::as_str),
+        Some("topic_too_long")
+    );
+    wait_metric(
+        metrics,
+        &m("limits_hit_total{source=\"direct\",limit=\"topic_length\"}"),
+        1.0,
+    );
+    let text = http_get(metrics, "/metrics");
+    assert!(!text.contains("connections{source=\"direct\"}"), "{text}");
+    ferry.wait_log("front=false", WAIT);
 }
 
 #[test]

@@ -234,7 +234,7 @@ fn unknown_key_in_a_source() {
             "sources.local.listne",
             "unknown field `listne`, expected one of `listen`, `topics`, `device_field`, \
              `timestamp_field`, `max_payload`, `max_fields`, `max_connections`, \
-             `max_topic_length`, `tls`, `password_file`, `acl`, `buffer`"
+             `max_topic_length`, `tls`, `password_file`, `acl`, `device_front`, `buffer`"
         )
     );
 }

@@ -2,6 +2,11 @@
 //!
 //! Ferry runs rumqttd (MQTT 3.1.1 over plain TCP, one listener) on its own
 //! threads and reads every message through a local link subscribed to `#`.
+//! Devices connect to rumqttd directly, or through Ferry's device front (the
+//! `front` module) when TLS, logins or an ACL are configured, or when
+//! `device_front = "always"` asks for its connection accounting: relaying
+//! every packet through the front costs about as much CPU again as the
+//! rest of ingest (`BENCHMARKS.md`, "Core").
 //! Each message is matched to the source's topic templates (no match: an
 //! `unknown_topic` dead letter; subscribing to `#` rather than to the
 //! templates' filters is what lets Ferry see those at all, since rumqttd
@@ -109,12 +114,21 @@ pub async fn run_broker_observed(
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> Result<(), SourceError> {
     let decoder = cfg.decoder(name.clone())?;
-    // rumqttd listens on loopback only; devices reach it through the front
-    // (see the `front` module for why).
-    let inner = reserve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-    let front =
-        BoundFront::bind(name.clone(), &cfg, inner, observer.clone(), cancel.clone()).await?;
-    let addr = front.local_addr()?;
+    // With a front, rumqttd listens on loopback only and devices reach it
+    // through the front (see the `front` module for why); without one,
+    // devices connect to rumqttd on `listen`.
+    let (inner, front) = if cfg.uses_front() {
+        let inner = reserve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let front =
+            BoundFront::bind(name.clone(), &cfg, inner, observer.clone(), cancel.clone()).await?;
+        (inner, Some(front))
+    } else {
+        (reserve(cfg.listen)?, None)
+    };
+    let addr = match &front {
+        Some(front) => front.local_addr()?,
+        None => inner,
+    };
     let (link, mut stopped) =
         spawn_broker(&name, rumqttd_config(&cfg, &name, inner), inner).await?;
     let (_link_tx, link_rx) = link;
@@ -124,10 +138,11 @@ pub async fn run_broker_observed(
         _ = cancel.cancelled() => return Ok(()),
         r = wait_listening(&name, inner, &mut stopped) => r?,
     }
-    let _front = front.serve();
+    let _front = front.map(BoundFront::serve);
     info!(
         source = %name,
         %addr,
+        front = cfg.uses_front(),
         tls = cfg.tls.is_some(),
         login = cfg.password_file.is_some(),
         acl = cfg.acl.as_str(),
@@ -142,6 +157,8 @@ pub async fn run_broker_observed(
     let mut forwarder = Forwarder {
         addr,
         decoder,
+        // The front drops long topics before they reach the broker.
+        max_topic_length: (!cfg.uses_front()).then_some(cfg.max_topic_length),
         link_rx,
         sink,
         receipts: spawn_receipt_watcher(name.clone()),
@@ -192,7 +209,8 @@ fn rumqttd_config(cfg: &BrokerSourceConfig, name: &str, addr: SocketAddr) -> rum
     };
     let connections = ConnectionSettings {
         connection_timeout_ms: 5_000,
-        // The front closes a connection that sends more (and counts it).
+        // A larger packet closes its connection: the front's check (which
+        // counts it) or, for devices connected directly, rumqttd's.
         max_payload_size: front::max_packet(cfg),
         max_inflight_count: 100,
         auth: None,
@@ -313,6 +331,9 @@ async fn probe_once(name: &str, ip: IpAddr, port: u16) -> Result<(), String> {
 struct Forwarder {
     addr: SocketAddr,
     decoder: MessageDecoder,
+    /// Longer topics become `topic_too_long` dead letters (`None`: the
+    /// device front checks them).
+    max_topic_length: Option<usize>,
     link_rx: LinkRx,
     sink: Sink,
     receipts: mpsc::Sender<(usize, Receipt)>,
@@ -397,12 +418,25 @@ impl Forwarder {
         }
         let publish = forward.publish;
         let topic = String::from_utf8_lossy(&publish.topic);
-        let item = self.decoder.decode(&topic, &publish.payload);
+        let item = match self.max_topic_length {
+            Some(max) if publish.topic.len() > max => Item::Dead(DeadLetter::new(
+                self.decoder.source().clone(),
+                &*topic,
+                Reject::TOPIC_TOO_LONG,
+                format!(
+                    "topic of {} bytes: longer than max_topic_length ({max})",
+                    publish.topic.len()
+                ),
+                &publish.payload,
+            )),
+            _ => self.decoder.decode(&topic, &publish.payload),
+        };
         if let Item::Dead(d) = &item {
             self.dead.log(d);
             let limit = match d.kind {
                 Reject::OVERSIZE => Some(Limit::Payload),
                 Reject::TOO_MANY_FIELDS => Some(Limit::Fields),
+                Reject::TOPIC_TOO_LONG => Some(Limit::TopicLength),
                 _ => None,
             };
             if let Some(limit) = limit {

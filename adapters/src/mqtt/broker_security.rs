@@ -49,3 +49,27 @@ impl Acl {
         }
     }
 }
+
+/// `device_front`: whether devices reach the broker through Ferry's device
+/// front (see the `front` module) when no setting needs it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceFront {
+    /// Only when `tls`, `password_file` or `acl` needs it; otherwise devices
+    /// connect to the broker directly, which costs about half the CPU per
+    /// message.
+    #[default]
+    Auto,
+    /// Always: clients over `max_connections` are then refused with CONNACK
+    /// 3 and counted, and `ferry_source_connections` counts the clients.
+    Always,
+}
+
+impl DeviceFront {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceFront::Auto => "auto",
+            DeviceFront::Always => "always",
+        }
+    }
+}

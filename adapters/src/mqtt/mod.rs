@@ -33,7 +33,7 @@ mod topic;
 
 #[cfg(feature = "embedded-broker")]
 pub use broker::{run_broker, run_broker_observed};
-pub use broker_security::{Acl, BrokerTlsConfig};
+pub use broker_security::{Acl, BrokerTlsConfig, DeviceFront};
 pub use config::{BrokerSourceConfig, SubscribeSourceConfig};
 pub use decode::MessageDecoder;
 pub use error::SourceError;

@@ -93,9 +93,11 @@ impl Reject {
     /// acknowledged, because Ferry fell behind by more than its buffer. One
     /// dead letter per gap; the reason says how many were lost.
     pub const OVERRUN: &'static str = "overrun";
+    /// The topic is longer than the embedded broker's `max_topic_length`.
+    pub const TOPIC_TOO_LONG: &'static str = "topic_too_long";
 
     /// Every kind, e.g. to pre-register metric labels.
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 11] = [
         Self::OVERSIZE,
         Self::NOT_JSON,
         Self::NOT_OBJECT,
@@ -106,6 +108,7 @@ impl Reject {
         Self::BAD_TIMESTAMP,
         Self::UNKNOWN_TOPIC,
         Self::OVERRUN,
+        Self::TOPIC_TOO_LONG,
     ];
 
     pub fn new(kind: &'static str, reason: impl Into<String>) -> Reject {

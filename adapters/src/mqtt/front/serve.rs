@@ -294,6 +294,7 @@ impl Conn<'_> {
         W: AsyncWrite + Unpin,
     {
         let mut out = BytesMut::with_capacity(4096);
+        let mut room = ReadRoom::default();
         loop {
             while let Some((h, pkt)) = packet::split_packet(&mut buf)? {
                 match h.kind() {
@@ -345,7 +346,7 @@ impl Conn<'_> {
                 }
                 buf.reserve(h.total() - buf.len());
             }
-            if rd.read_buf(&mut buf).await? == 0 {
+            if !room.read(rd, &mut buf).await? {
                 return Ok(());
             }
         }
@@ -398,11 +399,12 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::new();
+    let mut room = ReadRoom::default();
     loop {
         tokio::select! {
-            n = inner.read_buf(&mut buf) => {
-                if n? == 0 {
+            more = room.read(&mut inner, &mut buf) => {
+                if !more? {
                     return Ok(());
                 }
                 let whole = packet::whole_packets_len(&buf)?;
@@ -445,5 +447,41 @@ async fn read_packet<R: AsyncRead + Unpin>(
         if rd.read_buf(buf).await? == 0 {
             return Ok(None);
         }
+    }
+}
+
+/// Spare room for a connection's next read: a few hundred bytes for a quiet
+/// device, growing (up to `MAX`) while reads fill what there is, so that a
+/// busy connection is relayed in few large reads and writes instead of many
+/// small ones (with no room left, a read into a `BytesMut` gets 64 bytes).
+struct ReadRoom {
+    want: usize,
+}
+
+impl ReadRoom {
+    const MIN: usize = 512;
+    const MAX: usize = 64 * 1024;
+
+    /// Reads what `rd` has into `buf`; `false` at the end of the stream.
+    async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+    ) -> std::io::Result<bool> {
+        if buf.capacity() - buf.len() < self.want {
+            buf.reserve(self.want);
+        }
+        let spare = buf.capacity() - buf.len();
+        let n = rd.read_buf(buf).await?;
+        if n == spare {
+            self.want = (self.want * 2).min(Self::MAX);
+        }
+        Ok(n > 0)
+    }
+}
+
+impl Default for ReadRoom {
+    fn default() -> Self {
+        ReadRoom { want: Self::MIN }
     }
 }
