@@ -58,7 +58,7 @@ fn the_embedded_default_is_valid_and_has_the_documented_values() {
     assert_eq!(c.store.commit_interval, Duration::from_millis(250));
     assert_eq!(c.store.commit_max_records, NonZeroUsize::new(4096).unwrap());
     assert_eq!(c.store.cursor_flush_interval, Duration::from_secs(1));
-    assert_eq!(c.store.cache_size, ByteSize::mib(4));
+    assert_eq!(c.store.cache_size, ByteSize::mib(1));
     assert_eq!(c.store.queue, NonZeroUsize::new(1024).unwrap());
     assert_eq!(c.sources.len(), 1);
     let SourceConfig::MqttBroker(local) = &c.sources["local"] else {

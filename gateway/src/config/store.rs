@@ -31,7 +31,8 @@ pub struct StoreConfig {
     /// 1ms to 10m. Default: `"1s"`.
     #[serde(with = "humantime_serde")]
     pub cursor_flush_interval: Duration,
-    /// The redb page cache. Default: `"4MiB"`.
+    /// The redb page cache (the log is read once, in order, by each
+    /// consumer; the OS page cache holds the file as well). Default: `"1MiB"`.
     pub cache_size: ByteSize,
     /// Submissions queued for ingest before sources wait (back-pressure).
     /// 1 to 1,000,000. Default: `1024`.
@@ -56,7 +57,7 @@ impl Default for StoreConfig {
             commit_interval: Duration::from_millis(250),
             commit_max_records: NonZeroUsize::new(4096).expect("nonzero"),
             cursor_flush_interval: Duration::from_secs(1),
-            cache_size: ByteSize::mib(4),
+            cache_size: ByteSize::mib(1),
             queue: NonZeroUsize::new(1024).expect("nonzero"),
             max_disk: ByteSize::gib(2),
             max_age: None,

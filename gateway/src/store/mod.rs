@@ -208,7 +208,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 4 << 20,
+            cache_bytes: 1 << 20,
         }
     }
 }
