@@ -485,7 +485,11 @@ impl Forwarder {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let items = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_BATCH));
+        // A vector of just these items: the submission waits in ingest for
+        // its commit (up to `commit_interval`), and one with room for a full
+        // batch held ~50 KB per message at a trickle (heaptrack: 1.7 MB of
+        // the daemon's heap at 1,000 records/s). `batch` keeps its room.
+        let items: Vec<Item> = self.batch.drain(..).collect();
         let count = items.len();
         let mut submit = pin!(self.sink.submit(items));
         let submitted = tokio::select! {

@@ -199,3 +199,25 @@ fn host_port() {
     assert!(split_host_port("h:0").is_err());
     assert!(split_host_port("[::1:1883").is_err());
 }
+
+#[test]
+fn the_device_front_is_used_only_when_a_setting_needs_it() {
+    let plain: BrokerSourceConfig = toml::from_str("").unwrap();
+    assert_eq!(plain.device_front, DeviceFront::Auto);
+    assert!(!plain.uses_front());
+    for extra in [
+        r#"device_front = "always""#,
+        r#"password_file = "/etc/ferry/passwd""#,
+        r#"acl = "client_id""#,
+        r#"tls = { cert = "c.pem", key = "k.pem" }"#,
+    ] {
+        let b: BrokerSourceConfig = toml::from_str(extra).unwrap();
+        assert!(b.uses_front(), "{extra}");
+    }
+    let err = toml::from_str::<BrokerSourceConfig>(r#"device_front = "never""#).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unknown variant `never`, expected `auto` or `always`"),
+        "{err}"
+    );
+}
