@@ -12,7 +12,10 @@
 //!    leaves the 2 cores to what is measured. Records/s
 //!    as committed (the store's heads watch), publish→committed latency, the
 //!    ratio to the baseline, and the CPU each part used.
-//! 3. `paced_*`: the same devices at a steady 1,000 records/s in total, at
+//! 3. `broker_front`: the unpaced phase again with `device_front =
+//!    "always"`: every packet relayed through Ferry's device front, as with
+//!    TLS, logins or an ACL (without their own costs).
+//! 4. `paced_*`: the same devices at a steady 1,000 records/s in total, at
 //!    commit intervals of 10 ms, 100 ms, 250 ms (the default) and 1 s: the
 //!    bytes written per record when each commit carries few records (what
 //!    wears an SD card at low rates).
@@ -33,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{fig, fig1, quantile, scaled, section, Disk, WirePublisher, Writes};
-use ferry_adapters::mqtt::{run_broker, BrokerSourceConfig};
+use ferry_adapters::mqtt::{run_broker, BrokerSourceConfig, DeviceFront};
 use ferry_adapters::record::{now_millis, Value};
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::store::{codec, spawn_ingest, IngestConfig, Store, StoreOptions};
@@ -80,6 +83,7 @@ fn main() {
     let burst = ferry.block_on(phase(
         Phase {
             name: "broker",
+            front: false,
             commit_interval: Duration::from_millis(10),
             per_device,
             pace: None,
@@ -93,12 +97,32 @@ fn main() {
         println!("ingest.broker.ratio_to_raw: {ratio:.2} (target >= 0.50)");
     }
 
+    // The same through the device front (what TLS, logins or an ACL cost
+    // before their own work).
+    let rate = ferry.block_on(phase(
+        Phase {
+            name: "broker_front",
+            front: true,
+            commit_interval: Duration::from_millis(10),
+            per_device,
+            pace: None,
+        },
+        start,
+        &load,
+        disk.as_ref(),
+    ));
+    if let Some(rate) = rate {
+        let ratio = rate / raw_rate;
+        println!("ingest.broker_front.ratio_to_raw: {ratio:.2}");
+    }
+
     // The target as a load: half the raw rate, paced, for ~10 s.
     let half = raw_rate / 2.0;
     let per_device = ((half * 10.0 * scale.min(1.0)) as u64 / DEVICES).max(100);
     let rate = ferry.block_on(phase(
         Phase {
             name: "broker_half_raw",
+            front: false,
             commit_interval: Duration::from_millis(10),
             per_device,
             pace: Some(Duration::from_secs_f64(DEVICES as f64 / half)),
@@ -122,6 +146,7 @@ fn main() {
         ferry.block_on(phase(
             Phase {
                 name,
+                front: false,
                 commit_interval: Duration::from_millis(ms),
                 per_device: paced,
                 pace: Some(Duration::from_millis(10)),
@@ -214,6 +239,9 @@ fn raw_redb(n: u64, disk: Option<&Disk>) -> f64 {
 
 struct Phase {
     name: &'static str,
+    /// Devices connect through the device front (`device_front =
+    /// "always"`) instead of to rumqttd directly.
+    front: bool,
     commit_interval: Duration,
     per_device: u64,
     /// Time between one device's publishes; `None` = as fast as it can.
@@ -272,6 +300,11 @@ async fn phase(
         Arc::from("local"),
         BrokerSourceConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
+            device_front: if p.front {
+                DeviceFront::Always
+            } else {
+                DeviceFront::Auto
+            },
             ..BrokerSourceConfig::default()
         },
         ingest.sink,
