@@ -387,6 +387,10 @@ pub async fn run_until(
 #[allow(clippy::too_many_arguments)]
 fn start_source(
     tasks: &mut JoinSet<anyhow::Result<()>>,
+    #[cfg_attr(
+        not(feature = "embedded-broker"),
+        allow(unused_variables, clippy::ptr_arg)
+    )]
     listening: &mut Vec<tokio::sync::oneshot::Receiver<std::net::SocketAddr>>,
     name: &str,
     source: &SourceConfig,
@@ -416,6 +420,15 @@ fn start_source(
                 )
                 .await
                 .with_context(|| format!("source {name}"))
+            });
+        }
+        // The config loader refuses `mqtt_broker` in such a build.
+        #[cfg(not(feature = "embedded-broker"))]
+        SourceConfig::MqttBroker(_) => {
+            tasks.spawn(async move {
+                Err(anyhow::anyhow!(
+                    "source {name}: this build of ferry has no embedded broker"
+                ))
             });
         }
         SourceConfig::MqttSubscribe(cfg) => {

@@ -781,3 +781,20 @@ fn load_names_an_unreadable_file() {
         "ferry: config error: /nonexistent/ferry.toml: cannot read: No such file or directory (os error 2)"
     );
 }
+
+/// A build without the embedded broker refuses `mqtt_broker` at validation
+/// (`.ci/run` runs this test alone with `--no-default-features`: the
+/// others configure embedded brokers).
+#[cfg(not(feature = "embedded-broker"))]
+#[test]
+fn a_build_without_the_embedded_broker_refuses_its_sources() {
+    assert_eq!(
+        problem("[sources.local]\ntype = \"mqtt_broker\"\n"),
+        p(
+            2,
+            "sources.local.type",
+            "`mqtt_broker`: this build of ferry has no embedded broker (cargo feature \
+             `embedded-broker`); use `mqtt_subscribe` with an external broker"
+        )
+    );
+}

@@ -68,6 +68,14 @@ impl SourceConfig {
         };
         let rest = toml::Value::Table(table);
         match kind.as_str() {
+            "mqtt_broker" if !cfg!(feature = "embedded-broker") => {
+                report.error(
+                    at.key("type"),
+                    "`mqtt_broker`: this build of ferry has no embedded broker (cargo feature \
+                     `embedded-broker`); use `mqtt_subscribe` with an external broker",
+                );
+                None
+            }
             "mqtt_broker" => super::load::typed(rest, at, report).map(SourceConfig::MqttBroker),
             "mqtt_subscribe" => {
                 super::load::typed(rest, at, report).map(SourceConfig::MqttSubscribe)
