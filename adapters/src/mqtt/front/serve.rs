@@ -485,3 +485,28 @@ impl Default for ReadRoom {
         ReadRoom { want: Self::MIN }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_connection_is_read_in_few_large_reads() {
+        let (mut device, mut front) = tokio::io::duplex(1 << 20);
+        let sent: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        device.write_all(&sent).await.unwrap();
+        drop(device);
+        let (mut room, mut buf, mut reads) = (ReadRoom::default(), BytesMut::new(), 0);
+        let mut got = Vec::new();
+        while room.read(&mut front, &mut buf).await.unwrap() {
+            reads += 1;
+            got.extend_from_slice(&buf);
+            buf.clear();
+        }
+        assert_eq!(got, sent);
+        // 512 B, 1 KiB, ... 32 KiB, then 64 KiB at a time: 7 + 4 reads
+        // (a buffer without spare room reads 64 bytes: 4,096 reads).
+        assert!(reads <= 11, "{reads} reads");
+        assert_eq!(room.want, ReadRoom::MAX);
+    }
+}
