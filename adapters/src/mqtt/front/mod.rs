@@ -4,9 +4,13 @@
 //! authentication drops a refused client without a CONNACK, its TLS listener
 //! brings a second TLS stack (tokio-rustls 0.25, rustls 0.22), and the
 //! messages it forwards do not say which connection published them, so no
-//! per-device ACL can be built on its API. So rumqttd listens on a loopback
-//! port only, and this front listens on `listen`, terminates TLS (rustls
-//! 0.23, like the uplinks), and reads each client's packets:
+//! per-device ACL can be built on its API. So when a broker source sets
+//! `tls`, `password_file` or `acl` (or `device_front = "always"`), rumqttd
+//! listens on a loopback port only, and this front listens on `listen`,
+//! terminates TLS (rustls 0.23, like the uplinks), and reads each client's
+//! packets (without those settings devices connect to rumqttd directly: the
+//! relay costs a second loopback connection per device, about as much CPU
+//! again as the rest of ingest):
 //!
 //! | checked here | how it is refused |
 //! | --- | --- |
