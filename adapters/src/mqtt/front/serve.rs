@@ -293,7 +293,7 @@ impl Conn<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut out = BytesMut::with_capacity(4096);
+        let mut out = BytesMut::new();
         let mut room = ReadRoom::default();
         loop {
             while let Some((h, pkt)) = packet::split_packet(&mut buf)? {
@@ -335,6 +335,7 @@ impl Conn<'_> {
                 inner.write_all(&out).await?;
                 out.clear();
             }
+            room.fit(&mut out);
             if let Some(h) = packet::header(&buf)? {
                 if h.total() > self.front.max_packet {
                     self.refuse(
@@ -453,7 +454,9 @@ async fn read_packet<R: AsyncRead + Unpin>(
 /// Spare room for a connection's next read: a few hundred bytes for a quiet
 /// device, growing (up to `MAX`) while reads fill what there is, so that a
 /// busy connection is relayed in few large reads and writes instead of many
-/// small ones (with no room left, a read into a `BytesMut` gets 64 bytes).
+/// small ones (with no room left, a read into a `BytesMut` gets 64 bytes),
+/// and shrinking again when reads come back small, so that a device that
+/// once sent a burst does not keep 64 KiB buffers for good.
 struct ReadRoom {
     want: usize,
 }
@@ -468,6 +471,7 @@ impl ReadRoom {
         rd: &mut R,
         buf: &mut BytesMut,
     ) -> std::io::Result<bool> {
+        self.fit(buf);
         if buf.capacity() - buf.len() < self.want {
             buf.reserve(self.want);
         }
@@ -475,8 +479,17 @@ impl ReadRoom {
         let n = rd.read_buf(buf).await?;
         if n == spare {
             self.want = (self.want * 2).min(Self::MAX);
+        } else if n <= spare / 8 {
+            self.want = (self.want / 2).max(Self::MIN);
         }
         Ok(n > 0)
+    }
+
+    /// Lets an empty buffer's room go when it is well over what reads need.
+    fn fit(&self, buf: &mut BytesMut) {
+        if buf.is_empty() && buf.capacity() > 2 * self.want {
+            *buf = BytesMut::new();
+        }
     }
 }
 
@@ -497,9 +510,10 @@ mod tests {
         device.write_all(&sent).await.unwrap();
         drop(device);
         let (mut room, mut buf, mut reads) = (ReadRoom::default(), BytesMut::new(), 0);
-        let mut got = Vec::new();
+        let (mut got, mut peak) = (Vec::new(), 0);
         while room.read(&mut front, &mut buf).await.unwrap() {
             reads += 1;
+            peak = peak.max(room.want);
             got.extend_from_slice(&buf);
             buf.clear();
         }
@@ -507,6 +521,30 @@ mod tests {
         // 512 B, 1 KiB, ... 32 KiB, then 64 KiB at a time: 7 + 4 reads
         // (a buffer without spare room reads 64 bytes: 4,096 reads).
         assert!(reads <= 11, "{reads} reads");
-        assert_eq!(room.want, ReadRoom::MAX);
+        assert_eq!(peak, ReadRoom::MAX);
+    }
+
+    #[tokio::test]
+    async fn a_burst_s_room_goes_when_the_device_is_quiet_again() {
+        let (mut device, mut front) = tokio::io::duplex(1 << 20);
+        let (mut room, mut buf) = (ReadRoom::default(), BytesMut::new());
+        device.write_all(&vec![1u8; 512 * 1024]).await.unwrap();
+        let (mut got, mut peak) = (0, 0);
+        while got < 512 * 1024 {
+            assert!(room.read(&mut front, &mut buf).await.unwrap());
+            peak = peak.max(room.want);
+            got += buf.len();
+            buf.clear();
+        }
+        assert_eq!(peak, ReadRoom::MAX);
+        // One small packet at a time, as a quiet device sends them.
+        for _ in 0..10 {
+            device.write_all(&[0xc0, 0x00]).await.unwrap();
+            assert!(room.read(&mut front, &mut buf).await.unwrap());
+            assert_eq!(&buf[..], &[0xc0, 0x00]);
+            buf.clear();
+        }
+        assert_eq!(room.want, ReadRoom::MIN);
+        assert!(buf.capacity() <= 4 * ReadRoom::MIN, "{}", buf.capacity());
     }
 }
