@@ -59,10 +59,7 @@ fn publish(
 
 /// One sample of the daemon's metrics, 0 if it is not there yet.
 fn metric(metrics: SocketAddr, sample: &str) -> f64 {
-    let text = http_get(metrics, "/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    common::metric_sample(metrics, sample).unwrap_or(0.0)
 }
 
 fn wait_metric(metrics: SocketAddr, sample: &str, value: f64) {

@@ -145,7 +145,7 @@ async fn kill9_during_a_backlog_drain_resends_only_what_was_in_flight() {
         p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
     }
     ferry_testkit::wait_until(Duration::from_secs(60), "the backlog stored", || {
-        metric(metrics, "ferry_ingest_head_seq") == Some(BACKLOG as f64)
+        metric_sample(metrics, "ferry_ingest_head_seq") == Some(BACKLOG as f64)
     })
     .await
     .unwrap();
@@ -184,13 +184,6 @@ async fn kill9_during_a_backlog_drain_resends_only_what_was_in_flight() {
         &copies.late[..copies.late.len().min(10)]
     );
     drop(ferry);
-}
-
-/// A sample's value on the daemon's /metrics page.
-fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
-    let page = std::panic::catch_unwind(|| http_get(addr, "/metrics")).ok()?;
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// How far from a kill an acknowledged record may have reached the cloud

@@ -175,18 +175,6 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / hz as f64)
 }
 
-/// A sample's value on the daemon's /metrics page (the sum over its labels).
-fn metric(addr: SocketAddr, name: &str) -> f64 {
-    http_get(addr, "/metrics")
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// How long the CPU is measured while offline, and the bound: 2% of one core.
 const OFFLINE_WINDOW: Duration = Duration::from_secs(6);
 const OFFLINE_CPU_SHARE: f64 = 0.02;
@@ -247,7 +235,7 @@ async fn offline_with_the_cloud_refusing_connections_cpu_stays_low_and_reconnect
     let (ferry, broker) = offline_daemon(dir.path(), down, &pki);
     let metrics = metrics_addr(&ferry);
     publish_backlog(broker, 500).await;
-    let errors = || metric(metrics, "ferry_uplink_connect_errors_total") as u64;
+    let errors = || metric_sum(metrics, "ferry_uplink_connect_errors_total") as u64;
     // Past the first doublings: at the 1 s cap.
     ferry_testkit::wait_until(WAIT, "five failed connects", || errors() >= 5)
         .await
@@ -261,7 +249,7 @@ async fn offline_with_the_cloud_refusing_connections_cpu_stays_low_and_reconnect
         "{attempts} attempts in {wall:?}"
     );
     assert_low_cpu("cloud refusing connections", cpu, wall);
-    assert_eq!(metric(metrics, "ferry_ingest_head_seq"), 500.0);
+    assert_eq!(metric_sum(metrics, "ferry_ingest_head_seq"), 500.0);
 }
 
 /// The link is blackholed (packets vanish, connections stay open): each
@@ -284,7 +272,7 @@ async fn offline_behind_a_blackholed_link_cpu_stays_low_and_reconnects_back_off(
         .unwrap();
     link.blackhole().await;
     publish_backlog(broker, 500).await;
-    let errors = || metric(metrics, "ferry_uplink_connect_errors_total") as u64;
+    let errors = || metric_sum(metrics, "ferry_uplink_connect_errors_total") as u64;
     ferry_testkit::wait_until(WAIT, "the session given up, twice", || errors() >= 2)
         .await
         .unwrap();
@@ -426,7 +414,7 @@ async fn a_store_file_system_turning_read_only_loses_nothing_and_ingest_resumes_
         p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
     }
     ferry_testkit::wait_until(WAIT, "200 readings stored", || {
-        metric(metrics, "ferry_ingest_head_seq") == 200.0
+        metric_sum(metrics, "ferry_ingest_head_seq") == 200.0
     })
     .await
     .unwrap();
@@ -436,12 +424,12 @@ async fn a_store_file_system_turning_read_only_loses_nothing_and_ingest_resumes_
         p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
     }
     ferry_testkit::wait_until(WAIT, "commits failing, shown in the metrics", || {
-        metric(metrics, "ferry_store_writable") == 0.0
-            && metric(metrics, "ferry_ingest_commit_errors_total") >= 1.0
+        metric_sum(metrics, "ferry_store_writable") == 0.0
+            && metric_sum(metrics, "ferry_ingest_commit_errors_total") >= 1.0
     })
     .await
     .unwrap();
-    assert_eq!(metric(metrics, "ferry_ingest_head_seq"), 200.0);
+    assert_eq!(metric_sum(metrics, "ferry_ingest_head_seq"), 200.0);
     assert!(
         ferry_alive(&mut ferry),
         "the daemon ended on a read-only store"
@@ -459,15 +447,15 @@ async fn a_store_file_system_turning_read_only_loses_nothing_and_ingest_resumes_
     }
     let seen = sub.wait_for_seqs(0..500, WAIT, sequences).await.unwrap();
     assert!(seen.is_complete(), "{seen}");
-    assert_eq!(metric(metrics, "ferry_store_writable"), 1.0);
+    assert_eq!(metric_sum(metrics, "ferry_store_writable"), 1.0);
     let log = ferry.log().join("\n");
     assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("Read-only file system"), "the cause is logged");
     assert!(log.contains("store reopened"), "{log}");
     eprintln!(
         "read-only: {} commit errors, {} records refused, then resumed; {} readings at the cloud",
-        metric(metrics, "ferry_ingest_commit_errors_total"),
-        metric(metrics, "ferry_ingest_records_failed_total"),
+        metric_sum(metrics, "ferry_ingest_commit_errors_total"),
+        metric_sum(metrics, "ferry_ingest_records_failed_total"),
         seen.distinct()
     );
 

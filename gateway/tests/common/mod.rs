@@ -269,6 +269,28 @@ reconnect_max = "1s"
     )
 }
 
+/// One sample's value on the daemon's /metrics page: `sample` is the name
+/// with its labels as the page prints them (`ferry_x_total{source="a"}`).
+/// `None` if the page cannot be fetched (the daemon is down) or has no such
+/// sample yet.
+pub fn metric_sample(addr: std::net::SocketAddr, sample: &str) -> Option<f64> {
+    let page = std::panic::catch_unwind(|| http_get(addr, "/metrics")).ok()?;
+    page.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The sum of a metric's samples over all their labels (0 if it has none).
+pub fn metric_sum(addr: std::net::SocketAddr, name: &str) -> f64 {
+    http_get(addr, "/metrics")
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Fetches `path` from the daemon's HTTP endpoint.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
