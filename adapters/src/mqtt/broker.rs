@@ -5,8 +5,8 @@
 //! Devices connect to rumqttd directly, or through Ferry's device front (the
 //! `front` module) when TLS, logins or an ACL are configured, or when
 //! `device_front = "always"` asks for its connection accounting: relaying
-//! every packet through the front costs about as much CPU again as the
-//! rest of ingest (`BENCHMARKS.md`, "Core").
+//! every packet through the front costs about half as much CPU again as
+//! the rest of ingest (`BENCHMARKS.md`, "Core").
 //! Each message is matched to the source's topic templates (no match: an
 //! `unknown_topic` dead letter; subscribing to `#` rather than to the
 //! templates' filters is what lets Ferry see those at all, since rumqttd

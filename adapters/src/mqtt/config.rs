@@ -119,7 +119,7 @@ pub struct BrokerSourceConfig {
     pub acl: Acl,
     /// `"auto"`: devices connect to the broker through Ferry's device front
     /// only when `tls`, `password_file` or `acl` needs it, and directly
-    /// otherwise (about half the CPU per message). `"always"`: through the
+    /// otherwise (a third less CPU per message). `"always"`: through the
     /// front in any case, which also refuses clients over `max_connections`
     /// with a CONNACK and counts connected clients
     /// (`ferry_source_connections`). Default: `"auto"`.

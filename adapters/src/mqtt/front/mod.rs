@@ -9,8 +9,8 @@
 //! listens on a loopback port only, and this front listens on `listen`,
 //! terminates TLS (rustls 0.23, like the uplinks), and reads each client's
 //! packets (without those settings devices connect to rumqttd directly: the
-//! relay costs a second loopback connection per device, about as much CPU
-//! again as the rest of ingest):
+//! relay costs a second loopback connection per device, about half as much
+//! CPU again as the rest of ingest):
 //!
 //! | checked here | how it is refused |
 //! | --- | --- |
