@@ -127,6 +127,38 @@ async fn a_prompt_cursor_move_is_durable_within_the_commit_interval() {
 }
 
 #[tokio::test]
+async fn the_commit_deadline_counts_from_the_submission_not_from_its_arrival() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let interval = std::time::Duration::from_secs(10);
+    let cfg = IngestConfig {
+        commit_interval: interval,
+        ..IngestConfig::default()
+    };
+    let ingest = spawn_ingest(store.clone(), cfg, IngestMetrics::new());
+    // Handed over 9.9 s ago and queued since (behind a slow commit, or in
+    // the pipeline): due in 0.1 s, not a whole interval after it arrives.
+    let (done, committed) = tokio::sync::oneshot::channel();
+    let submitted = tokio::time::Instant::now() - std::time::Duration::from_millis(9_900);
+    ingest
+        .sink
+        .forward(ferry_adapters::sink::Submission {
+            items: vec![Item::Record(record("a", 1, 1))],
+            done: Some(done),
+            max_delay: None,
+            submitted,
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(interval / 2, committed)
+        .await
+        .expect("committed long before a whole interval")
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.heads().records, 1);
+}
+
+#[tokio::test]
 async fn many_small_submissions_share_few_commits() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
