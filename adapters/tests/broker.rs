@@ -136,6 +136,9 @@ async fn good_and_bad_messages_from_ten_devices() {
         let sub = ingest.next(WAIT).await;
         submissions += 1;
         assert!(sub.items.len() <= 512, "batches are capped");
+        // A submission waits in ingest for its commit: it holds its items,
+        // not room for a full batch.
+        assert_eq!(sub.items.capacity(), sub.items.len(), "exact-size batches");
         for item in ingest.commit(sub) {
             match item {
                 Item::Record(r) => {
