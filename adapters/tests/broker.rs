@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use common::{init_tracing, Ingest, Publisher};
-use ferry_adapters::mqtt::{run_broker, BrokerSourceConfig, Reject, SourceError};
+use ferry_adapters::mqtt::{
+    run_broker, run_broker_observed, BrokerEvent, BrokerObserver, BrokerSourceConfig, DeviceFront,
+    Limit, Reject, SourceError,
+};
 use ferry_adapters::record::{now_millis, Value};
 use ferry_adapters::sink::Item;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -246,16 +249,18 @@ async fn an_invalid_config_is_refused_with_every_problem() {
     }
 }
 
-/// Back-pressure stops at the embedded broker: while ingest is stalled the
-/// broker keeps acknowledging devices and keeps only `buffer` bytes. The
-/// oldest messages are lost, and an `overrun` dead letter says how many.
+/// Devices connected directly (`device_front = "auto"`) get no
+/// back-pressure: while ingest is stalled the broker keeps acknowledging
+/// them and keeps only `buffer` bytes. The oldest messages are lost, and an
+/// `overrun` dead letter says how many.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_ingest_loses_the_oldest_messages_and_says_how_many() {
+async fn directly_connected_a_stalled_ingest_loses_the_oldest_messages_and_says_how_many() {
     init_tracing();
     const N: usize = 5000;
     let cfg = BrokerSourceConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         buffer: ByteSize::kib(64),
+        device_front: DeviceFront::Auto,
         ..BrokerSourceConfig::default()
     };
     // Room for one submission: the source blocks on the second.
@@ -314,6 +319,103 @@ async fn a_stalled_ingest_loses_the_oldest_messages_and_says_how_many() {
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(*seqs.last().unwrap(), N as i64 - 1, "the newest are kept");
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+}
+
+/// Sends every broker event down a channel.
+struct Events(mpsc::UnboundedSender<BrokerEvent>);
+
+impl BrokerObserver for Events {
+    fn event(&self, _source: &str, event: BrokerEvent) {
+        let _ = self.0.send(event);
+    }
+}
+
+/// Through the device front (the default), back-pressure reaches the
+/// devices: while ingest is stalled the front stops reading once half of
+/// `buffer` waits in the broker, so the same flood that overruns a direct
+/// broker (above) loses nothing; it is slowed down, and
+/// `limit="backlog"` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_front_a_stalled_ingest_slows_devices_and_loses_nothing() {
+    init_tracing();
+    const N: usize = 5000;
+    let cfg = BrokerSourceConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        buffer: ByteSize::kib(64),
+        ..BrokerSourceConfig::default()
+    };
+    let (sink, mut ingest) = Ingest::new(1);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let source = tokio::spawn(run_broker_observed(
+        Arc::from("local"),
+        cfg,
+        sink,
+        Arc::new(Events(events_tx)),
+        cancel.clone(),
+        Some(ready_tx),
+    ));
+    let addr = timeout(WAIT, ready_rx).await.unwrap().unwrap();
+    let mut publisher = Publisher::connect(addr, "dev-0");
+    let client = publisher.client.clone();
+    let publishing = tokio::spawn(async move {
+        for seq in 0..N {
+            client
+                .publish(
+                    "sensors/dev-0/telemetry",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    format!(r#"{{"sequence": {seq}, "pad": "{}"}}"#, "x".repeat(80)),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    // Ingest takes nothing yet: the front pauses the device.
+    timeout(WAIT, async {
+        loop {
+            match events.recv().await.unwrap() {
+                BrokerEvent::Limit(Limit::Backlog) => break,
+                BrokerEvent::Connected => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the device was not slowed down");
+    // Still nothing taken: a second on, the device is still held back
+    // (without the pause rumqttd acknowledges all of them in a few
+    // milliseconds, as above, and its 64 KiB log loses most).
+    let mut acked = 0;
+    let _ = timeout(Duration::from_secs(1), async {
+        while acked < N {
+            publisher.acked.recv().await.unwrap();
+            acked += 1;
+        }
+    })
+    .await;
+    assert!(
+        acked < N / 2,
+        "{acked} of {N} acknowledged while ingest took none"
+    );
+
+    let mut received = Vec::new();
+    while received.len() < N {
+        let sub = ingest.next(WAIT).await;
+        for item in ingest.commit(sub) {
+            match item {
+                Item::Record(r) => received.push(r.field("sequence").cloned()),
+                Item::Dead(d) => panic!("{d:?}"),
+            }
+        }
+    }
+    let want: Vec<_> = (0..N).map(|s| Some(Value::Int(s as i64))).collect();
+    assert_eq!(received, want, "every message, once, in order");
+    timeout(WAIT, publishing).await.unwrap().unwrap();
+    publisher.wait_acked(N - acked, WAIT).await;
     cancel.cancel();
     timeout(WAIT, source).await.unwrap().unwrap().unwrap();
 }

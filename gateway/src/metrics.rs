@@ -626,7 +626,7 @@ impl BrokerMetrics {
         );
         r.register(
             "limits_hit",
-            "Times a client hit a limit (connections, topic_length, payload, fields)",
+            "Times a client hit a limit (connections, topic_length, payload, fields; backlog: a device through the front waited for ingest)",
             self.limits_hit.clone(),
         );
         r.register(

@@ -196,13 +196,13 @@ type = "mqtt_broker"
 listen = "127.0.0.1:{plain}"
 topics = ["lab/{{device}}"]
 max_connections = 2
-device_front = "always"
 
 [sources.direct]
 type = "mqtt_broker"
 listen = "127.0.0.1:{direct}"
 topics = ["hall/{{device}}"]
 max_topic_length = 20
+device_front = "auto"
 
 [api]
 listen = "{api}"
@@ -483,9 +483,10 @@ listen = "{metrics}"
     .unwrap();
     assert_eq!(stored_devices(api), ["dev1", "dev2", "dev3", "press-7"]);
 
-    // Without TLS, logins or an ACL, devices reach rumqttd directly: a topic
-    // over max_topic_length becomes a dead letter, counted as the front
-    // counts its drops, and no connection gauge is kept.
+    // With device_front = "auto" and without TLS, logins or an ACL, devices
+    // reach rumqttd directly: a topic over max_topic_length becomes a dead
+    // letter, counted as the front counts its drops, and no connection
+    // gauge is kept.
     let long = format!("hall/{}", "x".repeat(30));
     mosquitto(
         "mosquitto_pub",

@@ -2,11 +2,12 @@
 //!
 //! Ferry runs rumqttd (MQTT 3.1.1 over plain TCP, one listener) on its own
 //! threads and reads every message through a local link subscribed to `#`.
-//! Devices connect to rumqttd directly, or through Ferry's device front (the
-//! `front` module) when TLS, logins or an ACL are configured, or when
-//! `device_front = "always"` asks for its connection accounting: relaying
-//! every packet through the front costs about half as much CPU again as
-//! the rest of ingest (`BENCHMARKS.md`, "Core").
+//! Devices reach rumqttd through Ferry's device front (the `front` module),
+//! or, with `device_front = "auto"` and no `tls`, `password_file` or `acl`,
+//! connect to it directly: relaying every packet through the front costs
+//! about a quarter more of Ferry's CPU per message (`BENCHMARKS.md`, "Core"),
+//! and buys back-pressure (below).
+//!
 //! Each message is matched to the source's topic templates (no match: an
 //! `unknown_topic` dead letter; subscribing to `#` rather than to the
 //! templates' filters is what lets Ferry see those at all, since rumqttd
@@ -23,12 +24,15 @@
 //! the time to forward it (milliseconds under normal load). For zero loss,
 //! use the subscriber source against an external broker instead.
 //!
-//! Back-pressure stops at the broker: when ingest is full, this source stops
-//! pulling from the link, but rumqttd keeps accepting (and acknowledging)
-//! device messages into its in-memory log, which keeps the last `buffer`
-//! bytes. A backlog beyond that loses the oldest messages; Ferry sees the gap
-//! in the log's offsets, logs how many were lost, and stores an `overrun`
-//! dead letter that says so.
+//! Back-pressure: when ingest is full, this source stops pulling from the
+//! link, but rumqttd keeps accepting (and acknowledging) device messages
+//! into its in-memory log, which keeps the last `buffer` bytes. Through the
+//! front, devices wait instead: the front stops reading from them while
+//! more than half of `buffer` has been relayed and not taken out here
+//! (`front::Backlog`). Devices connected directly cannot be slowed: a
+//! backlog beyond `buffer` loses the oldest messages; Ferry sees the gap in
+//! the log's offsets, logs how many were lost, and stores an `overrun` dead
+//! letter that says so.
 //!
 //! # Shutdown
 //!
@@ -60,7 +64,9 @@ use crate::sink::{Item, Receipt, Sink, SubmitError};
 
 use super::config::BrokerSourceConfig;
 use super::decode::MessageDecoder;
-use super::front::{self, BoundFront, BrokerEvent, BrokerObserver, Limit, NoBrokerObserver};
+use super::front::{
+    self, Backlog, BoundFront, BrokerEvent, BrokerObserver, Limit, NoBrokerObserver,
+};
 use super::log::DeadLetterLog;
 use super::payload::Reject;
 use super::SourceError;
@@ -85,8 +91,9 @@ const SEGMENTS: usize = 4;
 /// Guarantee: the broker acknowledges a QoS 1 message before it is stored,
 /// so a crash loses what was acknowledged in the last moments (the time from
 /// the broker to ingest's fsync: about one commit interval). If ingest
-/// stalls, the broker keeps only `buffer` bytes and drops the oldest; each
-/// gap becomes an `overrun` dead letter. On cancellation it stops forwarding,
+/// stalls, devices through the front wait; for devices connected directly
+/// the broker keeps only `buffer` bytes and drops the oldest, and each gap
+/// becomes an `overrun` dead letter. On cancellation it stops forwarding,
 /// but the broker's threads (and its port) live until the process exits.
 ///
 /// `ready` is told the address the broker listens on once it accepts
@@ -117,13 +124,21 @@ pub async fn run_broker_observed(
     // With a front, rumqttd listens on loopback only and devices reach it
     // through the front (see the `front` module for why); without one,
     // devices connect to rumqttd on `listen`.
-    let (inner, front) = if cfg.uses_front() {
+    let (inner, front, backlog) = if cfg.uses_front() {
         let inner = reserve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-        let front =
-            BoundFront::bind(name.clone(), &cfg, inner, observer.clone(), cancel.clone()).await?;
-        (inner, Some(front))
+        let backlog = Arc::new(Backlog::new(cfg.buffer.as_u64()));
+        let front = BoundFront::bind(
+            name.clone(),
+            &cfg,
+            inner,
+            observer.clone(),
+            backlog.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        (inner, Some(front), Some(backlog))
     } else {
-        (reserve(cfg.listen)?, None)
+        (reserve(cfg.listen)?, None, None)
     };
     let addr = match &front {
         Some(front) => front.local_addr()?,
@@ -167,6 +182,7 @@ pub async fn run_broker_observed(
         lost: 0,
         dead: DeadLetterLog::default(),
         observer,
+        backlog,
     };
     let result = forwarder.run(&cancel, &mut stopped).await;
     info!(
@@ -345,6 +361,8 @@ struct Forwarder {
     lost: u64,
     dead: DeadLetterLog,
     observer: Arc<dyn BrokerObserver>,
+    /// With a front: what the front relayed that this has not taken yet.
+    backlog: Option<Arc<Backlog>>,
 }
 
 impl Forwarder {
@@ -358,6 +376,9 @@ impl Forwarder {
         stopped: &mut oneshot::Receiver<String>,
     ) -> Result<(), SourceError> {
         loop {
+            // Nothing held: a device the front paused meanwhile waits on
+            // a count that drifted, not on ingest.
+            self.set_idle(true);
             let first = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -367,8 +388,12 @@ impl Forwarder {
                 }),
                 n = self.link_rx.next() => n.map_err(|e| self.link_failed(e))?,
             };
+            self.set_idle(false);
             let mut unscheduled = first.is_some_and(|n| self.take(n));
             unscheduled |= self.drain_ready()?;
+            if let Some(b) = &self.backlog {
+                b.wake();
+            }
             self.submit(cancel).await?;
             if unscheduled {
                 // The router paused forwarding to this link while its buffer
@@ -379,6 +404,12 @@ impl Forwarder {
         // Cancelled: forward what the link holds already, then stop.
         self.drain_ready()?;
         self.submit(cancel).await
+    }
+
+    fn set_idle(&self, idle: bool) {
+        if let Some(b) = &self.backlog {
+            b.set_idle(idle);
+        }
     }
 
     fn link_failed(&self, e: rumqttd::local::LinkError) -> SourceError {
@@ -417,6 +448,9 @@ impl Forwarder {
             self.check_offset(offset);
         }
         let publish = forward.publish;
+        if let Some(b) = &self.backlog {
+            b.taken(Backlog::size(&publish.topic, publish.payload.len()).unwrap_or(0));
+        }
         let topic = String::from_utf8_lossy(&publish.topic);
         let item = match self.max_topic_length {
             Some(max) if publish.topic.len() > max => Item::Dead(DeadLetter::new(

@@ -201,17 +201,19 @@ fn host_port() {
 }
 
 #[test]
-fn the_device_front_is_used_only_when_a_setting_needs_it() {
+fn the_device_front_is_used_unless_auto_and_no_setting_needs_it() {
     let plain: BrokerSourceConfig = toml::from_str("").unwrap();
-    assert_eq!(plain.device_front, DeviceFront::Auto);
-    assert!(!plain.uses_front());
+    assert_eq!(plain.device_front, DeviceFront::Always);
+    assert!(plain.uses_front());
+    let auto: BrokerSourceConfig = toml::from_str(r#"device_front = "auto""#).unwrap();
+    assert!(!auto.uses_front());
     for extra in [
-        r#"device_front = "always""#,
         r#"password_file = "/etc/ferry/passwd""#,
         r#"acl = "client_id""#,
         r#"tls = { cert = "c.pem", key = "k.pem" }"#,
     ] {
-        let b: BrokerSourceConfig = toml::from_str(extra).unwrap();
+        let b: BrokerSourceConfig =
+            toml::from_str(&format!("device_front = \"auto\"\n{extra}")).unwrap();
         assert!(b.uses_front(), "{extra}");
     }
     let err = toml::from_str::<BrokerSourceConfig>(r#"device_front = "never""#).unwrap_err();

@@ -23,6 +23,9 @@ pub enum Limit {
     Payload,
     /// `max_fields`: a payload became a `too_many_fields` dead letter.
     Fields,
+    /// `buffer`: ingest fell half of it behind, and a device connected
+    /// through the front waited before more of its packets were read.
+    Backlog,
 }
 
 impl Limit {
@@ -32,6 +35,7 @@ impl Limit {
             Limit::TopicLength => "topic_length",
             Limit::Payload => "payload",
             Limit::Fields => "fields",
+            Limit::Backlog => "backlog",
         }
     }
 }

@@ -4,13 +4,14 @@
 //! authentication drops a refused client without a CONNACK, its TLS listener
 //! brings a second TLS stack (tokio-rustls 0.25, rustls 0.22), and the
 //! messages it forwards do not say which connection published them, so no
-//! per-device ACL can be built on its API. So when a broker source sets
-//! `tls`, `password_file` or `acl` (or `device_front = "always"`), rumqttd
-//! listens on a loopback port only, and this front listens on `listen`,
-//! terminates TLS (rustls 0.23, like the uplinks), and reads each client's
-//! packets (without those settings devices connect to rumqttd directly: the
-//! relay costs a second loopback connection per device, about half as much
-//! CPU again as the rest of ingest):
+//! per-device ACL can be built on its API, and it acknowledges a device's
+//! messages however far behind Ferry is. So rumqttd listens on a loopback
+//! port only, and this front listens on `listen`, terminates TLS (rustls
+//! 0.23, like the uplinks), and reads each client's packets. (With
+//! `device_front = "auto"` and none of `tls`, `password_file` and `acl`,
+//! devices connect to rumqttd directly instead: the relay costs a second
+//! loopback connection per device and about a quarter more of Ferry's CPU
+//! per message.)
 //!
 //! | checked here | how it is refused |
 //! | --- | --- |
@@ -30,16 +31,23 @@
 //! id and username (the first refusal of a connection at `warn`, the rest
 //! at `debug`); a password is never logged.
 //!
+//! While ingest is more than half of `buffer` behind what the front relayed,
+//! the front stops reading from its devices (the `backlog` module): devices
+//! through the front are slowed down instead of losing acknowledged
+//! messages to an overrun of rumqttd's log.
+//!
 //! The front parses only packet boundaries and the CONNECT, PUBLISH and
 //! SUBSCRIBE heads; everything else is copied, in batches, as it arrives.
 
 mod acl;
+mod backlog;
 mod events;
 mod packet;
 mod passwd;
 mod serve;
 mod tls;
 
+pub use backlog::Backlog;
 pub use events::{BrokerEvent, BrokerObserver, Denied, Limit, NoBrokerObserver};
 pub use passwd::{LoginError, Passwords};
 
@@ -99,6 +107,7 @@ impl BoundFront {
         cfg: &BrokerSourceConfig,
         inner: SocketAddr,
         observer: Arc<dyn BrokerObserver>,
+        backlog: Arc<Backlog>,
         cancel: CancellationToken,
     ) -> Result<BoundFront, SourceError> {
         let problems = check_files(cfg);
@@ -145,6 +154,7 @@ impl BoundFront {
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
             max_connections: cfg.max_connections,
             observer,
+            backlog,
             cancel,
         };
         Ok(BoundFront {

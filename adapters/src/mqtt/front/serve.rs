@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::acl::{TopicPolicy, TopicRefusal};
+use super::backlog::Backlog;
 use super::events::{BrokerEvent, BrokerObserver, Denied, Limit};
 use super::packet::{self, ConnackCode, Header, Malformed};
 use super::passwd::Passwords;
@@ -39,6 +40,8 @@ pub struct Front {
     pub slots: Arc<Semaphore>,
     pub max_connections: usize,
     pub observer: Arc<dyn BrokerObserver>,
+    /// What rumqttd holds that ingest has not taken yet.
+    pub backlog: Arc<Backlog>,
     pub cancel: CancellationToken,
 }
 
@@ -249,6 +252,7 @@ impl Front {
             user,
             identity,
             refused: 0,
+            throttled: false,
         };
         let result = tokio::select! {
             r = conn.upstream(&mut rd, buf, &mut inner_wr, inject_tx) => r,
@@ -277,6 +281,8 @@ struct Conn<'a> {
     /// Publishes and subscriptions refused so far (the first is logged at
     /// `warn`, the others at `debug` and summed up at the end).
     refused: u64,
+    /// The device has had to wait for ingest.
+    throttled: bool,
 }
 
 impl Conn<'_> {
@@ -295,13 +301,18 @@ impl Conn<'_> {
     {
         let mut out = BytesMut::new();
         let mut room = ReadRoom::default();
+        let backlog = &self.front.backlog;
         loop {
+            let mut relayed = 0;
             while let Some((h, pkt)) = packet::split_packet(&mut buf)? {
                 match h.kind() {
                     packet::PUBLISH => {
                         let p = packet::publish(h.byte, packet::body(&h, &pkt))?;
                         match self.front.policy.check(p.topic, self.identity) {
-                            Ok(()) => out.extend_from_slice(&pkt),
+                            Ok(()) => {
+                                out.extend_from_slice(&pkt);
+                                relayed += Backlog::size(p.topic, p.payload_len).unwrap_or(0);
+                            }
                             Err(why) => {
                                 self.refuse_publish(why, p.topic);
                                 match (p.qos, p.pkid) {
@@ -334,6 +345,7 @@ impl Conn<'_> {
             if !out.is_empty() {
                 inner.write_all(&out).await?;
                 out.clear();
+                backlog.relayed(relayed);
             }
             room.fit(&mut out);
             if let Some(h) = packet::header(&buf)? {
@@ -347,9 +359,28 @@ impl Conn<'_> {
                 }
                 buf.reserve(h.total() - buf.len());
             }
+            if backlog.behind() > backlog.limit() {
+                self.throttled();
+                backlog.room().await;
+            }
             if !room.read(rd, &mut buf).await? {
                 return Ok(());
             }
+        }
+    }
+
+    /// The device waited for ingest: counted, logged once per connection.
+    fn throttled(&mut self) {
+        let f = self.front;
+        f.observer
+            .event(&f.source, BrokerEvent::Limit(Limit::Backlog));
+        if !self.throttled {
+            self.throttled = true;
+            let (peer, client, user) = (self.peer, self.client, self.user);
+            info!(
+                source = %f.source, %peer, client, user,
+                "device slowed down: ingest is more than half of `buffer` behind"
+            );
         }
     }
 
