@@ -19,7 +19,10 @@
 //!    `buffer` behind: no loss, the devices wait) and straight to rumqttd
 //!    (ingest more than `buffer` behind loses the oldest acknowledged
 //!    messages: `overrun`).
-//! 5. `paced_*`: the same devices at a steady 1,000 records/s in total, at
+//! 5. `broker_flood`, `broker_direct_flood`: unpaced devices that do not
+//!    wait for commits (an open loop): the front holds them back; straight
+//!    to rumqttd, whatever ingest cannot keep up with is lost (`overrun`).
+//! 6. `paced_*`: the same devices at a steady 1,000 records/s in total, at
 //!    commit intervals of 10 ms, 100 ms, 250 ms (the default) and 1 s: the
 //!    bytes written per record when each commit carries few records (what
 //!    wears an SD card at low rates).
@@ -93,11 +96,21 @@ fn main() {
     let half = raw_rate / 2.0;
     let half_per_device = ((half * 10.0 * scale.min(1.0)) as u64 / DEVICES).max(100);
     let half_pace = Some(Duration::from_secs_f64(DEVICES as f64 / half));
-    for (name, front, per_device, pace) in [
-        ("broker", true, unpaced, None),
-        ("broker_direct", false, unpaced, None),
-        ("broker_half_raw", true, half_per_device, half_pace),
-        ("broker_direct_half_raw", false, half_per_device, half_pace),
+    // Last, a flood: unpaced devices that do not wait for commits, which
+    // only the front's back-pressure keeps from losing messages.
+    for (name, front, per_device, pace, closed_loop) in [
+        ("broker", true, unpaced, None, true),
+        ("broker_direct", false, unpaced, None, true),
+        ("broker_half_raw", true, half_per_device, half_pace, false),
+        (
+            "broker_direct_half_raw",
+            false,
+            half_per_device,
+            half_pace,
+            false,
+        ),
+        ("broker_flood", true, unpaced, None, false),
+        ("broker_direct_flood", false, unpaced, None, false),
     ] {
         let rate = ferry.block_on(phase(
             Phase {
@@ -106,6 +119,7 @@ fn main() {
                 commit_interval: Duration::from_millis(10),
                 per_device,
                 pace,
+                closed_loop,
             },
             start,
             &load,
@@ -131,6 +145,7 @@ fn main() {
                 commit_interval: Duration::from_millis(ms),
                 per_device: paced,
                 pace: Some(Duration::from_millis(10)),
+                closed_loop: false,
             },
             start,
             &load,
@@ -227,6 +242,9 @@ struct Phase {
     per_device: u64,
     /// Time between one device's publishes; `None` = as fast as it can.
     pace: Option<Duration>,
+    /// Unpaced devices wait while `AHEAD` records are not committed (a
+    /// closed loop); without it they flood.
+    closed_loop: bool,
 }
 
 fn thread_group(comm: &str) -> &'static str {
@@ -339,7 +357,7 @@ async fn phase(
     let published_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for (d, pubr) in publishers.iter().enumerate() {
         let pubr = pubr.clone();
-        let (per, pace) = (p.per_device, p.pace);
+        let (per, pace, closed_loop) = (p.per_device, p.pace, p.closed_loop);
         let published_total = published_total.clone();
         let mut committed = store.watch_heads();
         sending.push(load.spawn(async move {
@@ -366,7 +384,7 @@ async fn phase(
                 )
                 .await;
                 let n = published_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if tick.is_none() && flush {
+                if closed_loop && tick.is_none() && flush {
                     while n.saturating_sub(committed.borrow_and_update().records) > AHEAD {
                         if committed.changed().await.is_err() {
                             break;
@@ -399,6 +417,16 @@ async fn phase(
             last = (h, Instant::now());
         }
         h >= total || last.1.elapsed() > Duration::from_secs(3)
+    })
+    .await;
+    // The watcher may not have seen the last head yet (it runs on the same
+    // runtime, after this poll): the rate and latencies need it.
+    let final_head = store.heads().records;
+    common::poll_until(Duration::from_secs(5), Duration::from_millis(1), || {
+        seen.lock()
+            .unwrap()
+            .last()
+            .is_some_and(|&(_, h)| h >= final_head)
     })
     .await;
     watcher.abort();
