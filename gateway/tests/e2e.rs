@@ -242,3 +242,116 @@ async fn subscribe_mode_kill9_loses_nothing() {
         seen.duplicates()
     );
 }
+
+/// `store.when_full = "block"` with the cloud unreachable: once the store
+/// is full ingest stops, and through the device front (the default) the
+/// devices are held back instead of the embedded broker acknowledging
+/// messages it must then drop. When the link returns, the backlog drains,
+/// room returns, and every message the devices sent arrives at the cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_mode_full_store_in_block_mode_holds_devices_back_and_loses_nothing() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    // ~1.3 KB a record in the store: the 16 MiB budget blocks at ~11,000.
+    const N: u64 = 25_000;
+    let pki = Pki::generate("pi-line-7").unwrap();
+    let cloud = Mosquitto::tls(&pki).unwrap();
+    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
+        .await
+        .unwrap();
+    let link = ferry_testkit::Proxy::start(cloud.tls_addr()).await.unwrap();
+    link.cut().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2).unwrap();
+    let (broker, metrics) = (addr(ports[0]), addr(ports[1]));
+    let data = dir.path().join("data");
+    // IoT Core's 512 KB/s per connection would take a minute to drain it.
+    let config = format!(
+        "{}\n[store]\nmax_disk = \"16MiB\"\nwhen_full = \"block\"\n",
+        broker_config(&data, broker, link.addr(), &pki, metrics).replace(
+            "max_batch_age = \"100ms\"",
+            "max_batch_age = \"100ms\"\nmax_bytes_per_second = \"64MiB\""
+        )
+    );
+    let _ferry = Ferry::start(dir.path(), &config);
+
+    // One device publishing ~1 KB readings, up to 100 unacknowledged.
+    let mut opts = MqttOptions::new("filler", "127.0.0.1", broker.port());
+    opts.set_keep_alive(Duration::from_secs(60))
+        .set_inflight(100);
+    let (client, mut events) = AsyncClient::new(opts, 100);
+    let acked = Arc::new(AtomicU64::new(0));
+    let counter = acked.clone();
+    let device = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let publishing = tokio::spawn(async move {
+        for i in 0..N {
+            let mut payload = seed_payload(i);
+            payload.pop();
+            payload.extend_from_slice(format!(r#", "pad": "{}"}}"#, "x".repeat(900)).as_bytes());
+            client
+                .publish(seed_topic(i), QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        client
+    });
+
+    // The store fills (nothing can be delivered), ingest blocks, and the
+    // front holds the device back.
+    let m = |s: &str| metric_sample(metrics, s).unwrap_or(0.0);
+    ferry_testkit::wait_until(WAIT, "ingest blocked and the device held back", || {
+        m("ferry_ingest_blocked") == 1.0
+            && m("ferry_source_limits_hit_total{source=\"local\",limit=\"backlog\"}") >= 1.0
+    })
+    .await
+    .unwrap();
+    let held = acked.load(Ordering::Relaxed);
+    assert!(held < N, "all {N} acknowledged while the store was full");
+    // A second later it is still held (without the front, rumqttd would
+    // have acknowledged the rest within it and dropped what its 2 MiB log
+    // cannot keep).
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while acked.load(Ordering::Relaxed) < N {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let later = acked.load(Ordering::Relaxed);
+    assert!(
+        later < N && later - held < 4_000,
+        "{held} acknowledged when held back, {later} a second later"
+    );
+
+    // The link returns: everything arrives.
+    link.restore();
+    let seen = sub.wait_for_seqs(0..N, WAIT, sequences).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    let _client = publishing.await.unwrap();
+    ferry_testkit::wait_until(WAIT, "every publish acknowledged", || {
+        acked.load(Ordering::Relaxed) == N
+    })
+    .await
+    .unwrap();
+    device.abort();
+    assert_eq!(m("ferry_ingest_blocked"), 0.0);
+    assert_eq!(
+        metric_sample(
+            metrics,
+            "ferry_ingest_records_rejected_total{source=\"local\",reason=\"overrun\"}"
+        ),
+        None,
+        "nothing was dropped by the embedded broker"
+    );
+}

@@ -28,8 +28,10 @@
 //! link, but rumqttd keeps accepting (and acknowledging) device messages
 //! into its in-memory log, which keeps the last `buffer` bytes. Through the
 //! front, devices wait instead: the front stops reading from them while
-//! more than half of `buffer` has been relayed and not taken out here
-//! (`front::Backlog`). Devices connected directly cannot be slowed: a
+//! more than half of `buffer` waits in rumqttd, or more than `buffer` has
+//! been relayed and not yet answered for by ingest (`front::Backlog`; the
+//! receipt watcher tells it when ingest is done with a submission). Devices
+//! connected directly cannot be slowed: a
 //! backlog beyond `buffer` loses the oldest messages; Ferry sees the gap in
 //! the log's offsets, logs how many were lost, and stores an `overrun` dead
 //! letter that says so.
@@ -176,13 +178,14 @@ pub async fn run_broker_observed(
         max_topic_length: (!cfg.uses_front()).then_some(cfg.max_topic_length),
         link_rx,
         sink,
-        receipts: spawn_receipt_watcher(name.clone()),
         batch: Vec::with_capacity(MAX_BATCH),
         next_offset: 0,
         lost: 0,
         dead: DeadLetterLog::default(),
         observer,
+        receipts: spawn_receipt_watcher(name.clone(), backlog.clone()),
         backlog,
+        batch_bytes: 0,
     };
     let result = forwarder.run(&cancel, &mut stopped).await;
     info!(
@@ -352,7 +355,7 @@ struct Forwarder {
     max_topic_length: Option<usize>,
     link_rx: LinkRx,
     sink: Sink,
-    receipts: mpsc::Sender<(usize, Receipt)>,
+    receipts: mpsc::Sender<Submitted>,
     batch: Vec<Item>,
     /// The broker log offset expected next; a jump means lost messages. The
     /// log starts at 0 with Ferry's subscription, before any device connects.
@@ -361,8 +364,10 @@ struct Forwarder {
     lost: u64,
     dead: DeadLetterLog,
     observer: Arc<dyn BrokerObserver>,
-    /// With a front: what the front relayed that this has not taken yet.
+    /// With a front: what it relayed, this took, and ingest answered for.
     backlog: Option<Arc<Backlog>>,
+    /// The backlog's bytes of the messages in `batch`.
+    batch_bytes: u64,
 }
 
 impl Forwarder {
@@ -449,7 +454,9 @@ impl Forwarder {
         }
         let publish = forward.publish;
         if let Some(b) = &self.backlog {
-            b.taken(Backlog::size(&publish.topic, publish.payload.len()).unwrap_or(0));
+            let size = Backlog::size(&publish.topic, publish.payload.len()).unwrap_or(0);
+            b.taken(size);
+            self.batch_bytes += size;
         }
         let topic = String::from_utf8_lossy(&publish.topic);
         let item = match self.max_topic_length {
@@ -524,6 +531,7 @@ impl Forwarder {
         // batch held ~50 KB per message at a trickle (heaptrack: 1.7 MB of
         // the daemon's heap at 1,000 records/s). `batch` keeps its room.
         let items: Vec<Item> = self.batch.drain(..).collect();
+        let bytes = std::mem::take(&mut self.batch_bytes);
         let count = items.len();
         let mut submit = pin!(self.sink.submit(items));
         let submitted = tokio::select! {
@@ -537,30 +545,61 @@ impl Forwarder {
                         "shutting down: ingest did not accept the last messages in time; \
                          they are lost"
                     );
+                    self.done_with(bytes);
                     return Ok(());
                 }
             },
         };
         let receipt = submitted.map_err(|_| SourceError::SinkClosed)?;
-        if let Err(mpsc::error::TrySendError::Full((count, _))) =
-            self.receipts.try_send((count, receipt))
-        {
+        if let Err(mpsc::error::TrySendError::Full(s)) = self.receipts.try_send(Submitted {
+            count,
+            bytes,
+            receipt,
+        }) {
             debug!(
                 source = %self.source(),
-                count, "receipt watcher is behind; not watching this commit"
+                count = s.count, "receipt watcher is behind; not watching this commit"
             );
+            self.done_with(s.bytes);
         }
         Ok(())
     }
+
+    /// The front's backlog no longer counts `bytes` as held in Ferry.
+    fn done_with(&self, bytes: u64) {
+        if let Some(b) = &self.backlog {
+            b.done(bytes);
+            b.wake();
+        }
+    }
 }
 
-/// Watches commit receipts in order, only to report store failures: the
-/// broker has acknowledged these messages, so a failed commit loses them.
-fn spawn_receipt_watcher(name: Arc<str>) -> mpsc::Sender<(usize, Receipt)> {
-    let (tx, mut rx) = mpsc::channel::<(usize, Receipt)>(1024);
+/// A submission to ingest, whose commit the receipt watcher waits for.
+struct Submitted {
+    count: usize,
+    /// Its messages' bytes in the front's backlog.
+    bytes: u64,
+    receipt: Receipt,
+}
+
+/// Watches commit receipts in order, to report store failures (the broker
+/// has acknowledged these messages, so a failed commit loses them) and to
+/// tell the front's backlog (with a front) that ingest is done with them.
+fn spawn_receipt_watcher(name: Arc<str>, backlog: Option<Arc<Backlog>>) -> mpsc::Sender<Submitted> {
+    let (tx, mut rx) = mpsc::channel::<Submitted>(1024);
     tokio::spawn(async move {
-        while let Some((count, receipt)) = rx.recv().await {
-            match receipt.committed().await {
+        while let Some(Submitted {
+            count,
+            bytes,
+            receipt,
+        }) = rx.recv().await
+        {
+            let outcome = receipt.committed().await;
+            if let Some(b) = &backlog {
+                b.done(bytes);
+                b.wake();
+            }
+            match outcome {
                 Ok(_) => {}
                 Err(SubmitError::Closed) => break,
                 Err(e @ SubmitError::Store(_)) => error!(

@@ -118,8 +118,8 @@ pub struct BrokerSourceConfig {
     #[serde(default)]
     pub acl: Acl,
     /// `"always"`: devices connect to the broker through Ferry's device
-    /// front, which slows them down while ingest is more than half of
-    /// `buffer` behind (back-pressure: nothing acknowledged is dropped),
+    /// front, which holds them back while ingest is behind by more than
+    /// `buffer` allows (back-pressure: nothing acknowledged is dropped),
     /// refuses clients over `max_connections` with a CONNACK and counts
     /// connected clients (`ferry_source_connections`). `"auto"`: through
     /// the front only when `tls`, `password_file` or `acl` needs it, and
@@ -128,7 +128,8 @@ pub struct BrokerSourceConfig {
     #[serde(default)]
     pub device_front: DeviceFront,
     /// Memory the broker keeps of recent messages. Through the device front,
-    /// devices wait while Ferry is more than half of this behind; devices
+    /// devices wait while more than half of this waits in the broker, or
+    /// more than this was received and is not stored yet; devices
     /// connected directly do not, and if Ferry falls behind by more than
     /// this (the store stalls) the broker drops the oldest messages it has
     /// already acknowledged (Ferry logs and counts them: `overrun`).

@@ -31,10 +31,12 @@
 //! id and username (the first refusal of a connection at `warn`, the rest
 //! at `debug`); a password is never logged.
 //!
-//! While ingest is more than half of `buffer` behind what the front relayed,
-//! the front stops reading from its devices (the `backlog` module): devices
-//! through the front are slowed down instead of losing acknowledged
-//! messages to an overrun of rumqttd's log.
+//! While more than half of `buffer` waits in rumqttd, or more than `buffer`
+//! has been relayed and not yet stored, the front stops reading from its
+//! devices (the `backlog` module): devices through the front are held back
+//! instead of losing acknowledged messages to an overrun of rumqttd's log,
+//! and what they were told is received but is not stored yet stays within
+//! `buffer`.
 //!
 //! The front parses only packet boundaries and the CONNECT, PUBLISH and
 //! SUBSCRIBE heads; everything else is copied, in batches, as it arrives.

@@ -359,7 +359,7 @@ impl Conn<'_> {
                 }
                 buf.reserve(h.total() - buf.len());
             }
-            if backlog.behind() > backlog.limit() {
+            if backlog.over() {
                 self.throttled();
                 backlog.room().await;
             }
@@ -379,7 +379,7 @@ impl Conn<'_> {
             let (peer, client, user) = (self.peer, self.client, self.user);
             info!(
                 source = %f.source, %peer, client, user,
-                "device slowed down: ingest is more than half of `buffer` behind"
+                "device held back: ingest is behind by more than `buffer` allows"
             );
         }
     }
