@@ -303,6 +303,13 @@ impl Conn<'_> {
         let mut room = ReadRoom::default();
         let backlog = &self.front.backlog;
         loop {
+            // Before anything more is relayed, also what came with the
+            // CONNECT: a device that reconnects while ingest is behind
+            // gets its CONNACK, and waits with its publishes.
+            if backlog.over() {
+                self.throttled();
+                backlog.room().await;
+            }
             let mut relayed = 0;
             while let Some((h, pkt)) = packet::split_packet(&mut buf)? {
                 match h.kind() {
@@ -358,10 +365,6 @@ impl Conn<'_> {
                     return Err(Closed::Refused(format!("a {}-byte packet", h.total())));
                 }
                 buf.reserve(h.total() - buf.len());
-            }
-            if backlog.over() {
-                self.throttled();
-                backlog.room().await;
             }
             if !room.read(rd, &mut buf).await? {
                 return Ok(());
