@@ -332,6 +332,74 @@ impl BrokerObserver for Events {
     }
 }
 
+/// A broker source through the front (the default) with a 64 KiB `buffer`,
+/// an ingest that takes nothing until the test commits, and device `dev-0`
+/// publishing `n` readings of ~100 bytes (`sequence` 0..n) in a task.
+struct Flooded {
+    ingest: Ingest,
+    events: mpsc::UnboundedReceiver<BrokerEvent>,
+    cancel: CancellationToken,
+    source: tokio::task::JoinHandle<Result<(), SourceError>>,
+    addr: SocketAddr,
+    publisher: Publisher,
+    publishing: tokio::task::JoinHandle<()>,
+}
+
+impl Flooded {
+    async fn start(n: usize) -> Flooded {
+        init_tracing();
+        let cfg = BrokerSourceConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            buffer: ByteSize::kib(64),
+            ..BrokerSourceConfig::default()
+        };
+        let (sink, ingest) = Ingest::new(1);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let source = tokio::spawn(run_broker_observed(
+            Arc::from("local"),
+            cfg,
+            sink,
+            Arc::new(Events(events_tx)),
+            cancel.clone(),
+            Some(ready_tx),
+        ));
+        let addr = timeout(WAIT, ready_rx).await.unwrap().unwrap();
+        let publisher = Publisher::connect(addr, "dev-0");
+        let client = publisher.client.clone();
+        let publishing = tokio::spawn(async move {
+            for seq in 0..n {
+                let payload = format!(r#"{{"sequence": {seq}, "pad": "{}"}}"#, "x".repeat(80));
+                client
+                    .publish(
+                        "sensors/dev-0/telemetry",
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        payload,
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+        Flooded {
+            ingest,
+            events,
+            cancel,
+            source,
+            addr,
+            publisher,
+            publishing,
+        }
+    }
+
+    async fn stop(self) {
+        timeout(WAIT, self.publishing).await.unwrap().unwrap();
+        self.cancel.cancel();
+        timeout(WAIT, self.source).await.unwrap().unwrap().unwrap();
+    }
+}
+
 /// Through the device front (the default), back-pressure reaches the
 /// devices: while ingest is stalled the front stops reading once half of
 /// `buffer` waits in the broker, so the same flood that overruns a direct
@@ -339,45 +407,12 @@ impl BrokerObserver for Events {
 /// `limit="backlog"` counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_front_a_stalled_ingest_slows_devices_and_loses_nothing() {
-    init_tracing();
     const N: usize = 5000;
-    let cfg = BrokerSourceConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        buffer: ByteSize::kib(64),
-        ..BrokerSourceConfig::default()
-    };
-    let (sink, mut ingest) = Ingest::new(1);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let cancel = CancellationToken::new();
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let source = tokio::spawn(run_broker_observed(
-        Arc::from("local"),
-        cfg,
-        sink,
-        Arc::new(Events(events_tx)),
-        cancel.clone(),
-        Some(ready_tx),
-    ));
-    let addr = timeout(WAIT, ready_rx).await.unwrap().unwrap();
-    let mut publisher = Publisher::connect(addr, "dev-0");
-    let client = publisher.client.clone();
-    let publishing = tokio::spawn(async move {
-        for seq in 0..N {
-            client
-                .publish(
-                    "sensors/dev-0/telemetry",
-                    rumqttc::QoS::AtLeastOnce,
-                    false,
-                    format!(r#"{{"sequence": {seq}, "pad": "{}"}}"#, "x".repeat(80)),
-                )
-                .await
-                .unwrap();
-        }
-    });
+    let mut f = Flooded::start(N).await;
     // Ingest takes nothing yet: the front pauses the device.
     timeout(WAIT, async {
         loop {
-            match events.recv().await.unwrap() {
+            match f.events.recv().await.unwrap() {
                 BrokerEvent::Limit(Limit::Backlog) => break,
                 BrokerEvent::Connected => {}
                 other => panic!("{other:?}"),
@@ -392,7 +427,7 @@ async fn through_the_front_a_stalled_ingest_slows_devices_and_loses_nothing() {
     let mut acked = 0;
     let _ = timeout(Duration::from_secs(1), async {
         while acked < N {
-            publisher.acked.recv().await.unwrap();
+            f.publisher.acked.recv().await.unwrap();
             acked += 1;
         }
     })
@@ -404,8 +439,8 @@ async fn through_the_front_a_stalled_ingest_slows_devices_and_loses_nothing() {
 
     let mut received = Vec::new();
     while received.len() < N {
-        let sub = ingest.next(WAIT).await;
-        for item in ingest.commit(sub) {
+        let sub = f.ingest.next(WAIT).await;
+        for item in f.ingest.commit(sub) {
             match item {
                 Item::Record(r) => received.push(r.field("sequence").cloned()),
                 Item::Dead(d) => panic!("{d:?}"),
@@ -414,8 +449,81 @@ async fn through_the_front_a_stalled_ingest_slows_devices_and_loses_nothing() {
     }
     let want: Vec<_> = (0..N).map(|s| Some(Value::Int(s as i64))).collect();
     assert_eq!(received, want, "every message, once, in order");
-    timeout(WAIT, publishing).await.unwrap().unwrap();
-    publisher.wait_acked(N - acked, WAIT).await;
-    cancel.cancel();
-    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+    f.publisher.wait_acked(N - acked, WAIT).await;
+    f.stop().await;
+}
+
+/// A device that connects while devices are held back gets its CONNACK,
+/// but what it sent in the same breath as its CONNECT waits with the rest:
+/// no PUBACK until ingest catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_connecting_while_held_back_waits_with_what_came_with_its_connect() {
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const N: usize = 2000;
+    let mut f = Flooded::start(N).await;
+    timeout(WAIT, async {
+        while f.events.recv().await.unwrap() != BrokerEvent::Limit(Limit::Backlog) {}
+    })
+    .await
+    .expect("the first device was not held back");
+
+    // A second device: CONNECT and three QoS 1 publishes in one write.
+    let mut wire = BytesMut::new();
+    rumqttc::Connect::new("dev-1").write(&mut wire).unwrap();
+    for pkid in 1..=3u16 {
+        let mut p = rumqttc::Publish::new(
+            "sensors/dev-1/telemetry",
+            rumqttc::QoS::AtLeastOnce,
+            format!(r#"{{"sequence": {}}}"#, 100_000 + u32::from(pkid)),
+        );
+        p.pkid = pkid;
+        p.write(&mut wire).unwrap();
+    }
+    let mut raw = tokio::net::TcpStream::connect(f.addr).await.unwrap();
+    raw.write_all(&wire).await.unwrap();
+    let mut connack = [0u8; 4];
+    timeout(WAIT, raw.read_exact(&mut connack))
+        .await
+        .expect("no CONNACK while held back")
+        .unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    // Held back: nothing more comes within a second (without the check
+    // its three PUBACKs come within milliseconds).
+    let mut more = [0u8; 1];
+    assert!(
+        timeout(Duration::from_secs(1), raw.read(&mut more))
+            .await
+            .is_err(),
+        "a PUBACK came while ingest took nothing"
+    );
+
+    // Ingest catches up: everything is stored, and the PUBACKs come.
+    let mut first = 0;
+    let mut second = Vec::new();
+    while first < N || second.len() < 3 {
+        let sub = f.ingest.next(WAIT).await;
+        for item in f.ingest.commit(sub) {
+            match item {
+                Item::Record(r) if &*r.device == "dev-1" => {
+                    second.push(r.field("sequence").cloned())
+                }
+                Item::Record(_) => first += 1,
+                Item::Dead(d) => panic!("{d:?}"),
+            }
+        }
+    }
+    let want: Vec<_> = (1..=3).map(|k| Some(Value::Int(100_000 + k))).collect();
+    assert_eq!(second, want);
+    let mut pubacks = [0u8; 12];
+    timeout(WAIT, raw.read_exact(&mut pubacks))
+        .await
+        .expect("no PUBACKs once stored")
+        .unwrap();
+    assert_eq!(
+        pubacks,
+        [0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3],
+        "three PUBACKs, in order"
+    );
+    f.stop().await;
 }
