@@ -40,7 +40,8 @@ pub struct Front {
     pub slots: Arc<Semaphore>,
     pub max_connections: usize,
     pub observer: Arc<dyn BrokerObserver>,
-    /// What rumqttd holds that ingest has not taken yet.
+    /// What was relayed into rumqttd and is not stored yet (devices wait
+    /// while it is too much).
     pub backlog: Arc<Backlog>,
     pub cancel: CancellationToken,
 }
