@@ -31,10 +31,9 @@
 //! more than half of `buffer` waits in rumqttd, or more than `buffer` has
 //! been relayed and not yet answered for by ingest (`front::Backlog`; the
 //! receipt watcher tells it when ingest is done with a submission). Devices
-//! connected directly cannot be slowed: a
-//! backlog beyond `buffer` loses the oldest messages; Ferry sees the gap in
-//! the log's offsets, logs how many were lost, and stores an `overrun` dead
-//! letter that says so.
+//! connected directly cannot be slowed: a backlog beyond `buffer` loses the
+//! oldest messages; Ferry sees the gap in the log's offsets, logs how many
+//! were lost, and stores an `overrun` dead letter that says so.
 //!
 //! # Shutdown
 //!
@@ -381,8 +380,8 @@ impl Forwarder {
         stopped: &mut oneshot::Receiver<String>,
     ) -> Result<(), SourceError> {
         loop {
-            // Nothing held: a device the front paused meanwhile waits on
-            // a count that drifted, not on ingest.
+            // Waiting on the link: if ingest holds nothing either, a device
+            // the front holds back meanwhile waits on a count that drifted.
             self.set_idle(true);
             let first = tokio::select! {
                 biased;
@@ -569,7 +568,6 @@ impl Forwarder {
     fn done_with(&self, bytes: u64) {
         if let Some(b) = &self.backlog {
             b.done(bytes);
-            b.wake();
         }
     }
 }
@@ -597,7 +595,6 @@ fn spawn_receipt_watcher(name: Arc<str>, backlog: Option<Arc<Backlog>>) -> mpsc:
             let outcome = receipt.committed().await;
             if let Some(b) = &backlog {
                 b.done(bytes);
-                b.wake();
             }
             match outcome {
                 Ok(_) => {}

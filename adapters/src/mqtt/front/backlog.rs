@@ -106,10 +106,11 @@ impl Backlog {
     }
 
     /// Ingest answered for `bytes` the forwarder took: they no longer wait
-    /// in memory.
+    /// in memory, and devices waiting for that room are let go.
     pub fn done(&self, bytes: u64) {
         if bytes > 0 {
             self.done.fetch_add(bytes, Ordering::AcqRel);
+            self.wake();
         }
     }
 
@@ -205,7 +206,6 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         b.done(601);
-        b.wake();
         waiter.await.unwrap();
         assert_eq!(b.behind(), 400);
     }
