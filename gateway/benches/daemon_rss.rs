@@ -14,7 +14,9 @@
 //! shortens the run (at least 3 s). For experiments: `FERRY_BENCH_ONLY=uplink`
 //! (or `no_uplink`) runs one variant; `FERRY_BENCH_SOURCE_EXTRA` adds TOML
 //! lines to `[sources.local]`, `FERRY_BENCH_CONFIG_EXTRA` appends tables
-//! (e.g. `[store]`); the daemon inherits the environment (`MALLOC_ARENA_MAX`).
+//! (e.g. `[store]`); the daemon inherits the environment (`MALLOC_ARENA_MAX`);
+//! `FERRY_BENCH_SMAPS=PATH` keeps the daemon's `/proc/PID/smaps` at the end
+//! in `PATH.no_uplink` / `PATH.uplink`.
 
 mod common;
 
@@ -57,9 +59,14 @@ fn main() {
     rt.shutdown_background();
 }
 
-/// The `ferry` binary: cargo sets `CARGO_BIN_EXE_ferry` for benches; else
-/// the `ferry` next to this bench's `deps/` directory.
+/// The `ferry` binary: `FERRY_BIN` if set (e.g. a copy on another file
+/// system, to see what its page cache does to the mapped code); else
+/// `CARGO_BIN_EXE_ferry`, which cargo sets for benches; else the `ferry`
+/// next to this bench's `deps/` directory.
 fn ferry_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_BIN") {
+        return PathBuf::from(p);
+    }
     if let Some(p) = option_env!("CARGO_BIN_EXE_ferry") {
         return PathBuf::from(p);
     }
@@ -255,6 +262,9 @@ async fn run(bin: &Path, secs: u64, cloud: Option<(&Pki, &Mosquitto)>) {
     let hwm = status_kib(&pid, "VmHWM:");
     let (anon, file) = (status_kib(&pid, "RssAnon:"), status_kib(&pid, "RssFile:"));
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    if let Ok(to) = std::env::var("FERRY_BENCH_SMAPS") {
+        let _ = std::fs::copy(format!("/proc/{pid}/smaps"), format!("{to}.{label}"));
+    }
     let published = per_device * DEVICES;
     let acked: u64 = publishers
         .iter()
