@@ -453,34 +453,26 @@ async fn through_the_front_a_stalled_ingest_slows_devices_and_loses_nothing() {
     f.stop().await;
 }
 
-/// A device that connects while devices are held back gets its CONNACK,
-/// but what it sent in the same breath as its CONNECT waits with the rest:
-/// no PUBACK until ingest catches up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_connecting_while_held_back_waits_with_what_came_with_its_connect() {
+/// Connects a raw device `client` (keep-alive `keep_alive` s) that sends
+/// its CONNECT and three QoS 1 publishes (packet ids 1..=3, `sequence`
+/// 100,001..=100,003) in one write; returns once its CONNACK came.
+async fn raw_device(addr: SocketAddr, client: &str, keep_alive: u16) -> tokio::net::TcpStream {
     use bytes::BytesMut;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const N: usize = 2000;
-    let mut f = Flooded::start(N).await;
-    timeout(WAIT, async {
-        while f.events.recv().await.unwrap() != BrokerEvent::Limit(Limit::Backlog) {}
-    })
-    .await
-    .expect("the first device was not held back");
-
-    // A second device: CONNECT and three QoS 1 publishes in one write.
     let mut wire = BytesMut::new();
-    rumqttc::Connect::new("dev-1").write(&mut wire).unwrap();
+    let mut connect = rumqttc::Connect::new(client);
+    connect.keep_alive = keep_alive;
+    connect.write(&mut wire).unwrap();
     for pkid in 1..=3u16 {
         let mut p = rumqttc::Publish::new(
-            "sensors/dev-1/telemetry",
+            format!("sensors/{client}/telemetry"),
             rumqttc::QoS::AtLeastOnce,
             format!(r#"{{"sequence": {}}}"#, 100_000 + u32::from(pkid)),
         );
         p.pkid = pkid;
         p.write(&mut wire).unwrap();
     }
-    let mut raw = tokio::net::TcpStream::connect(f.addr).await.unwrap();
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
     raw.write_all(&wire).await.unwrap();
     let mut connack = [0u8; 4];
     timeout(WAIT, raw.read_exact(&mut connack))
@@ -488,24 +480,20 @@ async fn a_device_connecting_while_held_back_waits_with_what_came_with_its_conne
         .expect("no CONNACK while held back")
         .unwrap();
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
-    // Held back: nothing more comes within a second (without the check
-    // its three PUBACKs come within milliseconds).
-    let mut more = [0u8; 1];
-    assert!(
-        timeout(Duration::from_secs(1), raw.read(&mut more))
-            .await
-            .is_err(),
-        "a PUBACK came while ingest took nothing"
-    );
+    raw
+}
 
-    // Ingest catches up: everything is stored, and the PUBACKs come.
+/// Ingest catches up with `f`'s `n` readings and the raw device's three:
+/// all stored, and the raw device gets its three PUBACKs, in order.
+async fn catch_up(f: &mut Flooded, n: usize, raw: &mut tokio::net::TcpStream, client: &str) {
+    use tokio::io::AsyncReadExt;
     let mut first = 0;
     let mut second = Vec::new();
-    while first < N || second.len() < 3 {
+    while first < n || second.len() < 3 {
         let sub = f.ingest.next(WAIT).await;
         for item in f.ingest.commit(sub) {
             match item {
-                Item::Record(r) if &*r.device == "dev-1" => {
+                Item::Record(r) if &*r.device == client => {
                     second.push(r.field("sequence").cloned())
                 }
                 Item::Record(_) => first += 1,
@@ -525,5 +513,62 @@ async fn a_device_connecting_while_held_back_waits_with_what_came_with_its_conne
         [0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3],
         "three PUBACKs, in order"
     );
+}
+
+/// Waits until `f`'s device is held back.
+async fn held_back(f: &mut Flooded) {
+    timeout(WAIT, async {
+        while f.events.recv().await.unwrap() != BrokerEvent::Limit(Limit::Backlog) {}
+    })
+    .await
+    .expect("the first device was not held back");
+}
+
+/// A device that connects while devices are held back gets its CONNACK,
+/// but what it sent in the same breath as its CONNECT waits with the rest:
+/// no PUBACK until ingest catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_connecting_while_held_back_waits_with_what_came_with_its_connect() {
+    use tokio::io::AsyncReadExt;
+    const N: usize = 2000;
+    let mut f = Flooded::start(N).await;
+    held_back(&mut f).await;
+    let mut raw = raw_device(f.addr, "dev-1", 60).await;
+    // Held back: nothing more comes within a second (without the check
+    // its three PUBACKs come within milliseconds).
+    let mut more = [0u8; 1];
+    assert!(
+        timeout(Duration::from_secs(1), raw.read(&mut more))
+            .await
+            .is_err(),
+        "a PUBACK came while ingest took nothing"
+    );
+    catch_up(&mut f, N, &mut raw, "dev-1").await;
+    f.stop().await;
+}
+
+/// A held-back device's keep-alive goes on: its PINGREQs are answered
+/// while its publishes wait, and rumqttd (which drops a client it has not
+/// heard from for 1.5 keep-alives) keeps it connected through a wait of
+/// three keep-alives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_device_keeps_its_keep_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const N: usize = 2000;
+    let mut f = Flooded::start(N).await;
+    held_back(&mut f).await;
+    let mut raw = raw_device(f.addr, "dev-1", 1).await;
+    let mut ping = tokio::time::interval(Duration::from_millis(500));
+    for _ in 0..6 {
+        ping.tick().await;
+        raw.write_all(&[0xc0, 0x00]).await.unwrap();
+        let mut pingresp = [0u8; 2];
+        timeout(Duration::from_secs(1), raw.read_exact(&mut pingresp))
+            .await
+            .expect("no PINGRESP while held back")
+            .expect("the connection was closed while held back");
+        assert_eq!(pingresp, [0xd0, 0x00], "a PINGRESP, not a PUBACK");
+    }
+    catch_up(&mut f, N, &mut raw, "dev-1").await;
     f.stop().await;
 }

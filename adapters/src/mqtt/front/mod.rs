@@ -36,7 +36,8 @@
 //! devices (the `backlog` module): devices through the front are held back
 //! instead of losing acknowledged messages to an overrun of rumqttd's log,
 //! and what they were told is received but is not stored yet stays within
-//! `buffer`.
+//! `buffer`. A held-back device is still read up to 16 KiB ahead, and its
+//! PINGREQs are relayed at once, so that its keep-alive holds.
 //!
 //! The front parses only packet boundaries and the CONNECT, PUBLISH and
 //! SUBSCRIBE heads; everything else is copied, in batches, as it arrives.

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 pub const CONNECT: u8 = 1;
 pub const PUBLISH: u8 = 3;
 pub const SUBSCRIBE: u8 = 8;
+pub const PINGREQ: u8 = 12;
 
 /// CONNACK return codes (MQTT 3.1.1, 3.2.2.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

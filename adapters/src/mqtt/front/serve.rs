@@ -26,6 +26,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest CONNECT read (client id, will, username, password).
 const MAX_CONNECT: usize = 64 * 1024;
 
+/// Most a held-back device is read ahead, for its PINGREQs (what it has
+/// sent beyond that waits in its TCP window, as everything did before).
+const HOLD: usize = 16 * 1024;
+
 /// What every connection of one front shares.
 pub struct Front {
     pub source: Arc<str>,
@@ -303,13 +307,14 @@ impl Conn<'_> {
         let mut out = BytesMut::new();
         let mut room = ReadRoom::default();
         let backlog = &self.front.backlog;
+        let mut open = true;
         loop {
             // Before anything more is relayed, also what came with the
             // CONNECT: a device that reconnects while ingest is behind
             // gets its CONNACK, and waits with its publishes.
             if backlog.over() {
                 self.throttled();
-                backlog.room().await;
+                open = self.hold(rd, &mut buf, inner).await? && open;
             }
             let mut relayed = 0;
             while let Some((h, pkt)) = packet::split_packet(&mut buf)? {
@@ -355,6 +360,9 @@ impl Conn<'_> {
                 out.clear();
                 backlog.relayed(relayed);
             }
+            if !open {
+                return Ok(());
+            }
             room.fit(&mut out);
             if let Some(h) = packet::header(&buf)? {
                 if h.total() > self.front.max_packet {
@@ -371,6 +379,55 @@ impl Conn<'_> {
                 return Ok(());
             }
         }
+    }
+
+    /// Waits until the backlog has room again. Meanwhile the device is
+    /// still read, up to [`HOLD`] bytes, so that its keep-alive goes on: a
+    /// PINGREQ is relayed at once (rumqttd's PINGRESP answers it, and
+    /// rumqttd hears from the device within its keep-alive), everything
+    /// else is kept in `buf`, in order, for when there is room. Without
+    /// this, a device held back for over 1.5 keep-alives is dropped by
+    /// rumqttd (and its client gives up waiting for a PINGRESP) and
+    /// reconnects, again and again while ingest is behind. `false` if the
+    /// device closed its side meanwhile (what it sent before is still
+    /// relayed).
+    async fn hold<R, W>(
+        &self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+        inner: &mut W,
+    ) -> Result<bool, Closed>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        // One wait throughout, so that its drift check runs on schedule.
+        let mut room = std::pin::pin!(self.front.backlog.room());
+        let mut held = BytesMut::new();
+        let mut open = true;
+        loop {
+            while let Some((h, pkt)) = packet::split_packet(buf)? {
+                if h.kind() == packet::PINGREQ {
+                    inner.write_all(&pkt).await?;
+                } else {
+                    held.extend_from_slice(&pkt);
+                }
+            }
+            let kept = held.len() + buf.len();
+            if !open || kept >= HOLD {
+                room.await;
+                break;
+            }
+            buf.reserve(HOLD - kept);
+            let mut ahead = (&mut *rd).take((HOLD - kept) as u64);
+            tokio::select! {
+                _ = &mut room => break,
+                n = ahead.read_buf(buf) => open = n? > 0,
+            }
+        }
+        held.unsplit(std::mem::take(buf));
+        *buf = held;
+        Ok(open)
     }
 
     /// The device waited for ingest: counted, logged once per connection.
