@@ -142,6 +142,8 @@ async fn good_and_bad_messages_from_ten_devices() {
         // A submission waits in ingest for its commit: it holds its items,
         // not room for a full batch.
         assert_eq!(sub.items.capacity(), sub.items.len(), "exact-size batches");
+        // Far under half of `buffer` waits: the commit interval applies.
+        assert_eq!(sub.max_delay, None);
         for item in ingest.commit(sub) {
             match item {
                 Item::Record(r) => {
@@ -346,6 +348,17 @@ struct Flooded {
 }
 
 impl Flooded {
+    const TOPIC: &str = "sensors/dev-0/telemetry";
+
+    fn payload(seq: usize) -> String {
+        format!(r#"{{"sequence": {seq}, "pad": "{}"}}"#, "x".repeat(80))
+    }
+
+    /// A reading's size as the front's backlog counts it.
+    fn size(seq: usize) -> usize {
+        4 + Self::TOPIC.len() + Self::payload(seq).len()
+    }
+
     async fn start(n: usize) -> Flooded {
         init_tracing();
         let cfg = BrokerSourceConfig {
@@ -370,13 +383,12 @@ impl Flooded {
         let client = publisher.client.clone();
         let publishing = tokio::spawn(async move {
             for seq in 0..n {
-                let payload = format!(r#"{{"sequence": {seq}, "pad": "{}"}}"#, "x".repeat(80));
                 client
                     .publish(
-                        "sensors/dev-0/telemetry",
+                        Flooded::TOPIC,
                         rumqttc::QoS::AtLeastOnce,
                         false,
-                        payload,
+                        Flooded::payload(seq),
                     )
                     .await
                     .unwrap();
@@ -570,5 +582,49 @@ async fn a_held_back_device_keeps_its_keep_alive() {
         assert_eq!(pingresp, [0xd0, 0x00], "a PINGRESP, not a PUBACK");
     }
     catch_up(&mut f, N, &mut raw, "dev-1").await;
+    f.stop().await;
+}
+
+/// Through the front, once more than half of `buffer` waits for ingest, each
+/// submission asks for a commit at once instead of waiting for the commit
+/// interval while the devices are held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_of_buffer_waiting_for_ingest_asks_for_a_commit_at_once() {
+    const N: usize = 2000;
+    let mut f = Flooded::start(N).await;
+    held_back(&mut f).await;
+    // Nothing is committed: what ingest has taken all waits (and what the
+    // front relayed is at least that).
+    let (mut waiting, mut pressing, mut held) = (0, 0, Vec::new());
+    while pressing < 2 {
+        let sub = f.ingest.next(WAIT).await;
+        for item in &sub.items {
+            let Item::Record(r) = item else {
+                panic!("{item:?}")
+            };
+            let Some(Value::Int(seq)) = r.field("sequence") else {
+                panic!("{r:?}")
+            };
+            waiting += Flooded::size(*seq as usize);
+        }
+        if waiting > 32 * 1024 {
+            assert_eq!(
+                sub.max_delay,
+                Some(Duration::ZERO),
+                "{waiting} bytes wait for ingest, of a 64 KiB buffer"
+            );
+            pressing += 1;
+        }
+        held.push(sub);
+    }
+    let mut stored = 0;
+    for sub in held {
+        stored += f.ingest.commit(sub).len();
+    }
+    while stored < N {
+        let sub = f.ingest.next(WAIT).await;
+        stored += f.ingest.commit(sub).len();
+    }
+    assert_eq!(stored, N);
     f.stop().await;
 }

@@ -30,10 +30,12 @@
 //! front, devices wait instead: the front stops reading from them while
 //! more than half of `buffer` waits in rumqttd, or more than `buffer` has
 //! been relayed and not yet answered for by ingest (`front::Backlog`; the
-//! receipt watcher tells it when ingest is done with a submission). Devices
-//! connected directly cannot be slowed: a backlog beyond `buffer` loses the
-//! oldest messages; Ferry sees the gap in the log's offsets, logs how many
-//! were lost, and stores an `overrun` dead letter that says so.
+//! receipt watcher tells it when ingest is done with a submission); once
+//! more than half of `buffer` waits for ingest, submissions ask for a commit
+//! at once rather than at the commit interval. Devices connected directly
+//! cannot be slowed: a backlog beyond `buffer` loses the oldest messages;
+//! Ferry sees the gap in the log's offsets, logs how many were lost, and
+//! stores an `overrun` dead letter that says so.
 //!
 //! # Shutdown
 //!
@@ -532,7 +534,13 @@ impl Forwarder {
         let items: Vec<Item> = self.batch.drain(..).collect();
         let bytes = std::mem::take(&mut self.batch_bytes);
         let count = items.len();
-        let mut submit = pin!(self.sink.submit(items));
+        // Through the front, devices are held back once `buffer` waits for
+        // ingest: when half of it does, ask for a commit at once, not at
+        // the interval (with a small `buffer` or a long interval, devices
+        // would otherwise wait out each interval).
+        let pressing = self.backlog.as_ref().is_some_and(|b| b.pressing());
+        let max_delay = pressing.then_some(Duration::ZERO);
+        let mut submit = pin!(self.sink.submit_within(items, max_delay));
         let submitted = tokio::select! {
             r = &mut submit => r,
             _ = cancel.cancelled() => match timeout(SHUTDOWN_GRACE, &mut submit).await {

@@ -91,6 +91,12 @@ impl Backlog {
         self.in_broker() > self.broker_limit || self.behind() > self.limit
     }
 
+    /// Whether more than half of what devices may have outstanding waits
+    /// for ingest: its commit should not wait for the interval.
+    pub fn pressing(&self) -> bool {
+        self.behind() > self.limit / 2
+    }
+
     /// The front relayed `bytes` into the broker.
     pub fn relayed(&self, bytes: u64) {
         if bytes > 0 {
