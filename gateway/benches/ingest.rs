@@ -33,7 +33,10 @@
 //! file-system journal included).
 //!
 //! `cargo bench -p ferry-gateway --bench ingest`; `FERRY_BENCH_SCALE=0.1` for
-//! a quick run.
+//! a quick run. For experiments: `FERRY_BENCH_ONLY=broker_flood,paced` runs
+//! only the phases whose names start with one of those (the baseline always
+//! runs); `FERRY_BENCH_BUFFER=512KiB` sets the broker's `buffer` and
+//! `FERRY_BENCH_COMMIT_MS=250` the commit interval of phases 2-5 (10 ms).
 
 mod common;
 
@@ -112,11 +115,14 @@ fn main() {
         ("broker_flood", true, unpaced, None, false),
         ("broker_direct_flood", false, unpaced, None, false),
     ] {
+        if !wanted(name) {
+            continue;
+        }
         let rate = ferry.block_on(phase(
             Phase {
                 name,
                 front,
-                commit_interval: Duration::from_millis(10),
+                commit_interval: Duration::from_millis(commit_ms()),
                 per_device,
                 pace,
                 closed_loop,
@@ -138,6 +144,9 @@ fn main() {
         ("paced_1000_250ms", 250),
         ("paced_1000_1s", 1000),
     ] {
+        if !wanted(name) {
+            continue;
+        }
         ferry.block_on(phase(
             Phase {
                 name,
@@ -154,6 +163,36 @@ fn main() {
     }
     devices.shutdown_background();
     ferry.shutdown_background();
+}
+
+/// Whether `FERRY_BENCH_ONLY` (unset: every phase) asks for phase `name`.
+fn wanted(name: &str) -> bool {
+    std::env::var("FERRY_BENCH_ONLY").map_or(true, |only| {
+        only.split(',').any(|p| name.starts_with(p.trim()))
+    })
+}
+
+/// The commit interval of the broker phases: `FERRY_BENCH_COMMIT_MS`, or
+/// 10 ms.
+fn commit_ms() -> u64 {
+    std::env::var("FERRY_BENCH_COMMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+/// The broker's `buffer`: `FERRY_BENCH_BUFFER`, or the default through
+/// the front, and 2 MiB for devices straight to rumqttd (the default would
+/// overrun in the closed loop's 8,192 records in flight; its docs say to
+/// raise it for them).
+fn buffer(front: bool) -> bytesize::ByteSize {
+    match std::env::var("FERRY_BENCH_BUFFER") {
+        Ok(v) => v
+            .parse()
+            .expect("FERRY_BENCH_BUFFER: a size such as 512KiB"),
+        Err(_) if front => BrokerSourceConfig::default().buffer,
+        Err(_) => bytesize::ByteSize::mib(2),
+    }
 }
 
 /// The seed records as the broker source makes them, encoded as the store
@@ -304,6 +343,7 @@ async fn phase(
             } else {
                 DeviceFront::Auto
             },
+            buffer: buffer(p.front),
             ..BrokerSourceConfig::default()
         },
         ingest.sink,
