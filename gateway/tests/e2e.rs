@@ -320,7 +320,7 @@ async fn broker_mode_full_store_in_block_mode_holds_devices_back_and_loses_nothi
     let held = acked.load(Ordering::Relaxed);
     assert!(held < N, "all {N} acknowledged while the store was full");
     // A second later it is still held (without the front, rumqttd would
-    // have acknowledged the rest within it and dropped what its 2 MiB log
+    // have acknowledged the rest within it and dropped what its log
     // cannot keep).
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while acked.load(Ordering::Relaxed) < N {

@@ -654,7 +654,7 @@ mod tests {
         assert_eq!(c.router.max_connections, 1002);
         assert_eq!(
             c.router.max_segment_size * c.router.max_segment_count,
-            2 << 20
+            512 << 10
         );
         let v4 = &c.v4.as_ref().unwrap()["1"];
         assert_eq!(v4.listen, addr);

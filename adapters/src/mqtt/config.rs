@@ -43,7 +43,7 @@ fn default_max_topic_length() -> usize {
     256
 }
 fn default_buffer() -> ByteSize {
-    ByteSize::mib(2)
+    ByteSize::kib(512)
 }
 fn default_qos() -> u8 {
     1
@@ -127,13 +127,17 @@ pub struct BrokerSourceConfig {
     /// those. Default: `"always"`.
     #[serde(default)]
     pub device_front: DeviceFront,
-    /// Memory the broker keeps of recent messages. Through the device front,
-    /// devices wait while more than half of this waits in the broker, or
-    /// more than this was received and is not stored yet; devices
-    /// connected directly do not, and if Ferry falls behind by more than
-    /// this (the store stalls) the broker drops the oldest messages it has
-    /// already acknowledged (Ferry logs and counts them: `overrun`).
-    /// Default: `"2MiB"`.
+    /// Memory the broker keeps of recent messages: rumqttd keeps the last
+    /// `buffer` of them, forwarded or not, which with its overhead costs
+    /// about three times this once traffic has filled it. Through the
+    /// device front, devices wait while more than half of this waits in the
+    /// broker, or more than this was received and is not stored yet (what a
+    /// power cut can take of acknowledged messages), and ingest is asked to
+    /// commit at once while more than half of it waits. Devices connected
+    /// directly are not held back: if Ferry falls behind by more than this
+    /// (the store stalls) the broker drops the oldest messages it has
+    /// already acknowledged (Ferry logs and counts them: `overrun`); raise
+    /// it for them. Default: `"512KiB"`.
     #[serde(default = "default_buffer")]
     pub buffer: ByteSize,
 }

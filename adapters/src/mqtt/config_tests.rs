@@ -22,7 +22,7 @@ fn defaults() {
     assert_eq!(b.max_payload, ByteSize::kib(64));
     assert_eq!(b.max_fields, 256);
     assert_eq!(b.max_connections, 1000);
-    assert_eq!(b.buffer, ByteSize::mib(2));
+    assert_eq!(b.buffer, ByteSize::kib(512));
     assert!(b.validate().is_empty());
 
     let s: SubscribeSourceConfig = toml::from_str(r#"broker = "localhost:1883""#).unwrap();
