@@ -8,8 +8,8 @@
 //! connection each) publish 100 QoS 1 readings/s each for ~20 s. Every second
 //! the daemon's `VmRSS` is sampled from `/proc/PID/status`; `/proc/PID/io` and
 //! the block device give the bytes written per record, `/proc/PID/stat` the
-//! CPU it used. After SIGTERM the
-//! store is opened to check every record (and, with the uplink, its cursor).
+//! CPU it used. After SIGTERM the store is opened to check every record
+//! (and, with the uplink, its cursor).
 //!
 //! `cargo bench -p ferry-gateway --bench daemon_rss`; `FERRY_BENCH_SCALE=0.1`
 //! shortens the run (at least 3 s). For experiments: `FERRY_BENCH_ONLY=uplink`
