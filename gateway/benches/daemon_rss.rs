@@ -189,22 +189,6 @@ impl Drop for Daemon {
     }
 }
 
-/// User + system CPU time of process `pid` so far, in seconds.
-fn cpu_secs(pid: &str) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(close) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| rest.get(i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    ticks as f64 / tick
-}
-
 fn status_kib(pid: &str, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -247,7 +231,7 @@ async fn run(bin: &Path, secs: u64, cloud: Option<(&Pki, &Mosquitto)>) {
     let idle = status_kib(&pid, "VmRSS:");
 
     let before = Writes::sample(&pid, disk.as_ref());
-    let cpu_before = cpu_secs(&pid);
+    let cpu_before = common::cpu_secs(&format!("/proc/{pid}/stat"));
     let start = Instant::now();
     let per_device = secs * PER_DEVICE_PER_S;
     let every = Duration::from_secs(1) / PER_DEVICE_PER_S as u32;
@@ -277,7 +261,8 @@ async fn run(bin: &Path, secs: u64, cloud: Option<(&Pki, &Mosquitto)>) {
     // The last commit, and the uplink's cursor flush (1 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = Writes::sample(&pid, disk.as_ref());
-    let (cpu, measured) = (cpu_secs(&pid) - cpu_before, start.elapsed());
+    let cpu = common::cpu_secs(&format!("/proc/{pid}/stat")) - cpu_before;
+    let measured = start.elapsed();
     let hwm = status_kib(&pid, "VmHWM:");
     let (anon, file) = (status_kib(&pid, "RssAnon:"), status_kib(&pid, "RssFile:"));
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());

@@ -475,14 +475,29 @@ pub fn cpu_by_group(
             continue;
         };
         let comm = &stat[open + 1..close];
-        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|&i| rest.get(i).and_then(|v| v.parse::<u64>().ok()))
-            .sum();
-        *out.entry(group(comm)).or_insert(0.0) += ticks as f64 / tick;
+        *out.entry(group(comm)).or_insert(0.0) += cpu_ticks(&stat) as f64 / tick;
     }
     out
+}
+
+/// User + system CPU time of a process (`/proc/PID/stat`) or thread
+/// (`/proc/PID/task/TID/stat`), in seconds.
+pub fn cpu_secs(stat_path: &str) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    cpu_ticks(&std::fs::read_to_string(stat_path).unwrap_or_default()) as f64 / tick
+}
+
+/// utime + stime of a `stat` file's text, in clock ticks.
+fn cpu_ticks(stat: &str) -> u64 {
+    let Some(close) = stat.rfind(')') else {
+        return 0;
+    };
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    [11, 12]
+        .iter()
+        .filter_map(|&i| rest.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum()
 }
 
 /// Prints the CPU each group used between two samples, in cores.

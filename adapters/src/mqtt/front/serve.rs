@@ -307,15 +307,16 @@ impl Conn<'_> {
         let mut out = BytesMut::new();
         let mut room = ReadRoom::default();
         let backlog = &self.front.backlog;
-        let mut open = true;
         loop {
             // Before anything more is relayed, also what came with the
             // CONNECT: a device that reconnects while ingest is behind
             // gets its CONNACK, and waits with its publishes.
-            if backlog.over() {
+            let open = if backlog.over() {
                 self.throttled();
-                open = self.hold(rd, &mut buf, inner).await? && open;
-            }
+                self.hold(rd, &mut buf, inner).await?
+            } else {
+                true
+            };
             let mut relayed = 0;
             while let Some((h, pkt)) = packet::split_packet(&mut buf)? {
                 match h.kind() {
