@@ -211,6 +211,7 @@ fn limit_malloc_arenas() {}
 /// `path` is read again on SIGHUP.
 fn run_daemon(config: Config, path: Option<PathBuf>) -> ExitCode {
     limit_malloc_arenas();
+    crate::contain::install_hook();
     let log = init_tracing(config.gateway.log_level);
     let reload = crate::reload::ReloadContext { path, log };
     let runtime = tokio::runtime::Builder::new_multi_thread()

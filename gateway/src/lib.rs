@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod contain;
 pub mod daemon;
 mod http;
 mod journal;
