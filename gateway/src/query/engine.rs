@@ -11,6 +11,7 @@ use redb::{AccessGuard, ReadOnlyTable, ReadTransaction};
 use thiserror::Error;
 
 use super::block::{union_by_seq, Block, Header, Point, Rollup};
+use super::bounds::{bucket_start, clamp_time};
 use super::index::{
     bucket_of, hour_of, series_ids, series_key, Directory, Index, OpenBucket, SeriesKey, View,
     BLOCKS, BUCKET_MS, HOURS, HOUR_MS, SERIES,
@@ -27,6 +28,10 @@ pub enum QueryError {
     Store(#[from] StoreError),
     #[error("an index block does not decode: {0}")]
     Decode(#[from] DecodeError),
+    #[error("the step must be at least 1 ms, got {step}")]
+    Step { step: i64 },
+    #[error("a bucket of {step} ms does not fit the range of times")]
+    Overflow { step: i64 },
 }
 
 impl From<redb::StorageError> for QueryError {
@@ -170,9 +175,10 @@ impl Engine {
     }
 
     /// The readings of each series with `from <= ts < to`: raw, or with
-    /// `step` (ms) in buckets aligned to multiples of `step` since the epoch.
-    /// Fails when all series together would return more than `limit`
-    /// points or buckets.
+    /// `step` (ms, at least 1) in buckets aligned to multiples of `step`
+    /// since the epoch. `from` and `to` are clamped to the query range
+    /// ([`super::bounds`]); any `i64` is taken. Fails when all series
+    /// together would return more than `limit` points or buckets.
     pub fn range(
         &self,
         series: &[SeriesKey],
@@ -192,6 +198,11 @@ impl Engine {
         step: Option<i64>,
         limit: usize,
     ) -> Result<Vec<Series>, QueryError> {
+        if let Some(step) = step.filter(|s| *s < 1) {
+            return Err(QueryError::Step { step });
+        }
+        // Within the query range, no bucket computation below overflows.
+        let (from, to) = (clamp_time(from), clamp_time(to));
         let view = self.index.view(&self.store, Some(series))?;
         let blocks = Tables::open(&view.tx)?;
         let mut out = Vec::with_capacity(series.len());
@@ -204,6 +215,7 @@ impl Engine {
                 });
                 continue;
             }
+            // `from < to`, both within the query range.
             let (b0, b1) = (bucket_of(from), bucket_of(to - 1));
             match step {
                 None => {
@@ -237,12 +249,18 @@ impl Engine {
                     out.push(Series::Raw(points));
                 }
                 Some(step) => {
-                    let key = |ts: Millis| ts.div_euclid(step) * step;
+                    let key = |ts: Millis| bucket_start(ts, step);
                     // A whole block serves from its header when it lies in
                     // the range and in one output bucket.
                     let whole = |b: Millis| {
-                        b >= from && b + BUCKET_MS <= to && key(b) == key(b + BUCKET_MS - 1)
+                        b >= from
+                            && b.saturating_add(BUCKET_MS) <= to
+                            && matches!(
+                                (key(b), key(b.saturating_add(BUCKET_MS - 1))),
+                                (Some(x), Some(y)) if x == y
+                            )
                     };
+                    let mut overflow = false;
                     let mut buckets: Vec<Bucket> = Vec::new();
                     let mut over = false;
                     let mut add = |ts: Millis, r: &Rollup, buckets: &mut Vec<Bucket>| match buckets
@@ -275,11 +293,16 @@ impl Engine {
                         false,
                         |b| !whole(b),
                         |b, piece| {
+                            let mut add_at = |ts: Millis, r: &Rollup| match key(ts) {
+                                Some(k) => add(k, r, &mut buckets),
+                                None => {
+                                    overflow = true;
+                                    false
+                                }
+                            };
                             let ok = match piece {
-                                Piece::Rollup(r) => add(key(b), &r, &mut buckets),
-                                Piece::Points(p) => p
-                                    .iter()
-                                    .all(|p| add(key(p.ts), &Rollup::of(p), &mut buckets)),
+                                Piece::Rollup(r) => add_at(b, &r),
+                                Piece::Points(p) => p.iter().all(|p| add_at(p.ts, &Rollup::of(p))),
                             };
                             if ok {
                                 ControlFlow::Continue(())
@@ -289,6 +312,9 @@ impl Engine {
                             }
                         },
                     )?;
+                    if overflow {
+                        return Err(QueryError::Overflow { step });
+                    }
                     if over {
                         return Err(QueryError::TooManyPoints { limit });
                     }
@@ -387,6 +413,9 @@ fn scan(
     need_points: impl Fn(Millis) -> bool,
     mut f: impl FnMut(Millis, Piece) -> ControlFlow<()>,
 ) -> Result<(), QueryError> {
+    if b0 > b1 {
+        return Ok(()); // an empty range (and `range(b0..=b1)` would panic)
+    }
     let visible =
         |p: &Point| p.seq >= view.first_record && p.seq <= view.head && p.ts >= from && p.ts < to;
     let finish = |mut points: Vec<Point>| {
@@ -421,7 +450,10 @@ fn scan(
         Box::new(hours.iter())
     };
     for &h in ordered {
-        let (lo, hi) = (h.max(b0), (h + HOUR_MS - BUCKET_MS).min(b1));
+        let (lo, hi) = (h.max(b0), h.saturating_add(HOUR_MS - BUCKET_MS).min(b1));
+        if lo > hi {
+            continue;
+        }
         let mut disk: Vec<(Millis, Disk<'_>)> = Vec::new();
         if let Some((a, z)) = extent.filter(|(a, z)| *a <= hi && *z >= lo) {
             let (lo, hi) = (lo.max(a), hi.min(z));

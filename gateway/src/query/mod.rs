@@ -63,6 +63,7 @@
 //! the in-memory minutes of its series by sequence number.
 
 pub mod block;
+pub mod bounds;
 mod engine;
 mod index;
 
