@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use ferry_adapters::record::{Record, Value};
 use ferry_adapters::sink::Item;
 use ferry_gateway::api::client::Client;
-use ferry_gateway::api::{serve, ApiContext};
-use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
+use ferry_gateway::api::{serve, ApiContext, RequestLimits};
+use ferry_gateway::metrics::{ApiMetrics, IngestMetrics, UplinkMetrics};
 use ferry_gateway::query::{Engine, Index, IndexOptions, Series};
 use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
@@ -380,6 +380,8 @@ fn main() {
             uplinks: UplinkMetrics::new(),
             uplink_names: names,
             uplink_streams: Default::default(),
+            limits: RequestLimits::new(256, 32 * 1024, 4),
+            metrics: ApiMetrics::new(),
         };
         // What handing a query to the blocking pool costs (the handler does,
         // so a 2-5 ms query never holds a runtime thread).

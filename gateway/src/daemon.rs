@@ -157,6 +157,8 @@ pub async fn run_until(
     let pipeline_metrics = PipelineMetrics::new();
     pipeline_metrics.register(&mut registry);
     query_metrics.register(&mut registry);
+    let api_metrics = metrics::ApiMetrics::new();
+    api_metrics.register(&mut registry);
 
     let (ready_tx, ready_rx) = watch::channel(None);
     let http_cancel = CancellationToken::new();
@@ -284,6 +286,7 @@ pub async fn run_until(
             engine,
             &ingest_metrics,
             &uplink_metrics,
+            &api_metrics,
             uplink_names.clone(),
         );
         tokio::spawn(crate::api::serve(

@@ -377,6 +377,47 @@ impl QueryMetrics {
     }
 }
 
+/// What the query API counts.
+#[derive(Clone, Debug, Default)]
+pub struct ApiMetrics {
+    /// API requests answered with an error, by reason: the error's code
+    /// (`bad_parameter`, `not_found`, `too_many_points`, `too_many_series`,
+    /// `query_too_long`, `unauthorized`, `busy`, `internal`), or `panic`
+    /// for a request whose handler panicked (answered 500 `internal`).
+    pub requests_failed: Family<ReasonLabel, Counter>,
+    /// API requests reading the store now, on the blocking pool (at most
+    /// `[api] max_concurrent_queries`).
+    pub queries_running: Gauge,
+}
+
+impl ApiMetrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("api");
+        r.register(
+            "requests_failed",
+            "API requests answered with an error, by reason (the error code, or panic)",
+            self.requests_failed.clone(),
+        );
+        r.register(
+            "queries_running",
+            "API requests reading the store now (at most [api] max_concurrent_queries)",
+            self.queries_running.clone(),
+        );
+    }
+
+    pub fn failed(&self, reason: &str) {
+        self.requests_failed
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeviceLabels {
     pub source: String,

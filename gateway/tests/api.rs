@@ -10,9 +10,9 @@ use std::time::Duration;
 use ferry_adapters::record::{DeadLetter, Record, Value};
 use ferry_adapters::sink::Item;
 use ferry_gateway::api::client::{Client, Response};
-use ferry_gateway::api::{serve, ApiContext};
+use ferry_gateway::api::{serve, ApiContext, RequestLimits};
 use ferry_gateway::config::Config;
-use ferry_gateway::metrics::{IngestMetrics, PipelineMetrics, UplinkMetrics};
+use ferry_gateway::metrics::{ApiMetrics, IngestMetrics, PipelineMetrics, UplinkMetrics};
 use ferry_gateway::query::{Engine, Index, IndexOptions};
 use ferry_gateway::route::spawn_route;
 use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions, Stream};
@@ -118,6 +118,8 @@ async fn start() -> Api {
         uplinks: UplinkMetrics::new(),
         uplink_names: names,
         uplink_streams: HashMap::from([("summary".to_owned(), route)]),
+        limits: RequestLimits::new(256, 32 * 1024, 4),
+        metrics: ApiMetrics::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -1,18 +1,23 @@
-//! The route handlers. Reads of the store run on the blocking pool.
+//! The route handlers. Reads of the store run on the blocking pool, each
+//! as a contained scope and holding one of `max_concurrent_queries` slots.
+//! Every parameter is checked by `params` before any work.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::Json;
 use ferry_adapters::record::Value;
 use redb::ReadableDatabase;
 use serde_json::{json, Map, Value as Json_};
 
 use super::json::{Body, DeviceOut, DevicesOut, FieldOut, Latest, LatestOut, QueryOut, SeriesOut};
-use super::params::{now, parse_count, parse_duration_ms, parse_range};
-use super::{ApiContext, ApiError};
+use super::params::{known, now, one, parse_count, parse_duration_ms, parse_pairs, parse_query};
+use super::{ApiContext, ApiError, PanicAnswer};
+use crate::contain;
 use crate::metrics::UplinkMetrics;
 use crate::query::QueryError;
 use crate::store::codec::Reader;
@@ -20,8 +25,23 @@ use crate::store::{Store, StoreError, StoredRecord, Stream, RECORDS};
 use crate::uplink::cursor_name;
 
 type Ctx = State<Arc<ApiContext>>;
-type Params = Query<Vec<(String, String)>>;
-type Answer = Result<Json<Json_>, ApiError>;
+
+/// A route's query parameters, decoded by `params::parse_pairs` (bounded
+/// by `max_query_bytes`; a bad one is a JSON 400, as every API error).
+pub(super) struct Params(pub Vec<(String, String)>);
+
+#[axum::async_trait]
+impl FromRequestParts<Arc<ApiContext>> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        ctx: &Arc<ApiContext>,
+    ) -> Result<Params, ApiError> {
+        let raw = parts.uri.query().unwrap_or("");
+        parse_pairs(raw, ctx.limits.max_query_bytes).map(Params)
+    }
+}
 
 /// The longest `wait` a `/records` request may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -29,31 +49,6 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 const MAX_RECORDS: usize = 1000;
 /// The most stored records one `/records?device=` request looks through.
 const MAX_SCAN: usize = 200_000;
-
-fn one<'a>(params: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, ApiError> {
-    let mut it = params.iter().filter(|(k, _)| k == name);
-    let first = it.next().map(|(_, v)| v.as_str());
-    if it.next().is_some() {
-        return Err(ApiError::bad(format!("`{name}` is given more than once")));
-    }
-    Ok(first)
-}
-
-fn known(params: &[(String, String)], allowed: &[&str]) -> Result<(), ApiError> {
-    for (k, _) in params {
-        if !allowed.contains(&k.as_str()) {
-            return Err(ApiError::bad(format!(
-                "unknown parameter `{k}`; this route takes {}",
-                allowed
-                    .iter()
-                    .map(|a| format!("`{a}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
@@ -69,18 +64,52 @@ impl From<QueryError> for ApiError {
                 code: "too_many_points",
                 message: e.to_string(),
             },
+            QueryError::Step { .. } => ApiError::bad(format!("`step`: {e}")),
             e => ApiError::internal(e),
         }
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("query task failed: {e}")))?
+/// Holds the gauge of running queries up while it lives.
+struct Running(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
+
+/// Runs `f` on the blocking pool holding a query slot (all taken: a 503
+/// `busy`), as a contained scope: a panic in `f` is a 500 `internal`,
+/// counted as `panic`. The slot is held until `f` ends, also when the
+/// request is gone before.
+pub(super) async fn blocking<T: Send + 'static>(
+    ctx: &ApiContext,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, axum::response::Response> {
+    use axum::response::IntoResponse;
+    let slot = ctx
+        .limits
+        .slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::busy(ctx.limits.max_concurrent_queries).into_response())?;
+    let gauge = ctx.metrics.queries_running.clone();
+    gauge.inc();
+    let running = Running(gauge);
+    let joined = tokio::task::spawn_blocking(move || {
+        let _held = (slot, running);
+        contain::contained(f)
+    })
+    .await;
+    match joined {
+        Ok(Ok(result)) => result.map_err(IntoResponse::into_response),
+        Ok(Err(p)) => Err(PanicAnswer(ApiError::panicked(&p)).into_response()),
+        Err(e) => Err(ApiError::internal(format!("query task failed: {e}")).into_response()),
+    }
+}
+
+type Reply<T> = Result<T, axum::response::Response>;
 
 fn value_json(v: &Value) -> Json_ {
     match v {
@@ -93,9 +122,10 @@ fn value_json(v: &Value) -> Json_ {
 
 /// `GET /api/v1/devices`: every device, its fields, their first and last
 /// timestamp and last value.
-pub async fn devices(State(ctx): Ctx, Query(params): Params) -> Result<Body, ApiError> {
-    known(&params, &[])?;
-    blocking(move || {
+pub async fn devices(State(ctx): Ctx, Params(params): Params) -> Reply<Body> {
+    known(&params, &[]).map_err(reply)?;
+    let c = ctx.clone();
+    blocking(&c, move || {
         let list = ctx.engine.list(None)?;
         let mut devices: Vec<DeviceOut<'_>> = Vec::new();
         // `list` is sorted by device, then field.
@@ -120,11 +150,13 @@ pub async fn devices(State(ctx): Ctx, Query(params): Params) -> Result<Body, Api
 /// `GET /api/v1/devices/{device}/latest`: the last value of each field.
 pub async fn latest(
     State(ctx): Ctx,
-    Path(device): Path<String>,
-    Query(params): Params,
-) -> Result<Body, ApiError> {
-    known(&params, &[])?;
-    blocking(move || {
+    device: Result<Path<String>, PathRejection>,
+    Params(params): Params,
+) -> Reply<Body> {
+    let Path(device) = device.map_err(|e| reply(path_error(e)))?;
+    known(&params, &[]).map_err(reply)?;
+    let c = ctx.clone();
+    blocking(&c, move || {
         let list = ctx.engine.list(Some(&device))?;
         if list.is_empty() {
             return Err(ApiError::not_found(format!(
@@ -140,53 +172,48 @@ pub async fn latest(
     .await
 }
 
+/// A path parameter that does not decode.
+fn path_error(e: PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind;
+    match &e {
+        PathRejection::FailedToDeserializePathParams(p)
+            if matches!(p.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
+        {
+            ApiError::bad("the device in the path is not valid UTF-8 once percent-decoded")
+        }
+        _ => ApiError::bad(format!("the path: {}", e.body_text())),
+    }
+}
+
+fn reply(e: ApiError) -> axum::response::Response {
+    axum::response::IntoResponse::into_response(e)
+}
+
 /// `GET /api/v1/query?series=DEVICE/FIELD&from=&to=&step=&limit=`.
-pub async fn query(State(ctx): Ctx, Query(params): Params) -> Result<Body, ApiError> {
-    known(&params, &["series", "from", "to", "step", "limit"])?;
-    let names: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| k == "series")
-        .map(|(_, v)| v.clone())
-        .collect();
-    if names.is_empty() {
-        return Err(ApiError::bad(
-            "`series` is required: one or more `series=DEVICE/FIELD`",
-        ));
-    }
-    let now = now();
-    let (from, to) = parse_range(one(&params, "from")?, one(&params, "to")?, now)?;
-    let step = one(&params, "step")?
-        .map(|s| parse_duration_ms("step", s))
-        .transpose()?;
-    let limit = parse_count(
-        "limit",
-        one(&params, "limit")?,
-        ctx.max_points,
-        ctx.max_points,
-    )?;
-    let mut keys = Vec::with_capacity(names.len());
-    for name in &names {
-        let Some((device, field)) = name.split_once('/') else {
-            return Err(ApiError::bad(format!(
-                "`series={name}`: expected DEVICE/FIELD, e.g. `7/voltage`"
-            )));
-        };
-        let key = ctx.engine.series_key(device, field).ok_or_else(|| {
-            ApiError::not_found(format!("no series `{name}`: device or field never stored"))
-        })?;
-        keys.push(key);
-    }
-    // The query and the body's serialization both run off the runtime's
-    // threads (a 24 h query reads ~1,500 blocks).
-    blocking(move || {
-        let result = ctx.engine.range(&keys, from, to, step, limit)?;
-        let series = names
+pub async fn query(State(ctx): Ctx, RawQuery(raw): RawQuery) -> Reply<Body> {
+    // Every bound (query length, series, times, step, buckets) is checked
+    // before any work.
+    let q = parse_query(raw.as_deref(), now(), &ctx.query_limits()).map_err(reply)?;
+    let c = ctx.clone();
+    // The lookups, the query and the body's serialization all run off the
+    // runtime's threads (a 24 h query reads ~1,500 blocks).
+    blocking(&c, move || {
+        let mut keys = Vec::with_capacity(q.series.len());
+        for (device, field) in &q.series {
+            let key = ctx.engine.series_key(device, field).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no series `{device}/{field}`: device or field never stored"
+                ))
+            })?;
+            keys.push(key);
+        }
+        let (from, to, step) = (q.from, q.to, q.step);
+        let result = ctx.engine.range(&keys, from, to, step, q.limit)?;
+        let series = q
+            .series
             .iter()
             .zip(&result)
-            .map(|(name, s)| {
-                let (device, field) = name.split_once('/').expect("checked above");
-                SeriesOut::new(device, field, s)
-            })
+            .map(|((device, field), s)| SeriesOut::new(device, field, s))
             .collect();
         Body::of(&QueryOut {
             from,
@@ -221,7 +248,7 @@ fn uplink_state(ctx: &ApiContext, name: &str, now_ms: i64) -> Result<Json_, ApiE
     // Records evicted before delivery are not backlog any more.
     let backlog = first
         .first()
-        .map_or(0, |r| (head + 1).saturating_sub(r.seq));
+        .map_or(0, |r| head.saturating_add(1).saturating_sub(r.seq));
     Ok(json!({
         "name": name,
         "stream": match stream {
@@ -231,7 +258,7 @@ fn uplink_state(ctx: &ApiContext, name: &str, now_ms: i64) -> Result<Json_, ApiE
         "connected": ctx.uplinks.connected.get_or_create(&label).get() > 0,
         "backlog": backlog,
         "oldest_unsent_ts": oldest,
-        "oldest_unsent_age_ms": oldest.map(|ts| (now_ms - ts).max(0)),
+        "oldest_unsent_age_ms": oldest.map(|ts| now_ms.saturating_sub(ts).max(0)),
         "acked_seq": acked,
         "cursor": cursor,
         "records_sent": ctx.uplinks.records_sent.get_or_create(&label).get(),
@@ -245,16 +272,18 @@ fn uplinks_json(ctx: &ApiContext) -> Result<Vec<Json_>, ApiError> {
 }
 
 /// `GET /api/v1/uplinks`.
-pub async fn uplinks(State(ctx): Ctx, Query(params): Params) -> Answer {
-    known(&params, &[])?;
-    let uplinks = blocking(move || uplinks_json(&ctx)).await?;
+pub async fn uplinks(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json_>> {
+    known(&params, &[]).map_err(reply)?;
+    let c = ctx.clone();
+    let uplinks = blocking(&c, move || uplinks_json(&ctx)).await?;
     Ok(Json(json!({ "uplinks": uplinks })))
 }
 
 /// `GET /api/v1/status`: the gateway, its sources' health, its uplinks.
-pub async fn status(State(ctx): Ctx, Query(params): Params) -> Answer {
-    known(&params, &[])?;
-    blocking(move || {
+pub async fn status(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json_>> {
+    known(&params, &[]).map_err(reply)?;
+    let c = ctx.clone();
+    blocking(&c, move || {
         let store = ctx.engine.store();
         let heads = store.heads();
         let now = now();
@@ -275,7 +304,7 @@ pub async fn status(State(ctx): Ctx, Query(params): Params) -> Answer {
                     })
                     .get();
                 let last = by_name.get(name.as_str());
-                let age = last.map(|s| (now - s.ts).max(0));
+                let age = last.map(|s| now.saturating_sub(s.ts).max(0));
                 let health = match age {
                     None => "no records since start",
                     Some(a) if a <= 60_000 => "ok",
@@ -305,11 +334,15 @@ pub async fn status(State(ctx): Ctx, Query(params): Params) -> Answer {
 
 /// `GET /api/v1/dead?after=&limit=`: dead letters with their reasons; the
 /// newest `limit` without `after`.
-pub async fn dead(State(ctx): Ctx, Query(params): Params) -> Answer {
-    known(&params, &["after", "limit"])?;
-    let limit = parse_count("limit", one(&params, "limit")?, 100, MAX_RECORDS)?;
-    let after = seq_param(&params, "after")?;
-    blocking(move || {
+pub async fn dead(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json_>> {
+    let (limit, after) = (|| {
+        known(&params, &["after", "limit"])?;
+        let limit = parse_count("limit", one(&params, "limit")?, 100, MAX_RECORDS)?;
+        Ok::<_, ApiError>((limit, seq_param(&params, "after")?))
+    })()
+    .map_err(reply)?;
+    let c = ctx.clone();
+    blocking(&c, move || {
         let store = ctx.engine.store();
         let after = after.unwrap_or_else(|| store.heads().dead.saturating_sub(limit as u64));
         let letters = store.read_dead(after, limit)?;
@@ -346,21 +379,26 @@ fn seq_param(params: &[(String, String)], name: &str) -> Result<Option<u64>, Api
 /// `MAX_SCAN` stored records per request; `next` says how far it looked).
 /// With `wait`, waits up to that long for a record after `after` (what
 /// `ferry tail` follows).
-pub async fn records(State(ctx): Ctx, Query(params): Params) -> Answer {
-    known(&params, &["after", "limit", "device", "wait"])?;
-    let limit = parse_count("limit", one(&params, "limit")?, 100, MAX_RECORDS)?;
-    let after = seq_param(&params, "after")?;
-    let device = one(&params, "device")?.map(str::to_owned);
-    let wait = one(&params, "wait")?
-        .map(|w| parse_duration_ms("wait", w))
-        .transpose()?
-        .map(|ms| Duration::from_millis(ms as u64).min(MAX_WAIT));
+pub async fn records(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json_>> {
+    let (limit, after, device, wait) = (|| {
+        known(&params, &["after", "limit", "device", "wait"])?;
+        let limit = parse_count("limit", one(&params, "limit")?, 100, MAX_RECORDS)?;
+        let after = seq_param(&params, "after")?;
+        let device = one(&params, "device")?.map(str::to_owned);
+        let wait = one(&params, "wait")?
+            .map(|w| parse_duration_ms("wait", w))
+            .transpose()?
+            .map(|ms| Duration::from_millis(ms.unsigned_abs()).min(MAX_WAIT));
+        Ok::<_, ApiError>((limit, after, device, wait))
+    })()
+    .map_err(reply)?;
     let store = ctx.engine.store().clone();
     if let (Some(wait), Some(after)) = (wait, after) {
         let mut heads = store.watch_heads();
         let _ = tokio::time::timeout(wait, heads.wait_for(|h| h.records > after)).await;
     }
-    blocking(move || {
+    let c = ctx.clone();
+    blocking(&c, move || {
         let (out, next) = match &device {
             Some(d) => device_records(&store, d, after, limit)?,
             None => {
@@ -417,6 +455,9 @@ fn device_records(
     let table = tx.open_table(RECORDS)?;
     let mut found: Vec<(u64, Vec<u8>)> = Vec::new();
     let next = match after {
+        // Nothing after `after` yet (and `after + 1 ..= head` would be an
+        // inverted range).
+        Some(after) if after >= head => after,
         Some(after) => {
             let mut next = after;
             for e in table.range(after.saturating_add(1)..=head)?.take(MAX_SCAN) {

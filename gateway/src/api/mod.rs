@@ -9,16 +9,43 @@
 //! JSON `{"error": "..."}` naming it; a result larger than `max_points` is a
 //! 400 with `"code": "too_many_points"`, never a silent truncation.
 //! `docs/openapi.yaml` describes every route.
+//!
+//! # Bounds
+//! Every request is bounded before it does any work ([`params`]): the
+//! query string's length (`[api] max_query_bytes`), the number of series
+//! (`max_series`), times clamped to the query range
+//! ([`crate::query::bounds`]), steps of 1 ms to `i64::MAX` ms, and a
+//! bucketed query's series × buckets within `limit`. At most
+//! `max_concurrent_queries` requests read the store at once (on the
+//! blocking pool); one more is a 503 `busy` with `Retry-After`.
+//!
+//! # Panics
+//! A bug in one request's handling costs that request only: the whole
+//! service runs as a contained scope ([`crate::contain::Contained`]), and
+//! so does each closure a handler runs on the blocking pool. A panic there
+//! is answered 500 `{"code": "internal"}`, counted
+//! (`ferry_api_requests_failed_total{reason="panic"}`) and logged; the
+//! daemon runs on. Handlers share no lock or state that a panic could leave
+//! half-changed (the index's lock is only read under, and recovers from
+//! poisoning). Every error answer is counted by its code in the same
+//! family, and logged once a minute per code at most.
+//!
+//! Debug builds started with `FERRY_TEST_HOOKS=1` serve `/api/v1/test/*`
+//! routes that panic or hold a query slot on demand (the tests of the
+//! above, `gateway/tests/hostile_api.rs`); release builds have no such code.
 
 pub mod cli;
 pub mod client;
 mod handlers;
 mod json;
 mod params;
+#[cfg(debug_assertions)]
+mod test_hooks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -28,14 +55,18 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::metrics::{IngestMetrics, UplinkMetrics};
+use crate::contain::Contained;
+use crate::metrics::{ApiMetrics, IngestMetrics, UplinkMetrics};
 use crate::query::Engine;
 use crate::store::Stream;
 
-pub use params::{parse_duration_ms, parse_time};
+pub use params::{
+    parse_duration_ms, parse_pairs, parse_query, parse_time, QueryLimits, QueryRequest,
+};
 
 /// The status page: one self-contained HTML file (inline CSS and JS).
 pub const STATUS_PAGE: &str = include_str!("status.html");
@@ -58,6 +89,73 @@ pub struct ApiContext {
     /// The stream each uplink sends (a route's output, or the raw records
     /// when absent): what its backlog is counted in.
     pub uplink_streams: HashMap<String, Stream>,
+    /// The bounds on requests besides `max_points`.
+    pub limits: RequestLimits,
+    pub metrics: ApiMetrics,
+}
+
+/// `[api]`'s bounds on requests (besides `max_points`), and the slots of
+/// the concurrent queries.
+pub struct RequestLimits {
+    /// The most `series=` parameters of a query.
+    pub max_series: usize,
+    /// The longest query string, in bytes.
+    pub max_query_bytes: usize,
+    /// The most requests reading the store at once.
+    pub max_concurrent_queries: usize,
+    slots: Arc<Semaphore>,
+    /// When each kind of error answer was last logged, and how many went
+    /// unlogged since.
+    logged: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl RequestLimits {
+    pub fn new(
+        max_series: usize,
+        max_query_bytes: usize,
+        max_concurrent_queries: usize,
+    ) -> RequestLimits {
+        RequestLimits {
+            max_series,
+            max_query_bytes,
+            max_concurrent_queries,
+            slots: Arc::new(Semaphore::new(max_concurrent_queries)),
+            logged: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Those of `config`.
+    pub fn of(config: &crate::config::ApiConfig) -> RequestLimits {
+        RequestLimits::new(
+            config.max_series.get(),
+            usize::try_from(config.max_query_bytes.as_u64()).unwrap_or(usize::MAX),
+            config.max_concurrent_queries.get(),
+        )
+    }
+
+    /// Whether an error answer of kind `reason` is to be logged now: the
+    /// first of an episode, then at most once a minute; with how many went
+    /// unlogged before it.
+    fn log_now(&self, reason: &'static str) -> Option<u64> {
+        const EPISODE: Duration = Duration::from_secs(60);
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match logged.get_mut(reason) {
+            Some((at, skipped)) if now.duration_since(*at) < EPISODE => {
+                *skipped = skipped.saturating_add(1);
+                None
+            }
+            Some((at, skipped)) => {
+                let n = *skipped;
+                (*at, *skipped) = (now, 0);
+                Some(n)
+            }
+            None => {
+                logged.insert(reason, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl ApiContext {
@@ -67,6 +165,7 @@ impl ApiContext {
         engine: Engine,
         ingest: &IngestMetrics,
         uplinks: &UplinkMetrics,
+        metrics: &ApiMetrics,
         uplink_names: watch::Receiver<Vec<Arc<str>>>,
     ) -> ApiContext {
         ApiContext {
@@ -93,6 +192,17 @@ impl ApiContext {
                     (name.clone(), stream)
                 })
                 .collect(),
+            limits: RequestLimits::of(&config.api),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// The bounds a query is checked against.
+    pub fn query_limits(&self) -> QueryLimits {
+        QueryLimits {
+            max_points: self.max_points,
+            max_series: self.limits.max_series,
+            max_query_bytes: self.limits.max_query_bytes,
         }
     }
 }
@@ -105,36 +215,134 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// What an error answer was, for the layer that counts and logs them: its
+/// reason (its code, or `panic`) and message.
+#[derive(Debug, Clone)]
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
 impl ApiError {
-    pub fn bad(message: impl Into<String>) -> ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_parameter",
+            status,
+            code,
             message: message.into(),
         }
+    }
+
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", message)
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message: message.into(),
-        }
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
     pub fn internal(message: impl std::fmt::Display) -> ApiError {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: message.to_string(),
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            message.to_string(),
+        )
+    }
+
+    /// The query string is longer than `[api] max_query_bytes`.
+    pub fn query_too_long(len: usize, max: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "query_too_long",
+            format!("the query string is {len} bytes long; at most {max} ([api] max_query_bytes)"),
+        )
+    }
+
+    /// More `series=` parameters than `[api] max_series`.
+    pub fn too_many_series(max: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_series",
+            format!("more than {max} `series` parameters; at most {max} ([api] max_series)"),
+        )
+    }
+
+    /// A bucketed query whose series × buckets (`None`: past any count)
+    /// exceed `limit`.
+    pub fn too_many_buckets(
+        series: usize,
+        per_series: Option<u64>,
+        total: Option<u128>,
+        step: i64,
+        limit: usize,
+    ) -> ApiError {
+        let (total, per) = match (total, per_series) {
+            (Some(t), Some(p)) => (format!("up to {t}"), p.to_string()),
+            _ => ("more than 2^64".to_owned(), "more than 2^64".to_owned()),
+        };
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_points",
+            format!(
+                "the query could return {total} buckets ({series} series × {per} buckets of \
+                 `step={step}ms` from `from` to `to`), more than `limit` ({limit}): narrow \
+                 the range, ask for fewer series or a larger `step`"
+            ),
+        )
+    }
+
+    /// Every query slot is taken.
+    pub fn busy(max: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "{max} queries are running already ([api] max_concurrent_queries); retry in a \
+                 second"
+            ),
+        )
+    }
+
+    /// The handling of the request panicked (a bug).
+    pub fn panicked(p: &crate::contain::Panicked) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!(
+                "the request failed on a bug in its handling (panicked: {}); the gateway runs on",
+                p.message
+            ),
+        )
+    }
+
+    fn response(self, reason: &'static str) -> Response {
+        let body = serde_json::json!({ "error": self.message, "code": self.code });
+        let failure = Failure {
+            reason,
+            message: self.message,
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        if reason == "busy" {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
+        resp.extensions_mut().insert(failure);
+        resp
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message, "code": self.code });
-        (self.status, Json(body)).into_response()
+        let code = self.code;
+        self.response(code)
+    }
+}
+
+/// An [`ApiError`] answered for a panic: counted as `panic`.
+struct PanicAnswer(ApiError);
+
+impl IntoResponse for PanicAnswer {
+    fn into_response(self) -> Response {
+        self.0.response("panic")
     }
 }
 
@@ -148,12 +356,42 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route("/uplinks", get(handlers::uplinks))
         .route("/dead", get(handlers::dead))
         .route("/records", get(handlers::records))
-        .fallback(|| async { ApiError::not_found("no such API route") })
-        .route_layer(middleware::from_fn_with_state(ctx.clone(), auth));
+        .fallback(|| async { ApiError::not_found("no such API route") });
+    #[cfg(debug_assertions)]
+    let api = test_hooks::add(api);
+    let api = api.route_layer(middleware::from_fn_with_state(ctx.clone(), auth));
     Router::new()
         .route("/", get(|| async { Html(STATUS_PAGE) }))
         .nest("/api/v1", api)
+        .layer(middleware::from_fn_with_state(ctx.clone(), guard))
         .with_state(ctx)
+}
+
+/// Runs the handling of one request as a contained scope (a panic is a 500
+/// `internal`, and the daemon runs on), and counts and logs every error
+/// answer by its reason.
+async fn guard(State(ctx): State<Arc<ApiContext>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let resp = match Contained::new(next.run(req)).await {
+        Ok(resp) => resp,
+        Err(p) => PanicAnswer(ApiError::panicked(&p)).into_response(),
+    };
+    if let Some(f) = resp.extensions().get::<Failure>() {
+        ctx.metrics.failed(f.reason);
+        if f.reason == "panic" {
+            // A bug: every one is logged.
+            error!(%path, error = %f.message, "an API request's handling panicked; answered 500");
+        } else if let Some(unlogged) = ctx.limits.log_now(f.reason) {
+            warn!(
+                %path,
+                reason = f.reason,
+                error = %f.message,
+                unlogged_since_last = unlogged,
+                "API request refused (logged at most once a minute per reason; all are counted in ferry_api_requests_failed_total)"
+            );
+        }
+    }
+    resp
 }
 
 async fn auth(State(ctx): State<Arc<ApiContext>>, req: Request, next: Next) -> Response {

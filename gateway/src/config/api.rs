@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 
+use bytesize::ByteSize;
 use serde::Deserialize;
 
 /// `[api]`: where the query API and the status page listen.
@@ -18,13 +19,62 @@ pub struct ApiConfig {
     /// keep `listen` on 127.0.0.1 then).
     pub token: Option<String>,
     /// The most points or buckets one query response may hold; a query that
-    /// would return more is refused with a clear error. Default: 100000.
+    /// would return more is refused with a clear error (a bucketed query
+    /// before any work, by the number of buckets its range and step can
+    /// hold). Default: 100000.
     #[serde(default = "default_max_points")]
     pub max_points: NonZeroUsize,
+    /// The most `series=` parameters one query may give; more is a 400
+    /// (`too_many_series`). Default: 256.
+    #[serde(default = "default_max_series")]
+    pub max_series: NonZeroUsize,
+    /// The longest query string (the part of the URL after `?`) any API
+    /// request may have, 1 KiB to 1 MiB; longer is a 400
+    /// (`query_too_long`), refused before it is parsed. Default: 32 KiB.
+    #[serde(
+        default = "default_max_query_bytes",
+        deserialize_with = "deserialize_query_bytes"
+    )]
+    pub max_query_bytes: ByteSize,
+    /// The most requests reading the store at once (each runs on a thread
+    /// of the blocking pool); one more is answered 503 with `Retry-After`
+    /// (`busy`), so that a burst of heavy queries cannot take every thread
+    /// and all the memory. Default: 4.
+    #[serde(default = "default_max_concurrent_queries")]
+    pub max_concurrent_queries: NonZeroUsize,
 }
 
 fn default_max_points() -> NonZeroUsize {
     NonZeroUsize::new(100_000).expect("non-zero")
+}
+
+fn default_max_series() -> NonZeroUsize {
+    NonZeroUsize::new(256).expect("non-zero")
+}
+
+fn default_max_query_bytes() -> ByteSize {
+    ByteSize::kib(32)
+}
+
+fn default_max_concurrent_queries() -> NonZeroUsize {
+    NonZeroUsize::new(4).expect("non-zero")
+}
+
+/// The least and most `max_query_bytes` may be: below 1 KiB a query of a
+/// few series no longer fits; above 1 MiB the cap bounds nothing the HTTP
+/// layer does not already.
+const QUERY_BYTES: (u64, u64) = (1024, 1024 * 1024);
+
+fn deserialize_query_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+    let size = ByteSize::deserialize(d)?;
+    if (QUERY_BYTES.0..=QUERY_BYTES.1).contains(&size.as_u64()) {
+        Ok(size)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be between 1 KiB and 1 MiB, got {} bytes",
+            size.as_u64()
+        )))
+    }
 }
 
 impl Default for ApiConfig {
@@ -33,6 +83,9 @@ impl Default for ApiConfig {
             listen: None,
             token: None,
             max_points: default_max_points(),
+            max_series: default_max_series(),
+            max_query_bytes: default_max_query_bytes(),
+            max_concurrent_queries: default_max_concurrent_queries(),
         }
     }
 }

@@ -64,7 +64,15 @@ mod tests {
     fn buckets_at_the_ends_of_the_range_and_of_i64() {
         assert_eq!(clamp_time(i64::MIN), MIN_TIME);
         assert_eq!(clamp_time(i64::MAX), MAX_TIME);
-        for step in [1, 7, 60_000, MAX_TIME, 2 * MAX_TIME + 1, i64::MAX - 1, i64::MAX] {
+        for step in [
+            1,
+            7,
+            60_000,
+            MAX_TIME,
+            2 * MAX_TIME + 1,
+            i64::MAX - 1,
+            i64::MAX,
+        ] {
             for ts in [MIN_TIME, MIN_TIME + 1, -1, 0, 1, MAX_TIME - 1, MAX_TIME] {
                 let start = bucket_start(ts, step).expect("fits within the range");
                 assert!(start <= ts && ts - start < step, "ts {ts} step {step}");
@@ -84,7 +92,10 @@ mod tests {
         assert_eq!(bucket_count(0, 60_000, 60_000), Some(1));
         assert_eq!(bucket_count(0, 60_001, 60_000), Some(2));
         assert_eq!(bucket_count(MIN_TIME, MAX_TIME, i64::MAX), Some(2));
-        assert_eq!(bucket_count(MIN_TIME, MAX_TIME, 1), Some(2 * MAX_TIME as u64));
+        assert_eq!(
+            bucket_count(MIN_TIME, MAX_TIME, 1),
+            Some(2 * MAX_TIME as u64)
+        );
         assert_eq!(
             buckets_bound(usize::MAX, MIN_TIME, MAX_TIME, 1),
             Some(usize::MAX as u128 * (2 * MAX_TIME) as u128)

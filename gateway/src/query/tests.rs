@@ -313,20 +313,39 @@ async fn times_and_steps_at_the_ends_of_i64_answer_right_or_refuse() {
     write(&ingest, records(300)).await;
     let engine = Engine::new(store.clone(), index.clone());
     let key = engine.series_key("a", "v").unwrap();
-    let all = engine.range(&[key], T0 - 10_000_000, T0 + 3_000_000, None, 1000).unwrap();
+    let all = engine
+        .range(&[key], T0 - 10_000_000, T0 + 3_000_000, None, 1000)
+        .unwrap();
     let n = all[0].len();
     assert_eq!(n, 200);
     let (min, max) = (Millis::MIN, Millis::MAX);
     for (from, to) in [(min, max), (min, T0 + 3_000_000), (T0 - 10_000_000, max)] {
-        assert_eq!(engine.range(&[key], from, to, None, 1000).unwrap(), all, "{from}..{to}");
-        for step in [i64::MAX, i64::MAX - 1, bounds::MAX_TIME, 2 * bounds::MAX_TIME] {
+        assert_eq!(
+            engine.range(&[key], from, to, None, 1000).unwrap(),
+            all,
+            "{from}..{to}"
+        );
+        for step in [
+            i64::MAX,
+            i64::MAX - 1,
+            bounds::MAX_TIME,
+            2 * bounds::MAX_TIME,
+        ] {
             let got = engine.range(&[key], from, to, Some(step), 1000).unwrap();
-            let Series::Buckets(b) = &got[0] else { panic!("buckets") };
+            let Series::Buckets(b) = &got[0] else {
+                panic!("buckets")
+            };
             assert_eq!(b.len(), 1, "step {step}");
             assert_eq!((b[0].ts, b[0].rollup.count), (0, n as u64), "step {step}");
         }
     }
-    for (from, to) in [(min, min), (max, max), (max, min), (min, min + 1), (max - 1, max)] {
+    for (from, to) in [
+        (min, min),
+        (max, max),
+        (max, min),
+        (min, min + 1),
+        (max - 1, max),
+    ] {
         let got = engine.range(&[key], from, to, Some(60_000), 10).unwrap();
         assert_eq!(got, [Series::Buckets(Vec::new())], "{from}..{to}");
         let got = engine.range(&[key], from, to, None, 10).unwrap();

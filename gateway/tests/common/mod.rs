@@ -300,3 +300,65 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+impl Ferry {
+    /// Like [`Ferry::start_file`], with `env` added to the daemon's
+    /// environment (and not to this process's, which other tests share).
+    pub fn start_file_env(path: &Path, env: &[(&str, &str)]) -> Ferry {
+        let mut command = Command::new(ferry_bin());
+        command
+            .args(["run", "--config"])
+            .arg(path)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start ferry");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ferry running") {
+                    let _ = tx.send(());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut ferry = Ferry {
+            child,
+            log,
+            config: path.to_owned(),
+        };
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let status = ferry.child.try_wait();
+            panic!(
+                "ferry did not start ({status:?}); its log:\n{}",
+                ferry.log().join("\n")
+            );
+        }
+        ferry
+    }
+
+    /// The exit status if the daemon has exited, `None` while it runs.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself (polling, no
+    /// signal sent); its exit status, `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
