@@ -99,9 +99,8 @@ fuzz_target!(|data: &[u8]| {
             );
             assert!((1..=limits.max_points).contains(&q.limit), "{q:?}");
             assert!((1..=limits.max_series).contains(&q.series.len()), "{q:?}");
-            for (device, field) in &q.series {
+            for (device, _) in &q.series {
                 assert!(!device.contains('/'), "split at the first /: {q:?}");
-                let _ = field;
             }
             match q.step {
                 None => assert_eq!(q.buckets_bound, None),

@@ -552,8 +552,7 @@ fn a_panic_in_a_request_handler_is_a_500_counted_and_the_daemon_runs_on() {
         assert_serving(&mut d);
     }
     assert_eq!(metric(&d, sample), 3.0);
-    // The slot the panicking closure held is free again: a query slot for
-    // each of the 4 requests at once is there (the 5th would be refused).
+    // The slot the panicking closure held is free again.
     assert_eq!(metric(&d, "ferry_api_queries_running"), 0.0);
     let log = d.ferry.log();
     let logged = log
