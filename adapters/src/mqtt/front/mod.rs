@@ -50,6 +50,8 @@ mod passwd;
 mod serve;
 mod tls;
 
+pub use serve::REFUSING;
+
 pub use backlog::Backlog;
 pub use events::{BrokerEvent, BrokerObserver, Denied, Limit, NoBrokerObserver};
 pub use passwd::{LoginError, Passwords};
@@ -155,6 +157,9 @@ impl BoundFront {
             },
             max_packet: max_packet(cfg),
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            sockets: Arc::new(Semaphore::new(
+                cfg.max_connections.saturating_add(serve::REFUSING),
+            )),
             max_connections: cfg.max_connections,
             observer,
             backlog,
