@@ -157,6 +157,8 @@ pub async fn run_until(
     let pipeline_metrics = PipelineMetrics::new();
     pipeline_metrics.register(&mut registry);
     query_metrics.register(&mut registry);
+    let listener_metrics = metrics::ListenerMetrics::new();
+    listener_metrics.register(&mut registry);
 
     let (ready_tx, ready_rx) = watch::channel(None);
     let http_cancel = CancellationToken::new();
@@ -166,6 +168,8 @@ pub async fn run_until(
             listener,
             Arc::new(registry),
             ready_rx,
+            config.metrics.limits(),
+            listener_metrics.clone(),
             http_cancel.clone(),
         ));
     }
@@ -286,9 +290,11 @@ pub async fn run_until(
             &uplink_metrics,
             uplink_names.clone(),
         );
-        tokio::spawn(crate::api::serve(
+        tokio::spawn(crate::api::serve_with(
             listener,
             Arc::new(ctx),
+            config.api.limits(),
+            listener_metrics.clone(),
             http_cancel.clone(),
         ));
     }

@@ -26,12 +26,18 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::service::{service_fn, Service as _};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
 
-use crate::metrics::{IngestMetrics, UplinkMetrics};
+use crate::config::ListenerLimits;
+use crate::listen::{Acceptor, Activity, Watched};
+use crate::metrics::{IngestMetrics, ListenerMetrics, UplinkMetrics};
 use crate::query::Engine;
 use crate::store::Stream;
 
@@ -193,16 +199,99 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen for the API on {addr}: {e}"))
 }
 
-/// Serves the API until `cancel`.
+/// The answer to a connection over `api.max_connections`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 91\r\nRetry-After: 1\r\nConnection: close\r\n\r\n\
+{\"error\":\"too many connections (api.max_connections), retry\",\"code\":\"too_many_connections\"}";
+
+/// Serves the API until `cancel` with the default `[api]` limits, counted
+/// in metrics of its own (see [`serve_with`]).
 pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, cancel: CancellationToken) {
+    let limits = crate::config::ApiConfig::default().limits();
+    serve_with(listener, ctx, limits, ListenerMetrics::new(), cancel).await
+}
+
+/// Serves the API until `cancel`, over HTTP/1.1 with keep-alive, within
+/// `limits` (`crate::listen`: the cap, the idle and header timeouts, the
+/// accept back-off); a request not answered within `request_timeout` gets
+/// a 503 `request_timeout`. Once cancelled, open connections finish the
+/// request they are answering (for `request_timeout` at most).
+pub async fn serve_with(
+    listener: TcpListener,
+    ctx: Arc<ApiContext>,
+    limits: ListenerLimits,
+    metrics: ListenerMetrics,
+    cancel: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "query API listening");
     }
-    let app = router(ctx);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-    {
-        warn!(error = %e, "query API stopped");
+    let app = TowerToHyperService::new(router(ctx));
+    let mut acceptor = Acceptor::new("api", limits, &metrics, BUSY);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The header timeout is `Activity`'s, counted; hyper's would need a timer.
+    http.keep_alive(true).header_read_timeout(None);
+    let connections = TaskTracker::new();
+    while let Some(accepted) = acceptor.accept(&listener, &cancel).await {
+        let activity = Activity::new(&limits);
+        let io = TokioIo::new(Watched::new(accepted.stream, activity.clone()));
+        let counts = acceptor.counter();
+        let service = {
+            let app = app.clone();
+            let activity = activity.clone();
+            let counts = counts.clone();
+            service_fn(move |req| {
+                let busy = activity.busy();
+                let answer = app.call(req);
+                let counts = counts.clone();
+                async move {
+                    let _busy = busy;
+                    match tokio::time::timeout(limits.request_timeout, answer).await {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            counts.count("request_timeout");
+                            Ok(request_timed_out(limits.request_timeout))
+                        }
+                    }
+                }
+            })
+        };
+        let conn = http.serve_connection(io, service);
+        let cancel = cancel.clone();
+        let peer = accepted.peer;
+        let slot = accepted.slot;
+        connections.spawn(async move {
+            let _slot = slot;
+            tokio::pin!(conn);
+            tokio::select! {
+                served = conn.as_mut() => if let Err(e) = served {
+                    debug!(%peer, error = %e, "API connection failed");
+                },
+                why = activity.expired() => counts.count(why.as_str()),
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(limits.request_timeout, conn).await;
+                }
+            }
+        });
     }
+    connections.close();
+    connections.wait().await;
+}
+
+fn request_timed_out(limit: std::time::Duration) -> Response {
+    let mut resp = ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "request_timeout",
+        message: format!(
+            "the request was not answered within api.request_timeout ({})",
+            humantime::format_duration(limit)
+        ),
+    }
+    .into_response();
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
 }
