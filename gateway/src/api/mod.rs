@@ -199,6 +199,10 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen for the API on {addr}: {e}"))
 }
 
+/// The most one connection's read buffer holds (hyper's default: ~400 KB):
+/// a request line and headers larger than this are refused.
+const MAX_HEAD: usize = 64 * 1024;
+
 /// The answer to a connection over `api.max_connections`.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
 Content-Length: 91\r\nRetry-After: 1\r\nConnection: close\r\n\r\n\
@@ -230,7 +234,11 @@ pub async fn serve_with(
     let mut acceptor = Acceptor::new("api", limits, &metrics, BUSY);
     let mut http = hyper::server::conn::http1::Builder::new();
     // The header timeout is `Activity`'s, counted; hyper's would need a timer.
-    http.keep_alive(true).header_read_timeout(None);
+    // A request head (and what is read ahead of it) takes at most
+    // MAX_HEAD of memory per connection; a larger one is a 431.
+    http.keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD);
     let connections = TaskTracker::new();
     while let Some(accepted) = acceptor.accept(&listener, &cancel).await {
         let activity = Activity::new(&limits);
