@@ -55,6 +55,8 @@ pub struct Acceptor {
     over_cap: bool,
     /// The answer over the cap: a whole HTTP/1.1 503 response.
     busy: &'static [u8],
+    /// When each timeout was last logged (see [`Counts`]).
+    warned: Arc<Mutex<Vec<(&'static str, Instant)>>>,
 }
 
 /// An accepted connection within the cap: its slot is given back, and the
@@ -97,6 +99,7 @@ impl Acceptor {
             backoff: AcceptBackoff::new(name),
             over_cap: false,
             busy,
+            warned: Arc::default(),
         }
     }
 
@@ -109,7 +112,9 @@ impl Acceptor {
     pub fn counter(&self) -> Counts {
         Counts {
             name: self.name,
+            limits: self.limits,
             metrics: self.metrics.clone(),
+            warned: self.warned.clone(),
         }
     }
 
@@ -198,17 +203,57 @@ impl Acceptor {
     }
 }
 
-/// Counts a listener's refusals from a connection's task.
+/// How often one listener logs connections closed for one timeout, at most:
+/// an episode of slow or idle clients is one line, not one per connection.
+const TIMEOUT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Counts a listener's timeouts from a connection's task, and logs them.
 #[derive(Clone)]
 pub struct Counts {
     name: &'static str,
+    limits: ListenerLimits,
     metrics: ListenerMetrics,
+    warned: Arc<Mutex<Vec<(&'static str, Instant)>>>,
 }
 
 impl Counts {
-    pub fn count(&self, reason: &str) {
+    /// Counts a connection closed for `reason` (`header_timeout`,
+    /// `idle_timeout`, `request_timeout`); the first of an episode (none in
+    /// the last minute) is logged with the key that set the limit.
+    pub fn count(&self, reason: &'static str) {
         self.metrics.refused(self.name, reason).inc();
-        debug!(listener = self.name, reason, "connection closed");
+        let now = Instant::now();
+        let first = {
+            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+            match warned.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, at)) if now.duration_since(*at) < TIMEOUT_LOG_EVERY => false,
+                Some((_, at)) => {
+                    *at = now;
+                    true
+                }
+                None => {
+                    warned.push((reason, now));
+                    true
+                }
+            }
+        };
+        let limit = match reason {
+            "header_timeout" => self.limits.header_timeout,
+            "idle_timeout" => self.limits.idle_timeout,
+            _ => self.limits.request_timeout,
+        };
+        if first {
+            warn!(
+                listener = self.name,
+                "{}.{reason} ({}) reached: the connection is closed (an API request \
+                 is answered 503); counted in ferry_http_connections_refused_total, \
+                 logged once a minute at most",
+                self.name,
+                humantime::format_duration(limit)
+            );
+        } else {
+            debug!(listener = self.name, reason, "connection closed");
+        }
     }
 }
 

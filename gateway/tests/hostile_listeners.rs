@@ -216,7 +216,15 @@ fn idle_keepalive_connections_past_the_api_cap_are_refused_at_once_and_closed_wh
     .unwrap();
     let again = try_get(a.api, "/").unwrap();
     assert!(again.starts_with("HTTP/1.1 200 OK"), "{again}");
-    ferry.wait_log("refusing connections with 503", Duration::from_secs(1));
+    // Each kind logged once, not once per connection.
+    let log = ferry.log();
+    for needle in [
+        "refusing connections with 503: max_connections (32) are open",
+        "api.idle_timeout (3s) reached",
+    ] {
+        let lines = log.iter().filter(|l| l.contains(needle)).count();
+        assert_eq!(lines, 1, "{needle}: {lines} lines");
+    }
 }
 
 #[test]
@@ -225,7 +233,7 @@ fn slowloris_headers_are_closed_after_the_header_timeout_and_counted() {
     let a = addrs();
     let limits = "header_timeout = \"1s\"\nidle_timeout = \"30s\"";
     let cfg = config(&dir.path().join("data"), &a, limits, limits);
-    let _ferry = Ferry::start(dir.path(), &cfg);
+    let ferry = Ferry::start(dir.path(), &cfg);
 
     // 20 at the API and 5 at the metrics endpoint send a request line and a
     // header, then one byte of another header every 100 ms, never its end.
@@ -261,6 +269,15 @@ fn slowloris_headers_are_closed_after_the_header_timeout_and_counted() {
     })
     .unwrap();
     assert_eq!(metric(a.metrics, &refused("api", "idle_timeout")), 0.0);
+    // Logged once per listener, not once per connection.
+    let log = ferry.log();
+    for key in [
+        "api.header_timeout (1s) reached",
+        "metrics.header_timeout (1s) reached",
+    ] {
+        let lines = log.iter().filter(|l| l.contains(key)).count();
+        assert_eq!(lines, 1, "{key}: {lines} lines");
+    }
 }
 
 /// The daemon's CPU time (user + system) so far.
