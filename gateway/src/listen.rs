@@ -37,6 +37,12 @@ use tracing::{debug, info, warn};
 use crate::config::{ListenerLimits, HTTP_REFUSING};
 use crate::metrics::ListenerMetrics;
 
+use axum::response::Response;
+use hyper::service::{service_fn, Service as _};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio_util::task::TaskTracker;
+
 /// How long a refused connection is read from (its request drained) after
 /// its 503, at most.
 const REFUSAL_LINGER: Duration = Duration::from_millis(200);
@@ -200,6 +206,90 @@ impl Acceptor {
             })
             .await;
         });
+    }
+}
+
+/// The most one connection's read buffer holds (hyper's default: ~400 KB):
+/// a request line and headers larger than this are refused (431).
+const MAX_HEAD: usize = 64 * 1024;
+
+/// An axum router served over HTTP/1.1 with keep-alive, within `limits`.
+pub struct Http {
+    /// `api`: the label of its metrics, and what keys are named after.
+    pub name: &'static str,
+    pub limits: ListenerLimits,
+    /// The whole response over the cap.
+    pub busy: &'static [u8],
+    /// The answer to a request not answered within `request_timeout`.
+    pub timed_out: fn(Duration) -> Response,
+}
+
+impl Http {
+    /// Serves `app` until `cancel`; once cancelled, open connections finish
+    /// the request they are answering (for `request_timeout` at most).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        app: axum::Router,
+        metrics: &ListenerMetrics,
+        cancel: CancellationToken,
+    ) {
+        let limits = self.limits;
+        let timed_out = self.timed_out;
+        let app = TowerToHyperService::new(app);
+        let mut acceptor = Acceptor::new(self.name, limits, metrics, self.busy);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // The header timeout is `Activity`'s, counted; hyper's needs a timer.
+        http.keep_alive(true)
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEAD);
+        let connections = TaskTracker::new();
+        while let Some(accepted) = acceptor.accept(&listener, &cancel).await {
+            let activity = Activity::new(&limits);
+            let io = TokioIo::new(Watched::new(accepted.stream, activity.clone()));
+            let counts = acceptor.counter();
+            let service = {
+                let app = app.clone();
+                let activity = activity.clone();
+                let counts = counts.clone();
+                service_fn(move |req| {
+                    let busy = activity.busy();
+                    let answer = app.call(req);
+                    let counts = counts.clone();
+                    async move {
+                        let _busy = busy;
+                        match tokio::time::timeout(limits.request_timeout, answer).await {
+                            Ok(answer) => answer,
+                            Err(_) => {
+                                counts.count("request_timeout");
+                                Ok(timed_out(limits.request_timeout))
+                            }
+                        }
+                    }
+                })
+            };
+            let conn = http.serve_connection(io, service);
+            let cancel = cancel.clone();
+            let peer = accepted.peer;
+            let slot = accepted.slot;
+            let name = self.name;
+            connections.spawn(async move {
+                let _slot = slot;
+                tokio::pin!(conn);
+                tokio::select! {
+                    served = conn.as_mut() => if let Err(e) = served {
+                        debug!(listener = name, %peer, error = %e, "connection failed");
+                    },
+                    why = activity.expired() => counts.count(why.as_str()),
+                    _ = cancel.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(limits.request_timeout, conn).await;
+                    }
+                }
+            });
+        }
+        connections.close();
+        connections.wait().await;
     }
 }
 
@@ -460,6 +550,70 @@ mod tests {
             idle_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
         }
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_gets_the_timeout_answer_and_is_not_cut_as_idle_meanwhile() {
+        let limits = ListenerLimits {
+            max_connections: NonZeroUsize::new(4).unwrap(),
+            header_timeout: Duration::from_secs(2),
+            // Shorter than the request: a request in progress is not idle.
+            idle_timeout: Duration::from_millis(100),
+            request_timeout: Duration::from_millis(400),
+        };
+        let app = axum::Router::new().route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+        let http = Http {
+            name: "api",
+            limits,
+            busy: b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+            timed_out: |_| {
+                axum::response::IntoResponse::into_response((
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "timed out",
+                ))
+            },
+        };
+        let metrics = ListenerMetrics::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn({
+            let (metrics, cancel) = (metrics.clone(), cancel.clone());
+            async move { http.serve(listener, app, &metrics, cancel).await }
+        });
+
+        let start = Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer));
+        read.await.unwrap().unwrap();
+        let took = start.elapsed();
+        assert!(
+            answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{answer}"
+        );
+        assert!(answer.ends_with("\r\n\r\ntimed out"), "{answer}");
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert_eq!(metrics.refused("api", "request_timeout").get(), 1);
+        assert_eq!(metrics.refused("api", "idle_timeout").get(), 0);
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(metrics.open("api").get(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,17 +26,12 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hyper::service::{service_fn, Service as _};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::config::ListenerLimits;
-use crate::listen::{Acceptor, Activity, Watched};
 use crate::metrics::{IngestMetrics, ListenerMetrics, UplinkMetrics};
 use crate::query::Engine;
 use crate::store::Stream;
@@ -199,10 +194,6 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen for the API on {addr}: {e}"))
 }
 
-/// The most one connection's read buffer holds (hyper's default: ~400 KB):
-/// a request line and headers larger than this are refused.
-const MAX_HEAD: usize = 64 * 1024;
-
 /// The answer to a connection over `api.max_connections`.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
 Content-Length: 91\r\nRetry-After: 1\r\nConnection: close\r\n\r\n\
@@ -230,61 +221,13 @@ pub async fn serve_with(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "query API listening");
     }
-    let app = TowerToHyperService::new(router(ctx));
-    let mut acceptor = Acceptor::new("api", limits, &metrics, BUSY);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // The header timeout is `Activity`'s, counted; hyper's would need a timer.
-    // A request head (and what is read ahead of it) takes at most
-    // MAX_HEAD of memory per connection; a larger one is a 431.
-    http.keep_alive(true)
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEAD);
-    let connections = TaskTracker::new();
-    while let Some(accepted) = acceptor.accept(&listener, &cancel).await {
-        let activity = Activity::new(&limits);
-        let io = TokioIo::new(Watched::new(accepted.stream, activity.clone()));
-        let counts = acceptor.counter();
-        let service = {
-            let app = app.clone();
-            let activity = activity.clone();
-            let counts = counts.clone();
-            service_fn(move |req| {
-                let busy = activity.busy();
-                let answer = app.call(req);
-                let counts = counts.clone();
-                async move {
-                    let _busy = busy;
-                    match tokio::time::timeout(limits.request_timeout, answer).await {
-                        Ok(answer) => answer,
-                        Err(_) => {
-                            counts.count("request_timeout");
-                            Ok(request_timed_out(limits.request_timeout))
-                        }
-                    }
-                }
-            })
-        };
-        let conn = http.serve_connection(io, service);
-        let cancel = cancel.clone();
-        let peer = accepted.peer;
-        let slot = accepted.slot;
-        connections.spawn(async move {
-            let _slot = slot;
-            tokio::pin!(conn);
-            tokio::select! {
-                served = conn.as_mut() => if let Err(e) = served {
-                    debug!(%peer, error = %e, "API connection failed");
-                },
-                why = activity.expired() => counts.count(why.as_str()),
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(limits.request_timeout, conn).await;
-                }
-            }
-        });
-    }
-    connections.close();
-    connections.wait().await;
+    let http = crate::listen::Http {
+        name: "api",
+        limits,
+        busy: BUSY,
+        timed_out: request_timed_out,
+    };
+    http.serve(listener, router(ctx), &metrics, cancel).await
 }
 
 fn request_timed_out(limit: std::time::Duration) -> Response {
