@@ -159,6 +159,8 @@ pub async fn run_until(
     query_metrics.register(&mut registry);
     let api_metrics = metrics::ApiMetrics::new();
     api_metrics.register(&mut registry);
+    let listener_metrics = metrics::ListenerMetrics::new();
+    listener_metrics.register(&mut registry);
 
     let (ready_tx, ready_rx) = watch::channel(None);
     let http_cancel = CancellationToken::new();
@@ -168,6 +170,8 @@ pub async fn run_until(
             listener,
             Arc::new(registry),
             ready_rx,
+            config.metrics.limits(),
+            listener_metrics.clone(),
             http_cancel.clone(),
         ));
     }
@@ -289,9 +293,11 @@ pub async fn run_until(
             &api_metrics,
             uplink_names.clone(),
         );
-        tokio::spawn(crate::api::serve(
+        tokio::spawn(crate::api::serve_with(
             listener,
             Arc::new(ctx),
+            config.api.limits(),
+            listener_metrics.clone(),
             http_cancel.clone(),
         ));
     }

@@ -6,44 +6,54 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-/// Serves until `cancel` fires.
+use crate::config::ListenerLimits;
+use crate::listen::{Acceptor, Counts};
+use crate::metrics::ListenerMetrics;
+
+/// The answer to a connection over `max_connections`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Content-Length: 28\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections, retry\n";
+
+/// Serves until `cancel` fires. Each connection carries one request: its
+/// first byte must come within `idle_timeout`, the rest of its head within
+/// `header_timeout` of it, and the answer must be written within
+/// `request_timeout` (`crate::listen` has the cap and the accept back-off).
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     ready: watch::Receiver<Option<Arc<str>>>,
+    limits: ListenerLimits,
+    metrics: ListenerMetrics,
     cancel: CancellationToken,
 ) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "metrics endpoint listening");
     }
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "metrics accept failed");
-                    continue;
-                }
-            },
-            _ = cancel.cancelled() => return,
-        };
+    let mut acceptor = Acceptor::new("metrics", limits, &metrics, BUSY);
+    while let Some(accepted) = acceptor.accept(&listener, &cancel).await {
         let registry = registry.clone();
         let ready = ready.borrow().clone();
+        let counts = acceptor.counter();
         tokio::spawn(async move {
-            let answer = tokio::time::timeout(
-                Duration::from_secs(5),
-                respond(stream, &registry, ready.as_deref()),
+            let _slot = accepted.slot;
+            let peer = accepted.peer;
+            let answer = respond(
+                accepted.stream,
+                &registry,
+                ready.as_deref(),
+                &limits,
+                &counts,
             );
-            if let Ok(Err(e)) = answer.await {
+            if let Err(e) = answer.await {
                 debug!(%peer, error = %e, "metrics request failed");
             }
         });
@@ -54,21 +64,34 @@ async fn respond(
     mut stream: TcpStream,
     registry: &Registry,
     ready: Option<&str>,
+    limits: &ListenerLimits,
+    counts: &Counts,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 2048];
-    let mut len = 0;
-    // Read until the end of the request head (or the buffer is full).
-    while len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
+    // The first byte, within idle_timeout.
+    let Ok(first) = timeout(limits.idle_timeout, stream.read(&mut buf)).await else {
+        counts.count("idle_timeout");
+        return Ok(());
+    };
+    let mut len = first?;
+    // The rest of the head (or a full buffer), within header_timeout of it.
+    let head_deadline = Instant::now() + limits.header_timeout;
+    while len > 0 && len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        let Some(rest) = buf.get_mut(len..) else {
             break;
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
+        };
+        match timeout_at(head_deadline, stream.read(rest)).await {
+            Ok(n) => match n? {
+                0 => break,
+                n => len += n,
+            },
+            Err(_) => {
+                counts.count("header_timeout");
+                return Ok(());
+            }
         }
     }
-    let head = String::from_utf8_lossy(&buf[..len]);
+    let head = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = match (method, path) {
@@ -105,8 +128,17 @@ async fn respond(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    match timeout(limits.request_timeout, write).await {
+        Ok(written) => written,
+        Err(_) => {
+            counts.count("request_timeout");
+            Ok(())
+        }
+    }
 }
 
 /// Binds the metrics listener; an error names the address.

@@ -8,6 +8,7 @@ pub mod contain;
 pub mod daemon;
 mod http;
 mod journal;
+mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;

@@ -616,9 +616,77 @@ impl ferry_adapters::modbus::DeviceObserver for ModbusDeviceMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `api` or `metrics`.
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    /// `api` or `metrics`.
+    pub listener: String,
+    /// `max_connections`, `header_timeout`, `idle_timeout`,
+    /// `request_timeout`, `out_of_descriptors` or `accept_error`.
+    pub reason: String,
+}
+
+/// What the HTTP listeners (the query API, the metrics endpoint) count about
+/// their connections (`ferry_http_*`). The embedded broker's device front
+/// counts its own in `ferry_source_limits_hit_total` (limits `connections`,
+/// `descriptors`, `accept_error`).
+#[derive(Clone, Debug, Default)]
+pub struct ListenerMetrics {
+    /// Connections open now, by listener.
+    pub connections: Family<ListenerLabel, Gauge>,
+    /// Connections refused or closed by a limit, and failed accepts, by
+    /// listener and reason.
+    pub refused: Family<ListenerReasonLabels, Counter>,
+}
+
+impl ListenerMetrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("http");
+        r.register(
+            "connections",
+            "Connections open now at an HTTP listener (api, metrics)",
+            self.connections.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "HTTP connections refused or closed by a limit, and failed accepts, by listener and reason (max_connections: a fast 503; header_timeout, idle_timeout, request_timeout; out_of_descriptors, accept_error: accept failed, retried with a back-off)",
+            self.refused.clone(),
+        );
+    }
+
+    /// The open-connections gauge of `listener`.
+    pub fn open(&self, listener: &str) -> Gauge {
+        self.connections
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of `listener`'s refusals for `reason`.
+    pub fn refused(&self, listener: &str, reason: &str) -> Counter {
+        self.refused
+            .get_or_create(&ListenerReasonLabels {
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .clone()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub source: String,
-    /// `connections`, `topic_length`, `payload` or `fields`.
+    /// `connections`, `topic_length`, `payload`, `fields`, `backlog`,
+    /// `descriptors` or `accept_error`.
     pub limit: String,
 }
 
@@ -667,7 +735,7 @@ impl BrokerMetrics {
         );
         r.register(
             "limits_hit",
-            "Times a client hit a limit (connections, topic_length, payload, fields; backlog: a device through the front waited for ingest)",
+            "Times a client hit a limit (connections, topic_length, payload, fields; backlog: a device through the front waited for ingest; descriptors, accept_error: the front's accept failed and waited)",
             self.limits_hit.clone(),
         );
         r.register(

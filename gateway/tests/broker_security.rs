@@ -183,6 +183,8 @@ acl = "username"
 max_topic_length = 40
 max_payload = "1KiB"
 max_fields = 4
+# Four brokers at the default 1000 would pass the descriptor budget.
+max_connections = 100
 
 [sources.mtls]
 type = "mqtt_broker"
@@ -190,6 +192,7 @@ listen = "127.0.0.1:{mtls}"
 topics = ["plant/{{device}}/data"]
 tls = {{ cert = "{cert}", key = "{key}", client_ca = "{ca}" }}
 acl = "client_id"
+max_connections = 100
 
 [sources.plain]
 type = "mqtt_broker"

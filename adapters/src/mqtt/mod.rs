@@ -40,7 +40,7 @@ pub use error::SourceError;
 #[cfg(feature = "embedded-broker")]
 pub use front::{
     check_files as check_broker_files, BrokerEvent, BrokerObserver, Denied, Limit, LoginError,
-    NoBrokerObserver, Passwords,
+    NoBrokerObserver, Passwords, REFUSING as FRONT_REFUSING,
 };
 pub use payload::{decode_payload, Decoded, PayloadOptions, Reject};
 pub use subscribe::{run_subscriber, SHUTDOWN_GRACE as SUBSCRIBER_SHUTDOWN_GRACE};

@@ -59,8 +59,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::config::ListenerLimits;
 use crate::contain::Contained;
-use crate::metrics::{ApiMetrics, IngestMetrics, UplinkMetrics};
+use crate::metrics::{ApiMetrics, IngestMetrics, ListenerMetrics, UplinkMetrics};
 use crate::query::Engine;
 use crate::store::Stream;
 
@@ -431,16 +432,55 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen for the API on {addr}: {e}"))
 }
 
-/// Serves the API until `cancel`.
+/// The answer to a connection over `api.max_connections`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 91\r\nRetry-After: 1\r\nConnection: close\r\n\r\n\
+{\"error\":\"too many connections (api.max_connections), retry\",\"code\":\"too_many_connections\"}";
+
+/// Serves the API until `cancel` with the default `[api]` limits, counted
+/// in metrics of its own (see [`serve_with`]).
 pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, cancel: CancellationToken) {
+    let limits = crate::config::ApiConfig::default().limits();
+    serve_with(listener, ctx, limits, ListenerMetrics::new(), cancel).await
+}
+
+/// Serves the API until `cancel`, over HTTP/1.1 with keep-alive, within
+/// `limits` (`crate::listen`: the cap, the idle and header timeouts, the
+/// accept back-off); a request not answered within `request_timeout` gets
+/// a 503 `request_timeout`. Once cancelled, open connections finish the
+/// request they are answering (for `request_timeout` at most).
+pub async fn serve_with(
+    listener: TcpListener,
+    ctx: Arc<ApiContext>,
+    limits: ListenerLimits,
+    metrics: ListenerMetrics,
+    cancel: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "query API listening");
     }
-    let app = router(ctx);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-    {
-        warn!(error = %e, "query API stopped");
+    let http = crate::listen::Http {
+        name: "api",
+        limits,
+        busy: BUSY,
+        timed_out: request_timed_out,
+    };
+    http.serve(listener, router(ctx), &metrics, cancel).await
+}
+
+fn request_timed_out(limit: std::time::Duration) -> Response {
+    let mut resp = ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "request_timeout",
+        message: format!(
+            "the request was not answered within api.request_timeout ({})",
+            humantime::format_duration(limit)
+        ),
     }
+    .into_response();
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
 }

@@ -2,9 +2,12 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
+
+use super::report::{KeyPath, Report};
 
 /// `[api]`: where the query API and the status page listen.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -42,6 +45,23 @@ pub struct ApiConfig {
     /// and all the memory. Default: 4.
     #[serde(default = "default_max_concurrent_queries")]
     pub max_concurrent_queries: NonZeroUsize,
+    /// The most connections open at once (each one descriptor); one more is
+    /// answered `503` at once and closed. 1 to 65536. Default: 64.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// The longest a client may take to send a request's line and headers,
+    /// from its first byte; a slower one is closed. 1ms to 10m. Default: 10s.
+    #[serde(default = "default_api_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// The longest a connection may stay open with no request in progress
+    /// and no byte sent or received (a keep-alive between requests, a peer
+    /// that stopped reading); it is closed then. 1ms to 1h. Default: 60s.
+    #[serde(default = "default_api_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// The longest one request may take to be answered; a slower one gets a
+    /// `503` with `"code": "request_timeout"`. 1ms to 1h. Default: 30s.
+    #[serde(default = "default_api_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 fn default_max_points() -> NonZeroUsize {
@@ -77,6 +97,22 @@ fn deserialize_query_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Byt
     }
 }
 
+fn default_api_max_connections() -> NonZeroUsize {
+    NonZeroUsize::new(64).expect("non-zero")
+}
+
+fn default_api_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_api_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_api_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
@@ -86,6 +122,59 @@ impl Default for ApiConfig {
             max_series: default_max_series(),
             max_query_bytes: default_max_query_bytes(),
             max_concurrent_queries: default_max_concurrent_queries(),
+            max_connections: default_api_max_connections(),
+            header_timeout: default_api_header_timeout(),
+            idle_timeout: default_api_idle_timeout(),
+            request_timeout: default_api_request_timeout(),
         }
+    }
+}
+
+impl ApiConfig {
+    /// The listener's limits.
+    pub fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+        }
+    }
+
+    pub(crate) fn check(&self, at: &KeyPath, report: &mut Report) {
+        self.limits().check(at, report);
+    }
+}
+
+/// What bounds one HTTP listener's connections (`[api]`, `[metrics]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub max_connections: NonZeroUsize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// The most `max_connections` one HTTP listener may have.
+pub const MAX_LISTENER_CONNECTIONS: u64 = 65_536;
+
+impl ListenerLimits {
+    pub(crate) fn check(&self, at: &KeyPath, report: &mut Report) {
+        let ms = Duration::from_millis(1);
+        let hour = Duration::from_secs(3600);
+        report.int_in(
+            at.key("max_connections"),
+            self.max_connections.get() as u64,
+            1,
+            MAX_LISTENER_CONNECTIONS,
+        );
+        report.duration_in(
+            at.key("header_timeout"),
+            self.header_timeout,
+            ms,
+            Duration::from_secs(600),
+        );
+        report.duration_in(at.key("idle_timeout"), self.idle_timeout, ms, hour);
+        report.duration_in(at.key("request_timeout"), self.request_timeout, ms, hour);
     }
 }

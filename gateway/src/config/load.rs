@@ -190,9 +190,15 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
 
     let (value, at) = section("metrics");
     let metrics = value.map_or(Some(MetricsConfig::default()), |v| typed(v, &at, report));
+    if let Some(m) = &metrics {
+        m.check(&at, report);
+    }
 
     let (value, at) = section("api");
     let api = value.map_or(Some(ApiConfig::default()), |v| typed(v, &at, report));
+    if let Some(a) = &api {
+        a.check(&at, report);
+    }
     if let (Some(a), Some(m)) = (
         api.as_ref().and_then(|a| a.listen),
         metrics.as_ref().and_then(|m| m.listen),
@@ -213,6 +219,9 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
     if let Some(sources) = &sources {
         let metrics_listen = metrics.as_ref().and_then(|m| m.listen);
         super::source::check_conflicts(sources, &gateway_id, metrics_listen, report);
+        if let (Some(a), Some(m)) = (&api, &metrics) {
+            super::budget::check(a, m, sources, report);
+        }
     }
 
     let (value, at) = section("uplinks");

@@ -16,6 +16,7 @@
 //! `[routes.NAME]`, `[api]`.
 
 mod api;
+mod budget;
 mod error;
 mod gateway;
 mod load;
@@ -33,7 +34,8 @@ mod uplink_check;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use api::ApiConfig;
+pub use api::{ApiConfig, ListenerLimits};
+pub use budget::{FD_BUDGET, FD_RESERVE, HTTP_REFUSING};
 pub use error::{ConfigError, ConfigErrors, ConfigWarnings, LoadError};
 pub use gateway::{GatewayConfig, KeyFilePolicy, LogLevel};
 pub use metrics::MetricsConfig;

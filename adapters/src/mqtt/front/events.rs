@@ -26,6 +26,11 @@ pub enum Limit {
     /// `buffer`: ingest fell half of it behind, and a device connected
     /// through the front waited before more of its packets were read.
     Backlog,
+    /// The front's accept failed for want of a file descriptor (`EMFILE`,
+    /// `ENFILE`): it waits with a back-off, the device waits in the backlog.
+    Descriptors,
+    /// The front's accept failed otherwise.
+    AcceptError,
 }
 
 impl Limit {
@@ -36,6 +41,8 @@ impl Limit {
             Limit::Payload => "payload",
             Limit::Fields => "fields",
             Limit::Backlog => "backlog",
+            Limit::Descriptors => "descriptors",
+            Limit::AcceptError => "accept_error",
         }
     }
 }

@@ -16,6 +16,8 @@
 //! | checked here | how it is refused |
 //! | --- | --- |
 //! | `max_connections` | CONNACK 3 (server unavailable) |
+//! | sockets past `max_connections` + [`REFUSING`] (64) | closed as soon as accepted |
+//! | `accept` failing (`EMFILE`, ...) | a back-off of 5 ms to 500 ms ([`crate::accept`]) |
 //! | `password_file` (mosquitto's format) | CONNACK 4 (bad username or password), or 5 (not authorized) without credentials |
 //! | `acl`: PUBLISH to a topic whose `{device}` is not the client's name | dropped; QoS 1 acknowledged (as mosquitto does), QoS 2 closes the connection |
 //! | `acl`: SUBSCRIBE | SUBACK 0x80 for every filter |
@@ -49,6 +51,8 @@ mod packet;
 mod passwd;
 mod serve;
 mod tls;
+
+pub use serve::REFUSING;
 
 pub use backlog::Backlog;
 pub use events::{BrokerEvent, BrokerObserver, Denied, Limit, NoBrokerObserver};
@@ -155,6 +159,9 @@ impl BoundFront {
             },
             max_packet: max_packet(cfg),
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            sockets: Arc::new(Semaphore::new(
+                cfg.max_connections.saturating_add(serve::REFUSING),
+            )),
             max_connections: cfg.max_connections,
             observer,
             backlog,

@@ -14,6 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::accept::{AcceptBackoff, AcceptFailure};
+
 use super::acl::{TopicPolicy, TopicRefusal};
 use super::backlog::Backlog;
 use super::events::{BrokerEvent, BrokerObserver, Denied, Limit};
@@ -30,6 +32,10 @@ const MAX_CONNECT: usize = 64 * 1024;
 /// sent beyond that waits in its TCP window, as everything did before).
 const HOLD: usize = 16 * 1024;
 
+/// Sockets open beyond `max_connections`: clients being refused (CONNACK 3
+/// once their CONNECT arrives) or not yet logged in.
+pub const REFUSING: usize = 64;
+
 /// What every connection of one front shares.
 pub struct Front {
     pub source: Arc<str>,
@@ -42,6 +48,8 @@ pub struct Front {
     /// Largest packet relayed; a bigger one closes its connection.
     pub max_packet: usize,
     pub slots: Arc<Semaphore>,
+    /// The sockets open: `max_connections` + [`REFUSING`].
+    pub sockets: Arc<Semaphore>,
     pub max_connections: usize,
     pub observer: Arc<dyn BrokerObserver>,
     /// What was relayed into rumqttd and is not stored yet (devices wait
@@ -63,10 +71,18 @@ enum Closed {
 
 impl Front {
     /// Accepts devices until cancelled; SIGHUP re-reads the password file.
+    ///
+    /// At most `max_connections` + [`REFUSING`] sockets are open at once:
+    /// one more is closed as soon as it is accepted (counted as the
+    /// `connections` limit), so the front's descriptors stay within the
+    /// budget `ferry validate` checks. A failed accept (out of descriptors,
+    /// mostly) waits with a back-off instead of retrying at once.
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| warn!(source = %self.source, "cannot watch SIGHUP: {e}"))
             .ok();
+        let mut backoff = AcceptBackoff::new(format!("source {}", self.source));
+        let mut over_cap = false;
         loop {
             let hangup = async {
                 match hangups.as_mut() {
@@ -79,13 +95,37 @@ impl Front {
                 _ = hangup => self.reload_passwords(),
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        backoff.accepted();
+                        let Ok(socket) = self.sockets.clone().try_acquire_owned() else {
+                            self.observer
+                                .event(&self.source, BrokerEvent::Limit(Limit::Connections));
+                            if !over_cap {
+                                over_cap = true;
+                                warn!(
+                                    source = %self.source, %peer,
+                                    "closing new connections at once: max_connections ({}) \
+                                     clients and {REFUSING} more are connected already (counted)",
+                                    self.max_connections
+                                );
+                            }
+                            drop(tcp);
+                            continue;
+                        };
+                        over_cap = false;
                         let permit = self.slots.clone().try_acquire_owned().ok();
-                        tokio::spawn(self.clone().serve(tcp, peer, permit));
+                        tokio::spawn(self.clone().serve(tcp, peer, permit, socket));
                     }
                     Err(e) => {
-                        // Out of file descriptors, mostly: let some close.
-                        warn!(source = %self.source, "cannot accept a connection: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let (failure, wait) = backoff.failed(&e);
+                        let limit = match failure {
+                            AcceptFailure::OutOfDescriptors => Limit::Descriptors,
+                            AcceptFailure::Other => Limit::AcceptError,
+                        };
+                        self.observer.event(&self.source, BrokerEvent::Limit(limit));
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
                     }
                 },
             }
@@ -114,6 +154,7 @@ impl Front {
         tcp: TcpStream,
         peer: SocketAddr,
         slot: Option<OwnedSemaphorePermit>,
+        _socket: OwnedSemaphorePermit,
     ) {
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(source = %self.source, %peer, "cannot set TCP_NODELAY: {e}");
