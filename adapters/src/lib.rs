@@ -5,7 +5,9 @@
 //!   to an existing broker that Ferry subscribes to.
 //! - [`modbus`]: devices polled over Modbus TCP or RTU (RS-485).
 
+pub mod files;
 pub mod modbus;
 pub mod mqtt;
 pub mod record;
 pub mod sink;
+pub mod text;
