@@ -157,7 +157,49 @@ pub(crate) fn check_uplink_tls(at: &KeyPath, u: &UplinkConfig, report: &mut Repo
 
 #[cfg(test)]
 mod tests {
-    use super::overlap;
+    use super::*;
+
+    fn data_dir_problem(dir: &Path) -> Option<String> {
+        let mut report = Report::default();
+        check_data_dir(KeyPath::root("gateway").key("data_dir"), dir, &mut report);
+        report.errors.first().map(|p| p.message.clone())
+    }
+
+    #[test]
+    fn data_dirs_that_are_or_can_become_directories_pass() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        assert_eq!(data_dir_problem(t), None);
+        assert_eq!(data_dir_problem(&t.join("new/deeper")), None);
+        assert_eq!(data_dir_problem(Path::new("relative-missing")), None);
+        let dangling = t.join("dangling");
+        std::os::unix::fs::symlink(t.join("nowhere"), &dangling).unwrap();
+        assert_eq!(
+            data_dir_problem(&dangling),
+            Some(format!(
+                "{} is a symbolic link to something that does not exist",
+                dangling.display()
+            ))
+        );
+        assert_eq!(
+            data_dir_problem(Path::new("/dev/null")),
+            Some(
+                "/dev/null is a character device, not a directory; name a directory for the store"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            data_dir_problem(Path::new("/dev/null/x/y")),
+            Some(
+                "/dev/null/x/y cannot be created: /dev/null is a character device, not a directory"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            data_dir_problem(Path::new("")),
+            Some("must not be empty".to_owned())
+        );
+    }
 
     #[test]
     fn listeners_overlap_on_one_port_and_address_or_a_wildcard() {
