@@ -24,15 +24,17 @@ pub(crate) struct Listener {
 /// Whether binding `a` and `b` in one process conflicts: the same port,
 /// and the same address, or one of them every address (`0.0.0.0` takes
 /// every IPv4 address, `[::]` every address, IPv4 too, as Linux binds it
-/// without `IPV6_V6ONLY`). Port 0 asks for a free port: never a conflict.
+/// without `IPV6_V6ONLY`; an IPv4-mapped IPv6 address is its IPv4 address).
+/// Port 0 asks for a free port: never a conflict.
 pub(crate) fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() != b.port() || a.port() == 0 {
         return false;
     }
+    // An IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]`) is the IPv4 one.
     let covers = |wide: SocketAddr, other: SocketAddr| {
-        wide.ip().is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+        wide.ip().is_unspecified() && (wide.is_ipv6() || other.ip().to_canonical().is_ipv4())
     };
-    a.ip() == b.ip() || covers(a, b) || covers(b, a)
+    a.ip().to_canonical() == b.ip().to_canonical() || covers(a, b) || covers(b, a)
 }
 
 /// Errors at each listener whose address another one (earlier in the
@@ -213,5 +215,7 @@ mod tests {
         assert!(!overlap(a("127.0.0.1:1883"), a("127.0.0.2:1883")));
         assert!(!overlap(a("127.0.0.1:1883"), a("127.0.0.1:1884")));
         assert!(!overlap(a("127.0.0.1:0"), a("127.0.0.1:0")));
+        assert!(overlap(a("[::ffff:127.0.0.1]:1883"), a("127.0.0.1:1883")));
+        assert!(overlap(a("0.0.0.0:1883"), a("[::ffff:10.0.0.1]:1883")));
     }
 }
