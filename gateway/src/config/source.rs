@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use ferry_adapters::files::{MAX_FILE_BYTES, MAX_PASSWORD_FILE_BYTES};
 use ferry_adapters::modbus::{RtuSourceConfig, TcpSourceConfig};
 use ferry_adapters::mqtt::{BrokerSourceConfig, SubscribeSourceConfig};
-
-use ferry_adapters::files::{MAX_FILE_BYTES, MAX_PASSWORD_FILE_BYTES};
 
 use super::gateway::KeyFilePolicy;
 use super::report::{KeyPath, Report, Seg};
