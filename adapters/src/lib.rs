@@ -7,7 +7,9 @@
 //! - [`modbus`]: devices polled over Modbus TCP or RTU (RS-485).
 
 pub mod accept;
+pub mod files;
 pub mod modbus;
 pub mod mqtt;
 pub mod record;
 pub mod sink;
+pub mod text;

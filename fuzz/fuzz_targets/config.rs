@@ -4,11 +4,15 @@
 //! Beyond "no panic": a refused config has at least one error; each problem
 //! is one line (key and message free of line breaks, so the
 //! `FILE:LINE: key.path: message` report stays one problem per line) and
-//! names a line that exists in the text.
+//! names a line that exists in the text. And bounded: however long a value
+//! or a key in the text, a message is at most `MESSAGE_MAX_CHARS` (+ `…`),
+//! and neither a message nor a key holds a control character (a value
+//! quoted in a message is an escaped excerpt).
 #![no_main]
 
 use std::path::Path;
 
+use ferry_adapters::text::MESSAGE_MAX_CHARS;
 use ferry_gateway::config::{Config, ConfigError};
 use libfuzzer_sys::fuzz_target;
 
@@ -16,6 +20,13 @@ fn check(e: &ConfigError, lines: usize, text: &str) {
     assert!(!e.message.is_empty(), "{e:?}");
     assert!(!e.message.contains('\n'), "{e:?}\n--- text:\n{text}");
     assert!(!e.key.contains('\n'), "{e:?}\n--- text:\n{text}");
+    assert!(
+        e.message.chars().count() <= MESSAGE_MAX_CHARS + 1,
+        "{} chars: {e:?}",
+        e.message.chars().count()
+    );
+    assert!(!e.message.chars().any(char::is_control), "{e:?}");
+    assert!(!e.key.chars().any(char::is_control), "{e:?}");
     if let Some(line) = e.line {
         assert!((1..=lines).contains(&line), "line {line} of {lines}: {e:?}");
     }

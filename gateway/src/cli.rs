@@ -3,8 +3,10 @@
 //!
 //! Exit codes (sysexits): 0 success; 64 (`EX_USAGE`) for a config with
 //! problems, each printed on its own line as
-//! `ferry: config error: FILE:LINE: KEY.PATH: message`; 66 (`EX_NOINPUT`) for
-//! a config file that cannot be read; 1 when the daemon fails at run time
+//! `ferry: config error: FILE:LINE: KEY.PATH: message`, and for a config path
+//! that is not a regular file or is over 1 MiB (refused unread,
+//! [`Config::load_with_warnings`]); 66 (`EX_NOINPUT`) for a config file that
+//! cannot be opened (missing, not permitted); 1 when the daemon fails at run time
 //! (`ferry: error: ...`); 2 for a bad command line (clap's usage errors).
 //!
 //! `run` parses and checks the whole config before it builds the runtime, so

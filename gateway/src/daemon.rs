@@ -106,7 +106,7 @@ pub async fn run_until(
 
     let data_dir = &config.gateway.data_dir;
     std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+        .with_context(|| format!("gateway.data_dir: cannot create {}", data_dir.display()))?;
     let store_path = Store::file_in(data_dir);
     let (store, set_aside) = Store::open_or_set_aside(
         &store_path,

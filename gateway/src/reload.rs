@@ -218,13 +218,16 @@ fn changed_keys<T: PartialEq>(
 }
 
 /// A digest of the contents of an uplink's TLS files, to notice a
-/// certificate replaced under the same name. Unreadable files digest as
-/// empty (loading them reports the error).
+/// certificate replaced under the same name. Files are read as loading
+/// reads them (regular files, bounded); unreadable ones digest as empty
+/// (loading them reports the error).
 pub fn tls_files_digest(cfg: &UplinkConfig) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for path in [&cfg.ca, &cfg.cert, &cfg.key].into_iter().flatten() {
         path.hash(&mut h);
-        std::fs::read(path).unwrap_or_default().hash(&mut h);
+        ferry_adapters::files::read_bounded(path, ferry_adapters::files::MAX_FILE_BYTES)
+            .unwrap_or_default()
+            .hash(&mut h);
     }
     h.finish()
 }

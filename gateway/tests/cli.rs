@@ -128,15 +128,17 @@ fn validate_the_iot_core_example_reports_only_its_missing_certificates() {
 fn validate_warns_about_a_readable_key_and_still_passes() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    // Real PEM: validate loads the files as run does.
+    let pki = ferry_testkit::Pki::generate("gw-cli").unwrap();
     let mut files = Vec::new();
-    for (name, mode) in [
-        ("ca.pem", 0o644),
-        ("c.crt", 0o644),
-        ("k.key", 0o640),
-        ("k2.key", 0o604),
+    for (name, mode, from) in [
+        ("ca.pem", 0o644, &pki.ca),
+        ("c.crt", 0o644, &pki.client.cert),
+        ("k.key", 0o640, &pki.client.key),
+        ("k2.key", 0o604, &pki.client.key),
     ] {
         let path = dir.path().join(name);
-        std::fs::write(&path, "x").unwrap();
+        std::fs::copy(from, &path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         files.push(path);
     }

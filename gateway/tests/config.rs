@@ -591,9 +591,16 @@ fn missing_cert_when_not_plaintext() {
 fn tls_files_that_exist_pass_and_a_readable_key_is_a_warning() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    // Real PEM: the loader loads the files as `ferry run` does.
+    let pki = ferry_testkit::Pki::generate("gw-tls").unwrap();
     let file = |name: &str, mode: u32| {
         let path = dir.path().join(name);
-        std::fs::write(&path, "-----BEGIN-----\n").unwrap();
+        let from = match name {
+            "ca.pem" => &pki.ca,
+            "c.crt" => &pki.client.cert,
+            _ => &pki.client.key,
+        };
+        std::fs::copy(from, &path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         path
     };
@@ -653,9 +660,14 @@ fn the_iot_core_example_is_valid_but_for_its_certificate_files() {
     // With the files in place, it is valid as it stands.
     let dir = tempfile::tempdir().unwrap();
     let mut text = text.clone();
-    for f in ["AmazonRootCA1.pem", "device.pem.crt", "private.pem.key"] {
+    let pki = ferry_testkit::Pki::generate("pi-line-7").unwrap();
+    for (f, from) in [
+        ("AmazonRootCA1.pem", &pki.ca),
+        ("device.pem.crt", &pki.client.cert),
+        ("private.pem.key", &pki.client.key),
+    ] {
         let file = dir.path().join(f);
-        std::fs::write(&file, "x").unwrap();
+        std::fs::copy(from, &file).unwrap();
         text = text.replace(&format!("/etc/ferry/{f}"), file.to_str().unwrap());
     }
     let (c, _) = Config::from_toml_with_warnings(&text, &path).unwrap();

@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::record::{now_millis, Record, Value};
 use crate::sink::{Item, Receipt, Sink};
+use crate::text::escape;
 
 use super::config::DeviceSpec;
 use super::events::{DeviceObserver, PollEvent};
@@ -70,14 +71,30 @@ impl Device {
         }
     }
 
+    /// Logs a failed poll; the message may quote what the device answered,
+    /// so it is escaped ([`escape`]).
     fn log_failure(&mut self, source: &str, message: &str) {
         self.failures += 1;
         let count = self.failures;
         let device = &*self.spec.name;
         if count.is_power_of_two() {
-            warn!(source, device, count, "{device}: {message}");
+            warn!(
+                source,
+                device,
+                count,
+                "{}: {}",
+                escape(device),
+                escape(message)
+            );
         } else {
-            debug!(source, device, count, "{device}: {message}");
+            debug!(
+                source,
+                device,
+                count,
+                "{}: {}",
+                escape(device),
+                escape(message)
+            );
         }
     }
 }

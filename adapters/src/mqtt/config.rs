@@ -137,7 +137,7 @@ pub struct BrokerSourceConfig {
     /// directly are not held back: if Ferry falls behind by more than this
     /// (the store stalls) the broker drops the oldest messages it has
     /// already acknowledged (Ferry logs and counts them: `overrun`); raise
-    /// it for them. Default: `"512KiB"`.
+    /// it for them. 64KiB to 1GiB. Default: `"512KiB"`.
     #[serde(default = "default_buffer")]
     pub buffer: ByteSize,
 }
@@ -214,6 +214,15 @@ impl BrokerSourceConfig {
         if self.buffer < ByteSize::kib(64) {
             problems.push(format!(
                 "buffer: {} is too small; at least 64KiB",
+                self.buffer
+            ));
+        } else if self.buffer.as_u64() == u64::MAX {
+            // What a size too large for 64 bits parses to (saturated).
+            problems
+                .push("buffer: is too large: the size overflows 16EiB; at most 1GiB".to_owned());
+        } else if self.buffer > ByteSize::gib(1) {
+            problems.push(format!(
+                "buffer: {} is too large; at most 1GiB",
                 self.buffer
             ));
         }

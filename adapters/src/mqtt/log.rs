@@ -3,6 +3,7 @@
 use tracing::{debug, warn};
 
 use crate::record::DeadLetter;
+use crate::text::escape;
 
 use super::payload::Reject;
 
@@ -10,6 +11,11 @@ use super::payload::Reject;
 /// (with the running count), the others at `debug`. A device that sends
 /// garbage a thousand times a second produces a handful of lines, not a
 /// thousand; every dead letter is still stored with its reason.
+///
+/// The topic and the reason come from the device (the reason quotes a
+/// payload excerpt or a field name): both are logged through
+/// [`escape`], so a topic with a newline or an escape sequence cannot
+/// write a line of its own; the stored reason keeps the raw text.
 #[derive(Debug, Default)]
 pub(crate) struct DeadLetterLog {
     counts: [u64; Reject::KINDS.len()],
@@ -26,20 +32,20 @@ impl DeadLetterLog {
         if count.is_power_of_two() {
             warn!(
                 source = %dead.source,
-                topic = %dead.origin,
+                topic = %escape(&dead.origin),
                 kind = dead.kind,
                 count,
                 "dead letter: {}",
-                dead.reason
+                escape(&dead.reason)
             );
         } else {
             debug!(
                 source = %dead.source,
-                topic = %dead.origin,
+                topic = %escape(&dead.origin),
                 kind = dead.kind,
                 count,
                 "dead letter: {}",
-                dead.reason
+                escape(&dead.reason)
             );
         }
     }

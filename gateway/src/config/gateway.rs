@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use ferry_adapters::text::excerpt;
+
 use super::report::{KeyPath, Report};
 
 /// `[gateway]`: the identity of this machine and where its data lives.
@@ -15,7 +17,11 @@ pub struct GatewayConfig {
     /// `/ + # { }`, not starting with `$`. Default: `"ferry"`.
     pub id: String,
     /// The directory holding the store (created if missing). A relative path
-    /// is relative to the working directory. Default: `"./ferry-data"`.
+    /// is relative to the working directory. Checked when the config is
+    /// loaded: an existing path must be a directory (not a file, a device
+    /// or a dangling symlink), a missing one must be creatable (its nearest
+    /// existing parent a directory), and it must not hold a NUL byte.
+    /// Default: `"./ferry-data"`.
     pub data_dir: PathBuf,
     /// The least severe log events written, unless `RUST_LOG` is set.
     /// Default: `"info"`.
@@ -77,12 +83,10 @@ impl GatewayConfig {
         if let Err(why) = check_id(&self.id) {
             report.error(
                 at.key("id"),
-                format!("invalid gateway id {:?}: {why}", self.id),
+                format!("invalid gateway id {}: {why}", excerpt(&self.id)),
             );
         }
-        if self.data_dir.as_os_str().is_empty() {
-            report.error(at.key("data_dir"), "must not be empty");
-        }
+        super::check::check_data_dir(at.key("data_dir"), &self.data_dir, report);
     }
 }
 

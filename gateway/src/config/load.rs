@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
+use super::check::Listener;
 use super::error::{ConfigError, ConfigErrors, ConfigWarnings};
 use super::gateway::KeyFilePolicy;
 use super::locate::{line_of, Locator};
@@ -199,17 +200,6 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
     if let Some(a) = &api {
         a.check(&at, report);
     }
-    if let (Some(a), Some(m)) = (
-        api.as_ref().and_then(|a| a.listen),
-        metrics.as_ref().and_then(|m| m.listen),
-    ) {
-        if a == m && a.port() != 0 {
-            report.error(
-                at.key("listen"),
-                format!("{a} is also metrics.listen; give the API its own address"),
-            );
-        }
-    }
 
     let key_files = gateway
         .as_ref()
@@ -217,12 +207,12 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
     let (value, at) = section("sources");
     let (sources, source_names) = build_sources(value, &at, key_files, report);
     if let Some(sources) = &sources {
-        let metrics_listen = metrics.as_ref().and_then(|m| m.listen);
-        super::source::check_conflicts(sources, &gateway_id, metrics_listen, report);
+        super::source::check_conflicts(sources, &gateway_id, report);
         if let (Some(a), Some(m)) = (&api, &metrics) {
             super::budget::check(a, m, sources, report);
         }
     }
+    check_listeners(sources.as_ref(), metrics.as_ref(), api.as_ref(), report);
 
     let (value, at) = section("uplinks");
     let cx = UplinkContext {
@@ -259,6 +249,41 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
         routes: routes?,
         api: api?,
     })
+}
+
+/// Every listener on an address of its own: the embedded brokers (by
+/// name), then the metrics endpoint, then the API.
+fn check_listeners(
+    sources: Option<&BTreeMap<String, SourceConfig>>,
+    metrics: Option<&MetricsConfig>,
+    api: Option<&ApiConfig>,
+    report: &mut Report,
+) {
+    let mut listeners = Vec::new();
+    for (name, source) in sources.into_iter().flatten() {
+        if let SourceConfig::MqttBroker(b) = source {
+            listeners.push(Listener {
+                key: KeyPath::root("sources").key(name).key("listen"),
+                what: format!("source {name:?}"),
+                addr: b.listen,
+            });
+        }
+    }
+    if let Some(addr) = metrics.and_then(|m| m.listen) {
+        listeners.push(Listener {
+            key: KeyPath::root("metrics").key("listen"),
+            what: "the metrics endpoint (metrics.listen)".to_owned(),
+            addr,
+        });
+    }
+    if let Some(addr) = api.and_then(|a| a.listen) {
+        listeners.push(Listener {
+            key: KeyPath::root("api").key("listen"),
+            what: "the API (api.listen)".to_owned(),
+            addr,
+        });
+    }
+    super::check::check_listeners(&listeners, report);
 }
 
 /// `[routes.NAME]`: the valid routes, `None` if any is not.

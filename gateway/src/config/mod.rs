@@ -7,9 +7,15 @@
 //!   section, source and uplink is deserialized and checked on its own, and
 //!   every problem is reported with its key path and line
 //!   ([`ConfigErrors`]).
-//! - Checked against the machine too: the TLS files an uplink names must be
-//!   readable (a private key readable by every user is a warning). Relative
-//!   paths are relative to the working directory.
+//! - Checked against the machine too, as `ferry run` would meet it at start
+//!   (`check.rs`): the TLS files an uplink names must load (a private key
+//!   readable by every user is a warning), `gateway.data_dir` must be a
+//!   directory or creatable, and no two listeners may share an address.
+//!   Relative paths are relative to the working directory.
+//! - Bounded: the file itself, and every file it names, is read only if it
+//!   is a regular file within a size limit ([`ferry_adapters::files`]); a
+//!   value quoted in a message is an escaped excerpt
+//!   ([`ferry_adapters::text`]).
 //!
 //! Shape: `[gateway]`, `[store]`, `[sources.NAME]` (at least one), optional
 //! `[uplinks.NAME]`, `[metrics]`, `[[pipeline]]`, `[devices.NAME]`,
@@ -17,6 +23,7 @@
 
 mod api;
 mod budget;
+mod check;
 mod error;
 mod gateway;
 mod load;
@@ -49,6 +56,11 @@ pub use uplink::{Encoding, UplinkConfig, MAX_BATCH_BYTES, MAX_INFLIGHT, MIN_BATC
 /// The default config, embedded in the binary: what `ferry run` uses without
 /// `--config` and what `ferry print-config` prints.
 pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// The largest config file Ferry reads: 1 MiB
+/// ([`ferry_adapters::files::MAX_FILE_BYTES`]; the default config with every
+/// key explained is about 12 KiB).
+pub const MAX_CONFIG_BYTES: u64 = ferry_adapters::files::MAX_FILE_BYTES;
 
 /// How the embedded default config is named in messages.
 pub const DEFAULT_NAME: &str = "<embedded default config>";
@@ -95,12 +107,37 @@ impl Config {
     }
 
     /// Reads, parses and checks the file at `path`, and returns what is worth
-    /// a warning.
+    /// a warning. What `ferry validate`, `ferry run` and a reload (SIGHUP)
+    /// all call.
+    ///
+    /// Only a regular file (symlinks followed, the type taken from the
+    /// opened file) of at most [`MAX_CONFIG_BYTES`] is read: a FIFO, a
+    /// device such as `/dev/zero`, a directory or a larger file is refused
+    /// at once as an invalid config (exit 64), without reading it. A file
+    /// that cannot be opened (missing, not permitted) is
+    /// [`LoadError::Unreadable`] (exit 66).
     pub fn load_with_warnings(path: &Path) -> Result<(Config, ConfigWarnings), LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
-            path: path.to_owned(),
-            source,
-        })?;
+        use ferry_adapters::files::{read_text, FileError};
+        let text = match read_text(path, MAX_CONFIG_BYTES) {
+            Ok(text) => text,
+            Err(FileError::Io(source)) => {
+                return Err(LoadError::Unreadable {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+            Err(refused) => {
+                return Err(LoadError::Invalid(ConfigErrors {
+                    file: path.to_owned(),
+                    errors: vec![ConfigError {
+                        line: None,
+                        key: String::new(),
+                        message: refused.to_string(),
+                    }],
+                    warnings: Vec::new(),
+                }))
+            }
+        };
         Config::from_toml_with_warnings(&text, path).map_err(LoadError::Invalid)
     }
 

@@ -2,6 +2,8 @@
 //! warnings, and the small range checks every section uses.
 
 use std::fmt;
+
+use ferry_adapters::text::{bound_message, excerpt, EXCERPT_MAX_CHARS};
 use std::time::Duration;
 
 /// One step of a key path: a table key or an array index.
@@ -62,10 +64,10 @@ impl fmt::Display for KeyPath {
                     let bare = !k.is_empty()
                         && k.bytes()
                             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                    if bare {
+                    if bare && k.len() <= EXCERPT_MAX_CHARS {
                         f.write_str(k)?;
                     } else {
-                        write!(f, "{k:?}")?;
+                        f.write_str(&excerpt(k))?;
                     }
                 }
             }
@@ -143,6 +145,35 @@ impl Report {
         }
     }
 
+    /// Errors unless `value <= max`, and says so when the number written
+    /// overflowed (a size parses to 16EiB, saturated, when its number and
+    /// unit do not fit in 64 bits: `"99999999999999999999EiB"`). Returns
+    /// whether it is within.
+    pub(crate) fn size_at_most(&mut self, path: KeyPath, value: u64, max: u64) -> bool {
+        if value == u64::MAX {
+            self.error(
+                path,
+                format!(
+                    "is too large: the size overflows 16EiB; at most {}",
+                    fmt_bytes(max)
+                ),
+            );
+            false
+        } else if value > max {
+            self.error(
+                path,
+                format!(
+                    "must be at most {}, got {}",
+                    fmt_bytes(max),
+                    fmt_bytes(value)
+                ),
+            );
+            false
+        } else {
+            true
+        }
+    }
+
     /// Errors unless `min <= value <= max`.
     pub(crate) fn int_in(&mut self, path: KeyPath, value: u64, min: u64, max: u64) {
         if value < min || value > max {
@@ -155,17 +186,21 @@ impl Report {
 }
 
 /// A message on one line: a multi-line message (TOML syntax errors carry
-/// some) has its lines joined with "; ".
+/// some) has its lines joined with "; ". Bounded too, whoever wrote it: a
+/// value quoted in it is cut to an excerpt, control characters are escaped
+/// ([`ferry_adapters::text::bound_message`]), so a 1 MB value in the file
+/// is not a 1 MB error line.
 pub(crate) fn one_line(message: &str) -> String {
     if !message.contains('\n') {
-        return message.trim().to_owned();
+        return bound_message(message.trim());
     }
-    message
+    let joined = message
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    bound_message(&joined)
 }
 
 /// A duration the way a config file writes it: `10ms`, `1s`, `2m`.
@@ -175,7 +210,13 @@ pub(crate) fn fmt_duration(d: Duration) -> String {
 
 /// A byte size the way a config file writes it: `128KiB`, `4MiB`, `1000B`.
 pub(crate) fn fmt_bytes(n: u64) -> String {
-    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    const UNITS: [(u64, &str); 5] = [
+        (1 << 50, "PiB"),
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
     for (size, unit) in UNITS {
         if n >= size && n % size == 0 {
             return format!("{}{unit}", n / size);
@@ -196,7 +237,8 @@ pub(crate) fn check_name(report: &mut Report, path: KeyPath, what: &str, name: &
         report.error(
             path,
             format!(
-                "invalid {what} name {name:?}: use 1 to 64 characters of a-z, 0-9, '_' and '-'"
+                "invalid {what} name {}: use 1 to 64 characters of a-z, 0-9, '_' and '-'",
+                excerpt(name)
             ),
         );
     }

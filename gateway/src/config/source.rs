@@ -2,8 +2,8 @@
 //! other keys belong to that kind's config in `ferry_adapters`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
+use ferry_adapters::files::{MAX_FILE_BYTES, MAX_PASSWORD_FILE_BYTES};
 use ferry_adapters::modbus::{RtuSourceConfig, TcpSourceConfig};
 use ferry_adapters::mqtt::{BrokerSourceConfig, SubscribeSourceConfig};
 
@@ -122,16 +122,17 @@ fn check_broker_files(
     let mut readable = true;
     if let Some(tls) = &c.tls {
         let at = at.key("tls");
-        readable &= check_file(report, at.key("cert"), &tls.cert, None);
+        readable &= check_file(report, at.key("cert"), &tls.cert, MAX_FILE_BYTES, None);
         let private = Some(("private key", key_files));
-        readable &= check_file(report, at.key("key"), &tls.key, private);
+        readable &= check_file(report, at.key("key"), &tls.key, MAX_FILE_BYTES, private);
         if let Some(ca) = &tls.client_ca {
-            readable &= check_file(report, at.key("client_ca"), ca, None);
+            readable &= check_file(report, at.key("client_ca"), ca, MAX_FILE_BYTES, None);
         }
     }
     if let Some(file) = &c.password_file {
         let private = Some(("password file", key_files));
-        readable &= check_file(report, at.key("password_file"), file, private);
+        let limit = MAX_PASSWORD_FILE_BYTES;
+        readable &= check_file(report, at.key("password_file"), file, limit, private);
     }
     #[cfg(feature = "embedded-broker")]
     if readable {
@@ -171,40 +172,19 @@ fn split_key(at: &KeyPath, problem: &str) -> (KeyPath, String) {
     (path, message.to_owned())
 }
 
-/// Errors when two parts would fight over one thing: a listen address (of a
-/// broker or the metrics endpoint), the persistent session (broker and
-/// client id) of a subscription, or a serial port.
+/// Errors when two sources would fight over one thing: the persistent
+/// session (broker and client id) of a subscription, or a serial port.
+/// (Listen addresses are checked with the other listeners: `check.rs`.)
 pub(crate) fn check_conflicts(
     sources: &BTreeMap<String, SourceConfig>,
     gateway: &str,
-    metrics_listen: Option<SocketAddr>,
     report: &mut Report,
 ) {
-    let mut listens = BTreeMap::new();
     let mut sessions = BTreeMap::new();
     let mut buses = BTreeMap::new();
     for (name, source) in sources {
-        if let (SourceConfig::MqttBroker(b), Some(listen)) = (source, metrics_listen) {
-            if b.listen == listen && listen.port() != 0 {
-                report.error(
-                    KeyPath::root("metrics").key("listen"),
-                    format!("{listen} is already the listen address of source {name:?}"),
-                );
-            }
-        }
         let at = KeyPath::root("sources").key(name);
         match source {
-            SourceConfig::MqttBroker(c) if c.listen.port() != 0 => {
-                if let Some(first) = listens.insert(c.listen, name) {
-                    report.error(
-                        at.key("listen"),
-                        format!(
-                            "{} is already the listen address of source {first:?}",
-                            c.listen
-                        ),
-                    );
-                }
-            }
             SourceConfig::MqttBroker(_) => {}
             SourceConfig::MqttSubscribe(c) => {
                 let session = (c.broker.clone(), c.client_id_for(gateway));

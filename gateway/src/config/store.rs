@@ -9,6 +9,11 @@ use serde::Deserialize;
 use super::report::{KeyPath, Report};
 pub use crate::store::WhenFull;
 
+/// The largest `store.max_disk`: 1 PiB.
+pub const MAX_DISK: u64 = 1 << 50;
+/// The largest `store.cache_size`: 16 GiB.
+pub const MAX_CACHE_SIZE: u64 = 16 << 30;
+
 /// `[store]`: how ingest commits to the redb log.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -32,13 +37,15 @@ pub struct StoreConfig {
     #[serde(with = "humantime_serde")]
     pub cursor_flush_interval: Duration,
     /// The redb page cache (the log is read once, in order, by each
-    /// consumer; the OS page cache holds the file as well). Default: `"1MiB"`.
+    /// consumer; the OS page cache holds the file as well). At most 16GiB.
+    /// Default: `"1MiB"`.
     pub cache_size: ByteSize,
     /// Submissions queued for ingest before sources wait (back-pressure).
     /// 1 to 1,000,000. Default: `1024`.
     pub queue: NonZeroUsize,
     /// The disk budget of the store file. Eviction starts at 90% of it.
-    /// At least 16MiB. Default: `"2GiB"`.
+    /// 16MiB to 1PiB (a size too large for 64 bits is an error, not 16EiB).
+    /// Default: `"2GiB"`.
     pub max_disk: ByteSize,
     /// Records older than this (by their timestamp) are evicted, delivered
     /// or not. Default: none (kept until the budget needs the room).
@@ -88,7 +95,13 @@ impl StoreConfig {
             Duration::from_secs(600),
         );
         report.int_in(at.key("queue"), self.queue.get() as u64, 1, 1_000_000);
-        if self.max_disk.as_u64() < 16 << 20 {
+        report.size_at_most(
+            at.key("cache_size"),
+            self.cache_size.as_u64(),
+            MAX_CACHE_SIZE,
+        );
+        let max_disk_ok = report.size_at_most(at.key("max_disk"), self.max_disk.as_u64(), MAX_DISK);
+        if max_disk_ok && self.max_disk.as_u64() < 16 << 20 {
             report.error(
                 at.key("max_disk"),
                 format!("must be at least 16MiB, got {}", self.max_disk),

@@ -75,7 +75,8 @@ pub struct UplinkConfig {
     #[serde(default = "defaults::max_publishes_per_second")]
     pub max_publishes_per_second: NonZeroU32,
     /// Payload bytes per second, at most (token bucket); at least
-    /// `max_batch_bytes`. IoT Core throttles above 512KiB/s per connection.
+    /// `max_batch_bytes`, at most 1TiB. IoT Core throttles above 512KiB/s per
+    /// connection.
     /// Default: `"512KiB"`.
     #[serde(default = "defaults::max_bytes_per_second")]
     pub max_bytes_per_second: ByteSize,

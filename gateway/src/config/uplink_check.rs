@@ -6,10 +6,16 @@ use std::net::Ipv6Addr;
 use std::path::Path;
 use std::time::Duration;
 
+use ferry_adapters::files::MAX_FILE_BYTES;
+
 use super::gateway::KeyFilePolicy;
 use super::report::{fmt_bytes, KeyPath, Report};
 use super::topic::{check_client_id, check_topic};
 use super::uplink::{UplinkConfig, MAX_BATCH_BYTES, MIN_BATCH_BYTES};
+use ferry_adapters::text::escape_to;
+
+/// The largest `max_bytes_per_second`: 1 TiB.
+const MAX_BYTES_PER_SECOND: u64 = 1 << 40;
 
 /// What an uplink's checks need to know about the rest of the config.
 pub(crate) struct UplinkContext<'a> {
@@ -55,6 +61,7 @@ impl UplinkConfig {
             return; // Invalid: whether TLS is meant is unknown.
         }
         let files = [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)];
+        let mut readable = true;
         for (name, file) in files {
             match (self.plaintext, file) {
                 (false, None) => report.error(
@@ -63,7 +70,7 @@ impl UplinkConfig {
                 ),
                 (false, Some(file)) => {
                     let private = (name == "key").then_some(("private key", cx.key_files));
-                    check_file(report, at.key(name), file, private);
+                    readable &= check_file(report, at.key(name), file, MAX_FILE_BYTES, private);
                 }
                 (true, Some(_)) => report.error(
                     at.key(name),
@@ -71,6 +78,10 @@ impl UplinkConfig {
                 ),
                 (true, None) => {}
             }
+        }
+        if readable && !self.plaintext {
+            // As `ferry run` loads them: PEM that parses, a key that fits.
+            super::check::check_uplink_tls(at, self, report);
         }
         for (i, p) in self.alpn.iter().enumerate() {
             if p.is_empty() || p.len() > 255 {
@@ -120,6 +131,7 @@ impl UplinkConfig {
         let valid =
             |report: &Report, keys: &[&str]| keys.iter().all(|k| !report.is_suppressed(&at.key(k)));
         let rate = self.max_bytes_per_second.as_u64();
+        report.size_at_most(at.key("max_bytes_per_second"), rate, MAX_BYTES_PER_SECOND);
         let batch_ok = (MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&batch);
         if batch_ok && rate < batch && valid(report, &["max_batch_bytes"]) {
             report.error(
@@ -215,19 +227,24 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks that a file named by `key` can be read; for a `private` file
-/// (`what`: a private key, a password file) readable by every user, warns
-/// or errs as the policy says. Returns whether the file can be read.
+/// Checks that a file named by `key` can be read as Ferry reads it (a
+/// regular file, symlinks followed, of at most `limit` bytes; see
+/// [`ferry_adapters::files`]); for a `private` file (`what`: a private key,
+/// a password file) readable by every user, warns or errs as the policy
+/// says. Returns whether the file can be read.
 pub(crate) fn check_file(
     report: &mut Report,
     key: KeyPath,
     file: &Path,
+    limit: u64,
     private: Option<(&str, KeyFilePolicy)>,
 ) -> bool {
-    let shown = file.display();
-    let meta = match std::fs::metadata(file) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    use ferry_adapters::files::{open_regular, FileError};
+    let shown = file.display().to_string();
+    let shown = escape_to(&shown, 256);
+    let meta = match open_regular(file) {
+        Ok((_, meta)) => meta,
+        Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             report.error(key, format!("file not found: {shown}"));
             return false;
         }
@@ -236,11 +253,11 @@ pub(crate) fn check_file(
             return false;
         }
     };
-    if !meta.is_file() {
-        report.error(key, format!("not a file: {shown}"));
-        return false;
-    }
-    if let Err(e) = std::fs::File::open(file) {
+    if meta.len() > limit {
+        let e = FileError::TooLarge {
+            limit,
+            size: meta.len(),
+        };
         report.error(key, format!("cannot read {shown}: {e}"));
         return false;
     }

@@ -1,8 +1,6 @@
 //! The uplink's TLS client configuration: the CA that signs the cloud's
 //! server certificate, and this gateway's X.509 client certificate and key.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,14 +27,25 @@ pub enum TlsError {
     Mismatch(rustls::Error),
 }
 
+/// The PEM file at `path`: a regular file of at most
+/// [`MAX_FILE_BYTES`](ferry_adapters::files::MAX_FILE_BYTES) (a FIFO or a
+/// device is refused, not read).
+fn read_pem(path: &Path) -> std::io::Result<Vec<u8>> {
+    use ferry_adapters::files::{read_bounded, FileError, MAX_FILE_BYTES};
+    read_bounded(path, MAX_FILE_BYTES).map_err(|e| match e {
+        FileError::Io(e) => e,
+        refused => std::io::Error::new(std::io::ErrorKind::InvalidInput, refused.to_string()),
+    })
+}
+
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let read = |source| TlsError::Read {
         what,
         path: path.display().to_string(),
         source,
     };
-    let file = File::open(path).map_err(read)?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+    let pem = read_pem(path).map_err(read)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(read)?;
     if certs.is_empty() {
@@ -54,8 +63,8 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         path: path.display().to_string(),
         source,
     };
-    let file = File::open(path).map_err(read)?;
-    rustls_pemfile::private_key(&mut BufReader::new(file))
+    let pem = read_pem(path).map_err(read)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(read)?
         .ok_or_else(|| TlsError::NoKey {
             path: path.display().to_string(),

@@ -143,9 +143,12 @@ impl LoginError {
 }
 
 impl Passwords {
-    /// Reads `path`; an error names the file and line.
+    /// Reads `path` (a regular file of at most
+    /// [`MAX_PASSWORD_FILE_BYTES`](crate::files::MAX_PASSWORD_FILE_BYTES));
+    /// an error names the file and line.
     pub fn load(path: &Path) -> Result<Passwords, String> {
-        let text = std::fs::read_to_string(path)
+        use crate::files::{read_text, MAX_PASSWORD_FILE_BYTES};
+        let text = read_text(path, MAX_PASSWORD_FILE_BYTES)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Passwords::parse(&text).map_err(|e| format!("{}:{e}", path.display()))
     }
@@ -165,9 +168,10 @@ impl Passwords {
             if user.is_empty() {
                 return Err(format!("{n}: the username is empty"));
             }
-            let hash = Hash::parse(hash).map_err(|e| format!("{n}: user {user:?}: {e}"))?;
+            let shown = crate::text::excerpt(user);
+            let hash = Hash::parse(hash).map_err(|e| format!("{n}: user {shown}: {e}"))?;
             if users.insert(user.to_owned(), hash).is_some() {
-                return Err(format!("{n}: user {user:?} is listed twice"));
+                return Err(format!("{n}: user {shown} is listed twice"));
             }
         }
         Ok(Passwords { users })

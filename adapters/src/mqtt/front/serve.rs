@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::accept::{AcceptBackoff, AcceptFailure};
+use crate::text::escape;
 
 use super::acl::{TopicPolicy, TopicRefusal};
 use super::backlog::Backlog;
@@ -207,6 +208,8 @@ impl Front {
         let connect = packet::connect(packet::body(&h, &connect_bytes))?;
         let client = connect.client_id.as_str();
         let user = connect.username.as_deref();
+        // Logged escaped and bounded: both come from the device.
+        let (client_log, user_log) = (escape(client), user.map(escape));
         let refuse = |code: ConnackCode| packet::connack(code);
         if !(3..=4).contains(&connect.level) {
             wr.write_all(&refuse(ConnackCode::BadProtocolVersion))
@@ -221,7 +224,7 @@ impl Front {
             self.observer
                 .event(&self.source, BrokerEvent::Limit(Limit::Connections));
             warn!(
-                source = %self.source, %peer, client, user,
+                source = %self.source, %peer, client = ?client_log, user = user_log.map(tracing::field::debug),
                 "refused: max_connections ({}) clients are connected already",
                 self.max_connections
             );
@@ -235,7 +238,7 @@ impl Front {
             if let Err(why) = passwords.check(user, connect.password.as_deref()) {
                 self.observer
                     .event(&self.source, BrokerEvent::LoginRefused(why));
-                warn!(source = %self.source, %peer, client, user, reason = why.as_str(), "login refused");
+                warn!(source = %self.source, %peer, client = ?client_log, user = user_log.map(tracing::field::debug), reason = why.as_str(), "login refused");
                 let code = match why {
                     super::passwd::LoginError::NoCredentials => ConnackCode::NotAuthorized,
                     _ => ConnackCode::BadUsernameOrPassword,
@@ -247,7 +250,7 @@ impl Front {
         }
         let identity = self.policy.identity(client, user);
         if identity == Some("") {
-            warn!(source = %self.source, %peer, client, user, "refused: the ACL needs a client name, and it is empty");
+            warn!(source = %self.source, %peer, client = ?client_log, user = user_log.map(tracing::field::debug), "refused: the ACL needs a client name, and it is empty");
             wr.write_all(&refuse(ConnackCode::IdentifierRejected))
                 .await?;
             wr.flush().await?;
@@ -266,7 +269,7 @@ impl Front {
                     ),
                 };
                 self.observer.event(&self.source, event);
-                warn!(source = %self.source, %peer, client, user, topic = %will, "refused: the will topic is {what}");
+                warn!(source = %self.source, %peer, client = ?client_log, user = user_log.map(tracing::field::debug), topic = ?escape(will), "refused: the will topic is {what}");
                 wr.write_all(&refuse(ConnackCode::NotAuthorized)).await?;
                 wr.flush().await?;
                 return Ok(());
@@ -307,7 +310,7 @@ impl Front {
         };
         if conn.refused > 1 {
             warn!(
-                source = %self.source, %peer, client, user, refused = conn.refused,
+                source = %self.source, %peer, client = ?client_log, user = user_log.map(tracing::field::debug), refused = conn.refused,
                 "connection closed after publishes or subscriptions were refused"
             );
         }
@@ -479,9 +482,10 @@ impl Conn<'_> {
             .event(&f.source, BrokerEvent::Limit(Limit::Backlog));
         if !self.throttled {
             self.throttled = true;
-            let (peer, client, user) = (self.peer, self.client, self.user);
+            let (peer, client_log, user_log) =
+                (self.peer, escape(self.client), self.user.map(escape));
             info!(
-                source = %f.source, %peer, client, user,
+                source = %f.source, %peer, client = ?client_log, user = user_log.map(tracing::field::debug),
                 "device held back: ingest is behind by more than `buffer` allows"
             );
         }
@@ -507,11 +511,11 @@ impl Conn<'_> {
         let f = self.front;
         f.observer.event(&f.source, event);
         self.refused += 1;
-        let (peer, client, user) = (self.peer, self.client, self.user);
+        let (peer, client_log, user_log) = (self.peer, escape(self.client), self.user.map(escape));
         if self.refused == 1 {
-            warn!(source = %f.source, %peer, client, user, topic, "{what}");
+            warn!(source = %f.source, %peer, client = ?client_log, user = user_log.map(tracing::field::debug), topic = ?escape(topic), "{what}");
         } else {
-            debug!(source = %f.source, %peer, client, user, topic, "{what}");
+            debug!(source = %f.source, %peer, client = ?client_log, user = user_log.map(tracing::field::debug), topic = ?escape(topic), "{what}");
         }
     }
 }

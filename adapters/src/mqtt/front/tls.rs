@@ -2,8 +2,6 @@
 //! the rest of Ferry uses): TLS 1.2 and 1.3, optionally requiring a device
 //! certificate signed by `client_ca`.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,10 +11,16 @@ use rustls::{RootCertStore, ServerConfig};
 
 use crate::mqtt::BrokerTlsConfig;
 
+/// The PEM file at `path`: a regular file of at most
+/// [`MAX_FILE_BYTES`](crate::files::MAX_FILE_BYTES).
+fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>, String> {
+    crate::files::read_bounded(path, crate::files::MAX_FILE_BYTES)
+        .map_err(|e| format!("tls.{what}: cannot read {}: {e}", path.display()))
+}
+
 fn read_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let file =
-        File::open(path).map_err(|e| format!("tls.{what}: cannot read {}: {e}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+    let pem = read_pem(what, path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("tls.{what}: {} is not PEM: {e}", path.display()))?;
     if certs.is_empty() {
@@ -26,9 +30,8 @@ fn read_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, S
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let file =
-        File::open(path).map_err(|e| format!("tls.key: cannot read {}: {e}", path.display()))?;
-    rustls_pemfile::private_key(&mut BufReader::new(file))
+    let pem = read_pem("key", path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| format!("tls.key: {} is not PEM: {e}", path.display()))?
         .ok_or_else(|| format!("tls.key: no private key in {}", path.display()))
 }
