@@ -67,7 +67,7 @@ mod engine;
 mod index;
 
 pub use block::{Point, Rollup};
-pub use engine::{Bucket, Engine, QueryError, Series, SeriesInfo};
+pub use engine::{Bucket, DeviceInfo, DevicesPage, Engine, QueryError, Series, SeriesInfo};
 pub use index::{
     bucket_of, hour_of, Index, IndexOptions, SeriesKey, SourceSeen, BUCKET_MS, HOUR_MS,
 };
