@@ -116,9 +116,9 @@ pub async fn devices(State(ctx): Ctx, Query(params): Params) -> Result<Body, Api
         }
     };
     blocking(move || {
-        let page = ctx
-            .engine
-            .devices_page(after.as_deref(), limit, with_fields, MAX_PAGE_FIELDS)?;
+        let page =
+            ctx.engine
+                .devices_page(after.as_deref(), limit, with_fields, MAX_PAGE_FIELDS)?;
         let devices = page
             .devices
             .iter()

@@ -534,7 +534,9 @@ impl Engine {
         use std::ops::Bound;
         let registry = self.store.names().devices();
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut range = registry.range::<str, _>((from, Bound::Unbounded)).peekable();
+        let mut range = registry
+            .range::<str, _>((from, Bound::Unbounded))
+            .peekable();
         let mut page = Vec::new();
         let mut fields = 0usize;
         while let Some((name, entry)) = range.peek() {

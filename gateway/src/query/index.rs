@@ -162,7 +162,8 @@ fn memory_use(series: &HashMap<SeriesKey, BTreeMap<Millis, OpenBucket>>) -> (usi
         .flat_map(|m| m.values())
         .map(|ob| ob.points.heap_bytes())
         .sum();
-    let map = series.capacity() * (std::mem::size_of::<(SeriesKey, BTreeMap<Millis, OpenBucket>)>() + 1);
+    let map =
+        series.capacity() * (std::mem::size_of::<(SeriesKey, BTreeMap<Millis, OpenBucket>)>() + 1);
     (points + map + series.len() * SERIES_OVERHEAD, series.len())
 }
 
@@ -732,7 +733,11 @@ impl IndexHook for Index {
         let wrote = self.finish_inner(tx, first_record, false)?;
         let (persisted, applied, (bytes, series)) = {
             let s = self.lock();
-            (s.pending.unwrap_or(s.persisted), s.applied, memory_use(&s.series))
+            (
+                s.pending.unwrap_or(s.persisted),
+                s.applied,
+                memory_use(&s.series),
+            )
         };
         self.opts.metrics.index_memory_bytes.set(bytes as i64);
         self.opts.metrics.index_series_in_memory.set(series as i64);

@@ -63,7 +63,10 @@ impl Names {
 
     /// The devices with stored records, by name: a cheap snapshot.
     pub fn devices(&self) -> Arc<BTreeMap<Arc<str>, DeviceEntry>> {
-        self.devices.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Publishes the names a writer has added (their ids are their indices).
@@ -112,7 +115,11 @@ pub(crate) fn load(tx: &WriteTransaction, path: &Path) -> Result<Names, StoreErr
         }
         tx.open_table(META)?.insert(META_KNOWN_SERIES, 1)?;
         if n > 0 {
-            info!(records = n, series = found.len(), "registered the series of the stored records");
+            info!(
+                records = n,
+                series = found.len(),
+                "registered the series of the stored records"
+            );
         }
     }
     let mut series = Vec::new();
@@ -125,10 +132,7 @@ pub(crate) fn load(tx: &WriteTransaction, path: &Path) -> Result<Names, StoreErr
 }
 
 /// The device registry of a set of series keys.
-pub(crate) fn registry(
-    series: &[u64],
-    names: &[Arc<str>],
-) -> BTreeMap<Arc<str>, DeviceEntry> {
+pub(crate) fn registry(series: &[u64], names: &[Arc<str>]) -> BTreeMap<Arc<str>, DeviceEntry> {
     let mut out: BTreeMap<Arc<str>, DeviceEntry> = BTreeMap::new();
     for &s in series {
         let id = (s >> 32) as u32;
@@ -159,9 +163,7 @@ pub(crate) fn record_series(bytes: &[u8], mut f: impl FnMut(u64)) -> Result<(), 
 }
 
 /// All registered series keys (read by the writer when it starts).
-pub(crate) fn known_series(
-    tx: &redb::ReadTransaction,
-) -> Result<Vec<u64>, StoreError> {
+pub(crate) fn known_series(tx: &redb::ReadTransaction) -> Result<Vec<u64>, StoreError> {
     let table = tx.open_table(KNOWN_SERIES)?;
     let mut out = Vec::new();
     for entry in table.iter()? {
