@@ -504,3 +504,31 @@ async fn the_status_page_renders_at_the_limits() {
     assert_eq!(dom.matches("<polyline points=").count(), 50, "{excerpt}");
     drop(ferry);
 }
+
+/// `ferry validate` reports every bad limit with its key path and line.
+#[test]
+fn bad_limits_are_config_errors_with_their_key_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[store]\nmax_devices = 0\nmax_series = 20000000\nmax_fields_per_device = -3\n\
+         index_memory = \"1KiB\"\n[sources.local]\ntype = \"mqtt_broker\"\n",
+    )
+    .unwrap();
+    let out = Command::new(common::ferry_bin())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let f = path.display();
+    let expected = [
+        format!("ferry: config error: {f}:2: store.max_devices: invalid value: integer `0`, expected an integer of at least 1"),
+        format!("ferry: config error: {f}:3: store.max_series: must be between 1 and 10000000, got 20000000"),
+        format!("ferry: config error: {f}:4: store.max_fields_per_device: invalid value: integer `-3`, expected an integer of at least 1"),
+        format!("ferry: config error: {f}:5: store.index_memory: must be from 64KiB to 1GiB, got 1.0 KiB"),
+    ];
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), expected);
+}
