@@ -680,13 +680,14 @@ impl IndexHook for Index {
             state.persisted = p;
         }
         // Buckets written by the committed transaction are on disk now:
-        // memory keeps only what is not written yet (a point that comes
-        // later for a written minute starts a bucket that merges with its
-        // block when written; queries merge the two as well). So the
-        // memory is bounded by what arrives between writes, not by how
-        // many series there are.
+        // closed ones go, and, past the memory budget, every written one
+        // (a point that comes later for a written minute starts a bucket
+        // that merges with its block when written; queries merge the two
+        // as well). So the memory is bounded by the budget plus what
+        // arrives between writes, not by how many series there are.
+        let over = memory_use(&state.series).0 > self.opts.memory_budget;
         for buckets in state.series.values_mut() {
-            buckets.retain(|_, ob| ob.dirty_since.is_some());
+            buckets.retain(|_, ob| ob.dirty_since.is_some() || !(ob.closed || over));
         }
         state.series.retain(|_, b| !b.is_empty());
         if state.series.capacity() > 4 * state.series.len().max(1024) {
