@@ -136,6 +136,7 @@ pub async fn run_until(
         &store,
         IndexOptions {
             metrics: query_metrics.clone(),
+            memory_budget: config.store.index_memory.as_u64() as usize,
             ..IndexOptions::default()
         },
     )
@@ -217,6 +218,11 @@ pub async fn run_until(
                 })
                 .collect(),
             index: Some(index.clone()),
+            limits: crate::store::limits::Limits {
+                max_devices: config.store.max_devices,
+                max_series: config.store.max_series,
+                max_fields_per_device: config.store.max_fields_per_device,
+            },
         },
         ingest_metrics.clone(),
     );

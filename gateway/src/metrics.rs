@@ -103,6 +103,10 @@ pub struct IngestMetrics {
     /// 1 while commits succeed; 0 from a failed commit (a read-only or
     /// full file system, a failing card) until one succeeds again.
     pub store_writable: Gauge,
+    /// Devices with stored records (bounded by `store.max_devices`).
+    pub devices: Gauge,
+    /// Series (device + field) with stored records (bounded by `store.max_series`).
+    pub series: Gauge,
 }
 
 impl Default for IngestMetrics {
@@ -133,6 +137,8 @@ impl IngestMetrics {
             ingest_blocked: Default::default(),
             store_files_set_aside: Default::default(),
             store_writable: Default::default(),
+            devices: Default::default(),
+            series: Default::default(),
         }
     }
 
@@ -206,6 +212,16 @@ impl IngestMetrics {
             self.ingest_blocked.clone(),
         );
         let s = registry.sub_registry_with_prefix("store");
+        s.register(
+            "devices",
+            "Devices with stored records (at most store.max_devices; more are dead letters too_many_devices)",
+            self.devices.clone(),
+        );
+        s.register(
+            "series",
+            "Series (device and field) with stored records (at most store.max_series)",
+            self.series.clone(),
+        );
         s.register(
             "records",
             "Records in the store",
@@ -355,6 +371,10 @@ impl UplinkMetrics {
 pub struct QueryMetrics {
     pub index_lag_records: Gauge,
     pub index_unpersisted_records: Gauge,
+    /// The memory the index's open minutes take (estimated).
+    pub index_memory_bytes: Gauge,
+    /// Series with an open minute in memory.
+    pub index_series_in_memory: Gauge,
 }
 
 impl QueryMetrics {
@@ -373,6 +393,16 @@ impl QueryMetrics {
             "index_unpersisted_records",
             "Records the query index holds in memory only: what a restart replays from the log",
             self.index_unpersisted_records.clone(),
+        );
+        r.register(
+            "index_memory_bytes",
+            "Memory the query index's open minutes take, estimated (bounded by store.index_memory)",
+            self.index_memory_bytes.clone(),
+        );
+        r.register(
+            "index_series_in_memory",
+            "Series with points in the query index's memory, not yet written",
+            self.index_series_in_memory.clone(),
         );
     }
 }

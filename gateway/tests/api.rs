@@ -168,13 +168,14 @@ async fn the_api_answers_exactly_on_known_data() {
     assert_eq!(status, 200);
     assert_eq!(
         body["devices"],
-        json!([{ "device": "7", "last_ts": T0 + 119_000, "fields": [
+        json!([{ "device": "7", "field_count": 4, "last_ts": T0 + 119_000, "fields": [
             { "field": "count", "first_ts": T0, "last_ts": T0 + 119_000, "last": BIG + 119, "last_seq": 120 },
             { "field": "state", "first_ts": T0, "last_ts": T0 + 119_000, "last": "run", "last_seq": 120 },
             { "field": "temperature", "first_ts": T0, "last_ts": T0 + 119_000, "last": 49.75, "last_seq": 120 },
             { "field": "voltage", "first_ts": T0, "last_ts": T0 + 119_000, "last": 119, "last_seq": 120 },
         ]}])
     );
+    assert_eq!(body["next"], J::Null);
     let (_, body) = get(&api, "/api/v1/devices/7/latest").await;
     assert_eq!(
         body["fields"]["voltage"],

@@ -220,7 +220,7 @@ fn unknown_key_in_a_section() {
             5,
             "store.comit_interval",
             "unknown field `comit_interval`, expected one of `commit_interval`, `commit_max_records`, \
-             `cursor_flush_interval`, `cache_size`, `queue`, `max_disk`, `max_age`, `when_full`"
+             `cursor_flush_interval`, `cache_size`, `queue`, `max_disk`, `max_age`, `when_full`, `max_devices`, `max_series`, `max_fields_per_device`, `index_memory`"
         )
     );
 }

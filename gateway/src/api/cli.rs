@@ -213,6 +213,11 @@ pub fn status(args: ApiArgs) -> ExitCode {
         num(&body["records_head"]),
         num(&body["dead_head"])
     );
+    println!(
+        "{} devices, {} series (GET /api/v1/devices lists them)",
+        num(&body["devices"]),
+        num(&body["series"])
+    );
     let age = |v: &Value| {
         v.as_i64()
             .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0))

@@ -47,6 +47,11 @@ impl FromRequestParts<Arc<ApiContext>> for Params {
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// The most records or dead letters in one response.
 const MAX_RECORDS: usize = 1000;
+/// The most devices in one `/devices` page.
+const MAX_DEVICES: usize = 1000;
+/// The most fields in one `/devices` page past its first device (a device
+/// has at most `store.max_fields_per_device`).
+const MAX_PAGE_FIELDS: usize = 10_000;
 /// The most stored records one `/records?device=` request looks through.
 const MAX_SCAN: usize = 200_000;
 
@@ -120,29 +125,50 @@ fn value_json(v: &Value) -> Json_ {
     }
 }
 
-/// `GET /api/v1/devices`: every device, its fields, their first and last
-/// timestamp and last value.
+/// `GET /api/v1/devices?after=&limit=&fields=`: the devices by name, each
+/// with its fields, their first and last timestamp and last value; a page
+/// of at most `limit` devices (default 100, at most 1000) and, past its
+/// first device, `MAX_PAGE_FIELDS` fields, and `next` to ask for the rest
+/// with `after=`. `fields=false` leaves the fields out (names and counts
+/// only: what a device picker needs).
 pub async fn devices(State(ctx): Ctx, Params(params): Params) -> Reply<Body> {
-    known(&params, &[]).map_err(reply)?;
+    known(&params, &["after", "limit", "fields"]).map_err(reply)?;
+    let limit = parse_count(
+        "limit",
+        one(&params, "limit").map_err(reply)?,
+        100,
+        MAX_DEVICES,
+    )
+    .map_err(reply)?;
+    let after = one(&params, "after").map_err(reply)?.map(str::to_owned);
+    let with_fields = match one(&params, "fields").map_err(reply)? {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(reply(ApiError::bad(format!(
+                "`fields={v}`: expected `true` or `false`"
+            ))))
+        }
+    };
     let c = ctx.clone();
     blocking(&c, move || {
-        let list = ctx.engine.list(None)?;
-        let mut devices: Vec<DeviceOut<'_>> = Vec::new();
-        // `list` is sorted by device, then field.
-        for s in &list {
-            match devices.last_mut() {
-                Some(d) if d.device == &*s.device => {
-                    d.last_ts = d.last_ts.max(Some(s.last.ts));
-                    d.fields.push(FieldOut::new(s));
-                }
-                _ => devices.push(DeviceOut {
-                    device: &s.device,
-                    last_ts: Some(s.last.ts),
-                    fields: vec![FieldOut::new(s)],
-                }),
-            }
-        }
-        Body::of(&DevicesOut { devices })
+        let page =
+            ctx.engine
+                .devices_page(after.as_deref(), limit, with_fields, MAX_PAGE_FIELDS)?;
+        let devices = page
+            .devices
+            .iter()
+            .map(|d| DeviceOut {
+                device: &d.device,
+                field_count: d.field_count,
+                last_ts: with_fields.then(|| d.fields.iter().map(|s| s.last.ts).max()),
+                fields: with_fields.then(|| d.fields.iter().map(FieldOut::new).collect()),
+            })
+            .collect();
+        Body::of(&DevicesOut {
+            devices,
+            next: page.next.as_deref(),
+        })
     })
     .await
 }
@@ -157,7 +183,7 @@ pub async fn latest(
     known(&params, &[]).map_err(reply)?;
     let c = ctx.clone();
     blocking(&c, move || {
-        let list = ctx.engine.list(Some(&device))?;
+        let list = ctx.engine.device_fields(&device)?;
         if list.is_empty() {
             return Err(ApiError::not_found(format!(
                 "no readings of device `{device}`"
@@ -318,7 +344,11 @@ pub async fn status(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json_
             })
             .collect();
         let (through, applied) = ctx.engine.index().progress();
+        let registry = store.names().devices();
+        let series: u64 = registry.values().map(|d| u64::from(d.fields)).sum();
         Ok(Json(json!({
+            "devices": registry.len(),
+            "series": series,
             "gateway": ctx.gateway,
             "version": env!("CARGO_PKG_VERSION"),
             "now": now,

@@ -144,13 +144,20 @@ struct BucketOut<'a> {
 #[derive(Serialize)]
 pub struct DevicesOut<'a> {
     pub devices: Vec<DeviceOut<'a>>,
+    /// The last device of this page when more follow (`after=` it for
+    /// the next page).
+    pub next: Option<&'a str>,
 }
 
 #[derive(Serialize)]
 pub struct DeviceOut<'a> {
     pub device: &'a str,
-    pub last_ts: Option<Millis>,
-    pub fields: Vec<FieldOut<'a>>,
+    /// How many fields the device has (also with `fields=false`).
+    pub field_count: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_ts: Option<Option<Millis>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<FieldOut<'a>>>,
 }
 
 #[derive(Serialize)]

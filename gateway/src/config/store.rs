@@ -1,4 +1,8 @@
-//! `[store]`: the durable log's group commit and cache.
+//! `[store]`: the durable log's group commit and cache, its budgets, and
+//! the bounds on names from outside (devices, series, fields per device):
+//! those are kept here because the store enforces them, on every record
+//! of every source, against its own registry of what it holds, so they
+//! hold through restarts (`store::limits`).
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -56,6 +60,28 @@ pub struct StoreConfig {
     /// `"drop_newest"` (store no new records until there is room) or
     /// `"block"` (stop acknowledging sources). Default: `"drop_oldest"`.
     pub when_full: WhenFull,
+    /// The most devices with stored records. A record of a new device
+    /// beyond it is stored as a dead letter `too_many_devices` (counted in
+    /// `ferry_ingest_records_rejected_total`), whatever its source: names
+    /// come from outside (a topic level, a payload field), and each device
+    /// costs memory (its name, its series in the query index, its entry in
+    /// `/api/v1/devices`). Kept in the store, so it holds through restarts.
+    /// 1 to 1,000,000. Default: `10000`.
+    pub max_devices: NonZeroUsize,
+    /// The most series (device + field) with stored records, over all
+    /// devices; a record that would add one more is a dead letter
+    /// `too_many_series`. 1 to 10,000,000. Default: `100000`.
+    pub max_series: NonZeroUsize,
+    /// The most fields one device may have over all its records (the
+    /// sources' `max_fields` bounds one message); a record that would add
+    /// one more is a dead letter `too_many_device_fields`. 1 to 100,000.
+    /// Default: `1000`.
+    pub max_fields_per_device: NonZeroUsize,
+    /// The memory the query index may hold in open minutes (the points of
+    /// each series' current minute not yet written): past it, they are
+    /// written at the next commit and dropped from memory. 64KiB to 1GiB.
+    /// Default: `"8MiB"`.
+    pub index_memory: ByteSize,
 }
 
 impl Default for StoreConfig {
@@ -69,6 +95,10 @@ impl Default for StoreConfig {
             max_disk: ByteSize::gib(2),
             max_age: None,
             when_full: WhenFull::DropOldest,
+            max_devices: NonZeroUsize::new(10_000).expect("nonzero"),
+            max_series: NonZeroUsize::new(100_000).expect("nonzero"),
+            max_fields_per_device: NonZeroUsize::new(1_000).expect("nonzero"),
+            index_memory: ByteSize::mib(8),
         }
     }
 }
@@ -100,6 +130,31 @@ impl StoreConfig {
             self.cache_size.as_u64(),
             MAX_CACHE_SIZE,
         );
+        report.int_in(
+            at.key("max_devices"),
+            self.max_devices.get() as u64,
+            1,
+            1_000_000,
+        );
+        report.int_in(
+            at.key("max_series"),
+            self.max_series.get() as u64,
+            1,
+            10_000_000,
+        );
+        report.int_in(
+            at.key("max_fields_per_device"),
+            self.max_fields_per_device.get() as u64,
+            1,
+            100_000,
+        );
+        let mem = self.index_memory.as_u64();
+        if !(64 << 10..=1 << 30).contains(&mem) {
+            report.error(
+                at.key("index_memory"),
+                format!("must be from 64KiB to 1GiB, got {}", self.index_memory),
+            );
+        }
         let max_disk_ok = report.size_at_most(at.key("max_disk"), self.max_disk.as_u64(), MAX_DISK);
         if max_disk_ok && self.max_disk.as_u64() < 16 << 20 {
             report.error(

@@ -532,3 +532,126 @@ fn scan(
     }
     Ok(())
 }
+
+/// One device of a [`DevicesPage`]: its name, how many fields it has
+/// (the store's registry) and, when asked for, each field's series.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub device: Arc<str>,
+    pub field_count: u32,
+    pub fields: Vec<SeriesInfo>,
+}
+
+/// A page of devices, by name, and the name to continue after.
+#[derive(Debug, Clone)]
+pub struct DevicesPage {
+    pub devices: Vec<DeviceInfo>,
+    /// The last device of the page when more follow it.
+    pub next: Option<Arc<str>>,
+}
+
+impl Engine {
+    /// The devices named after `after`, in name order: at most `limit`,
+    /// and, with `with_fields`, no more than `max_fields` fields in all
+    /// after the first device (a device is never split). The store's
+    /// registry of devices gives the names, so a page costs what it holds,
+    /// not what the store holds.
+    pub fn devices_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        with_fields: bool,
+        max_fields: usize,
+    ) -> Result<DevicesPage, QueryError> {
+        use std::ops::Bound;
+        let registry = self.store.names().devices();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut range = registry
+            .range::<str, _>((from, Bound::Unbounded))
+            .peekable();
+        let mut page = Vec::new();
+        let mut fields = 0usize;
+        while let Some((name, entry)) = range.peek() {
+            if page.len() >= limit.max(1)
+                || (with_fields && !page.is_empty() && fields + entry.fields as usize > max_fields)
+            {
+                break;
+            }
+            fields += entry.fields as usize;
+            page.push(((*name).clone(), **entry));
+            range.next();
+        }
+        let next = match range.peek() {
+            Some(_) => page.last().map(|(n, _)| n.clone()),
+            None => None,
+        };
+        let mut devices: Vec<DeviceInfo> = page
+            .iter()
+            .map(|(name, e)| DeviceInfo {
+                device: name.clone(),
+                field_count: e.fields,
+                fields: Vec::new(),
+            })
+            .collect();
+        if with_fields && !page.is_empty() {
+            let ids: Vec<u32> = page.iter().map(|(_, e)| e.id).collect();
+            let view = self.index.view_devices(&self.store, &ids)?;
+            let t = Tables::open(&view.tx)?;
+            let names = self.store.names().snapshot();
+            for (out, (_, e)) in devices.iter_mut().zip(&page) {
+                out.fields = fields_of(&view, &t, &names, e.id, &out.device)?;
+            }
+        }
+        Ok(DevicesPage { devices, next })
+    }
+
+    /// Each field's series of `device`, by field name (empty for a device
+    /// without stored records); copies only its in-memory buckets.
+    pub fn device_fields(&self, device: &str) -> Result<Vec<SeriesInfo>, QueryError> {
+        let Some(entry) = self.store.names().devices().get(device).copied() else {
+            return Ok(Vec::new());
+        };
+        let view = self.index.view_devices(&self.store, &[entry.id])?;
+        let t = Tables::open(&view.tx)?;
+        let names = self.store.names().snapshot();
+        fields_of(&view, &t, &names, entry.id, &Arc::from(device))
+    }
+}
+
+/// The series of device `id`, by field name.
+fn fields_of(
+    view: &View,
+    t: &Tables,
+    names: &[Arc<str>],
+    id: u32,
+    device: &Arc<str>,
+) -> Result<Vec<SeriesInfo>, QueryError> {
+    let (lo, hi) = (series_key(id, 0), series_key(id, u32::MAX));
+    let mut keys = BTreeSet::new();
+    for k in t.series.range(lo..=hi)? {
+        keys.insert(k?.0.value());
+    }
+    keys.extend(view.memory.keys().filter(|k| (lo..=hi).contains(*k)));
+    let mut out = Vec::with_capacity(keys.len());
+    for s in keys {
+        let (first, last) = (edge(view, t, s, false)?, edge(view, t, s, true)?);
+        let (Some(first), Some(last)) = (first, last) else {
+            continue;
+        };
+        let Some(field) = names.get(series_ids(s).1 as usize) else {
+            continue;
+        };
+        out.push(SeriesInfo {
+            device: device.clone(),
+            field: field.clone(),
+            first_ts: first.first_ts,
+            last: Point {
+                seq: last.last_seq,
+                ts: last.last_ts,
+                value: last.last,
+            },
+        });
+    }
+    out.sort_by(|a, b| a.field.cmp(&b.field));
+    Ok(out)
+}

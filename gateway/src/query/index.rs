@@ -116,6 +116,10 @@ pub struct IndexOptions {
     pub catch_up_chunk: usize,
     /// Where the index reports how far behind the log it is.
     pub metrics: QueryMetrics,
+    /// The bytes the open minutes in memory may take (their points and
+    /// the maps holding them, estimated): past it, every open minute is
+    /// written at the next commit, and dropped from memory after it.
+    pub memory_budget: usize,
 }
 
 impl Default for IndexOptions {
@@ -124,6 +128,7 @@ impl Default for IndexOptions {
             flush_interval: Duration::from_secs(60),
             catch_up_chunk: 50_000,
             metrics: QueryMetrics::new(),
+            memory_budget: 8 << 20,
         }
     }
 }
@@ -142,6 +147,24 @@ pub(crate) struct OpenBucket {
     pub loaded: bool,
     /// The `max seq` of the persisted block (its expiry key), once known.
     persisted_max: Option<u64>,
+}
+
+/// The memory a series in [`State::series`] costs besides its points: its
+/// map entry and the B-tree leaf holding its buckets (11 slots).
+const SERIES_OVERHEAD: usize = std::mem::size_of::<(SeriesKey, BTreeMap<Millis, OpenBucket>)>()
+    + 11 * std::mem::size_of::<(Millis, OpenBucket)>()
+    + 16;
+
+/// What the open minutes in memory take, estimated: (bytes, series).
+fn memory_use(series: &HashMap<SeriesKey, BTreeMap<Millis, OpenBucket>>) -> (usize, usize) {
+    let points: usize = series
+        .values()
+        .flat_map(|m| m.values())
+        .map(|ob| ob.points.heap_bytes())
+        .sum();
+    let map =
+        series.capacity() * (std::mem::size_of::<(SeriesKey, BTreeMap<Millis, OpenBucket>)>() + 1);
+    (points + map + series.len() * SERIES_OVERHEAD, series.len())
 }
 
 /// When a source's records were last indexed.
@@ -314,6 +337,25 @@ impl Index {
         self.lock().sources.clone()
     }
 
+    /// A consistent view for reading the series of `devices` (name ids):
+    /// only their in-memory buckets are copied.
+    pub fn view_devices(&self, store: &Store, devices: &[u32]) -> Result<View, StoreError> {
+        let wanted: HashSet<u32> = devices.iter().copied().collect();
+        let keys: Vec<SeriesKey> = self
+            .lock()
+            .series
+            .keys()
+            .filter(|k| wanted.contains(&series_ids(**k).0))
+            .copied()
+            .collect();
+        // A series that enters memory between the two locks is also in
+        // the log the read transaction sees, through the index tables or
+        // (not yet written) memory copied now: written blocks stay in
+        // memory until their commit, so nothing is missed but points
+        // stored after this call.
+        self.view(store, Some(&keys))
+    }
+
     /// A consistent view for reading `series` (all series when `None`).
     pub fn view(&self, store: &Store, series: Option<&[SeriesKey]>) -> Result<View, StoreError> {
         let state = self.lock();
@@ -383,8 +425,13 @@ impl Index {
                 }
             }
         }
-        let flush_all =
-            force || !state.live || state.last_flush.elapsed() >= self.opts.flush_interval;
+        // Over the memory budget: write every open minute now, so the next
+        // transaction drops them from memory.
+        let (bytes, _) = memory_use(&state.series);
+        let flush_all = force
+            || !state.live
+            || bytes > self.opts.memory_budget
+            || state.last_flush.elapsed() >= self.opts.flush_interval;
         if flush_all {
             state.last_flush = Instant::now();
         }
@@ -632,11 +679,20 @@ impl IndexHook for Index {
         if let Some(p) = state.pending.take() {
             state.persisted = p;
         }
-        // Buckets written by the committed transaction are on disk now.
+        // Buckets written by the committed transaction are on disk now:
+        // closed ones go, and, past the memory budget, every written one
+        // (a point that comes later for a written minute starts a bucket
+        // that merges with its block when written; queries merge the two
+        // as well). So the memory is bounded by the budget plus what
+        // arrives between writes, not by how many series there are.
+        let over = memory_use(&state.series).0 > self.opts.memory_budget;
         for buckets in state.series.values_mut() {
-            buckets.retain(|_, ob| !(ob.closed && ob.dirty_since.is_none()));
+            buckets.retain(|_, ob| ob.dirty_since.is_some() || !(ob.closed || over));
         }
         state.series.retain(|_, b| !b.is_empty());
+        if state.series.capacity() > 4 * state.series.len().max(1024) {
+            state.series.shrink_to_fit();
+        }
         if state.applied < committed.records {
             let records = tx.open_table(RECORDS)?;
             let mut n = 0;
@@ -676,10 +732,16 @@ impl IndexHook for Index {
 
     fn finish(&self, tx: &WriteTransaction, first_record: u64) -> Result<bool, StoreError> {
         let wrote = self.finish_inner(tx, first_record, false)?;
-        let (persisted, applied) = {
+        let (persisted, applied, (bytes, series)) = {
             let s = self.lock();
-            (s.pending.unwrap_or(s.persisted), s.applied)
+            (
+                s.pending.unwrap_or(s.persisted),
+                s.applied,
+                memory_use(&s.series),
+            )
         };
+        self.opts.metrics.index_memory_bytes.set(bytes as i64);
+        self.opts.metrics.index_series_in_memory.set(series as i64);
         self.opts
             .metrics
             .index_unpersisted_records

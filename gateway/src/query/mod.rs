@@ -41,6 +41,10 @@
 //! the writer makes anyway: the index adds no fsync. `index.through` (the
 //! sequence number every persisted block is complete through) is written
 //! in the same transaction, so the index is exactly as durable as the log.
+//! The open minutes in memory are bounded by bytes (`memory_budget`,
+//! `store.index_memory`): past it every one is written at the next commit
+//! and dropped after it; a later point of a dropped minute starts a bucket
+//! that is merged with its block when written (and by queries).
 //! `ferry_query_index_lag_records` counts the stored records the index has
 //! not taken in (nonzero only while it catches up), and
 //! `ferry_query_index_unpersisted_records` what a restart would replay.
@@ -68,7 +72,7 @@ mod engine;
 mod index;
 
 pub use block::{Point, Rollup};
-pub use engine::{Bucket, Engine, QueryError, Series, SeriesInfo};
+pub use engine::{Bucket, DeviceInfo, DevicesPage, Engine, QueryError, Series, SeriesInfo};
 pub use index::{
     bucket_of, hour_of, Index, IndexOptions, SeriesKey, SourceSeen, BUCKET_MS, HOUR_MS,
 };

@@ -278,6 +278,7 @@ pub fn decode_dead_letter(bytes: &[u8], names: &[Arc<str>]) -> Result<DeadLetter
 fn known_kind(s: &str) -> &'static str {
     ferry_adapters::mqtt::Reject::KINDS
         .iter()
+        .chain(super::limits::KINDS.iter())
         .find(|k| **k == s)
         .copied()
         .unwrap_or("other")

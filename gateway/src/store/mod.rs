@@ -15,6 +15,7 @@
 //! | `records` | seq `u64`      | an encoded record ([`codec`])           |
 //! | `dead`    | seq `u64`      | an encoded dead letter                  |
 //! | `names`   | id `u32`       | an interned device, source or field name |
+//! | `known_series` | device id << 32 \| field id | `()`: the series with stored records ([`names`]) |
 //! | `cursors` | consumer name  | `u64`, the last sequence consumed        |
 //! | `meta`    | key            | `u64` (`format_version`, byte accounts, route stream heads) |
 //! | `route.NAME` | seq `u64`   | a route's output record (same encoding) |
@@ -30,6 +31,7 @@
 pub mod codec;
 pub mod fsck;
 mod hook;
+pub mod limits;
 mod names;
 pub mod retention;
 mod route_retention;
@@ -45,7 +47,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 pub use hook::IndexHook;
-pub use names::Names;
+pub use names::{DeviceEntry, Names};
 pub use retention::{Retention, WhenFull};
 pub use writer::{spawn_ingest, Cursors, IngestConfig, IngestHandle, RouteCommit, RouteCommits};
 
@@ -279,18 +281,7 @@ impl Store {
         tx.open_table(RECORDS)?;
         tx.open_table(DEAD)?;
         tx.open_table(CURSORS)?;
-        let names = {
-            let table = tx.open_table(NAMES)?;
-            let mut all = Vec::new();
-            for entry in table.iter()? {
-                let (id, name) = entry?;
-                if id.value() as usize != all.len() {
-                    warn!(store = %path.display(), id = id.value(), "name table has a gap");
-                }
-                all.push(Arc::<str>::from(name.value()));
-            }
-            Names::new(all)
-        };
+        let names = names::load(&tx, path)?;
         let heads = Heads {
             records: last_key(&tx.open_table(RECORDS)?)?,
             dead: last_key(&tx.open_table(DEAD)?)?,

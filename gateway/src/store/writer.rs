@@ -32,6 +32,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::limits::{self, Limits, Registry};
+use super::names::KNOWN_SERIES;
 use super::retention::{entry_bytes, Retention, Usage, WhenFull, MAX_EVICT_PER_COMMIT};
 use super::route_retention::{self, RouteStreams};
 use super::{codec, Heads, IndexHook, Store, StoreError, CURSORS, DEAD, META, NAMES, RECORDS};
@@ -56,6 +58,8 @@ pub struct IngestConfig {
     /// A secondary index written in the writer's transactions (the query
     /// index), if any.
     pub index: Option<Arc<dyn IndexHook>>,
+    /// How many devices, series and fields per device are stored.
+    pub limits: Limits,
 }
 
 impl Default for IngestConfig {
@@ -69,6 +73,7 @@ impl Default for IngestConfig {
             consumers: Vec::new(),
             route_consumers: Vec::new(),
             index: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -420,6 +425,9 @@ enum Disposition {
 struct Written {
     heads: Heads,
     records: Disposition,
+    /// Records refused by the name limits (by their index in the batch),
+    /// stored as these dead letters.
+    refused: Vec<(usize, ferry_adapters::record::DeadLetter)>,
 }
 
 /// How often the front of the log is checked against `max_age`.
@@ -449,6 +457,8 @@ struct WriterState {
     /// The route output streams' accounts.
     routes: RouteStreams,
     index: Option<Arc<dyn IndexHook>>,
+    /// The known series and the name limits.
+    registry: Registry,
 }
 
 impl WriterState {
@@ -503,6 +513,7 @@ impl WriterState {
         }
         usage.first_dead = dead.first()?.map_or(heads.dead + 1, |(k, _)| k.value());
         let routes = RouteStreams::load(&tx, &cfg.route_consumers)?;
+        let registry = Registry::new(cfg.limits, &super::names::known_series(&tx)?);
         usage.route_bytes = routes.total();
         let now = std::time::Instant::now();
         let state = WriterState {
@@ -521,9 +532,12 @@ impl WriterState {
             route_heads: Vec::new(),
             routes,
             index: cfg.index.clone(),
+            registry,
         };
         state.update_gauges(heads);
         state.metrics.store_writable.set(1);
+        state.metrics.devices.set(state.registry.devices() as i64);
+        state.metrics.series.set(state.registry.series() as i64);
         Ok(state)
     }
 
@@ -547,10 +561,21 @@ impl WriterState {
         let routes = self.routes.clone();
         let result = self.write(batch, known);
         match &result {
-            Ok(_) => {
+            Ok(w) => {
                 self.metrics
                     .commit_duration
                     .observe(started.elapsed().as_secs_f64());
+                let added = !self.registry.pending().is_empty();
+                let stored_any = matches!(w.records, Disposition::Stored)
+                    && w.refused.len() < batch.records.len();
+                self.registry.committed(stored_any, &w.refused);
+                if added {
+                    self.store
+                        .names()
+                        .publish_devices(Arc::new(self.registry.devices_map(&self.names)));
+                }
+                self.metrics.devices.set(self.registry.devices() as i64);
+                self.metrics.series.set(self.registry.series() as i64);
             }
             Err(e) => {
                 if e.needs_reopen() {
@@ -567,6 +592,7 @@ impl WriterState {
                 for name in self.names.drain(known..) {
                     self.ids.remove(&name);
                 }
+                self.registry.aborted();
                 self.usage = usage;
                 self.consumers = consumers;
                 self.routes = routes;
@@ -583,6 +609,7 @@ impl WriterState {
             index.begin(&tx, heads)?;
         }
         let mut evicted_any = false;
+        let mut refused = Vec::new();
         let disposition;
         {
             let mut cursors = tx.open_table(CURSORS)?;
@@ -632,7 +659,14 @@ impl WriterState {
                 // Nothing of the batch is written; its cursor moves and evictions are.
             } else {
                 if matches!(disposition, Disposition::Stored) {
-                    for r in &batch.records {
+                    for (i, r) in batch.records.iter().enumerate() {
+                        let device = self.ids.get(&*r.device).copied();
+                        let ids = &self.ids;
+                        let field_ids = r.fields.iter().map(|(n, _)| ids.get(&**n).copied());
+                        if let Some((kind, reason)) = self.registry.check(r, device, field_ids) {
+                            refused.push((i, limits::dead_letter(r, kind, reason)));
+                            continue;
+                        }
                         let source = self.intern(&r.source);
                         let device = self.intern(&r.device);
                         let mut buf = std::mem::take(&mut self.buf);
@@ -640,6 +674,7 @@ impl WriterState {
                         codec::put_record_header(&mut buf, r.ts, source, device, r.fields.len());
                         for (name, value) in &r.fields {
                             let id = self.intern(name);
+                            self.registry.add(device, id);
                             codec::put_field(&mut buf, id, value);
                         }
                         heads.records += 1;
@@ -651,7 +686,7 @@ impl WriterState {
                         self.buf = buf;
                     }
                 }
-                for d in &batch.dead {
+                for d in batch.dead.iter().chain(refused.iter().map(|(_, d)| d)) {
                     let source = self.intern(&d.source);
                     let mut buf = std::mem::take(&mut self.buf);
                     buf.clear();
@@ -660,6 +695,12 @@ impl WriterState {
                     dead.insert(heads.dead, buf.as_slice())?;
                     self.usage.dead_bytes += entry_bytes(buf.len());
                     self.buf = buf;
+                }
+            }
+            if !self.registry.pending().is_empty() {
+                let mut known = tx.open_table(KNOWN_SERIES)?;
+                for &s in self.registry.pending() {
+                    known.insert(s, ())?;
                 }
             }
             if self.names.len() > known {
@@ -696,6 +737,7 @@ impl WriterState {
         Ok(Written {
             heads,
             records: disposition,
+            refused,
         })
     }
 
@@ -949,6 +991,7 @@ impl WriterState {
             Ok(Written {
                 heads,
                 records: Disposition::Held,
+                ..
             }) => {
                 if !self.blocked {
                     warn!(
@@ -982,6 +1025,7 @@ impl WriterState {
             Ok(Written {
                 heads,
                 records: disposition,
+                refused,
             }) => {
                 if self.blocked {
                     info!("store has room again: ingest resumes");
@@ -994,8 +1038,18 @@ impl WriterState {
                     ..
                 } = batch;
                 let stored = matches!(disposition, Disposition::Stored);
+                for (_, d) in &refused {
+                    self.metrics
+                        .records_rejected
+                        .get_or_create(&RejectLabels {
+                            source: d.source.to_string(),
+                            reason: d.kind.to_owned(),
+                        })
+                        .inc();
+                }
+                let stored_records = records.len() - refused.len();
                 if stored {
-                    self.metrics.records_stored.inc_by(records.len() as u64);
+                    self.metrics.records_stored.inc_by(stored_records as u64);
                 } else {
                     self.count_episode("disk_full", records.len() as u64);
                     self.metrics
@@ -1006,15 +1060,26 @@ impl WriterState {
                         .inc_by(records.len() as u64);
                 }
                 self.metrics.commits.inc();
-                self.metrics.dead_letters_stored.inc_by(dead.len() as u64);
+                self.metrics
+                    .dead_letters_stored
+                    .inc_by((dead.len() + refused.len()) as u64);
                 self.metrics.head_seq.set(heads.records);
                 self.update_gauges(heads);
                 // Heads first: a submitter that reads them after its receipt sees its records.
                 self.store.heads_sender().send_replace(heads);
-                let mut seq = heads.records - if stored { records.len() as u64 } else { 0 };
+                let mut seq = heads.records - if stored { stored_records as u64 } else { 0 };
+                // Records refused by the name limits have no sequence number.
+                let mut refused = refused.iter().map(|(i, _)| *i).peekable();
+                let mut at = 0usize;
                 for (done, n) in acks {
-                    let last_seq = if stored && n > 0 {
-                        seq += n as u64;
+                    let end = at + n;
+                    let mut kept = n;
+                    while refused.next_if(|&i| i < end).is_some() {
+                        kept -= 1;
+                    }
+                    at = end;
+                    let last_seq = if stored && kept > 0 {
+                        seq += kept as u64;
                         Some(seq)
                     } else {
                         None
