@@ -179,7 +179,7 @@ pub async fn query(State(ctx): Ctx, Query(params): Params) -> Result<Body, ApiEr
     // The query and the body's serialization both run off the runtime's
     // threads (a 24 h query reads ~1,500 blocks).
     blocking(move || {
-        let result = ctx.engine.range(&keys, from, to, step, limit)?;
+        let (result, lag) = ctx.engine.range_with_lag(&keys, from, to, step, limit)?;
         let series = names
             .iter()
             .zip(&result)
@@ -192,6 +192,8 @@ pub async fn query(State(ctx): Ctx, Query(params): Params) -> Result<Body, ApiEr
             from,
             to,
             step,
+            index_lag_records: lag,
+            complete: lag == 0,
             series,
         })
     })
@@ -288,14 +290,19 @@ pub async fn status(State(ctx): Ctx, Query(params): Params) -> Answer {
                 })
             })
             .collect();
-        let (through, applied) = ctx.engine.index().progress();
+        let index = ctx.engine.index();
+        let (through, applied) = index.progress();
+        let lag = heads.records.saturating_sub(applied);
         Ok(Json(json!({
             "gateway": ctx.gateway,
             "version": env!("CARGO_PKG_VERSION"),
             "now": now,
             "records_head": heads.records,
             "dead_head": heads.dead,
-            "index": { "persisted_through": through, "applied": applied },
+            "index": {
+                "persisted_through": through, "applied": applied,
+                "lag_records": lag, "complete": lag == 0, "replaying": index.replaying(),
+            },
             "sources": sources,
             "uplinks": uplinks_json(&ctx)?,
         })))

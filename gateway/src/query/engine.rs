@@ -181,17 +181,21 @@ impl Engine {
         step: Option<i64>,
         limit: usize,
     ) -> Result<Vec<Series>, QueryError> {
-        self.range_counted(series, from, to, step, limit)
+        self.range_with_lag(series, from, to, step, limit)
+            .map(|(out, _)| out)
     }
 
-    fn range_counted(
+    /// [`Engine::range`], and how many stored records the index had not
+    /// taken in when it read (0: the answer is complete; more while the
+    /// index replays the log after a restart).
+    pub fn range_with_lag(
         &self,
         series: &[SeriesKey],
         from: Millis,
         to: Millis,
         step: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<Series>, QueryError> {
+    ) -> Result<(Vec<Series>, u64), QueryError> {
         let view = self.index.view(&self.store, Some(series))?;
         let blocks = Tables::open(&view.tx)?;
         let mut out = Vec::with_capacity(series.len());
@@ -296,7 +300,7 @@ impl Engine {
                 }
             }
         }
-        Ok(out)
+        Ok((out, view.lag))
     }
 }
 

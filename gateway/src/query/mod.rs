@@ -65,12 +65,14 @@
 pub mod block;
 mod engine;
 mod index;
+mod replay;
 
 pub use block::{Point, Rollup};
 pub use engine::{Bucket, Engine, QueryError, Series, SeriesInfo};
 pub use index::{
     bucket_of, hour_of, Index, IndexOptions, SeriesKey, SourceSeen, BUCKET_MS, HOUR_MS,
 };
+pub use replay::Replay;
 
 #[cfg(test)]
 mod tests;
