@@ -21,7 +21,7 @@
 //! `catch_up_chunk` records each.
 //!
 //! Queries meanwhile answer from what is indexed, and say how many stored
-//! records are not ([`super::View::lag`]).
+//! records are not (`View::lag`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
