@@ -6,10 +6,17 @@
 //!   query index, as the daemon writes it);
 //! - RSS idle, a few seconds after READY, for both;
 //! - SIGTERM-to-exit with a backlog: the 1 GB store, an uplink to a local TLS
-//!   mosquitto busy sending it, SIGTERM once it publishes.
+//!   mosquitto busy sending it, SIGTERM once it publishes;
+//! - restart with the query index far behind (none at all) after a flood,
+//!   at 1 M, 2 M and 4 M records: start-to-READY and the daemon's
+//!   background replay (READY to `ferry_query_index_lag_records` 0), and
+//!   the library's replay per record, with the old way of writing every
+//!   open minute at every chunk as the baseline on the same stores.
 //!
 //! `cargo bench -p ferry-gateway --bench lifecycle`; `FERRY_BENCH_SCALE=0.1`
-//! makes the big store ~100 MB. Prints `name: value unit` lines.
+//! makes the big store ~100 MB and the replay stores a tenth.
+//! `FERRY_BENCH_ONLY=replay` runs only the replay phase. Prints
+//! `name: value unit` lines.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -184,6 +191,144 @@ fn fill_round(data: &Path, from: u64, done: impl Fn(u64, u64) -> bool) -> u64 {
     })
 }
 
+/// Fills `data` with `n` records of a flood (500 records per millisecond of
+/// timestamps: 10 devices, 3 fields) with no query index.
+fn fill_flood(data: &Path, n: u64) {
+    std::fs::create_dir_all(data).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open(&Store::file_in(data), &StoreOptions::default()).unwrap();
+        let ingest = spawn_ingest(
+            store.clone(),
+            IngestConfig {
+                commit_max_records: 50_000,
+                ..IngestConfig::default()
+            },
+            IngestMetrics::new(),
+        );
+        let source: Arc<str> = "local".into();
+        let t0 = ferry_adapters::record::now_millis() - 86_400_000;
+        let mut i = 0u64;
+        while i < n {
+            let items: Vec<Item> = (i..(i + 8192).min(n))
+                .map(|k| {
+                    Item::Record(Record {
+                        ts: t0 + (k / 500) as i64,
+                        source: source.clone(),
+                        device: format!("{}", k % 10).into(),
+                        fields: vec![
+                            ("voltage".into(), Value::Int(600 + (k % 50) as i64)),
+                            ("temperature".into(), Value::Float(20.0 + (k % 7) as f64)),
+                            ("sequence".into(), Value::Int(k as i64)),
+                        ],
+                    })
+                })
+                .collect();
+            i = (i + 8192).min(n);
+            ingest.sink.submit_and_wait(items).await.unwrap();
+        }
+        drop(ingest.sink);
+        drop(ingest.cursors);
+        ingest.task.await.unwrap();
+    });
+}
+
+/// Deletes the query index of the (closed) store in `data`.
+fn drop_index(data: &Path) {
+    let db = redb::Database::open(Store::file_in(data)).unwrap();
+    let tx = db.begin_write().unwrap();
+    for t in [
+        "index_minutes",
+        "index_hours",
+        "index_series",
+        "index_expiry",
+    ] {
+        let _ = tx.delete_table(redb::TableDefinition::<u64, u64>::new(t));
+    }
+    let mut meta = tx
+        .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+        .unwrap();
+    meta.remove("index.through").unwrap();
+    meta.remove("index.version").unwrap();
+    drop(meta);
+    tx.commit().unwrap();
+}
+
+/// The library's replay of the whole log of `data` (`Index::open`); seconds.
+fn library_replay(data: &Path, old: bool) -> f64 {
+    drop_index(data);
+    let store = Store::open(&Store::file_in(data), &StoreOptions::default()).unwrap();
+    let t = Instant::now();
+    let index = Index::open(
+        &store,
+        IndexOptions {
+            rewrite_open_each_chunk: old,
+            ..IndexOptions::default()
+        },
+    )
+    .unwrap();
+    let s = t.elapsed().as_secs_f64();
+    drop(index);
+    s
+}
+
+fn replay_phase(dir: &Path, scale: f64) {
+    for millions in [1u64, 2, 4] {
+        let n = ((millions * 1_000_000) as f64 * scale) as u64;
+        let data = dir.join(format!("flood{millions}"));
+        fill_flood(&data, n);
+        // The daemon: READY with the index empty, then its background replay.
+        let cfg = config(&data, "");
+        let metrics = cfg
+            .split("[metrics]\nlisten = \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .parse::<std::net::SocketAddr>()
+            .unwrap();
+        let (d, ready) = Daemon::start(dir, &cfg);
+        let t = Instant::now();
+        let deadline = t + Duration::from_secs(600);
+        loop {
+            let text = scrape(metrics);
+            let lag = text
+                .lines()
+                .find_map(|l| l.strip_prefix("ferry_query_index_lag_records "))
+                .and_then(|v| v.parse::<u64>().ok());
+            if lag == Some(0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replay does not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let replay = t.elapsed().as_secs_f64();
+        d.stop();
+        fig(
+            &format!("restart_to_ready_index_behind_{millions}m"),
+            format!("{:.0}", ready.as_secs_f64() * 1000.0),
+            &format!("ms ({n} records to replay)"),
+        );
+        fig(
+            &format!("daemon_background_replay_{millions}m"),
+            format!("{replay:.2}"),
+            &format!("s ({:.2} us/record)", replay * 1e6 / n as f64),
+        );
+        for (name, old) in [("library_replay", false), ("library_replay_old", true)] {
+            let s = library_replay(&data, old);
+            fig(
+                &format!("{name}_{millions}m"),
+                format!("{s:.2}"),
+                &format!("s ({:.2} us/record)", s * 1e6 / n as f64),
+            );
+        }
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+}
+
 fn main() {
     let scale = scale();
     let big = (1_000_000_000.0 * scale) as u64;
@@ -193,13 +338,20 @@ fn main() {
             std::env::var_os("FERRY_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
         )
         .unwrap();
+    let only = std::env::var("FERRY_BENCH_ONLY").ok();
+    if only.as_deref() != Some("replay") {
+        before_replay(dir.path(), big);
+    }
+    replay_phase(dir.path(), scale);
+}
 
+fn before_replay(dir: &Path, big: u64) {
     // Empty store: five starts.
     let mut ready = Vec::new();
     let mut rss = Vec::new();
     for i in 0..5 {
-        let data = dir.path().join(format!("empty{i}"));
-        let (d, t) = Daemon::start(dir.path(), &config(&data, ""));
+        let data = dir.join(format!("empty{i}"));
+        let (d, t) = Daemon::start(dir, &config(&data, ""));
         ready.push(t.as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_secs(3));
         rss.push(d.rss_kib() as f64);
@@ -217,7 +369,7 @@ fn main() {
     );
 
     // The big store.
-    let data = dir.path().join("big");
+    let data = dir.join("big");
     let t = Instant::now();
     let records = fill(&data, big);
     let size = std::fs::metadata(Store::file_in(&data)).unwrap().len();
@@ -231,7 +383,7 @@ fn main() {
     let mut ready = Vec::new();
     let mut rss = Vec::new();
     for _ in 0..3 {
-        let (d, t) = Daemon::start(dir.path(), &config(&data, ""));
+        let (d, t) = Daemon::start(dir, &config(&data, ""));
         ready.push(t.as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_secs(3));
         rss.push(d.rss_kib() as f64);
@@ -251,10 +403,10 @@ fn main() {
     // After a crash (SIGKILL), redb checks and repairs the file on open.
     let mut ready = Vec::new();
     for _ in 0..3 {
-        let (mut d, _) = Daemon::start(dir.path(), &config(&data, ""));
+        let (mut d, _) = Daemon::start(dir, &config(&data, ""));
         d.child.kill().unwrap();
         d.child.wait().unwrap();
-        let (d, t) = Daemon::start(dir.path(), &config(&data, ""));
+        let (d, t) = Daemon::start(dir, &config(&data, ""));
         ready.push(t.as_secs_f64() * 1000.0);
         d.stop();
     }
@@ -290,7 +442,7 @@ key = "{}"
             .unwrap()
             .parse::<std::net::SocketAddr>()
             .unwrap();
-        let (d, _) = Daemon::start(dir.path(), &cfg);
+        let (d, _) = Daemon::start(dir, &cfg);
         // Wait until it publishes (the backlog is being sent).
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

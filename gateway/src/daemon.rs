@@ -9,7 +9,9 @@
 //! 4. the process exits 0.
 //!
 //! Under systemd (`Type=notify`, see `notify.rs`): `READY=1` once the store is
-//! open, the sources are started and the uplinks run; `WATCHDOG=1` while the
+//! open, the sources are started and the uplinks run (the query index
+//! replays the log in the background, `query/replay.rs`: readiness does not
+//! wait for it); `WATCHDOG=1` while the
 //! ingest writer is alive and `STATUS=` as it changes (`watchdog.rs`);
 //! `STOPPING=1` when shutdown begins. SIGHUP reloads the config file
 //! (`reload.rs`) between `RELOADING=1` and `READY=1`.
@@ -129,18 +131,23 @@ pub async fn run_until(
     })?;
     let heads = store.heads();
     info!(store = %store_path.display(), records = heads.records, dead_letters = heads.dead, "store open");
-    // Replays the log into the query index where it is behind (all of it
-    // the first time); ingest starts after.
+    // The query index replays the log where it is behind (all of it the
+    // first time) in the background, beside ingest, which starts at once:
+    // readiness does not wait for it, and queries say how far behind it is.
     let query_metrics = metrics::QueryMetrics::new();
-    let index = Index::open(
-        &store,
-        IndexOptions {
-            metrics: query_metrics.clone(),
-            memory_budget: config.store.index_memory.as_u64() as usize,
-            ..IndexOptions::default()
-        },
-    )
-    .context("query index")?;
+    let index = Arc::new(
+        Index::open_without_catch_up(
+            &store,
+            IndexOptions {
+                metrics: query_metrics.clone(),
+                memory_budget: config.store.index_memory.as_u64() as usize,
+                ..IndexOptions::default()
+            },
+        )
+        .context("query index")?,
+    );
+    // Before the writer's first transaction, so that it leaves the log to the replay.
+    let replay = index.replay_in_background(&store);
 
     let mut registry = metrics::registry();
     metrics::register_build_info(&mut registry);
@@ -388,6 +395,11 @@ pub async fn run_until(
     }
     // 3. Uplinks: drain what is in flight.
     live.uplinks.shutdown().await;
+    // The index's replay stops after its chunk under way (what it
+    // committed stays; the next start continues from it).
+    if let Some(replay) = replay {
+        let _ = tokio::task::spawn_blocking(move || replay.stop()).await;
+    }
     // 2 and the last cursor moves: ingest ends after its final commit.
     ingest.task.await.context("ingest writer")?;
     http_cancel.cancel();

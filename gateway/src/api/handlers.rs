@@ -234,7 +234,7 @@ pub async fn query(State(ctx): Ctx, RawQuery(raw): RawQuery) -> Reply<Body> {
             keys.push(key);
         }
         let (from, to, step) = (q.from, q.to, q.step);
-        let result = ctx.engine.range(&keys, from, to, step, q.limit)?;
+        let (result, lag) = ctx.engine.range_with_lag(&keys, from, to, step, q.limit)?;
         let series = q
             .series
             .iter()
@@ -245,6 +245,8 @@ pub async fn query(State(ctx): Ctx, RawQuery(raw): RawQuery) -> Reply<Body> {
             from,
             to,
             step,
+            index_lag_records: lag,
+            complete: lag == 0,
             series,
         })
     })
@@ -343,7 +345,9 @@ pub async fn status(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json_
                 })
             })
             .collect();
-        let (through, applied) = ctx.engine.index().progress();
+        let index = ctx.engine.index();
+        let (through, applied) = index.progress();
+        let lag = heads.records.saturating_sub(applied);
         let registry = store.names().devices();
         let series: u64 = registry.values().map(|d| u64::from(d.fields)).sum();
         Ok(Json(json!({
@@ -354,7 +358,10 @@ pub async fn status(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json_
             "now": now,
             "records_head": heads.records,
             "dead_head": heads.dead,
-            "index": { "persisted_through": through, "applied": applied },
+            "index": {
+                "persisted_through": through, "applied": applied,
+                "lag_records": lag, "complete": lag == 0, "replaying": index.replaying(),
+            },
             "sources": sources,
             "uplinks": uplinks_json(&ctx)?,
         })))

@@ -51,6 +51,12 @@ pub struct QueryOut<'a> {
     pub from: Millis,
     pub to: Millis,
     pub step: Option<i64>,
+    /// Stored records the index had not taken in when the query read it
+    /// (nonzero while it replays the log after a restart).
+    pub index_lag_records: u64,
+    /// Whether every stored record was in the index: `false` means the
+    /// answer may miss readings (see `index_lag_records`).
+    pub complete: bool,
     pub series: Vec<SeriesOut<'a>>,
 }
 

@@ -187,17 +187,21 @@ impl Engine {
         step: Option<i64>,
         limit: usize,
     ) -> Result<Vec<Series>, QueryError> {
-        self.range_counted(series, from, to, step, limit)
+        self.range_with_lag(series, from, to, step, limit)
+            .map(|(out, _)| out)
     }
 
-    fn range_counted(
+    /// [`Engine::range`], and how many stored records the index had not
+    /// taken in when it read (0: the answer is complete; more while the
+    /// index replays the log after a restart).
+    pub fn range_with_lag(
         &self,
         series: &[SeriesKey],
         from: Millis,
         to: Millis,
         step: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<Series>, QueryError> {
+    ) -> Result<(Vec<Series>, u64), QueryError> {
         if let Some(step) = step.filter(|s| *s < 1) {
             return Err(QueryError::Step { step });
         }
@@ -322,7 +326,7 @@ impl Engine {
                 }
             }
         }
-        Ok(out)
+        Ok((out, view.lag))
     }
 }
 

@@ -2,7 +2,7 @@
 //! feeds it ([`IndexHook`]), and how it repairs itself from the log.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ferry_adapters::record::Millis;
@@ -120,6 +120,11 @@ pub struct IndexOptions {
     /// the maps holding them, estimated): past it, every open minute is
     /// written at the next commit, and dropped from memory after it.
     pub memory_budget: usize,
+    /// Catching up, write every open minute at every chunk (what the index
+    /// did before: quadratic in the points of a minute). Only for the
+    /// benchmark's baseline (`benches/lifecycle.rs`).
+    #[doc(hidden)]
+    pub rewrite_open_each_chunk: bool,
 }
 
 impl Default for IndexOptions {
@@ -129,6 +134,7 @@ impl Default for IndexOptions {
             catch_up_chunk: 50_000,
             metrics: QueryMetrics::new(),
             memory_budget: 8 << 20,
+            rewrite_open_each_chunk: false,
         }
     }
 }
@@ -145,6 +151,8 @@ pub(crate) struct OpenBucket {
     closed: bool,
     /// The persisted block has been merged into `points`.
     pub loaded: bool,
+    /// Points added since the persisted block was last written.
+    dirty_points: usize,
     /// The `max seq` of the persisted block (its expiry key), once known.
     persisted_max: Option<u64>,
 }
@@ -176,15 +184,18 @@ pub struct SourceSeen {
 }
 
 #[derive(Debug)]
-struct State {
+pub(super) struct State {
     /// The highest seq looked at (in memory or persisted).
-    applied: u64,
+    pub(super) applied: u64,
     /// `index.through` as last committed.
     persisted: u64,
     /// `index.through` written in the transaction under way.
     pending: Option<u64>,
     /// Caught up with the log: records the writer appends are applied.
     live: bool,
+    /// A background replay ([`super::replay`]) is catching up: the writer's
+    /// transactions leave the log to it.
+    pub(super) replaying: bool,
     series: HashMap<SeriesKey, BTreeMap<Millis, OpenBucket>>,
     /// Hours of series that have moved on to a later hour: their
     /// directories are written (from the blocks) at the next flush.
@@ -199,7 +210,11 @@ struct State {
 #[derive(Debug)]
 pub struct Index {
     state: Mutex<State>,
-    opts: IndexOptions,
+    pub(super) opts: IndexOptions,
+    /// Writers waiting for the store's write lock: a background replay lets
+    /// them go first between its chunks.
+    pub(super) writers_waiting: Mutex<usize>,
+    pub(super) writer_done: Condvar,
 }
 
 /// Everything a query needs, consistent at one moment: a read transaction,
@@ -209,6 +224,9 @@ pub struct View {
     pub(crate) tx: ReadTransaction,
     pub head: u64,
     pub first_record: u64,
+    /// Stored records up to `head` the index had not taken in: 0 when the
+    /// view is complete.
+    pub lag: u64,
     pub(crate) memory: HashMap<SeriesKey, BTreeMap<Millis, OpenBucket>>,
 }
 
@@ -262,6 +280,7 @@ impl Index {
                 persisted: through,
                 pending: None,
                 live: false,
+                replaying: false,
                 series: HashMap::new(),
                 seals: HashSet::new(),
                 last_flush: Instant::now(),
@@ -269,6 +288,8 @@ impl Index {
                 buf: Vec::new(),
             }),
             opts,
+            writers_waiting: Mutex::new(0),
+            writer_done: Condvar::new(),
         };
         index.report(store.heads().records);
         Ok(index)
@@ -283,9 +304,11 @@ impl Index {
             let db = store.db()?;
             let tx = db.begin_write()?;
             let result = (|| {
-                self.begin(&tx, heads)?;
+                self.begin_tx(&tx, heads, true)?;
                 let first = first_record(&tx.open_table(RECORDS)?, heads)?;
-                self.finish_inner(&tx, first, true)
+                // The open minutes are written once, with the last chunk.
+                let last = self.lock().live;
+                self.finish_inner(&tx, first, last)
             })();
             match result {
                 Ok(_) => {
@@ -312,12 +335,12 @@ impl Index {
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets the lag gauges against the log's head `head`.
-    fn report(&self, head: u64) {
+    pub(super) fn report(&self, head: u64) {
         let (persisted, applied) = self.progress();
         let m = &self.opts.metrics;
         m.index_lag_records.set(head.saturating_sub(applied) as i64);
@@ -330,6 +353,31 @@ impl Index {
     pub fn progress(&self) -> (u64, u64) {
         let s = self.lock();
         (s.persisted, s.applied)
+    }
+
+    /// The transaction begun last has committed.
+    pub(super) fn committed(&self) {
+        let mut state = self.lock();
+        if let Some(p) = state.pending.take() {
+            state.persisted = p;
+        }
+    }
+
+    /// The transaction begun last will not commit.
+    pub(super) fn abort_tx(&self) {
+        IndexHook::abort(self);
+    }
+
+    /// Stored records the index has not taken in (queries do not see them):
+    /// nonzero while it catches up with the log.
+    pub fn lag(&self, store: &Store) -> u64 {
+        let applied = self.lock().applied;
+        store.heads().records.saturating_sub(applied)
+    }
+
+    /// Whether a background replay is still catching up with the log.
+    pub fn replaying(&self) -> bool {
+        self.lock().replaying
     }
 
     /// When each source (by name id) was last seen since the daemon started.
@@ -363,6 +411,7 @@ impl Index {
         // between the two, and buckets written by a transaction stay in
         // memory until it has committed, so nothing falls in between.
         let head = store.heads().records;
+        let lag = head.saturating_sub(state.applied);
         let tx = store.db()?.begin_read()?;
         let memory = match series {
             None => state.series.clone(),
@@ -381,11 +430,24 @@ impl Index {
             tx,
             head,
             first_record,
+            lag,
             memory,
         })
     }
 
-    fn finish_inner(
+    /// Writes what is due of the in-memory buckets, retention's deletions
+    /// and `index.through`. `force` writes every bucket with points not
+    /// persisted yet.
+    ///
+    /// Catching up (not live), a still-open bucket is written once its new
+    /// points are at least as many as those already persisted (and an
+    /// eighth of `catch_up_chunk`): the block's size at least doubles
+    /// between two writes, so each point is rewritten at most a few times
+    /// however many share its minute, and a replay is linear in the log
+    /// (writing every open block at every chunk, as before, rewrote a
+    /// flood's minute once per chunk: quadratic), while `index.through`
+    /// still moves on as chunks commit.
+    pub(super) fn finish_inner(
         &self,
         tx: &WriteTransaction,
         first_record: u64,
@@ -426,18 +488,25 @@ impl Index {
             }
         }
         // Over the memory budget: write every open minute now, so the next
-        // transaction drops them from memory.
+        // transaction drops them from memory. Catching up, open minutes are
+        // written as they grow (see `finish_inner`), not all at every chunk.
         let (bytes, _) = memory_use(&state.series);
         let flush_all = force
-            || !state.live
             || bytes > self.opts.memory_budget
-            || state.last_flush.elapsed() >= self.opts.flush_interval;
+            || (state.live && state.last_flush.elapsed() >= self.opts.flush_interval);
         if flush_all {
             state.last_flush = Instant::now();
         }
+        let catching_up = !state.live;
+        let min_new = (self.opts.catch_up_chunk / 8).max(1);
         for (&s, buckets) in &mut state.series {
             for (&b, ob) in buckets.iter_mut() {
-                if ob.dirty_since.is_none() || !(ob.closed || flush_all) {
+                let grown = catching_up
+                    && (self.opts.rewrite_open_each_chunk || {
+                        let persisted = ob.points.len().saturating_sub(ob.dirty_points);
+                        ob.dirty_points >= persisted.max(min_new)
+                    });
+                if ob.dirty_since.is_none() || !(ob.closed || flush_all || grown) {
                     continue;
                 }
                 if !ob.loaded {
@@ -483,6 +552,7 @@ impl Index {
                     }
                 }
                 ob.dirty_since = None;
+                ob.dirty_points = 0;
                 wrote = true;
             }
         }
@@ -658,12 +728,13 @@ impl State {
             ob.closed = false;
             ob.points.push(&Point { seq, ts, value });
             ob.dirty_since.get_or_insert(seq);
+            ob.dirty_points = ob.dirty_points.saturating_add(1);
         }
         Ok(())
     }
 }
 
-fn first_record(
+pub(super) fn first_record(
     records: &impl ReadableTable<u64, &'static [u8]>,
     heads: Heads,
 ) -> Result<u64, StoreError> {
@@ -672,8 +743,18 @@ fn first_record(
         .map_or(heads.records + 1, |(k, _)| k.value()))
 }
 
-impl IndexHook for Index {
-    fn begin(&self, tx: &WriteTransaction, committed: Heads) -> Result<(), StoreError> {
+impl Index {
+    /// What begins every transaction that writes the index (the writer's
+    /// and a replay's): the buckets the last commit wrote leave memory, and
+    /// the log after `applied` up to `committed` is applied, at most
+    /// `catch_up_chunk` records, unless a background replay does that and
+    /// `replay` is false. Returns the lag left.
+    pub(super) fn begin_tx(
+        &self,
+        tx: &WriteTransaction,
+        committed: Heads,
+        replay: bool,
+    ) -> Result<u64, StoreError> {
         let mut guard = self.lock();
         let state = &mut *guard;
         if let Some(p) = state.pending.take() {
@@ -693,7 +774,8 @@ impl IndexHook for Index {
         if state.series.capacity() > 4 * state.series.len().max(1024) {
             state.series.shrink_to_fit();
         }
-        if state.applied < committed.records {
+        // A background replay reads the log in its own transactions.
+        if state.applied < committed.records && (replay || !state.replaying) {
             let records = tx.open_table(RECORDS)?;
             let mut n = 0;
             for entry in records.range(state.applied + 1..=committed.records)? {
@@ -717,7 +799,26 @@ impl IndexHook for Index {
         let lag = committed.records.saturating_sub(state.applied);
         drop(guard);
         self.opts.metrics.index_lag_records.set(lag as i64);
-        Ok(())
+        Ok(lag)
+    }
+}
+
+impl IndexHook for Index {
+    fn begin(&self, tx: &WriteTransaction, committed: Heads) -> Result<(), StoreError> {
+        self.begin_tx(tx, committed, false).map(drop)
+    }
+
+    fn wants_write(&self, wants: bool) {
+        let mut n = self
+            .writers_waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if wants {
+            *n = n.saturating_add(1);
+        } else {
+            *n = n.saturating_sub(1);
+            self.writer_done.notify_all();
+        }
     }
 
     fn record(&self, seq: u64, encoded: &[u8]) {

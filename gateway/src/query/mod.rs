@@ -50,9 +50,17 @@
 //! `ferry_query_index_unpersisted_records` what a restart would replay.
 //!
 //! # Repair
-//! On open, the log after `index.through` is replayed (all of it for a new,
-//! deleted or other-format index), merging into the persisted blocks by
-//! sequence number, so a crash or a deleted index is repaired from the log.
+//! The log after `index.through` is replayed (all of it for a new, deleted
+//! or other-format index), merging into the persisted blocks by sequence
+//! number, so a crash or a deleted index is repaired from the log. The
+//! daemon replays in the background beside ingest (`replay.rs`: one
+//! transaction per `catch_up_chunk` records, each committing its progress;
+//! the writer's transactions leave the log to it until it is caught up);
+//! [`Index::open`] replays before it returns. Catching up, an open minute is
+//! written once its new points are as many as those persisted, so a flood
+//! that puts millions of points in one minute is rewritten a bounded number
+//! of times, and the replay is linear in the log. Until it has caught up,
+//! queries say how many stored records they did not see (`View::lag`).
 //! A failed commit drops the in-memory state and replays from the log too.
 //!
 //! # Retention
@@ -70,12 +78,14 @@ pub mod block;
 pub mod bounds;
 mod engine;
 mod index;
+mod replay;
 
 pub use block::{Point, Rollup};
 pub use engine::{Bucket, DeviceInfo, DevicesPage, Engine, QueryError, Series, SeriesInfo};
 pub use index::{
     bucket_of, hour_of, Index, IndexOptions, SeriesKey, SourceSeen, BUCKET_MS, HOUR_MS,
 };
+pub use replay::Replay;
 
 #[cfg(test)]
 mod tests;

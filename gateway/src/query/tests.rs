@@ -535,3 +535,51 @@ async fn strings_are_counted_not_summed() {
     );
     stop(ingest).await;
 }
+
+/// A flood: `n` records from `from`, ten per millisecond, so a minute
+/// holds tens of thousands of points per series.
+fn flood(from: i64, n: i64) -> Vec<Record> {
+    (from..from + n)
+        .map(|i| Record {
+            ts: T0 + i / 10,
+            source: Arc::from("local"),
+            device: if i % 2 == 0 { "a".into() } else { "b".into() },
+            fields: vec![("v".into(), Value::Int(i))],
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_flood_replayed_in_the_background_beside_ingest_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
+    // Stored with no index: the replay has all of it to do.
+    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+    write(&ingest, flood(0, 6000)).await;
+    stop(ingest).await;
+    let index = Arc::new(
+        Index::open_without_catch_up(
+            &store,
+            IndexOptions {
+                catch_up_chunk: 100,
+                ..IndexOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let replay = index.replay_in_background(&store).expect("a replay");
+    assert!(index.replaying());
+    // New records arrive while it runs (the same minutes, and later ones).
+    let ingest = start(&store, &index, IngestConfig::default());
+    write(&ingest, flood(6000, 3000)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while index.replaying() || index.lag(&store) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the replay ends");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    replay.stop();
+    assert_eq!(index.progress().1, 9000, "every record applied");
+    check_against_log(&store, &Engine::new(store.clone(), index.clone()), 7);
+    check_directories(&store);
+    stop(ingest).await;
+}

@@ -22,4 +22,8 @@ pub trait IndexHook: Send + Sync + std::fmt::Debug {
     fn finish(&self, tx: &WriteTransaction, first_record: u64) -> Result<bool, StoreError>;
     /// The transaction begun last will not commit.
     fn abort(&self);
+    /// The writer is about to wait for the store's write lock (`true`), or
+    /// has it (`false`): an index replaying the log in transactions of its
+    /// own lets the writer go first.
+    fn wants_write(&self, _wants: bool) {}
 }

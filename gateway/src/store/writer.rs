@@ -604,7 +604,14 @@ impl WriterState {
 
     fn write(&mut self, batch: &Batch, known: usize) -> Result<Written, StoreError> {
         let mut heads = self.store.heads();
-        let tx = self.store.db()?.begin_write()?;
+        if let Some(index) = &self.index {
+            index.wants_write(true);
+        }
+        let tx = self.store.db().and_then(|db| Ok(db.begin_write()?));
+        if let Some(index) = &self.index {
+            index.wants_write(false);
+        }
+        let tx = tx?;
         if let Some(index) = &self.index {
             index.begin(&tx, heads)?;
         }
