@@ -5,7 +5,8 @@
 //!   appended it has committed; commits use redb's `Durability::Immediate`
 //!   (fsync before `commit` returns). Sources are acknowledged only after that.
 //! - Sequence numbers start at 1, increase by one per record and are never
-//!   reused; a gap appears only where retention removed records.
+//!   reused; a gap appears only where retention removed records, or where
+//!   a damaged file's records could not be salvaged.
 //! - A cursor is a consumer's durable position: the highest sequence number it
 //!   has finished with (0 = nothing yet). It only moves forward.
 //!
@@ -16,9 +17,30 @@
 //! | `dead`    | seq `u64`      | an encoded dead letter                  |
 //! | `names`   | id `u32`       | an interned device, source or field name |
 //! | `cursors` | consumer name  | `u64`, the last sequence consumed        |
-//! | `meta`    | key            | `u64` (`format_version`, byte accounts, route stream heads) |
+//! | `meta`    | key            | `u64` (`format_version`, byte accounts, route stream heads, `floor.*` after a salvage) |
 //! | `route.NAME` | seq `u64`   | a route's output record (same encoding) |
 //! | `route_state` | route name | a route's state (see `route/`)          |
+//!
+//! Beside the file: `ferry.redb.clean` while it is closed cleanly (see
+//! below), and `ferry.redb.corrupt-<unix time>` for each damaged file set
+//! aside.
+//!
+//! # Opening: is the file sound?
+//! [`Store::open_or_salvage`] (the daemon's start) and `ferry fsck` decide
+//! by one path ([`salvage::assess`]) before anything else reads the file:
+//! redb's integrity check when the file is not known to be as Ferry last
+//! closed it (after a crash, `kill -9`, power cut or panic-abort, or a
+//! change by anything else; measured costs and the reasoning are in
+//! [`salvage`]), then Ferry's checks, each in a contained scope. A damaged
+//! file (corrupt, truncated, empty, garbage) is moved aside, kept, and a
+//! fresh store gets what reads from it, with the original sequence numbers
+//! ([`salvage::set_aside_and_salvage`]); every decision is logged and
+//! counted (`ferry_store_files_set_aside_total`,
+//! `ferry_store_salvaged_total`, `ferry_store_salvage_lost_total`,
+//! `ferry_store_salvage_unreadable_total`,
+//! `ferry_store_integrity_checks_total`). After a salvage the heads start
+//! at the highest sequence number the damaged file is known to have used
+//! (`floor.*` in `meta`), so none is used twice.
 //!
 //! # When data is deleted
 //! Only by retention ([`retention`]): records older than `max_age`, and the
@@ -677,8 +699,8 @@ pub(crate) mod clean_record {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 tracing::warn!(record = %path.display(), error = %e,
-                    "cannot remove the store's clean-close record; the next start checks it anyway \
-                     only if the file changed");
+                    "cannot remove the store's clean-close record (the file's next change makes \
+                     it stale, so a later start still checks a changed file)");
             }
         }
     }
