@@ -30,6 +30,9 @@ use std::task::{Context, Poll};
 thread_local! {
     /// How many contained scopes this thread is inside.
     static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// How many of them expect panics and report them themselves
+    /// ([`contained_quietly`]).
+    static QUIET: Cell<u32> = const { Cell::new(0) };
 }
 
 /// A panic caught at a contained scope's boundary, with its message.
@@ -65,7 +68,9 @@ pub fn install_hook() {
     ONCE.call_once(|| {
         let report = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            report(info);
+            if !QUIET.with(|q| q.get() > 0) {
+                report(info);
+            }
             if !is_contained() {
                 std::process::abort();
             }
@@ -96,6 +101,21 @@ impl Drop for Scope {
 pub fn contained<R>(f: impl FnOnce() -> R) -> Result<R, Panicked> {
     let _scope = Scope::enter();
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| Panicked::from_payload(&*p))
+}
+
+/// [`contained`] for work that expects panics by the thousand and reports
+/// each as its own result (salvaging a damaged file probes it until reads
+/// succeed): the daemon's hook does not print them.
+pub fn contained_quietly<R>(f: impl FnOnce() -> R) -> Result<R, Panicked> {
+    QUIET.with(|q| q.set(q.get().saturating_add(1)));
+    struct Unquiet;
+    impl Drop for Unquiet {
+        fn drop(&mut self) {
+            QUIET.with(|q| q.set(q.get().saturating_sub(1)));
+        }
+    }
+    let _unquiet = Unquiet;
+    contained(f)
 }
 
 /// A future polled as a contained scope: it resolves to `Err(Panicked)` if

@@ -110,7 +110,7 @@ pub async fn run_until(
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("gateway.data_dir: cannot create {}", data_dir.display()))?;
     let store_path = Store::file_in(data_dir);
-    let (store, set_aside) = Store::open_or_set_aside(
+    let (store, opened) = Store::open_or_salvage(
         &store_path,
         &StoreOptions {
             cache_bytes: config.store.cache_size.as_u64() as usize,
@@ -153,9 +153,7 @@ pub async fn run_until(
     metrics::register_build_info(&mut registry);
     let ingest_metrics = IngestMetrics::new();
     ingest_metrics.register(&mut registry);
-    if set_aside.is_some() {
-        ingest_metrics.store_files_set_aside.inc();
-    }
+    ingest_metrics.count_store_open(&opened);
     let uplink_metrics = UplinkMetrics::new();
     uplink_metrics.register(&mut registry);
     let modbus_metrics = Arc::new(ModbusMetrics::new());

@@ -52,6 +52,12 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// What kind of stored data (`records`, `dead_letters`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DataLabel {
+    pub data: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UplinkLabel {
     pub uplink: String,
@@ -100,6 +106,18 @@ pub struct IngestMetrics {
     pub ingest_blocked: Gauge,
     /// Corrupt store files moved aside at start (a fresh store was begun).
     pub store_files_set_aside: Counter,
+    /// Entries salvaged from a store file set aside, by `data` (`records`,
+    /// `dead_letters`, `route_records`, `names`, `cursors`, `route_states`).
+    pub store_salvaged: Family<DataLabel, Counter>,
+    /// Entries of a store file set aside known to be lost (sequence numbers
+    /// missing between and after the salvaged ones; names), by `data`.
+    pub store_salvage_lost: Family<DataLabel, Counter>,
+    /// Parts of a store file set aside that could not be read (the whole
+    /// file, a table, a range of keys past damaged pages).
+    pub store_salvage_unreadable: Counter,
+    /// Full integrity checks of the store file at start (it was not closed
+    /// cleanly by Ferry, or changed since).
+    pub store_integrity_checks: Counter,
     /// 1 while commits succeed; 0 from a failed commit (a read-only or
     /// full file system, a failing card) until one succeeds again.
     pub store_writable: Gauge,
@@ -116,6 +134,43 @@ impl Default for IngestMetrics {
 }
 
 impl IngestMetrics {
+    /// Counts what opening the store decided.
+    pub fn count_store_open(&self, opened: &crate::store::Opened) {
+        use crate::store::{salvage::Check, Opened};
+        match opened {
+            Opened::New | Opened::Sound(Check::Trusted) => {}
+            Opened::Sound(Check::Full) => {
+                self.store_integrity_checks.inc();
+            }
+            Opened::Salvaged { report, .. } => {
+                // The full check ran, or the cheap checks failed first.
+                self.store_integrity_checks.inc();
+                self.store_files_set_aside.inc();
+                let data = |d: &str| DataLabel { data: d.to_owned() };
+                for (d, n) in [
+                    ("records", report.records),
+                    ("dead_letters", report.dead_letters),
+                    ("route_records", report.route_records),
+                    ("names", report.names),
+                    ("cursors", report.cursors),
+                    ("route_states", report.route_states),
+                ] {
+                    self.store_salvaged.get_or_create(&data(d)).inc_by(n);
+                }
+                for (d, n) in [
+                    ("records", report.records_lost),
+                    ("dead_letters", report.dead_letters_lost),
+                    ("route_records", report.route_records_lost),
+                    ("names", report.names_lost),
+                ] {
+                    self.store_salvage_lost.get_or_create(&data(d)).inc_by(n);
+                }
+                self.store_salvage_unreadable
+                    .inc_by(report.unreadable.len() as u64);
+            }
+        }
+    }
+
     pub fn new() -> Self {
         IngestMetrics {
             records_received: Default::default(),
@@ -136,6 +191,10 @@ impl IngestMetrics {
             store_estimated_bytes: Default::default(),
             ingest_blocked: Default::default(),
             store_files_set_aside: Default::default(),
+            store_salvaged: Default::default(),
+            store_salvage_lost: Default::default(),
+            store_salvage_unreadable: Default::default(),
+            store_integrity_checks: Default::default(),
             store_writable: Default::default(),
             devices: Default::default(),
             series: Default::default(),
@@ -237,6 +296,26 @@ impl IngestMetrics {
             "files_set_aside",
             "Corrupt store files moved aside at start, a fresh store begun",
             self.store_files_set_aside.clone(),
+        );
+        s.register(
+            "salvaged",
+            "Entries salvaged from a store file set aside, by data",
+            self.store_salvaged.clone(),
+        );
+        s.register(
+            "salvage_lost",
+            "Entries of a store file set aside known to be lost, by data",
+            self.store_salvage_lost.clone(),
+        );
+        s.register(
+            "salvage_unreadable",
+            "Parts of a store file set aside that could not be read",
+            self.store_salvage_unreadable.clone(),
+        );
+        s.register(
+            "integrity_checks",
+            "Full integrity checks of the store file at start",
+            self.store_integrity_checks.clone(),
         );
         s.register(
             "writable",

@@ -2,8 +2,15 @@
 //! opens a file in one process at a time) and, with `--repair`, fixes what
 //! can be fixed without losing anything that is readable.
 //!
-//! Checks: redb's own integrity check (page checksums, tree structure); the
-//! format version; each stream's continuity (retention only ever removes
+//! First the verdict the daemon's open reaches, by the same path
+//! ([`salvage::assess`] with the full check): a damaged file (corrupt,
+//! truncated, empty, garbage) is reported with the same reason the daemon
+//! logs; `--repair` then does what the daemon's start does: moves it aside
+//! and salvages what reads into a fresh store
+//! ([`salvage::set_aside_and_salvage`]).
+//!
+//! Then, on a sound file: redb's own integrity check (page checksums, tree
+//! structure; whether it had to repair); the format version; each stream's continuity (retention only ever removes
 //! from the front, so a gap inside a stream is damage); that every record
 //! and dead letter decodes; that no cursor is beyond its stream's head.
 //! Repairs: removes what does not decode (it could never be sent), moves
@@ -14,6 +21,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use super::salvage::{self, Check, Verdict};
 use super::{Store, StoreError, StoreOptions, CURSORS, DEAD, RECORDS};
 
 /// What a check found.
@@ -33,6 +41,8 @@ pub struct FsckReport {
     pub undecodable_dead: Vec<u64>,
     /// Cursors beyond the head: (name, position).
     pub cursors_ahead: Vec<(String, u64)>,
+    /// The file is damaged (why): the daemon's open sets it aside.
+    pub damaged: Option<String>,
     /// What `--repair` did.
     pub repaired: Vec<String>,
 }
@@ -40,7 +50,7 @@ pub struct FsckReport {
 impl FsckReport {
     /// Problems found (repaired or not).
     pub fn problems(&self) -> usize {
-        usize::from(!self.integrity_ok)
+        usize::from(!self.integrity_ok || self.damaged.is_some())
             + self.gaps.len()
             + self.undecodable.len()
             + self.undecodable_dead.len()
@@ -50,12 +60,19 @@ impl FsckReport {
 
 impl fmt::Display for FsckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(why) = &self.damaged {
+            writeln!(
+                f,
+                "problem: the store is damaged: {why} (the daemon sets such a file aside at its \
+                 next start and salvages what reads into a fresh store; --repair does it now)"
+            )?;
+        }
         writeln!(
             f,
             "records: {} (seq {}..={}), dead letters: {}",
             self.records, self.first_record, self.head, self.dead_letters
         )?;
-        if !self.integrity_ok {
+        if !self.integrity_ok && self.damaged.is_none() {
             writeln!(
                 f,
                 "problem: redb's integrity check failed (the file was repaired on open)"
@@ -100,6 +117,25 @@ impl fmt::Display for FsckReport {
 /// Checks the store at `path`; with `repair`, fixes what it found.
 pub fn fsck(path: &Path, repair: bool) -> Result<FsckReport, StoreError> {
     let mut report = FsckReport::default();
+    let cache = StoreOptions::default().cache_bytes;
+    match salvage::assess(path, Check::Full, cache)? {
+        Verdict::Sound(db) => drop(db),
+        Verdict::Damaged(why) => {
+            report.integrity_ok = false;
+            report.damaged = Some(why.clone());
+            if !repair {
+                return Ok(report);
+            }
+            let (aside, salvaged) = salvage::set_aside_and_salvage(path, &why, cache)?;
+            report.repaired.push(format!(
+                "moved the damaged file to {} and started a fresh store: {salvaged}",
+                aside.display()
+            ));
+            let store = Store::open(path, &StoreOptions::default())?;
+            scan(&store, &mut report)?;
+            return Ok(report);
+        }
+    }
     {
         let mut db = Database::open(path).map_err(|source| StoreError::Open {
             path: path.to_owned(),

@@ -5,7 +5,8 @@
 //!   appended it has committed; commits use redb's `Durability::Immediate`
 //!   (fsync before `commit` returns). Sources are acknowledged only after that.
 //! - Sequence numbers start at 1, increase by one per record and are never
-//!   reused; a gap appears only where retention removed records.
+//!   reused; a gap appears only where retention removed records, or where
+//!   a damaged file's records could not be salvaged.
 //! - A cursor is a consumer's durable position: the highest sequence number it
 //!   has finished with (0 = nothing yet). It only moves forward.
 //!
@@ -17,9 +18,30 @@
 //! | `names`   | id `u32`       | an interned device, source or field name |
 //! | `known_series` | device id << 32 \| field id | `()`: the series with stored records ([`names`]) |
 //! | `cursors` | consumer name  | `u64`, the last sequence consumed        |
-//! | `meta`    | key            | `u64` (`format_version`, byte accounts, route stream heads) |
+//! | `meta`    | key            | `u64` (`format_version`, byte accounts, route stream heads, `floor.*` after a salvage) |
 //! | `route.NAME` | seq `u64`   | a route's output record (same encoding) |
 //! | `route_state` | route name | a route's state (see `route/`)          |
+//!
+//! Beside the file: `ferry.redb.clean` while it is closed cleanly (see
+//! below), and `ferry.redb.corrupt-<unix time>` for each damaged file set
+//! aside.
+//!
+//! # Opening: is the file sound?
+//! [`Store::open_or_salvage`] (the daemon's start) and `ferry fsck` decide
+//! by one path ([`salvage::assess`]) before anything else reads the file:
+//! redb's integrity check when the file is not known to be as Ferry last
+//! closed it (after a crash, `kill -9`, power cut or panic-abort, or a
+//! change by anything else; measured costs and the reasoning are in
+//! [`salvage`]), then Ferry's checks, each in a contained scope. A damaged
+//! file (corrupt, truncated, empty, garbage) is moved aside, kept, and a
+//! fresh store gets what reads from it, with the original sequence numbers
+//! ([`salvage::set_aside_and_salvage`]); every decision is logged and
+//! counted (`ferry_store_files_set_aside_total`,
+//! `ferry_store_salvaged_total`, `ferry_store_salvage_lost_total`,
+//! `ferry_store_salvage_unreadable_total`,
+//! `ferry_store_integrity_checks_total`). After a salvage the heads start
+//! at the highest sequence number the damaged file is known to have used
+//! (`floor.*` in `meta`), so none is used twice.
 //!
 //! # When data is deleted
 //! Only by retention ([`retention`]): records older than `max_age`, and the
@@ -35,6 +57,7 @@ pub mod limits;
 mod names;
 pub mod retention;
 mod route_retention;
+pub mod salvage;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -248,27 +271,40 @@ impl Store {
         data_dir.join("ferry.redb")
     }
 
-    /// Opens (or creates) the store file at `path`.
+    /// Opens (or creates) the store file at `path`, trusting it (no
+    /// integrity check, no salvage: see [`Store::open_or_salvage`]).
     pub fn open(path: &Path, opts: &StoreOptions) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        };
         let db = Database::builder()
             .set_cache_size(opts.cache_bytes)
             .create(path)
-            .map_err(open_err)?;
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Store::from_db(db, path, opts)
+    }
+
+    /// The store on an open database: checks the format version, creates
+    /// the tables, loads the names and heads. The file will change from
+    /// here, so its clean-close record goes first.
+    fn from_db(db: Database, path: &Path, opts: &StoreOptions) -> Result<Store, StoreError> {
+        clean_record::remove(path);
         let tx = db.begin_write()?;
-        let version = {
+        let (version, floors) = {
             let mut meta = tx.open_table(META)?;
             let found = meta.get("format_version")?.map(|v| v.value());
-            match found {
+            let floors = (
+                meta.get(salvage::FLOOR_RECORDS)?.map_or(0, |v| v.value()),
+                meta.get(salvage::FLOOR_DEAD)?.map_or(0, |v| v.value()),
+            );
+            let version = match found {
                 Some(v) => v,
                 None => {
                     meta.insert("format_version", u64::from(codec::FORMAT_VERSION))?;
                     u64::from(codec::FORMAT_VERSION)
                 }
-            }
+            };
+            (version, floors)
         };
         if version != u64::from(codec::FORMAT_VERSION) {
             return Err(StoreError::Version {
@@ -282,9 +318,11 @@ impl Store {
         tx.open_table(DEAD)?;
         tx.open_table(CURSORS)?;
         let names = names::load(&tx, path)?;
+        // A salvaged store continues after the highest sequence number the
+        // damaged one is known to have used, even where its tail was lost.
         let heads = Heads {
-            records: last_key(&tx.open_table(RECORDS)?)?,
-            dead: last_key(&tx.open_table(DEAD)?)?,
+            records: last_key(&tx.open_table(RECORDS)?)?.max(floors.0),
+            dead: last_key(&tx.open_table(DEAD)?)?.max(floors.1),
         };
         tx.commit()?;
         Ok(Store {
@@ -299,39 +337,47 @@ impl Store {
         })
     }
 
-    /// Opens the store at `path`; if the file is corrupt or unreadable as a
-    /// store, moves it aside (kept for diagnosis, named
-    /// `ferry.redb.corrupt-<unix time>`) and starts a fresh one, so a bad
-    /// file never needs a person at the gateway. Returns where the old file
-    /// went, if it was moved. Errors that a new file would not cure (the
-    /// store is in use, permission denied, a newer format) are returned.
-    pub fn open_or_set_aside(
+    /// Opens the store at `path` after deciding whether it is sound
+    /// ([`salvage::assess`]; the full integrity check runs unless Ferry
+    /// closed the file cleanly and it is unchanged since). A damaged file
+    /// (corrupt, truncated, empty, garbage) is moved aside (kept, named
+    /// `ferry.redb.corrupt-<unix time>`) and a fresh store is started with
+    /// what reads from it ([`salvage::set_aside_and_salvage`]), so a bad
+    /// file never needs a person at the gateway. Errors that a new file
+    /// would not cure (the store is in use, permission denied, a newer
+    /// format) are returned.
+    pub fn open_or_salvage(
         path: &Path,
         opts: &StoreOptions,
-    ) -> Result<(Store, Option<PathBuf>), StoreError> {
-        let attempt = std::panic::catch_unwind(|| Store::open(path, opts));
-        let err = match attempt {
-            Ok(Ok(store)) => return Ok((store, None)),
-            Ok(Err(e)) if !e.is_corruption() => return Err(e),
-            Ok(Err(e)) => e.to_string(),
-            // Debug builds of redb panic on some corruptions; release builds
-            // return `Corrupted` (and Ferry's release profile aborts on panic).
-            Err(_) => "the store's checks panicked".to_owned(),
+    ) -> Result<(Store, Opened), StoreError> {
+        if !path.exists() {
+            clean_record::remove(path);
+            return Ok((Store::open(path, opts)?, Opened::New));
+        }
+        let check = if clean_record::matches(path) {
+            salvage::Check::Trusted
+        } else {
+            salvage::Check::Full
         };
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut aside = path.as_os_str().to_owned();
-        aside.push(format!(".corrupt-{stamp}"));
-        let aside = PathBuf::from(aside);
-        std::fs::rename(path, &aside).map_err(|e| StoreError::SetAside {
-            path: path.to_owned(),
-            error: err.clone(),
-            source: e,
-        })?;
-        tracing::error!(store = %path.display(), moved_to = %aside.display(), error = %err,
-            "the store file is corrupt: moved it aside and started a new one");
-        Ok((Store::open(path, opts)?, Some(aside)))
+        let started = std::time::Instant::now();
+        let verdict = salvage::assess(path, check, opts.cache_bytes)?;
+        let took = started.elapsed();
+        match verdict {
+            salvage::Verdict::Sound(db) => {
+                if check == salvage::Check::Full {
+                    tracing::info!(store = %path.display(), took_ms = took.as_millis() as u64,
+                        "store passed the integrity check (it was not closed cleanly by Ferry, \
+                         or changed since)");
+                }
+                let store = Store::from_db(db, path, opts)?;
+                Ok((store, Opened::Sound(check)))
+            }
+            salvage::Verdict::Damaged(why) => {
+                let (aside, report) = salvage::set_aside_and_salvage(path, &why, opts.cache_bytes)?;
+                let store = Store::open(path, opts)?;
+                Ok((store, Opened::Salvaged { aside, why, report }))
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -559,6 +605,122 @@ impl Store {
 
     pub(crate) fn decode_dead(&self, bytes: &[u8]) -> Result<DeadLetter, DecodeError> {
         codec::decode_dead_letter(bytes, &self.inner.names.snapshot())
+    }
+}
+
+/// What [`Store::open_or_salvage`] found.
+#[derive(Debug)]
+pub enum Opened {
+    /// There was no store file: a new one.
+    New,
+    /// The file is sound (after the check named).
+    Sound(salvage::Check),
+    /// The file was damaged: moved to `aside`, and what read was salvaged.
+    Salvaged {
+        aside: PathBuf,
+        why: String,
+        report: salvage::SalvageReport,
+    },
+}
+
+impl Drop for Inner {
+    /// The last handle closes the database; a clean close is recorded so the
+    /// next open may trust the file ([`salvage`], "When the full check runs").
+    fn drop(&mut self) {
+        let slot = self.db.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(db) = slot.and_then(|db| Arc::try_unwrap(db).ok()) else {
+            return;
+        };
+        match db.close() {
+            Ok(()) => clean_record::write(&self.path),
+            Err(e) => warn!(store = %self.path.display(), error = %e, "closing the store failed"),
+        }
+    }
+}
+
+/// Flushes a directory entry change (rename, unlink) of `file`'s directory.
+pub(crate) fn sync_dir(file: &Path) {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// `ferry.redb.clean`: written after Ferry closed the store cleanly, with
+/// the file's length, modification time and inode; removed when the store
+/// is opened. Its presence, matching the file, is what lets an open skip
+/// the full integrity check.
+pub(crate) mod clean_record {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+
+    fn record_path(store: &Path) -> PathBuf {
+        let mut p = store.as_os_str().to_owned();
+        p.push(".clean");
+        PathBuf::from(p)
+    }
+
+    fn describe(store: &Path) -> Option<String> {
+        let m = std::fs::metadata(store).ok()?;
+        Some(format!(
+            "ferry store closed cleanly\nlen {}\nmtime {}.{:09}\nino {}\n",
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino()
+        ))
+    }
+
+    /// Whether the record exists and describes the file as it is now.
+    pub fn matches(store: &Path) -> bool {
+        match (std::fs::read_to_string(record_path(store)), describe(store)) {
+            (Ok(recorded), Some(now)) => recorded == now,
+            _ => false,
+        }
+    }
+
+    /// Removes the record, durably (a crash from here on must leave none).
+    pub fn remove(store: &Path) {
+        let path = record_path(store);
+        match std::fs::remove_file(&path) {
+            Ok(()) => super::sync_dir(&path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(record = %path.display(), error = %e,
+                    "cannot remove the store's clean-close record (the file's next change makes \
+                     it stale, so a later start still checks a changed file)");
+            }
+        }
+    }
+
+    /// Records that the store was just closed cleanly.
+    pub fn write(store: &Path) {
+        let Some(text) = describe(store) else { return };
+        let path = record_path(store);
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let written = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        match written {
+            Ok(()) => {
+                super::sync_dir(&path);
+                tracing::info!(store = %store.display(), "store closed cleanly");
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::warn!(record = %path.display(), error = %e,
+                    "cannot record the store's clean close; the next start runs the full integrity check");
+            }
+        }
     }
 }
 

@@ -521,14 +521,15 @@ mod repair {
         store.path().to_owned()
     }
 
-    /// A damaged file either opens (redb repairs it or the damage missed
-    /// anything it checks) or is moved aside for a fresh store: never an
-    /// error that needs a person, never a panic.
+    /// Every kind of damage is found before anything reads the file: it is
+    /// set aside (kept), what reads is salvaged with its sequence numbers,
+    /// and the fresh store takes new records after the old head.
     #[tokio::test]
-    async fn damaged_files_are_opened_or_set_aside() {
+    async fn damaged_files_are_set_aside_and_salvaged() {
         type Damage = fn(&mut Vec<u8>);
-        let damages: [(&str, Damage); 5] = [
+        let damages: [(&str, Damage); 7] = [
             ("truncated to half", |b| b.truncate(b.len() / 2)),
+            ("truncated by 1 byte", |b| b.truncate(b.len() - 1)),
             ("torn tail of 100 bytes", |b| b.truncate(b.len() - 100)),
             ("garbage header", |b| b[..64].fill(0xAB)),
             ("flipped bytes throughout", |b| {
@@ -537,6 +538,7 @@ mod repair {
                 }
             }),
             ("all zeros", |b| b.fill(0)),
+            ("empty", |b| b.clear()),
         ];
         for (what, damage) in damages {
             let dir = tempfile::tempdir().unwrap();
@@ -544,35 +546,88 @@ mod repair {
             let mut bytes = std::fs::read(&path).unwrap();
             damage(&mut bytes);
             std::fs::write(&path, &bytes).unwrap();
-            let (store, aside) = Store::open_or_set_aside(&path, &StoreOptions::default())
+            let (store, opened) = Store::open_or_salvage(&path, &StoreOptions::default())
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
-            if let Some(aside) = &aside {
-                assert!(aside.exists(), "{what}: the damaged file is kept");
-                assert_eq!(store.heads(), Heads::default(), "{what}: a fresh store");
+            let Opened::Salvaged { aside, why, report } = opened else {
+                panic!("{what}: not set aside: {opened:?}");
+            };
+            assert!(aside.exists(), "{what}: the damaged file is kept");
+            assert_eq!(
+                std::fs::read(&aside).unwrap(),
+                bytes,
+                "{what}: kept unchanged"
+            );
+            let mut out = Vec::new();
+            store.read_records(0, 100_000, &mut out).unwrap();
+            assert_eq!(out.len() as u64, report.records, "{what}");
+            assert!(out.windows(2).all(|w| w[0].seq < w[1].seq), "{what}");
+            for r in &out {
+                // The original sequence numbers: record i was written as seq i + 1.
+                let i = r.seq - 1;
+                assert_eq!(r.record, record("d", i as i64, (i % 500) as i64), "{what}");
             }
-            // Either way the store takes new records.
+            assert!(
+                store.heads().records >= out.last().map_or(0, |r| r.seq),
+                "{what}"
+            );
+            eprintln!("{what}: {why}: {report}");
+            // The store takes new records, after every salvaged one.
+            let head = store.heads().records;
             let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
             let done = ingest
                 .sink
                 .submit_and_wait(vec![Item::Record(record("d", 1, 1))])
-                .await;
-            assert!(done.is_ok(), "{what}: {done:?}");
-            eprintln!(
-                "{what}: {}",
-                if aside.is_some() {
-                    "set aside"
-                } else {
-                    "opened"
-                }
-            );
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            assert_eq!(done.last_seq, Some(head + 1), "{what}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_clean_close_is_trusted_and_anything_else_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = make_store(&dir).await;
+        let (store, opened) = Store::open_or_salvage(&path, &StoreOptions::default()).unwrap();
+        assert!(
+            matches!(opened, Opened::Sound(salvage::Check::Trusted)),
+            "{opened:?}"
+        );
+        // Open: the record is gone, so a crash now leaves the next open to check.
+        let (_, crashed) = (store.clone(), {
+            let record = std::path::PathBuf::from(format!("{}.clean", path.display()));
+            record.exists()
+        });
+        assert!(!crashed);
+        drop(store);
+        let (store, opened) = Store::open_or_salvage(&path, &StoreOptions::default()).unwrap();
+        assert!(
+            matches!(opened, Opened::Sound(salvage::Check::Trusted)),
+            "{opened:?}"
+        );
+        drop(store);
+        // Changed by something else (same bytes rewritten: a new mtime).
+        let bytes = std::fs::read(&path).unwrap();
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        ferry_testkit::wait_until_blocking(
+            std::time::Duration::from_secs(5),
+            "the clock moves",
+            || std::time::SystemTime::now() > before + std::time::Duration::from_millis(20),
+        )
+        .unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let (store, opened) = Store::open_or_salvage(&path, &StoreOptions::default()).unwrap();
+        assert!(
+            matches!(opened, Opened::Sound(salvage::Check::Full)),
+            "{opened:?}"
+        );
+        assert_eq!(store.heads().records, 10_000);
     }
 
     #[test]
     fn a_store_in_use_is_not_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let err = Store::open_or_set_aside(store.path(), &StoreOptions::default())
+        let err = Store::open_or_salvage(store.path(), &StoreOptions::default())
             .err()
             .unwrap();
         assert!(!err.is_corruption(), "{err}");
