@@ -15,8 +15,14 @@
 //! 2. The store it returns reads: every record and dead letter, the cursor,
 //!    in order, without a panic (a panic here means the open declared a
 //!    damaged file sound); it opens again after being closed.
-//! 3. Salvaged records carry seqs of the original store (1..=300) and the
-//!    head is never behind the last of them.
+//! 3. Salvaged records' seqs increase and the head is never behind the
+//!    last of them (no seq is used twice). Where one byte was changed (or
+//!    the file only truncated) they are seqs of the original store
+//!    (1..=300): a changed key is dropped, not kept under a seq it never
+//!    had. With more changes no such promise holds: a key changed to fit
+//!    between its neighbours, or one past the end that a changed head in
+//!    `meta` vouches for, reads like a real one (records carry no seq of
+//!    their own to check it against).
 #![no_main]
 
 use std::path::PathBuf;
@@ -148,7 +154,7 @@ fuzz_target!(|data: &[u8]| {
         after = stats.last_seq;
     }
     assert!(out.windows(2).all(|w| w[0].seq < w[1].seq));
-    if let Opened::Salvaged { .. } = opened {
+    if matches!(opened, Opened::Salvaged { .. }) && ops.len() < 10 {
         assert!(out.iter().all(|r| (1..=RECORDS).contains(&r.seq)));
     }
     assert!(store.heads().records >= out.last().map_or(0, |r| r.seq));

@@ -668,8 +668,21 @@ fn copy_stream(
         let mut batch: Vec<(u64, &[u8])> = Vec::new();
         for i in 0..judged {
             let (k, v) = &entries[i];
-            let in_order =
-                seen.is_none_or(|l| *k > l) && entries.get(i + 1).is_none_or(|(n, _)| k < n);
+            // An entry with no next neighbour (the table's end, or damage
+            // after it) cannot be judged by one. A stream's keys run on by
+            // one (retention takes the oldest, so gaps are rare: what a
+            // repair or an earlier salvage removed), so such an entry that
+            // jumps past the key before it is taken only when a head the
+            // store recorded elsewhere reaches it; a bit flipped in the last
+            // key would otherwise give a record a seq it never had.
+            let unvouched_jump = entries.get(i + 1).is_none()
+                && seen.is_some_and(|l| *k > l.saturating_add(1))
+                && *k > known_head;
+            // Sequence numbers start at 1.
+            let in_order = *k > 0
+                && !unvouched_jump
+                && seen.is_none_or(|l| *k > l)
+                && entries.get(i + 1).is_none_or(|(n, _)| k < n);
             if !in_order {
                 continue;
             }
