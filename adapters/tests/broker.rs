@@ -52,6 +52,11 @@ async fn good_and_bad_messages_from_ten_devices() {
     let cfg = BrokerSourceConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         max_payload: ByteSize::kib(1),
+        // All ~245 KB of the messages below wait at once (ingest is read
+        // only once every PUBACK is in): far under half of this buffer, so
+        // no early commit is due however slowly the machine runs. (Half of
+        // the default 512 KiB is barely above them.)
+        buffer: ByteSize::mib(2),
         ..BrokerSourceConfig::default()
     };
     let (sink, mut ingest) = Ingest::new(8);

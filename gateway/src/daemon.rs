@@ -167,6 +167,8 @@ pub async fn run_until(
     api_metrics.register(&mut registry);
     let listener_metrics = metrics::ListenerMetrics::new();
     listener_metrics.register(&mut registry);
+    let config_metrics = metrics::ConfigMetrics::new();
+    config_metrics.register(&mut registry);
 
     let (ready_tx, ready_rx) = watch::channel(None);
     let http_cancel = CancellationToken::new();
@@ -293,6 +295,7 @@ pub async fn run_until(
         pipeline: pipeline_tx,
         pipeline_metrics: pipeline_metrics.clone(),
         routes: route_configs,
+        config_metrics,
     };
     if let Some(listener) = api_listener {
         let engine = crate::query::Engine::new(store.clone(), index);
@@ -503,6 +506,7 @@ struct Live {
     pipeline_metrics: PipelineMetrics,
     /// Each route's config, followed by its task.
     routes: BTreeMap<String, watch::Sender<RouteConfig>>,
+    config_metrics: metrics::ConfigMetrics,
 }
 
 /// SIGHUP: reads the config file again and applies what can change in
@@ -511,6 +515,7 @@ async fn reload_config(ctx: &ReloadContext, running: &mut Config, live: &mut Liv
     let uplinks = &mut live.uplinks;
     let Some(path) = &ctx.path else {
         warn!("reload: running on the embedded default config; there is no file to read again");
+        live.config_metrics.reloaded("no_file");
         return;
     };
     info!(config = %path.display(), "reloading the config");
@@ -527,6 +532,7 @@ async fn reload_config(ctx: &ReloadContext, running: &mut Config, live: &mut Liv
                 error!("reload: {}", line.trim_start_matches("ferry: "));
             }
             error!("reload: the config has problems; still running with the previous one");
+            live.config_metrics.reloaded("refused");
             return;
         }
     };
@@ -542,6 +548,7 @@ async fn reload_config(ctx: &ReloadContext, running: &mut Config, live: &mut Liv
             Ok(s) => restarts.push((s, digest)),
             Err(e) => {
                 error!(uplink = %name, error = %format!("{e:#}"), "reload: cannot load the uplink; still running with the previous config");
+                live.config_metrics.reloaded("refused");
                 return;
             }
         }
@@ -580,6 +587,7 @@ async fn reload_config(ctx: &ReloadContext, running: &mut Config, live: &mut Liv
     }
     let routes: Vec<&String> = plan.routes.keys().collect();
     info!(restarted_uplinks = ?restarted, pipeline_replaced = plan.pipeline, routes_changed = ?routes, needs_restart = ?plan.kept, "config reloaded");
+    live.config_metrics.reloaded("applied");
     *running = plan.config;
 }
 

@@ -486,6 +486,39 @@ impl QueryMetrics {
     }
 }
 
+/// What reloading the config (SIGHUP) counts.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigMetrics {
+    /// Reloads, by result: `applied` (what can change in place did; what
+    /// needs a restart is logged), `refused` (the file or an uplink in it
+    /// has a problem: nothing changed), `no_file` (running on the embedded
+    /// default, there is nothing to read again).
+    pub reloads: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+impl ConfigMetrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.sub_registry_with_prefix("config").register(
+            "reloads",
+            "Config reloads (SIGHUP) by result: applied, refused (nothing changed), no_file",
+            self.reloads.clone(),
+        );
+    }
+
+    pub fn reloaded(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+}
+
 /// What the query API counts.
 #[derive(Clone, Debug, Default)]
 pub struct ApiMetrics {

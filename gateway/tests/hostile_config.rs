@@ -157,9 +157,18 @@ impl Daemon {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
     }
 
+    /// The metrics endpoint's address, from its "listening" line.
+    fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.addr_from("metrics endpoint listening")
+    }
+
     /// The embedded broker's address, from its "listening" line.
     fn broker_addr(&self) -> std::net::SocketAddr {
-        let line = self.wait_line("embedded MQTT broker listening", Duration::from_secs(10));
+        self.addr_from("embedded MQTT broker listening")
+    }
+
+    fn addr_from(&self, needle: &str) -> std::net::SocketAddr {
+        let line = self.wait_line(needle, Duration::from_secs(10));
         let addr = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("addr="))
@@ -241,6 +250,18 @@ fn sighup_with_the_config_a_symlink_to_dev_zero_is_refused_and_a_later_good_one_
             .filter(|l| l.contains("reload: the config has problems"))
             .count(),
         2
+    );
+    // Counted as well as logged.
+    let metrics = d.metrics_addr();
+    let reloads = |result: &str| {
+        common::metric_sample(
+            metrics,
+            &format!("ferry_config_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(
+        (reloads("refused"), reloads("applied")),
+        (Some(2.0), Some(1.0))
     );
 }
 

@@ -704,6 +704,12 @@ impl State {
         let mut r = Reader::new(bytes);
         r.version()?;
         let ts = r.zvarint()?;
+        // Within the query range every bucket and hour computation below
+        // fits an i64; a record outside it is damage, skipped like one that
+        // does not decode (it stays in the log).
+        if !(super::bounds::MIN_TIME..=super::bounds::MAX_TIME).contains(&ts) {
+            return Err(DecodeError::Timestamp(ts));
+        }
         let source = r.id()?;
         let device = r.id()?;
         let n = r.varint()?;

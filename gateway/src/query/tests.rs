@@ -583,3 +583,43 @@ async fn a_flood_replayed_in_the_background_beside_ingest_is_exact() {
     check_directories(&store);
     stop(ingest).await;
 }
+
+/// A stored record stamped outside the query range (only damage makes
+/// one: sources stamp 1970 to 9999) is skipped by the index, live and in a
+/// replay, instead of overflowing its bucket arithmetic (a panic in a debug
+/// build, a wrapped bucket in a release one), and the records around it
+/// are indexed as usual.
+#[tokio::test]
+async fn a_record_stamped_outside_the_query_range_is_skipped_by_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, index) = open(&dir);
+    let ingest = start(&store, &index, IngestConfig::default());
+    let mut recs = records(3);
+    recs[0].ts = i64::MIN;
+    recs[2].ts = i64::MAX;
+    let kept = recs[1].ts;
+    write(&ingest, recs).await;
+    stop(ingest).await;
+    let engine = Engine::new(store.clone(), index.clone());
+    let a = engine.series_key("a", "v").unwrap();
+    let got = engine.range(&[a], i64::MIN, i64::MAX, None, 100).unwrap();
+    assert_eq!(got[0].len(), 1, "only the record in range: {got:?}");
+    drop((engine, index));
+
+    // The same from a replay of the whole log.
+    {
+        let db = store.db().unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.delete_table(BLOCKS).unwrap();
+        tx.open_table(META).unwrap().remove(META_THROUGH).unwrap();
+        tx.commit().unwrap();
+    }
+    let index = Index::open(&store, IndexOptions::default()).unwrap();
+    assert_eq!(index.progress().1, store.heads().records);
+    let engine = Engine::new(store.clone(), index);
+    let got = engine.range(&[a], i64::MIN, i64::MAX, None, 100).unwrap();
+    match &got[0] {
+        Series::Raw(p) => assert_eq!(p.iter().map(|p| p.ts).collect::<Vec<_>>(), vec![kept]),
+        other => panic!("{other:?}"),
+    }
+}

@@ -49,6 +49,10 @@ pub enum DecodeError {
     Name(u32),
     #[error("{0} trailing bytes")]
     Trailing(usize),
+    /// A timestamp outside the times the query index covers (only a
+    /// damaged record has one: sources stamp 1970 to 9999).
+    #[error("timestamp {0} ms is outside the indexed range (±253402300800000 ms)")]
+    Timestamp(i64),
 }
 
 /// Appends the unsigned LEB128 encoding of `v`.
