@@ -365,12 +365,16 @@ pub fn salvage(from: &Path, to: &Database) -> Result<SalvageReport, StoreError> 
     let name_entries = read_table::<u32, &str, _>(&db, "names", &mut report, |k: u32, v: &str| {
         Some((u64::from(k), v.to_owned()))
     });
+    // Ids are handed out one by one from 0, so a table holds ids up to
+    // about as many as its entries (more where damaged pages lost some).
+    // An id far past that is a damaged key: taking it would fill the fresh
+    // table with that many placeholder names (16 M for one flipped bit).
+    let max_id = name_entries.len().saturating_mul(2).saturating_add(1024);
     for (id, name) in name_entries {
         let Ok(id) = usize::try_from(id) else {
             continue;
         };
-        if id >= 1 << 24 {
-            // An id no store of this size has; a damaged key.
+        if id >= max_id {
             continue;
         }
         if names.len() <= id {
