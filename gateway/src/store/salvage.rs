@@ -344,7 +344,11 @@ pub fn set_aside_and_salvage(
 /// Chunk of entries read per contained scope (and written per transaction).
 const CHUNK: usize = 10_000;
 /// Probes spent finding the rest of one table past damaged pages.
-const PROBE_BUDGET: u32 = 4_096;
+const PROBE_BUDGET: u32 = 1_024;
+/// How long the probes of one table may take in all, however slow each is
+/// (a damaged page header can make redb read a page of many megabytes per
+/// probe): a salvage delays the daemon's start, which systemd times.
+const PROBE_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Reads what it can of the damaged file `from` into the empty database
 /// `to`. Reads are contained; an error is returned only for a failed write.
@@ -655,7 +659,10 @@ fn copy_stream(
     let mut last: Option<u64> = None;
     let mut seen: Option<u64> = None;
     let mut start = 0u64;
-    let mut probes = 0u32;
+    let mut probes = Probes {
+        count: 0,
+        deadline: std::time::Instant::now() + PROBE_TIME,
+    };
     loop {
         let (entries, outcome) = match read_chunk(db, table, start, CHUNK) {
             Chunk::Read(v, ended) => (v, Ok(ended)),
@@ -745,7 +752,8 @@ fn copy_stream(
             }
             None => {
                 report.unreadable.push(format!(
-                    "table {table}: keys from {resume} (gave up after {probes} probes)"
+                    "table {table}: keys from {resume} (gave up after {} probes)",
+                    probes.count
                 ));
                 break;
             }
@@ -758,6 +766,24 @@ fn copy_stream(
     Ok(copied)
 }
 
+/// The probes one table's salvage may still make: [`PROBE_BUDGET`] of
+/// them, within [`PROBE_TIME`].
+struct Probes {
+    count: u32,
+    deadline: std::time::Instant,
+}
+
+impl Probes {
+    /// Whether one more probe may be made (and counts it).
+    fn take(&mut self) -> bool {
+        if self.count >= PROBE_BUDGET || std::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        self.count += 1;
+        true
+    }
+}
+
 /// Finds where `table` reads again after damage at `from`: the lowest start
 /// key past it from which a read succeeds and finds an entry
 /// (`Some(Some(start))`), the table's end (`Some(None)`), or `None` when the
@@ -766,16 +792,15 @@ fn skip_damage(
     db: &ReadOnlyDatabase,
     table: &str,
     from: u64,
-    probes: &mut u32,
+    probes: &mut Probes,
 ) -> Option<Option<u64>> {
     // Doubling steps past the damage to a start that reads.
     let mut bad = from;
     let mut step = 1u64;
     let (good, found) = loop {
-        if *probes >= PROBE_BUDGET {
+        if !probes.take() {
             return None;
         }
-        *probes += 1;
         let at = from.saturating_add(step);
         match probe(db, table, at) {
             Some(found) => break (at, found),
@@ -789,10 +814,9 @@ fn skip_damage(
     // Bisect back to the lowest start that reads.
     let (mut lo, mut hi, mut first) = (bad, good, found);
     while hi - lo > 1 {
-        if *probes >= PROBE_BUDGET {
+        if !probes.take() {
             break;
         }
-        *probes += 1;
         let mid = lo + (hi - lo) / 2;
         match probe(db, table, mid) {
             Some(f) => {
