@@ -35,40 +35,7 @@ impl Ferry {
     }
 
     pub fn start_file(path: &Path) -> Ferry {
-        let mut child = Command::new(ferry_bin())
-            .args(["run", "--config"])
-            .arg(path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ferry");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ferry running") {
-                    let _ = tx.send(());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut ferry = Ferry {
-            child,
-            log,
-            config: path.to_owned(),
-        };
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let status = ferry.child.try_wait();
-            panic!(
-                "ferry did not start ({status:?}); its log:\n{}",
-                ferry.log().join("\n")
-            );
-        }
-        ferry
+        Ferry::start_file_env(path, &[])
     }
 
     pub fn pid(&self) -> u32 {
