@@ -115,22 +115,33 @@ fn start_and_serve(config: &Path) -> (Ferry, SocketAddr, usize) {
     let api = logged_addr(&ferry, "query API listening");
     let ready = http_get(metrics, "/readyz");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    let q = api_get(
-        api,
-        &format!(
-            "/api/v1/query?series=d/voltage&from={T0}&to={}",
-            T0 + (N as i64 + 10) * 1000
-        ),
-    );
-    let body = q.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let points = if q.starts_with("HTTP/1.1 404") {
-        // Nothing of the series is left (nothing was salvaged).
-        assert!(body.contains("never stored"), "{q}");
-        0
-    } else {
+    // The index replays the (salvaged) log in the background: ask until
+    // the answer says it is complete.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let points = loop {
+        let q = api_get(
+            api,
+            &format!(
+                "/api/v1/query?series=d/voltage&from={T0}&to={}",
+                T0 + (N as i64 + 10) * 1000
+            ),
+        );
+        let body = q.split("\r\n\r\n").nth(1).unwrap_or_default();
+        if q.starts_with("HTTP/1.1 404") {
+            // Nothing of the series is left (nothing was salvaged).
+            assert!(body.contains("never stored"), "{q}");
+            break 0;
+        }
         assert!(q.starts_with("HTTP/1.1 200"), "{q}");
         let body: serde_json::Value = serde_json::from_str(body).unwrap();
-        body["series"][0]["points"].as_array().unwrap().len()
+        if body["complete"] == serde_json::Value::Bool(true) {
+            break body["series"][0]["points"].as_array().unwrap().len();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index did not catch up: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     };
     (ferry, metrics, points)
 }

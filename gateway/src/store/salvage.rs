@@ -345,9 +345,10 @@ pub fn set_aside_and_salvage(
 const CHUNK: usize = 10_000;
 /// Probes spent finding the rest of one table past damaged pages.
 const PROBE_BUDGET: u32 = 1_024;
-/// How long the probes of one table may take in all, however slow each is
-/// (a damaged page header can make redb read a page of many megabytes per
-/// probe): a salvage delays the daemon's start, which systemd times.
+/// How long the probes of one salvage may take in all, over every table,
+/// however slow each is (a damaged page header can make redb read a page of
+/// many megabytes per probe): a salvage delays the daemon's start, which
+/// systemd times.
 const PROBE_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Reads what it can of the damaged file `from` into the empty database
@@ -447,6 +448,9 @@ pub fn salvage(from: &Path, to: &Database) -> Result<SalvageReport, StoreError> 
         .max()
         .unwrap_or(0);
 
+    // One deadline for all probing past damage in this salvage; records
+    // are copied first, so they have the most of it.
+    let probe_deadline = std::time::Instant::now() + PROBE_TIME;
     let records = copy_stream(
         &db,
         to,
@@ -454,10 +458,19 @@ pub fn salvage(from: &Path, to: &Database) -> Result<SalvageReport, StoreError> 
         &record_ok,
         known_record_head,
         &mut report,
+        probe_deadline,
     )?;
     report.records = records.kept;
     report.records_lost = records.lost;
-    let dead = copy_stream(&db, to, "dead", &dead_ok, known_dead_head, &mut report)?;
+    let dead = copy_stream(
+        &db,
+        to,
+        "dead",
+        &dead_ok,
+        known_dead_head,
+        &mut report,
+        probe_deadline,
+    )?;
     report.dead_letters = dead.kept;
     report.dead_letters_lost = dead.lost;
 
@@ -490,7 +503,15 @@ pub fn salvage(from: &Path, to: &Database) -> Result<SalvageReport, StoreError> 
             .get(&route_retention::head_key(route))
             .copied()
             .unwrap_or(0);
-        let copied = copy_stream(&db, to, &table, &record_ok, known, &mut report)?;
+        let copied = copy_stream(
+            &db,
+            to,
+            &table,
+            &record_ok,
+            known,
+            &mut report,
+            probe_deadline,
+        )?;
         report.route_records += copied.kept;
         report.route_records_lost += copied.lost;
         route_heads.push((route_retention::head_key(route), copied.head.max(known)));
@@ -645,6 +666,7 @@ fn copy_stream(
     valid: &dyn Fn(&[u8]) -> bool,
     known_head: u64,
     report: &mut SalvageReport,
+    probe_deadline: std::time::Instant,
 ) -> Result<Copied, StoreError> {
     let mut copied = Copied {
         kept: 0,
@@ -661,7 +683,7 @@ fn copy_stream(
     let mut start = 0u64;
     let mut probes = Probes {
         count: 0,
-        deadline: std::time::Instant::now() + PROBE_TIME,
+        deadline: probe_deadline,
     };
     loop {
         let (entries, outcome) = match read_chunk(db, table, start, CHUNK) {
@@ -767,7 +789,7 @@ fn copy_stream(
 }
 
 /// The probes one table's salvage may still make: [`PROBE_BUDGET`] of
-/// them, within [`PROBE_TIME`].
+/// them, until the salvage's deadline ([`PROBE_TIME`] after it began).
 struct Probes {
     count: u32,
     deadline: std::time::Instant,
