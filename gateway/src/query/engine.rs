@@ -151,24 +151,11 @@ impl Engine {
         let names = self.store.names().snapshot();
         let mut out = Vec::new();
         for s in keys {
-            let (first, last) = (edge(&view, &t, s, false)?, edge(&view, &t, s, true)?);
-            let (Some(first), Some(last)) = (first, last) else {
-                continue;
-            };
             let (d, f) = series_ids(s);
             let (Some(device), Some(field)) = (names.get(d as usize), names.get(f as usize)) else {
                 continue;
             };
-            out.push(SeriesInfo {
-                device: device.clone(),
-                field: field.clone(),
-                first_ts: first.first_ts,
-                last: Point {
-                    seq: last.last_seq,
-                    ts: last.last_ts,
-                    value: last.last,
-                },
-            });
+            out.extend(series_info(&view, &t, s, device, field)?);
         }
         out.sort_by(|a, b| (&a.device, &a.field).cmp(&(&b.device, &b.field)));
         Ok(out)
@@ -622,6 +609,29 @@ impl Engine {
     }
 }
 
+/// Series `s`'s first timestamp and last point, if it has any.
+fn series_info(
+    view: &View,
+    t: &Tables,
+    s: SeriesKey,
+    device: &Arc<str>,
+    field: &Arc<str>,
+) -> Result<Option<SeriesInfo>, QueryError> {
+    let (Some(first), Some(last)) = (edge(view, t, s, false)?, edge(view, t, s, true)?) else {
+        return Ok(None);
+    };
+    Ok(Some(SeriesInfo {
+        device: device.clone(),
+        field: field.clone(),
+        first_ts: first.first_ts,
+        last: Point {
+            seq: last.last_seq,
+            ts: last.last_ts,
+            value: last.last,
+        },
+    }))
+}
+
 /// The series of device `id`, by field name.
 fn fields_of(
     view: &View,
@@ -638,23 +648,10 @@ fn fields_of(
     keys.extend(view.memory.keys().filter(|k| (lo..=hi).contains(*k)));
     let mut out = Vec::with_capacity(keys.len());
     for s in keys {
-        let (first, last) = (edge(view, t, s, false)?, edge(view, t, s, true)?);
-        let (Some(first), Some(last)) = (first, last) else {
-            continue;
-        };
         let Some(field) = names.get(series_ids(s).1 as usize) else {
             continue;
         };
-        out.push(SeriesInfo {
-            device: device.clone(),
-            field: field.clone(),
-            first_ts: first.first_ts,
-            last: Point {
-                seq: last.last_seq,
-                ts: last.last_ts,
-                value: last.last,
-            },
-        });
+        out.extend(series_info(view, t, s, device, field)?);
     }
     out.sort_by(|a, b| a.field.cmp(&b.field));
     Ok(out)
