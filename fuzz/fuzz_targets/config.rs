@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use ferry_adapters::text::MESSAGE_MAX_CHARS;
+use ferry_core::text::MESSAGE_MAX_CHARS;
 use ferry_gateway::config::{Config, ConfigError};
 use libfuzzer_sys::fuzz_target;
 

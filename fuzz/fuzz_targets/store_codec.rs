@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};
-use ferry_adapters::record::{DeadLetter, Record, Value};
+use ferry_core::record::{DeadLetter, Record, Value};
 use ferry_gateway::store::codec;
 use libfuzzer_sys::fuzz_target;
 

@@ -28,8 +28,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Once, OnceLock};
 
-use ferry_adapters::record::{DeadLetter, Record, Value};
-use ferry_adapters::sink::Item;
+use ferry_core::record::{DeadLetter, Record, Value};
+use ferry_core::sink::Item;
 use ferry_gateway::contain;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::store::{spawn_ingest, IngestConfig, Opened, Store, StoreOptions};

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};
-use ferry_adapters::record::{Record, Value};
+use ferry_core::record::{Record, Value};
 use ferry_gateway::store::StoredRecord;
 use ferry_gateway::uplink::batch::{encoder, Encoding};
 use libfuzzer_sys::fuzz_target;

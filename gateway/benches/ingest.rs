@@ -46,10 +46,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{fig, fig1, quantile, scaled, section, Disk, WirePublisher, Writes};
-use ferry_adapters::mqtt::{run_broker, BrokerSourceConfig, DeviceFront};
-use ferry_adapters::record::{now_millis, Value};
+use ferry_core::record::{now_millis, Value};
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::store::{codec, spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_sources::mqtt::{run_broker, BrokerSourceConfig, DeviceFront};
 use redb::{Database, TableDefinition};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;

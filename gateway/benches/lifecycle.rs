@@ -24,8 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_adapters::record::{Record, Value};
-use ferry_adapters::sink::Item;
+use ferry_core::record::{Record, Value};
+use ferry_core::sink::Item;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::query::{Index, IndexOptions};
 use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
@@ -164,7 +164,7 @@ fn fill_round(data: &Path, from: u64, done: impl Fn(u64, u64) -> bool) -> u64 {
             IngestMetrics::new(),
         );
         let source: Arc<str> = "local".into();
-        let t0 = ferry_adapters::record::now_millis() - 86_400_000;
+        let t0 = ferry_core::record::now_millis() - 86_400_000;
         let mut n = from;
         while !done(n, std::fs::metadata(&path).unwrap().len()) {
             let items: Vec<Item> = (0..4096)
@@ -211,7 +211,7 @@ fn fill_flood(data: &Path, n: u64) {
             IngestMetrics::new(),
         );
         let source: Arc<str> = "local".into();
-        let t0 = ferry_adapters::record::now_millis() - 86_400_000;
+        let t0 = ferry_core::record::now_millis() - 86_400_000;
         let mut i = 0u64;
         while i < n {
             let items: Vec<Item> = (i..(i + 8192).min(n))

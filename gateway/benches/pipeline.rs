@@ -21,8 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_adapters::record::{Record, Value};
-use ferry_adapters::sink::{Item, Sink};
+use ferry_core::record::{Record, Value};
+use ferry_core::sink::{Item, Sink};
 use ferry_gateway::config::Config;
 use ferry_gateway::metrics::{IngestMetrics, PipelineMetrics};
 use ferry_gateway::pipeline::{spawn_pipeline, spawn_pipeline_with, Pipeline};

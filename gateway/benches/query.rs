@@ -21,8 +21,8 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_adapters::record::{Record, Value};
-use ferry_adapters::sink::Item;
+use ferry_core::record::{Record, Value};
+use ferry_core::sink::Item;
 use ferry_gateway::api::client::Client;
 use ferry_gateway::api::{serve, ApiContext, RequestLimits};
 use ferry_gateway::metrics::{ApiMetrics, IngestMetrics, UplinkMetrics};

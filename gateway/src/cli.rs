@@ -347,9 +347,9 @@ pub struct ProbeArgs {
 
 /// `ferry modbus probe`: prints the report, or the error and exits 1.
 fn modbus_probe(args: ProbeArgs) -> ExitCode {
-    use ferry_adapters::modbus::{probe, Parity, ProbeRequest, SerialSettings, Table, Target};
+    use ferry_sources::modbus::{probe, Parity, ProbeRequest, SerialSettings, Table, Target};
     let target = match (args.tcp, args.serial) {
-        (Some(address), _) => match ferry_adapters::modbus::split_host_port(&address) {
+        (Some(address), _) => match ferry_sources::modbus::split_host_port(&address) {
             Ok((host, port)) if host.contains(':') => Target::Tcp(format!("[{host}]:{port}")),
             Ok((host, port)) => Target::Tcp(format!("{host}:{port}")),
             Err(why) => {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_adapters::sink::Sink;
+use ferry_core::sink::Sink;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -438,7 +438,7 @@ fn start_source(
             let (ready, ready_rx) = tokio::sync::oneshot::channel();
             listening.push(ready_rx);
             tasks.spawn(async move {
-                ferry_adapters::mqtt::run_broker_observed(
+                ferry_sources::mqtt::run_broker_observed(
                     name.clone(),
                     cfg,
                     sink,
@@ -463,7 +463,7 @@ fn start_source(
             let cfg = cfg.clone();
             let gateway = gateway.to_owned();
             tasks.spawn(async move {
-                ferry_adapters::mqtt::run_subscriber(name.clone(), &gateway, cfg, sink, cancel)
+                ferry_sources::mqtt::run_subscriber(name.clone(), &gateway, cfg, sink, cancel)
                     .await
                     .with_context(|| format!("source {name}"))
             });
@@ -471,7 +471,7 @@ fn start_source(
         SourceConfig::ModbusTcp(cfg) => {
             let (cfg, observer) = (cfg.clone(), modbus_metrics.clone());
             tasks.spawn(async move {
-                ferry_adapters::modbus::run_modbus_tcp(name.clone(), cfg, sink, observer, cancel)
+                ferry_sources::modbus::run_modbus_tcp(name.clone(), cfg, sink, observer, cancel)
                     .await
                     .with_context(|| format!("source {name}"))
             });
@@ -479,7 +479,7 @@ fn start_source(
         SourceConfig::ModbusRtu(cfg) => {
             let (cfg, observer) = (cfg.clone(), modbus_metrics.clone());
             tasks.spawn(async move {
-                ferry_adapters::modbus::run_modbus_rtu(name.clone(), cfg, sink, observer, cancel)
+                ferry_sources::modbus::run_modbus_rtu(name.clone(), cfg, sink, observer, cancel)
                     .await
                     .with_context(|| format!("source {name}"))
             });

@@ -12,7 +12,7 @@
 //!   `header_timeout` (from a request's first byte to the end of its
 //!   headers: slowloris), `request_timeout` (one request's answer).
 //! - **Accept errors** (`EMFILE`, `ENFILE`, ...): a back-off from 5 ms to
-//!   500 ms ([`ferry_adapters::accept`]), logged once per episode.
+//!   500 ms ([`ferry_sources::accept`]), logged once per episode.
 //!
 //! Each refusal, timeout and failed accept is counted in
 //! `ferry_http_connections_refused_total{listener,reason}`; the connections
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use ferry_adapters::accept::AcceptBackoff;
+use ferry_sources::accept::AcceptBackoff;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};

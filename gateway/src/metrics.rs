@@ -674,12 +674,12 @@ struct ModbusDeviceMetrics {
     errors: [Counter; 4],
 }
 
-impl ferry_adapters::modbus::ModbusObserver for ModbusMetrics {
+impl ferry_sources::modbus::ModbusObserver for ModbusMetrics {
     fn device(
         &self,
         source: &str,
         device: &str,
-    ) -> std::sync::Arc<dyn ferry_adapters::modbus::DeviceObserver> {
+    ) -> std::sync::Arc<dyn ferry_sources::modbus::DeviceObserver> {
         let labels = DeviceLabels {
             source: source.to_owned(),
             device: device.to_owned(),
@@ -713,9 +713,9 @@ impl ferry_adapters::modbus::ModbusObserver for ModbusMetrics {
     }
 }
 
-impl ferry_adapters::modbus::DeviceObserver for ModbusDeviceMetrics {
-    fn event(&self, event: ferry_adapters::modbus::PollEvent) {
-        use ferry_adapters::modbus::{FailureKind, PollEvent};
+impl ferry_sources::modbus::DeviceObserver for ModbusDeviceMetrics {
+    fn event(&self, event: ferry_sources::modbus::PollEvent) {
+        use ferry_sources::modbus::{FailureKind, PollEvent};
         match event {
             PollEvent::Answered { round_trip } => {
                 self.requests.inc();
@@ -899,9 +899,9 @@ impl BrokerMetrics {
 }
 
 #[cfg(feature = "embedded-broker")]
-impl ferry_adapters::mqtt::BrokerObserver for BrokerMetrics {
-    fn event(&self, source: &str, event: ferry_adapters::mqtt::BrokerEvent) {
-        use ferry_adapters::mqtt::BrokerEvent;
+impl ferry_sources::mqtt::BrokerObserver for BrokerMetrics {
+    fn event(&self, source: &str, event: ferry_sources::mqtt::BrokerEvent) {
+        use ferry_sources::mqtt::BrokerEvent;
         let source = source.to_owned();
         match event {
             BrokerEvent::Connected => {

@@ -225,7 +225,7 @@ pub fn tls_files_digest(cfg: &UplinkConfig) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for path in [&cfg.ca, &cfg.cert, &cfg.key].into_iter().flatten() {
         path.hash(&mut h);
-        ferry_adapters::files::read_bounded(path, ferry_adapters::files::MAX_FILE_BYTES)
+        ferry_core::files::read_bounded(path, ferry_core::files::MAX_FILE_BYTES)
             .unwrap_or_default()
             .hash(&mut h);
     }

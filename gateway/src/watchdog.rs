@@ -250,15 +250,15 @@ mod tests {
             assert!(watchdog.check());
 
             let held = store.db().unwrap().begin_write().unwrap();
-            let record = ferry_adapters::record::Record {
+            let record = ferry_core::record::Record {
                 ts: 1,
                 source: "s".into(),
                 device: "d".into(),
-                fields: vec![("v".into(), ferry_adapters::record::Value::Int(1))],
+                fields: vec![("v".into(), ferry_core::record::Value::Int(1))],
             };
             let sink = ingest.sink.clone();
             let submit = tokio::spawn(async move {
-                sink.submit_and_wait(vec![ferry_adapters::sink::Item::Record(record)])
+                sink.submit_and_wait(vec![ferry_core::sink::Item::Record(record)])
                     .await
             });
             // Wait until the heartbeat is stale: the writer is in its commit.

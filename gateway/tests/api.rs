@@ -7,8 +7,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_adapters::record::{DeadLetter, Record, Value};
-use ferry_adapters::sink::Item;
+use ferry_core::record::{DeadLetter, Record, Value};
+use ferry_core::sink::Item;
 use ferry_gateway::api::client::{Client, Response};
 use ferry_gateway::api::{serve, ApiContext, RequestLimits};
 use ferry_gateway::config::Config;
@@ -520,7 +520,7 @@ async fn the_status_page_shows_stored_values_and_updates() {
         return;
     };
     let api = start().await;
-    let now = ferry_adapters::record::now_millis();
+    let now = ferry_core::record::now_millis();
     let live = |i: i64, v: i64| Record {
         ts: now - 60_000 + i * 1000,
         source: Arc::from("local"),

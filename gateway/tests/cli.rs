@@ -212,8 +212,8 @@ mod fsck {
     use std::process::Command;
     use std::sync::Arc;
 
-    use ferry_adapters::record::{Record, Value};
-    use ferry_adapters::sink::Item;
+    use ferry_core::record::{Record, Value};
+    use ferry_core::sink::Item;
     use ferry_gateway::metrics::IngestMetrics;
     use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
 

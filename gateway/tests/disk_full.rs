@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use ferry_adapters::record::{Record, Value};
-use ferry_adapters::sink::{Item, SubmitError};
+use ferry_core::record::{Record, Value};
+use ferry_core::sink::{Item, SubmitError};
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{http_get, metric_sample, Ferry, Publisher};
-use ferry_adapters::record::{now_millis, Record, Value};
-use ferry_adapters::sink::Item;
+use ferry_core::record::{now_millis, Record, Value};
+use ferry_core::sink::Item;
 use ferry_gateway::api::client::Client;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};

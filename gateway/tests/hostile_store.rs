@@ -15,8 +15,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{ferry_bin, http_get, metric_sample, Ferry};
-use ferry_adapters::record::{Record, Value};
-use ferry_adapters::sink::Item;
+use ferry_core::record::{Record, Value};
+use ferry_core::sink::Item;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
 

@@ -4,7 +4,7 @@
 //! what it reads.
 
 mod common;
-#[path = "../../adapters/tests/modbus_common/mod.rs"]
+#[path = "../../sources/tests/modbus_common/mod.rs"]
 mod modbus_common;
 
 use std::path::Path;
@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{http_get, Ferry};
-use ferry_adapters::record::Value;
+use ferry_core::record::Value;
 use ferry_gateway::config::{Config, LoadError, SourceConfig};
 use ferry_gateway::store::{Store, StoreOptions};
 use ferry_testkit::{free_ports, wait_until_blocking};

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ferry_adapters::record::{Record, Value};
-use ferry_adapters::sink::Item;
+use ferry_core::record::{Record, Value};
+use ferry_core::sink::Item;
 use ferry_gateway::config::Config;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::metrics::{PipelineMetrics, StepLabels};

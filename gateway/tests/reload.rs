@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{http_get, Ferry, Publisher};
-use ferry_adapters::record::Value;
+use ferry_core::record::Value;
 use ferry_gateway::store::{Store, StoreOptions, Stream};
 use ferry_testkit::free_ports;
 

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_adapters::record::{Record, Value};
-use ferry_adapters::sink::Item;
+use ferry_core::record::{Record, Value};
+use ferry_core::sink::Item;
 use ferry_gateway::config::{Config, RouteConfig};
 use ferry_gateway::metrics::{IngestMetrics, PipelineMetrics};
 use ferry_gateway::route::{cursor_name, spawn_route, Dropped, Route};

@@ -10,7 +10,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::Json;
-use ferry_adapters::record::Value;
+use ferry_core::record::Value;
 use redb::ReadableDatabase;
 use serde_json::{json, Map, Value as Json_};
 

@@ -5,7 +5,7 @@
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use ferry_adapters::record::{Millis, Value};
+use ferry_core::record::{Millis, Value};
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Serialize, Serializer};
 

@@ -7,7 +7,7 @@
 //! 1 ms to `i64::MAX` ms; a bucketed query is refused up front when its
 //! series times the buckets its range holds exceed `limit`.
 
-use ferry_adapters::record::{now_millis, Millis};
+use ferry_core::record::{now_millis, Millis};
 
 use super::ApiError;
 use crate::query::bounds::{buckets_bound, clamp_time, MAX_TIME, MIN_TIME};

@@ -39,7 +39,7 @@ pub const HTTP_REFUSING: u64 = 16;
 pub const FRONT_REFUSING: u64 = 64;
 
 #[cfg(feature = "embedded-broker")]
-const _: () = assert!(FRONT_REFUSING == ferry_adapters::mqtt::FRONT_REFUSING as u64);
+const _: () = assert!(FRONT_REFUSING == ferry_sources::mqtt::FRONT_REFUSING as u64);
 
 /// One listener's share: the key that sets it, and its descriptors.
 struct Share {
@@ -173,7 +173,7 @@ mod tests {
     }
 
     fn broker(max: usize) -> BTreeMap<String, SourceConfig> {
-        let b = ferry_adapters::mqtt::BrokerSourceConfig {
+        let b = ferry_sources::mqtt::BrokerSourceConfig {
             max_connections: max,
             ..Default::default()
         };

@@ -8,8 +8,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use ferry_adapters::files::kind;
-use ferry_adapters::text::escape_to;
+use ferry_core::files::kind;
+use ferry_core::text::escape_to;
 
 use super::report::{KeyPath, Report};
 use super::UplinkConfig;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use ferry_adapters::text::excerpt;
+use ferry_core::text::excerpt;
 
 use super::report::{KeyPath, Report};
 

@@ -13,9 +13,9 @@
 //!   directory or creatable, and no two listeners may share an address.
 //!   Relative paths are relative to the working directory.
 //! - Bounded: the file itself, and every file it names, is read only if it
-//!   is a regular file within a size limit ([`ferry_adapters::files`]); a
+//!   is a regular file within a size limit ([`ferry_core::files`]); a
 //!   value quoted in a message is an escaped excerpt
-//!   ([`ferry_adapters::text`]).
+//!   ([`ferry_core::text`]).
 //!
 //! Shape: `[gateway]`, `[store]`, `[sources.NAME]` (at least one), optional
 //! `[uplinks.NAME]`, `[metrics]`, `[[pipeline]]`, `[devices.NAME]`,
@@ -58,9 +58,9 @@ pub use uplink::{Encoding, UplinkConfig, MAX_BATCH_BYTES, MAX_INFLIGHT, MIN_BATC
 pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 
 /// The largest config file Ferry reads: 1 MiB
-/// ([`ferry_adapters::files::MAX_FILE_BYTES`]; the default config with every
+/// ([`ferry_core::files::MAX_FILE_BYTES`]; the default config with every
 /// key explained is about 12 KiB).
-pub const MAX_CONFIG_BYTES: u64 = ferry_adapters::files::MAX_FILE_BYTES;
+pub const MAX_CONFIG_BYTES: u64 = ferry_core::files::MAX_FILE_BYTES;
 
 /// How the embedded default config is named in messages.
 pub const DEFAULT_NAME: &str = "<embedded default config>";
@@ -117,7 +117,7 @@ impl Config {
     /// that cannot be opened (missing, not permitted) is
     /// [`LoadError::Unreadable`] (exit 66).
     pub fn load_with_warnings(path: &Path) -> Result<(Config, ConfigWarnings), LoadError> {
-        use ferry_adapters::files::{read_text, FileError};
+        use ferry_core::files::{read_text, FileError};
         let text = match read_text(path, MAX_CONFIG_BYTES) {
             Ok(text) => text,
             Err(FileError::Io(source)) => {

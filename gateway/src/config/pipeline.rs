@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ferry_adapters::record::Value;
+use ferry_core::record::Value;
 use serde::Deserialize;
 
 use super::load::typed;

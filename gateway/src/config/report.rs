@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use ferry_adapters::text::{bound_message, excerpt, EXCERPT_MAX_CHARS};
+use ferry_core::text::{bound_message, excerpt, EXCERPT_MAX_CHARS};
 use std::time::Duration;
 
 /// One step of a key path: a table key or an array index.
@@ -188,7 +188,7 @@ impl Report {
 /// A message on one line: a multi-line message (TOML syntax errors carry
 /// some) has its lines joined with "; ". Bounded too, whoever wrote it: a
 /// value quoted in it is cut to an excerpt, control characters are escaped
-/// ([`ferry_adapters::text::bound_message`]), so a 1 MB value in the file
+/// ([`ferry_core::text::bound_message`]), so a 1 MB value in the file
 /// is not a 1 MB error line.
 pub(crate) fn one_line(message: &str) -> String {
     if !message.contains('\n') {

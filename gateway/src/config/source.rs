@@ -1,11 +1,11 @@
 //! `[sources.NAME]`: where readings come from. `type` picks the kind; the
-//! other keys belong to that kind's config in `ferry_adapters`.
+//! other keys belong to that kind's config in `ferry_sources`.
 
 use std::collections::BTreeMap;
 
-use ferry_adapters::files::{MAX_FILE_BYTES, MAX_PASSWORD_FILE_BYTES};
-use ferry_adapters::modbus::{RtuSourceConfig, TcpSourceConfig};
-use ferry_adapters::mqtt::{BrokerSourceConfig, SubscribeSourceConfig};
+use ferry_core::files::{MAX_FILE_BYTES, MAX_PASSWORD_FILE_BYTES};
+use ferry_sources::modbus::{RtuSourceConfig, TcpSourceConfig};
+use ferry_sources::mqtt::{BrokerSourceConfig, SubscribeSourceConfig};
 
 use super::gateway::KeyFilePolicy;
 use super::report::{KeyPath, Report, Seg};
@@ -136,7 +136,7 @@ fn check_broker_files(
     }
     #[cfg(feature = "embedded-broker")]
     if readable {
-        for problem in ferry_adapters::mqtt::check_broker_files(c) {
+        for problem in ferry_sources::mqtt::check_broker_files(c) {
             let (path, message) = split_key(at, &problem);
             report.error(path, message);
         }

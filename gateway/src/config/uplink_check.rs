@@ -6,13 +6,13 @@ use std::net::Ipv6Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_adapters::files::MAX_FILE_BYTES;
+use ferry_core::files::MAX_FILE_BYTES;
 
 use super::gateway::KeyFilePolicy;
 use super::report::{fmt_bytes, KeyPath, Report};
 use super::topic::{check_client_id, check_topic};
 use super::uplink::{UplinkConfig, MAX_BATCH_BYTES, MIN_BATCH_BYTES};
-use ferry_adapters::text::escape_to;
+use ferry_core::text::escape_to;
 
 /// The largest `max_bytes_per_second`: 1 TiB.
 const MAX_BYTES_PER_SECOND: u64 = 1 << 40;
@@ -229,7 +229,7 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
 
 /// Checks that a file named by `key` can be read as Ferry reads it (a
 /// regular file, symlinks followed, of at most `limit` bytes; see
-/// [`ferry_adapters::files`]); for a `private` file (`what`: a private key,
+/// [`ferry_core::files`]); for a `private` file (`what`: a private key,
 /// a password file) readable by every user, warns or errs as the policy
 /// says. Returns whether the file can be read.
 pub(crate) fn check_file(
@@ -239,7 +239,7 @@ pub(crate) fn check_file(
     limit: u64,
     private: Option<(&str, KeyFilePolicy)>,
 ) -> bool {
-    use ferry_adapters::files::{open_regular, FileError};
+    use ferry_core::files::{open_regular, FileError};
     let shown = file.display().to_string();
     let shown = escape_to(&shown, 256);
     let meta = match open_regular(file) {

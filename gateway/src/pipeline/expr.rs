@@ -26,7 +26,7 @@ use evalexpr::{
     build_operator_tree, Context, DefaultNumericTypes, EvalexprError, EvalexprResult, Node,
     Operator, Value as EValue,
 };
-use ferry_adapters::record::{Record, Value};
+use ferry_core::record::{Record, Value};
 
 type EvalValue = EValue<DefaultNumericTypes>;
 

@@ -3,7 +3,7 @@
 //!
 //! # Where it runs
 //! A task between the sources and ingest ([`spawn_pipeline`]): sources
-//! submit to the pipeline's [`Sink`](ferry_adapters::sink::Sink); the task
+//! submit to the pipeline's [`Sink`](ferry_core::sink::Sink); the task
 //! applies the steps to each submission's records and forwards the
 //! submission, with its receipt, to the ingest writer. So a source is still
 //! acknowledged only after its (transformed) records are committed, and a

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ferry_adapters::record::{Record, Value};
+use ferry_core::record::{Record, Value};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::config::{Action, PipelineConfig, Step};

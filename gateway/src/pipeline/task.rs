@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ferry_adapters::sink::{Item, Sink, Submission};
+use ferry_core::sink::{Item, Sink, Submission};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};

@@ -22,7 +22,7 @@
 //! sequence number).
 
 use crate::store::codec::{self, DecodeError, Reader};
-use ferry_adapters::record::{Millis, Value};
+use ferry_core::record::{Millis, Value};
 
 /// The index's block format version (1: numbers only, as `f64`).
 pub const BLOCK_VERSION: u8 = 2;

@@ -8,7 +8,7 @@
 //! computation fits an `i64` for any step from 1 ms to `i64::MAX` ms (see
 //! [`bucket_start`]).
 
-use ferry_adapters::record::Millis;
+use ferry_core::record::Millis;
 
 /// The latest time a query can name: 10000-01-01T00:00:00Z, in ms.
 pub const MAX_TIME: Millis = 253_402_300_800_000;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use ferry_adapters::record::Millis;
+use ferry_core::record::Millis;
 use redb::{AccessGuard, ReadOnlyTable, ReadTransaction};
 use thiserror::Error;
 

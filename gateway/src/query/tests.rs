@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ferry_adapters::record::{Millis, Record, Value};
-use ferry_adapters::sink::Item;
+use ferry_core::record::{Millis, Record, Value};
+use ferry_core::sink::Item;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::index::{Directory, BLOCKS, HOURS, META_THROUGH, META_VERSION};

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_adapters::record::{Millis, Record, Value};
+use ferry_core::record::{Millis, Record, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DeadbandConfig;

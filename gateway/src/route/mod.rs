@@ -45,7 +45,7 @@ pub mod window;
 
 use std::sync::Arc;
 
-use ferry_adapters::record::{Millis, Record};
+use ferry_core::record::{Millis, Record};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RouteConfig;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_adapters::record::{now_millis, Millis};
-use ferry_adapters::sink::SubmitError;
+use ferry_core::record::{now_millis, Millis};
+use ferry_core::sink::SubmitError;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -132,7 +132,7 @@ struct Ctx<'a> {
 /// What one step of the task produced, to commit.
 struct Work {
     read: usize,
-    outputs: Vec<ferry_adapters::record::Record>,
+    outputs: Vec<ferry_core::record::Record>,
     dropped: Dropped,
     undecodable: u64,
     state: Vec<u8>,

@@ -35,7 +35,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ferry_adapters::record::{Millis, Record, Value};
+use ferry_core::record::{Millis, Record, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Aggregate, WindowConfig};

@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use ferry_adapters::record::{DeadLetter, Millis, Record, Value};
+use ferry_core::record::{DeadLetter, Millis, Record, Value};
 use thiserror::Error;
 
 /// The format version written as the first byte of every stored value.
@@ -214,7 +214,7 @@ pub fn put_field(buf: &mut Vec<u8>, name: u32, value: &Value) {
 }
 
 /// Appends an encoded dead letter.
-pub fn put_dead_letter(buf: &mut Vec<u8>, d: &ferry_adapters::record::DeadLetter, source: u32) {
+pub fn put_dead_letter(buf: &mut Vec<u8>, d: &ferry_core::record::DeadLetter, source: u32) {
     buf.push(FORMAT_VERSION);
     put_zvarint(buf, d.ts);
     put_varint(buf, source.into());
@@ -250,7 +250,7 @@ pub fn decode_record(bytes: &[u8], names: &[Arc<str>]) -> Result<Record, DecodeE
 }
 
 /// Decodes one stored dead letter. A kind that is not one of
-/// [`Reject::KINDS`](ferry_adapters::mqtt::Reject::KINDS) reads back as
+/// [`Reject::KINDS`](ferry_sources::mqtt::Reject::KINDS) reads back as
 /// `other`.
 pub fn decode_dead_letter(bytes: &[u8], names: &[Arc<str>]) -> Result<DeadLetter, DecodeError> {
     let mut r = Reader::new(bytes);
@@ -280,7 +280,7 @@ pub fn decode_dead_letter(bytes: &[u8], names: &[Arc<str>]) -> Result<DeadLetter
 
 /// Dead-letter kinds are a closed set of labels; map a stored one back to it.
 fn known_kind(s: &str) -> &'static str {
-    ferry_adapters::mqtt::Reject::KINDS
+    ferry_sources::mqtt::Reject::KINDS
         .iter()
         .chain(super::limits::KINDS.iter())
         .find(|k| **k == s)

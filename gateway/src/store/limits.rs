@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use ferry_adapters::record::{DeadLetter, Record, Value};
+use ferry_core::record::{DeadLetter, Record, Value};
 use tracing::{info, warn};
 
 use super::names::DeviceEntry;

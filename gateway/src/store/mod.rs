@@ -63,7 +63,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferry_adapters::record::{DeadLetter, Millis, Record};
+use ferry_core::record::{DeadLetter, Millis, Record};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use thiserror::Error;
 use tokio::sync::watch;

@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use ferry_adapters::record::Millis;
+use ferry_core::record::Millis;
 use redb::{ReadableTable, TableDefinition, TableHandle};
 
 use super::retention::entry_bytes;

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use ferry_adapters::record::{now_millis, Record, Value};
-use ferry_adapters::sink::Item;
+use ferry_core::record::{now_millis, Record, Value};
+use ferry_core::sink::Item;
 
 use super::*;
 use crate::metrics::{IngestMetrics, ReasonLabel, RouteReasonLabels};

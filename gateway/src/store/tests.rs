@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
-use ferry_adapters::record::{DeadLetter, Record, Value};
-use ferry_adapters::sink::{Committed, Item};
+use ferry_core::record::{DeadLetter, Record, Value};
+use ferry_core::sink::{Committed, Item};
 
 use super::*;
 use crate::metrics::IngestMetrics;
@@ -142,7 +142,7 @@ async fn the_commit_deadline_counts_from_the_submission_not_from_its_arrival() {
     let submitted = tokio::time::Instant::now() - std::time::Duration::from_millis(9_900);
     ingest
         .sink
-        .forward(ferry_adapters::sink::Submission {
+        .forward(ferry_core::sink::Submission {
             items: vec![Item::Record(record("a", 1, 1))],
             done: Some(done),
             max_delay: None,
@@ -268,7 +268,7 @@ mod retention {
         for chunk in range.collect::<Vec<_>>().chunks(200) {
             let items = chunk
                 .iter()
-                .map(|&i| Item::Record(big(i, ferry_adapters::record::now_millis())))
+                .map(|&i| Item::Record(big(i, ferry_core::record::now_millis())))
                 .collect();
             out.push(ingest.sink.submit_and_wait(items).await.unwrap());
         }
@@ -444,7 +444,7 @@ mod retention {
         let metrics = IngestMetrics::new();
         let mut c = cfg(1 << 30, WhenFull::DropOldest, &[]);
         c.retention.max_age = Some(std::time::Duration::from_secs(3600));
-        let now = ferry_adapters::record::now_millis();
+        let now = ferry_core::record::now_millis();
         {
             let ingest = spawn_ingest(store.clone(), c.clone(), metrics.clone());
             let old = (0..10)

@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_adapters::record::Record;
-use ferry_adapters::sink::{Committed, Item, Sink, Submission, SubmitError};
+use ferry_core::record::Record;
+use ferry_core::sink::{Committed, Item, Sink, Submission, SubmitError};
 use redb::{ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -193,7 +193,7 @@ impl RouteCommits {
 #[derive(Default)]
 struct Batch {
     records: Vec<Record>,
-    dead: Vec<ferry_adapters::record::DeadLetter>,
+    dead: Vec<ferry_core::record::DeadLetter>,
     /// Each submission's receipt and how many records it brought.
     acks: Vec<(Option<Done>, usize)>,
     cursors: BTreeMap<Arc<str>, u64>,
@@ -427,7 +427,7 @@ struct Written {
     records: Disposition,
     /// Records refused by the name limits (by their index in the batch),
     /// stored as these dead letters.
-    refused: Vec<(usize, ferry_adapters::record::DeadLetter)>,
+    refused: Vec<(usize, ferry_core::record::DeadLetter)>,
 }
 
 /// How often the front of the log is checked against `max_age`.
@@ -832,7 +832,7 @@ impl WriterState {
             return Ok(false);
         }
         self.age_checked = std::time::Instant::now();
-        let cutoff = ferry_adapters::record::now_millis() - max_age.as_millis() as i64;
+        let cutoff = ferry_core::record::now_millis() - max_age.as_millis() as i64;
         let mut n = 0;
         while n < MAX_EVICT_PER_COMMIT {
             let old = match records.first()? {

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use ferry_adapters::record::{Record, Value};
+use ferry_core::record::{Record, Value};
 
 use crate::store::StoredRecord;
 

@@ -28,10 +28,10 @@ pub enum TlsError {
 }
 
 /// The PEM file at `path`: a regular file of at most
-/// [`MAX_FILE_BYTES`](ferry_adapters::files::MAX_FILE_BYTES) (a FIFO or a
+/// [`MAX_FILE_BYTES`](ferry_core::files::MAX_FILE_BYTES) (a FIFO or a
 /// device is refused, not read).
 fn read_pem(path: &Path) -> std::io::Result<Vec<u8>> {
-    use ferry_adapters::files::{read_bounded, FileError, MAX_FILE_BYTES};
+    use ferry_core::files::{read_bounded, FileError, MAX_FILE_BYTES};
     read_bounded(path, MAX_FILE_BYTES).map_err(|e| match e {
         FileError::Io(e) => e,
         refused => std::io::Error::new(std::io::ErrorKind::InvalidInput, refused.to_string()),

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use ferry_adapters::record::{Record, Value};
+use ferry_core::record::{Record, Value};
 
 use super::*;
 

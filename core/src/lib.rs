@@ -1,0 +1,13 @@
+//! Ferry's shared core: what every component speaks.
+//!
+//! - [`record`]: the [`record::Record`] (one timestamped reading) and the
+//!   [`record::DeadLetter`] (what could not become one, with the reason).
+//! - [`sink`]: how a source hands records to the durable ingest and learns
+//!   when they are committed.
+//! - [`files`]: reading an operator's file with a size bound.
+//! - [`text`]: putting outside text into logs and errors safely.
+
+pub mod files;
+pub mod record;
+pub mod sink;
+pub mod text;
