@@ -5,7 +5,7 @@
 //! 2. `broker`: 10 devices publish QoS 1 as fast as the gateway commits
 //!    (they pause while more than `AHEAD` records are not committed yet, a
 //!    closed loop) to the embedded broker (`run_broker`, devices through
-//!    its device front, the default), which feeds `spawn_ingest`. Each
+//!    its device front, the default), which feeds `Writer::spawn`. Each
 //!    device is a [`common::WirePublisher`] (MQTT packets written straight to
 //!    its socket, at most 100 unacknowledged), so that the load generator
 //!    leaves the 2 cores to what is measured. Records/s
@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use common::{fig, fig1, quantile, scaled, section, Disk, WirePublisher, Writes};
 use ferry_core::record::{now_millis, Value};
 use ferry_gateway::metrics::IngestMetrics;
-use ferry_gateway::store::{codec, spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_gateway::store::{codec, Store, StoreOptions, Writer, WriterSettings};
 use ferry_sources::mqtt::{run_broker, BrokerSourceConfig, DeviceFront};
 use redb::{Database, TableDefinition};
 use tokio::sync::oneshot;
@@ -324,11 +324,11 @@ async fn phase(
     let dir = common::tempdir("ferry-bench-ingest-");
     let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).expect("store");
     let metrics = IngestMetrics::new();
-    let ingest = spawn_ingest(
+    let ingest = Writer::spawn(
         store.clone(),
-        IngestConfig {
+        WriterSettings {
             commit_interval: p.commit_interval,
-            ..IngestConfig::default()
+            ..WriterSettings::default()
         },
         metrics.clone(),
     );

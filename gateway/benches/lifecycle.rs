@@ -28,7 +28,7 @@ use ferry_core::record::{Record, Value};
 use ferry_core::sink::Item;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::query::{Index, IndexOptions};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 use ferry_testkit::{free_port, Mosquitto, Pki};
 
 fn scale() -> f64 {
@@ -155,11 +155,11 @@ fn fill_round(data: &Path, from: u64, done: impl Fn(u64, u64) -> bool) -> u64 {
         let path = Store::file_in(data);
         let store = Store::open(&path, &StoreOptions::default()).unwrap();
         let index = Index::open(&store, IndexOptions::default()).unwrap();
-        let ingest = spawn_ingest(
+        let ingest = Writer::spawn(
             store.clone(),
-            IngestConfig {
+            WriterSettings {
                 index: Some(index),
-                ..IngestConfig::default()
+                ..WriterSettings::default()
             },
             IngestMetrics::new(),
         );
@@ -202,11 +202,11 @@ fn fill_flood(data: &Path, n: u64) {
         .unwrap();
     rt.block_on(async {
         let store = Store::open(&Store::file_in(data), &StoreOptions::default()).unwrap();
-        let ingest = spawn_ingest(
+        let ingest = Writer::spawn(
             store.clone(),
-            IngestConfig {
+            WriterSettings {
                 commit_max_records: 50_000,
-                ..IngestConfig::default()
+                ..WriterSettings::default()
             },
             IngestMetrics::new(),
         );

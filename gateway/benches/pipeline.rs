@@ -27,7 +27,7 @@ use ferry_gateway::config::Config;
 use ferry_gateway::metrics::{IngestMetrics, PipelineMetrics};
 use ferry_gateway::pipeline::{spawn_pipeline, spawn_pipeline_with, Pipeline};
 use ferry_gateway::route::{spawn_route, Dropped, Route};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 use tokio_util::sync::CancellationToken;
 
 const CONFIG: &str = r#"
@@ -124,7 +124,11 @@ async fn run(n: u64, rate: u64, mode: Mode) -> (f64, f64) {
         .tempdir()
         .unwrap();
     let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
-    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+    let ingest = Writer::spawn(
+        store.clone(),
+        WriterSettings::default(),
+        IngestMetrics::new(),
+    );
     let config = config();
     let cancel = CancellationToken::new();
     let (sink, pipeline_task, route_task): (Sink, _, _) = if with_pipeline {

@@ -27,7 +27,7 @@ use ferry_gateway::api::client::Client;
 use ferry_gateway::api::{serve, ApiContext, RequestLimits};
 use ferry_gateway::metrics::{ApiMetrics, IngestMetrics, UplinkMetrics};
 use ferry_gateway::query::{Engine, Index, IndexOptions, Series};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 use tokio_util::sync::CancellationToken;
 
 const DEVICES: i64 = 10;
@@ -81,11 +81,11 @@ fn record(d: i64, s: i64) -> Record {
 async fn ingest(store: &Store, index: Option<Arc<Index>>, seconds: i64) -> (u64, Duration) {
     let before = write_bytes();
     let started = Instant::now();
-    let ingest = spawn_ingest(
+    let ingest = Writer::spawn(
         store.clone(),
-        IngestConfig {
+        WriterSettings {
             index: index.map(|i| i as _),
-            ..IngestConfig::default()
+            ..WriterSettings::default()
         },
         IngestMetrics::new(),
     );
@@ -118,11 +118,11 @@ async fn ingest(store: &Store, index: Option<Arc<Index>>, seconds: i64) -> (u64,
 /// bytes written.
 async fn ingest_realtime(store: &Store, index: Option<Arc<Index>>, seconds: i64) -> u64 {
     let before = write_bytes();
-    let ingest = spawn_ingest(
+    let ingest = Writer::spawn(
         store.clone(),
-        IngestConfig {
+        WriterSettings {
             index: index.map(|i| i as _),
-            ..IngestConfig::default()
+            ..WriterSettings::default()
         },
         IngestMetrics::new(),
     );

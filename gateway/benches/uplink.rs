@@ -2,7 +2,7 @@
 //! stand-in, client certificates required).
 //!
 //! 1. A 1,000,000-record backlog of seed-format readings from 10 devices is
-//!    written through `spawn_ingest` in big submissions.
+//!    written through `Writer::spawn` in big submissions.
 //! 2. `json` and `columnar`, unthrottled (limits set huge), each through a
 //!    testkit `Proxy` that counts the bytes on the wire: records/s until the
 //!    uplink's `acked_seq` reaches the head, payload and wire bytes per
@@ -27,7 +27,7 @@ use common::{fig, fig1, scaled, section};
 use ferry_core::record::{Record, Value};
 use ferry_core::sink::Item;
 use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 use ferry_gateway::uplink::batch::{Encoding, Topic};
 use ferry_gateway::uplink::{self, tls, Settings};
 use ferry_testkit::{json_record_seqs, CloudSubscriber, Message, Mosquitto, Pki, Proxy};
@@ -132,10 +132,14 @@ async fn bench(scale: f64) {
     let cloud = Mosquitto::tls(&pki).expect("mosquitto (needs mosquitto installed)");
     let dir = common::tempdir("ferry-bench-uplink-");
     let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).expect("store");
-    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+    let ingest = Writer::spawn(
+        store.clone(),
+        WriterSettings::default(),
+        IngestMetrics::new(),
+    );
 
     section(&format!(
-        "backlog: {n} seed records written through spawn_ingest in submissions of {SUBMISSION}"
+        "backlog: {n} seed records written through Writer::spawn in submissions of {SUBMISSION}"
     ));
     let t = Instant::now();
     let mut pending = std::collections::VecDeque::new();

@@ -37,7 +37,7 @@ use crate::query::{Index, IndexOptions};
 use crate::reload::{self, ReloadContext, Uplinks};
 use crate::route;
 use crate::status::StatusSource;
-use crate::store::{spawn_ingest, IngestConfig, Retention, Store, StoreOptions, Stream};
+use crate::store::{Retention, Store, StoreOptions, Stream, Writer, WriterSettings};
 use crate::uplink::{self, batch::Topic, Settings};
 use crate::watchdog::{self, Timing, Watchdog};
 
@@ -189,9 +189,9 @@ pub async fn run_until(
         None => None,
     };
 
-    let ingest = spawn_ingest(
+    let ingest = Writer::spawn(
         store.clone(),
-        IngestConfig {
+        WriterSettings {
             commit_interval: config.store.commit_interval,
             commit_max_records: config.store.commit_max_records.get(),
             cursor_flush_interval: config.store.cursor_flush_interval,

@@ -138,7 +138,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::metrics::{IngestMetrics, UplinkMetrics};
-    use crate::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+    use crate::store::{Store, StoreOptions, Writer, WriterSettings};
     use std::os::unix::net::UnixDatagram;
 
     fn status_source() -> StatusSource {
@@ -237,7 +237,11 @@ mod tests {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
-            let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+            let ingest = Writer::spawn(
+                store.clone(),
+                WriterSettings::default(),
+                IngestMetrics::new(),
+            );
             let stall = Duration::from_millis(1500);
             let mut watchdog = Watchdog::new(ingest.heartbeat.clone(), stall);
             let mut heartbeat = ingest.heartbeat.clone();

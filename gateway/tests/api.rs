@@ -15,7 +15,7 @@ use ferry_gateway::config::Config;
 use ferry_gateway::metrics::{ApiMetrics, IngestMetrics, PipelineMetrics, UplinkMetrics};
 use ferry_gateway::query::{Engine, Index, IndexOptions};
 use ferry_gateway::route::spawn_route;
-use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions, Stream};
+use ferry_gateway::store::{Store, StoreOptions, Stream, Writer, WriterSettings};
 use serde_json::{json, Value as J};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,7 @@ const TOKEN: &str = "s3cret";
 struct Api {
     _dir: tempfile::TempDir,
     store: Store,
-    ingest: IngestHandle,
+    ingest: Writer,
     addr: String,
     cancel: CancellationToken,
 }
@@ -65,11 +65,11 @@ async fn start() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
     let index = Index::open(&store, IndexOptions::default()).unwrap();
-    let ingest = spawn_ingest(
+    let ingest = Writer::spawn(
         store.clone(),
-        IngestConfig {
+        WriterSettings {
             index: Some(index.clone()),
-            ..IngestConfig::default()
+            ..WriterSettings::default()
         },
         IngestMetrics::new(),
     );

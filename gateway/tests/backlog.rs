@@ -2,7 +2,7 @@
 //! flat: the uplink streams the store one window at a time, never loading
 //! the backlog.
 //!
-//! The backlog is written through the gateway library (`spawn_ingest` with
+//! The backlog is written through the gateway library (`Writer::spawn` with
 //! the query index, as the daemon writes it), then the real `ferry` daemon
 //! starts on that store with its uplink behind a cut link; the link is
 //! restored and the daemon's RSS is sampled until every `seq` has arrived at
@@ -25,7 +25,7 @@ use ferry_core::record::{Record, Value};
 use ferry_core::sink::Item;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::query::{Index, IndexOptions};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 use ferry_testkit::{free_port, CloudSubscriber, Mosquitto, Pki, Proxy};
 
 /// How much the daemon's RSS may grow while it drains the backlog: the redb
@@ -63,11 +63,11 @@ async fn write_backlog(data: &std::path::Path, n: u64) {
     std::fs::create_dir_all(data).unwrap();
     let store = Store::open(&Store::file_in(data), &StoreOptions::default()).unwrap();
     let index = Index::open(&store, IndexOptions::default()).unwrap();
-    let ingest = spawn_ingest(
+    let ingest = Writer::spawn(
         store.clone(),
-        IngestConfig {
+        WriterSettings {
             index: Some(index),
-            ..IngestConfig::default()
+            ..WriterSettings::default()
         },
         IngestMetrics::new(),
     );

@@ -215,7 +215,7 @@ mod fsck {
     use ferry_core::record::{Record, Value};
     use ferry_core::sink::Item;
     use ferry_gateway::metrics::IngestMetrics;
-    use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+    use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 
     fn ferry(args: &[&str]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -249,7 +249,11 @@ mod fsck {
 
         std::fs::create_dir_all(&data).unwrap();
         let store = Store::open(&Store::file_in(&data), &StoreOptions::default()).unwrap();
-        let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+        let ingest = Writer::spawn(
+            store.clone(),
+            WriterSettings::default(),
+            IngestMetrics::new(),
+        );
         let record = Record {
             ts: 1,
             source: Arc::from("local"),

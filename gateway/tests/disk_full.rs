@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ferry_core::record::{Record, Value};
 use ferry_core::sink::{Item, SubmitError};
 use ferry_gateway::metrics::IngestMetrics;
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 
 struct Tmpfs(std::path::PathBuf);
 
@@ -65,7 +65,7 @@ async fn a_full_disk_refuses_records_and_ingest_resumes_when_space_returns() {
     };
     let store = Store::open(&Store::file_in(&fs.0), &StoreOptions::default()).unwrap();
     let metrics = IngestMetrics::new();
-    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), metrics.clone());
+    let ingest = Writer::spawn(store.clone(), WriterSettings::default(), metrics.clone());
     let mut acked = Vec::new();
     for i in 0..10 {
         let items = (0..100)

@@ -12,7 +12,7 @@ use common::*;
 use ferry_core::record::{Record, Value};
 use ferry_core::sink::Item;
 use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 use ferry_gateway::uplink::batch::{Encoding, Topic};
 use ferry_gateway::uplink::{self, tls, Settings};
 use ferry_testkit::{free_port, json_record_seqs, CloudSubscriber, Mosquitto, Pki, Proxy};
@@ -36,7 +36,7 @@ fn reading(i: u64) -> Record {
 struct Gateway {
     _dir: tempfile::TempDir,
     store: Store,
-    ingest: IngestHandle,
+    ingest: Writer,
     metrics: UplinkMetrics,
 }
 
@@ -44,7 +44,11 @@ impl Gateway {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
-        let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+        let ingest = Writer::spawn(
+            store.clone(),
+            WriterSettings::default(),
+            IngestMetrics::new(),
+        );
         Gateway {
             _dir: dir,
             store,

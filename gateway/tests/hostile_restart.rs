@@ -17,7 +17,7 @@ use ferry_core::record::{now_millis, Record, Value};
 use ferry_core::sink::Item;
 use ferry_gateway::api::client::Client;
 use ferry_gateway::metrics::IngestMetrics;
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 use ferry_testkit::free_port;
 use serde_json::Value as J;
 
@@ -39,11 +39,11 @@ async fn fill(data: &Path, t0: i64) {
     std::fs::create_dir_all(data).unwrap();
     {
         let store = Store::open(&Store::file_in(data), &StoreOptions::default()).unwrap();
-        let ingest = spawn_ingest(
+        let ingest = Writer::spawn(
             store.clone(),
-            IngestConfig {
+            WriterSettings {
                 commit_max_records: 20_000,
-                ..IngestConfig::default()
+                ..WriterSettings::default()
             },
             IngestMetrics::new(),
         );

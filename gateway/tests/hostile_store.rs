@@ -18,7 +18,7 @@ use common::{ferry_bin, http_get, metric_sample, Ferry};
 use ferry_core::record::{Record, Value};
 use ferry_core::sink::Item;
 use ferry_gateway::metrics::IngestMetrics;
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 
 const T0: i64 = 1_764_000_000_000;
 /// Records in the seed store (seq 1..=N).
@@ -50,8 +50,11 @@ fn seed() -> &'static Path {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
                 let store = Store::open(&path, &StoreOptions::default()).unwrap();
-                let ingest =
-                    spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+                let ingest = Writer::spawn(
+                    store.clone(),
+                    WriterSettings::default(),
+                    IngestMetrics::new(),
+                );
                 for chunk in 0..N / 500 {
                     let items = (chunk * 500 + 1..=chunk * 500 + 500)
                         .map(|s| Item::Record(reading(s)))

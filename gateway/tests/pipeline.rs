@@ -11,7 +11,7 @@ use ferry_gateway::config::Config;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::metrics::{PipelineMetrics, StepLabels};
 use ferry_gateway::pipeline::{spawn_pipeline, Outcome, Pipeline};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 
 const SOURCES: &str = "[sources.local]\ntype = \"mqtt_broker\"\n[sources.plc]\ntype = \"mqtt_broker\"\nlisten = \"127.0.0.1:1884\"\n";
 
@@ -295,7 +295,11 @@ fn config_errors_name_the_key_and_line_all_at_once() {
 async fn the_task_forwards_transformed_submissions_and_acknowledges_after_commit() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
-    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+    let ingest = Writer::spawn(
+        store.clone(),
+        WriterSettings::default(),
+        IngestMetrics::new(),
+    );
     let p = pipeline("[[pipeline]]\nfilter = \"temperature < 150\"\n[[pipeline]]\nmath = { t2 = \"temperature * 2\" }\n");
     let (sink, task) = spawn_pipeline(p.clone(), ingest.sink.clone(), 16);
     drop(ingest.sink);

@@ -10,7 +10,7 @@ use ferry_core::sink::Item;
 use ferry_gateway::config::{Config, RouteConfig};
 use ferry_gateway::metrics::{IngestMetrics, PipelineMetrics};
 use ferry_gateway::route::{cursor_name, spawn_route, Dropped, Route};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions, Stream};
+use ferry_gateway::store::{Store, StoreOptions, Stream, Writer, WriterSettings};
 use tokio_util::sync::CancellationToken;
 
 fn route_config(route: &str) -> RouteConfig {
@@ -286,7 +286,11 @@ fn a_restart_anywhere_gives_the_uninterrupted_output() {
 async fn the_task_commits_output_state_and_cursor_together_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
-    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+    let ingest = Writer::spawn(
+        store.clone(),
+        WriterSettings::default(),
+        IngestMetrics::new(),
+    );
     let cfg =
         route_config("batch_records = 3\nwindow = { size = \"1m\", aggregates = [\"sum\"] }\n");
     let metrics = PipelineMetrics::new();
@@ -434,7 +438,11 @@ async fn the_task_closes_windows_on_the_clock_exactly_once_through_restarts() {
     use ferry_gateway::route::{spawn_route_with, Clock};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
-    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+    let ingest = Writer::spawn(
+        store.clone(),
+        WriterSettings::default(),
+        IngestMetrics::new(),
+    );
     let cfg = route_config(
         "window = { size = \"1m\", aggregates = [\"count\", \"sum\"], grace = \"10s\" }\n",
     );
@@ -553,11 +561,11 @@ async fn the_task_closes_windows_on_the_clock_exactly_once_through_restarts() {
 async fn a_route_behind_the_log_commits_without_waiting_for_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
-    let ingest = spawn_ingest(
+    let ingest = Writer::spawn(
         store.clone(),
-        IngestConfig {
+        WriterSettings {
             commit_interval: Duration::from_secs(10),
-            ..IngestConfig::default()
+            ..WriterSettings::default()
         },
         IngestMetrics::new(),
     );

@@ -14,7 +14,7 @@ use ferry_core::sink::Item;
 use ferry_gateway::config::Config;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::route::{Dropped, Route};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, Store, StoreOptions, Stream};
+use ferry_gateway::store::{Store, StoreOptions, Stream, Writer, WriterSettings};
 use ferry_testkit::{free_ports, CloudSubscriber, Mosquitto, Pki};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -161,7 +161,7 @@ async fn kill9_during_aggregation_then_restart_emits_exactly_the_uninterrupted_o
     // The raw stream, written before the daemon starts.
     {
         let store = Store::open(&Store::file_in(&data), &StoreOptions::default()).unwrap();
-        let ingest = spawn_ingest(store, IngestConfig::default(), IngestMetrics::new());
+        let ingest = Writer::spawn(store, WriterSettings::default(), IngestMetrics::new());
         for chunk in input.chunks(500) {
             ingest
                 .sink

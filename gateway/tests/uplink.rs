@@ -8,7 +8,7 @@ use std::time::Duration;
 use ferry_core::record::{Record, Value};
 use ferry_core::sink::Item;
 use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
-use ferry_gateway::store::{spawn_ingest, IngestConfig, IngestHandle, Store, StoreOptions};
+use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 use ferry_gateway::uplink::batch::{Encoding, Topic};
 use ferry_gateway::uplink::{self, tls, Settings};
 use ferry_testkit::{json_record_seqs, CloudSubscriber, Identity, Mosquitto, Pki, Proxy};
@@ -69,7 +69,7 @@ fn reading(i: u64) -> Record {
 struct Gateway {
     _dir: tempfile::TempDir,
     store: Store,
-    ingest: Option<IngestHandle>,
+    ingest: Option<Writer>,
     metrics: UplinkMetrics,
 }
 
@@ -77,7 +77,11 @@ impl Gateway {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
-        let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+        let ingest = Writer::spawn(
+            store.clone(),
+            WriterSettings::default(),
+            IngestMetrics::new(),
+        );
         Gateway {
             _dir: dir,
             store,
@@ -213,9 +217,9 @@ async fn a_restart_resends_from_the_cursor() {
     let before = sub.len();
 
     // A new run on the same store sends only what is new.
-    gw.ingest = Some(spawn_ingest(
+    gw.ingest = Some(Writer::spawn(
         gw.store.clone(),
-        IngestConfig::default(),
+        WriterSettings::default(),
         IngestMetrics::new(),
     ));
     gw.store(1_000..1_500).await;

@@ -10,9 +10,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use super::index::{Directory, BLOCKS, HOURS, META_THROUGH, META_VERSION};
 use super::*;
 use crate::metrics::IngestMetrics;
-use crate::store::{
-    spawn_ingest, IngestConfig, IngestHandle, Retention, Store, StoreOptions, WhenFull, META,
-};
+use crate::store::{Retention, Store, StoreOptions, WhenFull, Writer, WriterSettings, META};
 
 const T0: Millis = 1_764_000_000_000;
 
@@ -22,16 +20,16 @@ fn open(dir: &tempfile::TempDir) -> (Store, Arc<Index>) {
     (store, index)
 }
 
-fn start(store: &Store, index: &Arc<Index>, cfg: IngestConfig) -> IngestHandle {
-    let cfg = IngestConfig {
+fn start(store: &Store, index: &Arc<Index>, cfg: WriterSettings) -> Writer {
+    let cfg = WriterSettings {
         index: Some(index.clone()),
         commit_interval: std::time::Duration::from_millis(1),
         ..cfg
     };
-    spawn_ingest(store.clone(), cfg, IngestMetrics::new())
+    Writer::spawn(store.clone(), cfg, IngestMetrics::new())
 }
 
-async fn stop(ingest: IngestHandle) {
+async fn stop(ingest: Writer) {
     drop(ingest.sink);
     drop(ingest.cursors);
     ingest.task.await.unwrap();
@@ -68,7 +66,7 @@ fn records(n: i64) -> Vec<Record> {
         .collect()
 }
 
-async fn write(ingest: &IngestHandle, recs: Vec<Record>) {
+async fn write(ingest: &Writer, recs: Vec<Record>) {
     let mut receipts = Vec::new();
     for chunk in recs.chunks(37) {
         let items = chunk.iter().cloned().map(Item::Record).collect();
@@ -248,7 +246,7 @@ fn dump_blocks(store: &Store) -> Vec<((i64, u64), Vec<u8>)> {
 async fn queries_match_the_log_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, IngestConfig::default());
+    let ingest = start(&store, &index, WriterSettings::default());
     write(&ingest, records(1500)).await;
     let engine = Engine::new(store.clone(), index.clone());
     // Part of the data is only in memory now (each series' current minute).
@@ -283,7 +281,7 @@ async fn queries_match_the_log_exactly() {
 async fn a_points_limit_is_an_error_not_a_truncation() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, IngestConfig::default());
+    let ingest = start(&store, &index, WriterSettings::default());
     write(&ingest, records(300)).await;
     let engine = Engine::new(store.clone(), index.clone());
     let key = engine.series_key("a", "v").unwrap();
@@ -309,7 +307,7 @@ async fn a_points_limit_is_an_error_not_a_truncation() {
 async fn times_and_steps_at_the_ends_of_i64_answer_right_or_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, IngestConfig::default());
+    let ingest = start(&store, &index, WriterSettings::default());
     write(&ingest, records(300)).await;
     let engine = Engine::new(store.clone(), index.clone());
     let key = engine.series_key("a", "v").unwrap();
@@ -364,7 +362,7 @@ async fn times_and_steps_at_the_ends_of_i64_answer_right_or_refuse() {
 async fn the_index_rebuilt_from_the_log_equals_the_original() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, IngestConfig::default());
+    let ingest = start(&store, &index, WriterSettings::default());
     write(&ingest, records(2000)).await;
     // Stopped without a last flush: like a crash, the open minutes are only in the log.
     stop(ingest).await;
@@ -399,7 +397,7 @@ async fn the_index_rebuilt_from_the_log_equals_the_original() {
 async fn catching_up_in_chunks_while_ingest_runs_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, IngestConfig::default());
+    let ingest = start(&store, &index, WriterSettings::default());
     write(&ingest, records(1000)).await;
     stop(ingest).await;
     {
@@ -422,7 +420,7 @@ async fn catching_up_in_chunks_while_ingest_runs_loses_nothing() {
         )
         .unwrap(),
     );
-    let ingest = start(&store, &index, IngestConfig::default());
+    let ingest = start(&store, &index, WriterSettings::default());
     let more: Vec<Record> = records(1400).split_off(1000);
     write(&ingest, more).await;
     while index.progress().1 < store.heads().records {
@@ -436,13 +434,13 @@ async fn catching_up_in_chunks_while_ingest_runs_loses_nothing() {
 async fn evicted_records_are_never_in_results_and_their_blocks_go() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let cfg = IngestConfig {
+    let cfg = WriterSettings {
         retention: Retention {
             max_disk: 3 << 20,
             max_age: None,
             when_full: WhenFull::DropOldest,
         },
-        ..IngestConfig::default()
+        ..WriterSettings::default()
     };
     let ingest = start(&store, &index, cfg);
     write(&ingest, records(40_000)).await;
@@ -471,7 +469,7 @@ async fn evicted_records_are_never_in_results_and_their_blocks_go() {
 async fn an_index_of_the_old_format_is_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, IngestConfig::default());
+    let ingest = start(&store, &index, WriterSettings::default());
     write(&ingest, records(800)).await;
     stop(ingest).await;
     drop(index);
@@ -516,7 +514,7 @@ async fn an_index_of_the_old_format_is_rebuilt_from_the_log() {
 async fn strings_are_counted_not_summed() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, IngestConfig::default());
+    let ingest = start(&store, &index, WriterSettings::default());
     write(&ingest, records(30)).await;
     let engine = Engine::new(store.clone(), index.clone());
     let key = engine.series_key("a", "state").unwrap();
@@ -554,7 +552,11 @@ async fn a_flood_replayed_in_the_background_beside_ingest_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
     // Stored with no index: the replay has all of it to do.
-    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+    let ingest = Writer::spawn(
+        store.clone(),
+        WriterSettings::default(),
+        IngestMetrics::new(),
+    );
     write(&ingest, flood(0, 6000)).await;
     stop(ingest).await;
     let index = Arc::new(
@@ -570,7 +572,7 @@ async fn a_flood_replayed_in_the_background_beside_ingest_is_exact() {
     let replay = index.replay_in_background(&store).expect("a replay");
     assert!(index.replaying());
     // New records arrive while it runs (the same minutes, and later ones).
-    let ingest = start(&store, &index, IngestConfig::default());
+    let ingest = start(&store, &index, WriterSettings::default());
     write(&ingest, flood(6000, 3000)).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while index.replaying() || index.lag(&store) > 0 {
@@ -593,7 +595,7 @@ async fn a_flood_replayed_in_the_background_beside_ingest_is_exact() {
 async fn a_record_stamped_outside_the_query_range_is_skipped_by_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, IngestConfig::default());
+    let ingest = start(&store, &index, WriterSettings::default());
     let mut recs = records(3);
     recs[0].ts = i64::MIN;
     recs[2].ts = i64::MAX;

@@ -72,7 +72,7 @@ use tracing::warn;
 pub use hook::IndexHook;
 pub use names::{DeviceEntry, Names};
 pub use retention::{Retention, WhenFull};
-pub use writer::{spawn_ingest, Cursors, IngestConfig, IngestHandle, RouteCommit, RouteCommits};
+pub use writer::{Cursors, RouteCommit, RouteCommits, Writer, WriterSettings};
 
 use codec::DecodeError;
 

@@ -29,24 +29,24 @@ fn open(dir: &tempfile::TempDir) -> Store {
     Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap()
 }
 
-fn cfg(max_disk: u64, max_age: Option<std::time::Duration>) -> IngestConfig {
-    IngestConfig {
+fn cfg(max_disk: u64, max_age: Option<std::time::Duration>) -> WriterSettings {
+    WriterSettings {
         retention: Retention {
             max_disk,
             max_age,
             when_full: WhenFull::DropOldest,
         },
         route_consumers: vec![(Arc::from("r"), Arc::from("uplink.cloud"))],
-        ..IngestConfig::default()
+        ..WriterSettings::default()
     }
 }
 
 /// Commits route `r`'s outputs `range` (100 per commit); the last head.
-async fn emit(ingest: &IngestHandle, range: std::ops::Range<i64>, ts: i64) -> u64 {
+async fn emit(ingest: &Writer, range: std::ops::Range<i64>, ts: i64) -> u64 {
     emit_to(ingest, "r", range, ts).await
 }
 
-async fn emit_to(ingest: &IngestHandle, route: &str, range: std::ops::Range<i64>, ts: i64) -> u64 {
+async fn emit_to(ingest: &Writer, route: &str, range: std::ops::Range<i64>, ts: i64) -> u64 {
     let mut head = 0;
     for chunk in range.collect::<Vec<_>>().chunks(100) {
         head = ingest
@@ -63,7 +63,7 @@ async fn emit_to(ingest: &IngestHandle, route: &str, range: std::ops::Range<i64>
     head
 }
 
-async fn raw(ingest: &IngestHandle, range: std::ops::Range<i64>) {
+async fn raw(ingest: &Writer, range: std::ops::Range<i64>) {
     for chunk in range.collect::<Vec<_>>().chunks(200) {
         let items = chunk
             .iter()
@@ -73,7 +73,7 @@ async fn raw(ingest: &IngestHandle, range: std::ops::Range<i64>) {
     }
 }
 
-async fn close(ingest: IngestHandle) {
+async fn close(ingest: Writer) {
     drop(ingest.sink);
     drop(ingest.cursors);
     drop(ingest.routes);
@@ -114,7 +114,7 @@ async fn route_output_of_ten_budgets_stays_within_the_budget() {
     let metrics = IngestMetrics::new();
     let mut c = cfg(16 * MIB, None);
     c.route_consumers.clear(); // sent by no uplink: all delivered
-    let ingest = spawn_ingest(store.clone(), c, metrics.clone());
+    let ingest = Writer::spawn(store.clone(), c, metrics.clone());
     let n = 40_000;
     let mut max_file = 0;
     for part in 0..10 {
@@ -142,7 +142,7 @@ async fn raw_goes_first_then_delivered_route_entries_then_undelivered_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let metrics = IngestMetrics::new();
-    let ingest = spawn_ingest(store.clone(), cfg(16 * MIB, None), metrics.clone());
+    let ingest = Writer::spawn(store.clone(), cfg(16 * MIB, None), metrics.clone());
     // ~4 MiB of route output, delivered up to 500.
     emit(&ingest, 0..1_000, now_millis() - 60_000).await;
     ingest
@@ -180,7 +180,7 @@ async fn max_age_trims_route_output_and_the_head_survives_an_empty_stream() {
     let old = now_millis() - 2 * 3600 * 1000;
     let store = open(&dir);
     let metrics = IngestMetrics::new();
-    let ingest = spawn_ingest(store.clone(), cfg(64 * MIB, Some(hour)), metrics.clone());
+    let ingest = Writer::spawn(store.clone(), cfg(64 * MIB, Some(hour)), metrics.clone());
     // The first commit checks ages: the old outputs go in the same one.
     let head = ingest
         .routes
@@ -205,7 +205,7 @@ async fn max_age_trims_route_output_and_the_head_survives_an_empty_stream() {
     // Reopened: the same account, read back from `meta` and the stream.
     let store = open(&dir);
     let metrics = IngestMetrics::new();
-    let ingest = spawn_ingest(store.clone(), cfg(64 * MIB, Some(hour)), metrics.clone());
+    let ingest = Writer::spawn(store.clone(), cfg(64 * MIB, Some(hour)), metrics.clone());
     // All old: route q's stream is emptied in the commit that wrote it...
     assert_eq!(emit_to(&ingest, "q", 0..5, old).await, 5);
     // (an empty submission's receipt comes after the gauges are updated)
@@ -227,7 +227,7 @@ async fn max_age_trims_route_output_and_the_head_survives_an_empty_stream() {
     close(ingest).await;
     drop(store);
     let store = open(&dir);
-    let ingest = spawn_ingest(
+    let ingest = Writer::spawn(
         store.clone(),
         cfg(64 * MIB, Some(hour)),
         IngestMetrics::new(),

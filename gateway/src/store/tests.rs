@@ -28,7 +28,11 @@ fn open(dir: &tempfile::TempDir) -> Store {
 async fn records_are_stored_in_order_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+    let ingest = Writer::spawn(
+        store.clone(),
+        WriterSettings::default(),
+        IngestMetrics::new(),
+    );
     let mut receipts = Vec::new();
     for i in 0..100 {
         let items = vec![Item::Record(record(&format!("d{}", i % 3), 1000 + i, i))];
@@ -69,7 +73,11 @@ async fn records_are_stored_in_order_and_survive_a_reopen() {
 async fn dead_letters_and_cursors_are_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+    let ingest = Writer::spawn(
+        store.clone(),
+        WriterSettings::default(),
+        IngestMetrics::new(),
+    );
     let dead = DeadLetter::new(
         Arc::from("local"),
         "sensors/x/telemetry",
@@ -107,12 +115,12 @@ async fn dead_letters_and_cursors_are_durable() {
 async fn a_prompt_cursor_move_is_durable_within_the_commit_interval() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let cfg = IngestConfig {
+    let cfg = WriterSettings {
         commit_interval: std::time::Duration::from_millis(10),
         cursor_flush_interval: std::time::Duration::from_secs(3600),
-        ..IngestConfig::default()
+        ..WriterSettings::default()
     };
-    let ingest = spawn_ingest(store.clone(), cfg, IngestMetrics::new());
+    let ingest = Writer::spawn(store.clone(), cfg, IngestMetrics::new());
     let name: Arc<str> = Arc::from("uplink.cloud");
     ingest.cursors.advance_promptly(&name, 7).await.unwrap();
     // Not an hour later: within a commit (a generous bound for a slow disk).
@@ -131,11 +139,11 @@ async fn the_commit_deadline_counts_from_the_submission_not_from_its_arrival() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let interval = std::time::Duration::from_secs(10);
-    let cfg = IngestConfig {
+    let cfg = WriterSettings {
         commit_interval: interval,
-        ..IngestConfig::default()
+        ..WriterSettings::default()
     };
-    let ingest = spawn_ingest(store.clone(), cfg, IngestMetrics::new());
+    let ingest = Writer::spawn(store.clone(), cfg, IngestMetrics::new());
     // Handed over 9.9 s ago and queued since (behind a slow commit, or in
     // the pipeline): due in 0.1 s, not a whole interval after it arrives.
     let (done, committed) = tokio::sync::oneshot::channel();
@@ -163,11 +171,11 @@ async fn many_small_submissions_share_few_commits() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let metrics = IngestMetrics::new();
-    let cfg = IngestConfig {
+    let cfg = WriterSettings {
         commit_interval: std::time::Duration::from_millis(50),
-        ..IngestConfig::default()
+        ..WriterSettings::default()
     };
-    let ingest = spawn_ingest(store.clone(), cfg, metrics.clone());
+    let ingest = Writer::spawn(store.clone(), cfg, metrics.clone());
     let mut receipts = Vec::new();
     for i in 0..2000 {
         receipts.push(
@@ -251,19 +259,19 @@ mod retention {
         }
     }
 
-    fn cfg(max_disk: u64, when_full: WhenFull, consumers: &[&str]) -> IngestConfig {
-        IngestConfig {
+    fn cfg(max_disk: u64, when_full: WhenFull, consumers: &[&str]) -> WriterSettings {
+        WriterSettings {
             retention: Retention {
                 max_disk,
                 max_age: None,
                 when_full,
             },
             consumers: consumers.iter().map(|c| Arc::from(*c)).collect(),
-            ..IngestConfig::default()
+            ..WriterSettings::default()
         }
     }
 
-    async fn write(ingest: &IngestHandle, range: std::ops::Range<i64>) -> Vec<Committed> {
+    async fn write(ingest: &Writer, range: std::ops::Range<i64>) -> Vec<Committed> {
         let mut out = Vec::new();
         for chunk in range.collect::<Vec<_>>().chunks(200) {
             let items = chunk
@@ -275,7 +283,7 @@ mod retention {
         out
     }
 
-    async fn close(ingest: IngestHandle) {
+    async fn close(ingest: Writer) {
         drop(ingest.sink);
         drop(ingest.cursors);
         ingest.task.await.unwrap();
@@ -287,7 +295,7 @@ mod retention {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         let metrics = IngestMetrics::new();
-        let ingest = spawn_ingest(
+        let ingest = Writer::spawn(
             store.clone(),
             cfg(16 * MIB, WhenFull::DropOldest, &[]),
             metrics.clone(),
@@ -342,7 +350,7 @@ mod retention {
         let store = open(&dir);
         let metrics = IngestMetrics::new();
         let uplink: Arc<str> = Arc::from("uplink.cloud");
-        let ingest = spawn_ingest(
+        let ingest = Writer::spawn(
             store.clone(),
             cfg(16 * MIB, WhenFull::DropNewest, &["uplink.cloud"]),
             metrics.clone(),
@@ -397,7 +405,7 @@ mod retention {
         let store = open(&dir);
         let metrics = IngestMetrics::new();
         let uplink: Arc<str> = Arc::from("uplink.cloud");
-        let ingest = spawn_ingest(
+        let ingest = Writer::spawn(
             store.clone(),
             cfg(16 * MIB, WhenFull::Block, &["uplink.cloud"]),
             metrics.clone(),
@@ -446,7 +454,7 @@ mod retention {
         c.retention.max_age = Some(std::time::Duration::from_secs(3600));
         let now = ferry_core::record::now_millis();
         {
-            let ingest = spawn_ingest(store.clone(), c.clone(), metrics.clone());
+            let ingest = Writer::spawn(store.clone(), c.clone(), metrics.clone());
             let old = (0..10)
                 .map(|i| Item::Record(big(i, now - 7_200_000)))
                 .collect();
@@ -454,7 +462,7 @@ mod retention {
             close(ingest).await;
         }
         // The next start checks the age at its first commit.
-        let ingest = spawn_ingest(store.clone(), c, metrics.clone());
+        let ingest = Writer::spawn(store.clone(), c, metrics.clone());
         let new = (10..15).map(|i| Item::Record(big(i, now))).collect();
         ingest.sink.submit_and_wait(new).await.unwrap();
         close(ingest).await;
@@ -480,7 +488,7 @@ mod retention {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         let first = IngestMetrics::new();
-        let ingest = spawn_ingest(
+        let ingest = Writer::spawn(
             store.clone(),
             cfg(1 << 30, WhenFull::DropOldest, &[]),
             first.clone(),
@@ -488,7 +496,7 @@ mod retention {
         write(&ingest, 0..1000).await;
         close(ingest).await;
         let second = IngestMetrics::new();
-        let ingest = spawn_ingest(
+        let ingest = Writer::spawn(
             store.clone(),
             cfg(1 << 30, WhenFull::DropOldest, &[]),
             second.clone(),
@@ -508,7 +516,11 @@ mod repair {
 
     async fn make_store(dir: &tempfile::TempDir) -> std::path::PathBuf {
         let store = open(dir);
-        let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+        let ingest = Writer::spawn(
+            store.clone(),
+            WriterSettings::default(),
+            IngestMetrics::new(),
+        );
         for i in 0..20 {
             let items = (0..500)
                 .map(|j| Item::Record(record("d", i * 500 + j, j)))
@@ -573,7 +585,11 @@ mod repair {
             eprintln!("{what}: {why}: {report}");
             // The store takes new records, after every salvaged one.
             let head = store.heads().records;
-            let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+            let ingest = Writer::spawn(
+                store.clone(),
+                WriterSettings::default(),
+                IngestMetrics::new(),
+            );
             let done = ingest
                 .sink
                 .submit_and_wait(vec![Item::Record(record("d", 1, 1))])
@@ -643,7 +659,11 @@ mod fsck {
     async fn a_clean_store_passes_and_planted_damage_is_found_and_repaired() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let ingest = spawn_ingest(store.clone(), IngestConfig::default(), IngestMetrics::new());
+        let ingest = Writer::spawn(
+            store.clone(),
+            WriterSettings::default(),
+            IngestMetrics::new(),
+        );
         let items = (0..100).map(|i| Item::Record(record("d", i, i))).collect();
         ingest.sink.submit_and_wait(items).await.unwrap();
         drop(ingest.sink);
@@ -704,7 +724,7 @@ async fn relaxed_submissions_ride_the_next_commit() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let metrics = IngestMetrics::new();
-    let ingest = spawn_ingest(store.clone(), IngestConfig::default(), metrics.clone());
+    let ingest = Writer::spawn(store.clone(), WriterSettings::default(), metrics.clone());
     let delay = std::time::Duration::from_millis(300);
     let started = std::time::Instant::now();
     let relaxed = ingest

@@ -41,7 +41,7 @@ use crate::metrics::{IngestMetrics, ReasonLabel, RejectLabels, SourceLabel};
 
 /// Group-commit settings.
 #[derive(Debug, Clone)]
-pub struct IngestConfig {
+pub struct WriterSettings {
     pub commit_interval: Duration,
     pub commit_max_records: usize,
     pub cursor_flush_interval: Duration,
@@ -62,9 +62,9 @@ pub struct IngestConfig {
     pub limits: Limits,
 }
 
-impl Default for IngestConfig {
+impl Default for WriterSettings {
     fn default() -> Self {
-        IngestConfig {
+        WriterSettings {
             commit_interval: Duration::from_millis(10),
             commit_max_records: 4096,
             cursor_flush_interval: Duration::from_secs(1),
@@ -116,8 +116,9 @@ impl Cursors {
     }
 }
 
-/// What [`spawn_ingest`] hands back.
-pub struct IngestHandle {
+/// The ingest writer, the store's one writer: what [`Writer::spawn`] hands
+/// back to whoever submits to it.
+pub struct Writer {
     pub sink: Sink,
     pub cursors: Cursors,
     /// Commits routes' output, state and cursor together. The writer does
@@ -135,19 +136,21 @@ pub struct IngestHandle {
 /// The longest the writer's loop waits before turning (and beating) again.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts the ingest writer on `store`.
-pub fn spawn_ingest(store: Store, cfg: IngestConfig, metrics: IngestMetrics) -> IngestHandle {
-    let (sink, rx) = Sink::channel(cfg.queue);
-    let (ctx, crx) = mpsc::channel(64);
-    let (rtx, rrx) = mpsc::channel(16);
-    let (beat, heartbeat) = watch::channel(Instant::now());
-    let task = tokio::spawn(run(store, metrics, cfg, rx, crx, rrx, beat));
-    IngestHandle {
-        sink,
-        cursors: Cursors { tx: ctx },
-        routes: RouteCommits { tx: rtx },
-        task,
-        heartbeat,
+impl Writer {
+    /// Starts the ingest writer on `store`.
+    pub fn spawn(store: Store, cfg: WriterSettings, metrics: IngestMetrics) -> Writer {
+        let (sink, rx) = Sink::channel(cfg.queue);
+        let (ctx, crx) = mpsc::channel(64);
+        let (rtx, rrx) = mpsc::channel(16);
+        let (beat, heartbeat) = watch::channel(Instant::now());
+        let task = tokio::spawn(run(store, metrics, cfg, rx, crx, rrx, beat));
+        Writer {
+            sink,
+            cursors: Cursors { tx: ctx },
+            routes: RouteCommits { tx: rtx },
+            task,
+            heartbeat,
+        }
     }
 }
 
@@ -210,7 +213,13 @@ struct Batch {
 }
 
 impl Batch {
-    fn add(&mut self, sub: Submission, now: Instant, cfg: &IngestConfig, metrics: &IngestMetrics) {
+    fn add(
+        &mut self,
+        sub: Submission,
+        now: Instant,
+        cfg: &WriterSettings,
+        metrics: &IngestMetrics,
+    ) {
         self.due_by(sub.submitted.min(now) + sub.max_delay.unwrap_or(cfg.commit_interval));
         let mut n = 0;
         // Counted per run of one source (a submission is usually one run):
@@ -274,7 +283,7 @@ impl Batch {
         self.acks.is_empty() && self.cursors.is_empty() && self.routes.is_empty()
     }
 
-    fn deadline(&self, cfg: &IngestConfig) -> Option<Instant> {
+    fn deadline(&self, cfg: &WriterSettings) -> Option<Instant> {
         let items = match self.retry_at {
             Some(retry) => Some(retry),
             None => self.items_due,
@@ -303,7 +312,7 @@ impl Batch {
         self.retry_at = Some(retry_at);
     }
 
-    fn full(&self, cfg: &IngestConfig) -> bool {
+    fn full(&self, cfg: &WriterSettings) -> bool {
         self.records.len() + self.dead.len() >= cfg.commit_max_records
     }
 }
@@ -317,7 +326,7 @@ fn next_turn(deadline: Option<Instant>) -> Instant {
 async fn run(
     store: Store,
     metrics: IngestMetrics,
-    cfg: IngestConfig,
+    cfg: WriterSettings,
     mut rx: mpsc::Receiver<Submission>,
     mut crx: mpsc::Receiver<CursorMove>,
     mut rrx: mpsc::Receiver<(RouteCommit, RouteDone)>,
@@ -464,7 +473,7 @@ struct WriterState {
 impl WriterState {
     /// Loads names, cursors and the byte account (reading only what was
     /// written since the account was last saved).
-    fn new(store: Store, metrics: IngestMetrics, cfg: &IngestConfig) -> Result<Self, StoreError> {
+    fn new(store: Store, metrics: IngestMetrics, cfg: &WriterSettings) -> Result<Self, StoreError> {
         let names: Vec<Arc<str>> = store.names().snapshot().to_vec();
         let ids = names
             .iter()
@@ -978,7 +987,7 @@ impl WriterState {
         mut batch: Batch,
         result: Result<Written, StoreError>,
         next: &mut Batch,
-        cfg: &IngestConfig,
+        cfg: &WriterSettings,
     ) {
         self.metrics.store_writable.set(i64::from(result.is_ok()));
         let route_heads = std::mem::take(&mut self.route_heads);
