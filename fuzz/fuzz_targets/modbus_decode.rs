@@ -10,8 +10,8 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use ferry_sources::modbus::{raw, DataType, Order, Raw, RegisterConfig, Table, ValueError};
 use ferry_core::record::Value;
+use ferry_sources::modbus::{raw, DataType, Order, Raw, RegisterConfig, Table, ValueError};
 use libfuzzer_sys::fuzz_target;
 
 const TABLES: [Table; 4] = Table::ALL;

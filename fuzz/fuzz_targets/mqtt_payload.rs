@@ -13,8 +13,8 @@
 
 use std::collections::BTreeMap;
 
-use ferry_sources::mqtt::{MessageDecoder, PayloadOptions, Reject, TopicTemplate};
 use ferry_core::record::Value;
+use ferry_sources::mqtt::{MessageDecoder, PayloadOptions, Reject, TopicTemplate};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_PAYLOAD: usize = 4096;

@@ -32,7 +32,7 @@ use ferry_core::record::{DeadLetter, Record, Value};
 use ferry_core::sink::Item;
 use ferry_gateway::contain;
 use ferry_gateway::metrics::IngestMetrics;
-use ferry_gateway::store::{WriterSettings, Opened, Store, StoreOptions};
+use ferry_gateway::store::{Opened, Store, StoreOptions, Writer, WriterSettings};
 use libfuzzer_sys::fuzz_target;
 
 const RECORDS: u64 = 300;
@@ -62,7 +62,11 @@ fn seed() -> &'static [u8] {
             .unwrap();
         rt.block_on(async {
             let store = Store::open(&path, &StoreOptions::default()).unwrap();
-            let ingest = Writer::spawn(store.clone(), WriterSettings::default(), IngestMetrics::new());
+            let ingest = Writer::spawn(
+                store.clone(),
+                WriterSettings::default(),
+                IngestMetrics::new(),
+            );
             for chunk in 0..RECORDS / 100 {
                 let mut items: Vec<Item> = (chunk * 100..chunk * 100 + 100)
                     .map(|i| {
