@@ -215,7 +215,7 @@ fn run_daemon(config: Config, path: Option<PathBuf>) -> ExitCode {
     limit_malloc_arenas();
     crate::contain::install_hook();
     let log = init_tracing(config.gateway.log_level);
-    let reload = crate::reload::ReloadContext { path, log };
+    let reload = crate::daemon::reload::ReloadContext { path, log };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ferry")
@@ -263,30 +263,30 @@ fn store_unwritable(e: &anyhow::Error) -> bool {
 /// every device connection at info and routine disconnects as errors, and
 /// Ferry's broker source reports what matters (listening, bind failures,
 /// dead letters) itself. `RUST_LOG=info,rumqttd=info` shows it.
-fn init_tracing(level: LogLevel) -> crate::reload::LogControl {
+fn init_tracing(level: LogLevel) -> crate::daemon::reload::LogControl {
     use tracing_subscriber::layer::SubscriberExt;
     let (filter, from_env) = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
             Ok(filter) => (filter, true),
             Err(e) => {
                 eprintln!("ferry: warning: ignoring RUST_LOG={spec:?}: {e}");
-                (crate::reload::filter_for(level), false)
+                (crate::daemon::reload::filter_for(level), false)
             }
         },
-        _ => (crate::reload::filter_for(level), false),
+        _ => (crate::daemon::reload::filter_for(level), false),
     };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     // Under systemd: priorities journald understands, no time of our own.
     let lines: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> =
-        if crate::journal::stderr_is_journal() {
+        if crate::daemon::journal::stderr_is_journal() {
             let format = tracing_subscriber::fmt::format()
                 .without_time()
                 .with_ansi(false);
             Box::new(
                 lines
                     .with_ansi(false)
-                    .event_format(crate::journal::JournalFormat(format)),
+                    .event_format(crate::daemon::journal::JournalFormat(format)),
             )
         } else {
             Box::new(lines.with_ansi(std::io::stderr().is_terminal()))
@@ -294,8 +294,8 @@ fn init_tracing(level: LogLevel) -> crate::reload::LogControl {
     let subscriber = tracing_subscriber::registry().with(filter).with(lines);
     // Only fails if a subscriber is already set (in tests): keep that one.
     match tracing::subscriber::set_global_default(subscriber) {
-        Ok(()) => crate::reload::LogControl::new(handle, from_env),
-        Err(_) => crate::reload::LogControl::none(),
+        Ok(()) => crate::daemon::reload::LogControl::new(handle, from_env),
+        Err(_) => crate::daemon::reload::LogControl::none(),
     }
 }
 

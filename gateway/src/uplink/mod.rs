@@ -3,9 +3,11 @@
 
 pub mod backoff;
 pub mod batch;
+mod config;
 pub mod flight;
 pub mod limiter;
 mod run;
 pub mod tls;
 
+pub use config::{DRAIN_TIMEOUT, WINDOW_RECORDS};
 pub use run::{cursor_name, run, LinkError, Settings};

@@ -8,7 +8,7 @@
 //! - `STATUS=...`, a one-line summary (records stored, each uplink's state
 //!   and backlog), whenever it changes;
 //! - `WATCHDOG=1` every half `WatchdogSec=` while the ingest writer is alive
-//!   (see [`crate::watchdog`]);
+//!   (see [`super::watchdog`]);
 //! - `RELOADING=1` ... `READY=1` around a SIGHUP reload, `STOPPING=1` when
 //!   shutdown begins.
 //!

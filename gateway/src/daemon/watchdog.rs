@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::notify::{Notifier, State};
-use crate::status::StatusSource;
+use super::notify::{Notifier, State};
+use super::status::StatusSource;
 
 /// How often the status is refreshed without a watchdog.
 pub const STATUS_PERIOD: Duration = Duration::from_secs(5);

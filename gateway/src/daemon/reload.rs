@@ -32,15 +32,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
+use super::uplinks::Uplinks;
 use crate::config::{Config, LogLevel, RouteConfig, UplinkConfig};
-use crate::metrics::UplinkMetrics;
-use crate::store::{Cursors, Store};
-use crate::uplink::{self, Settings};
+use crate::metrics::{ConfigMetrics, PipelineMetrics};
+use crate::pipeline::Pipeline;
+use crate::uplink::Settings;
 
 /// What the daemon needs to reload: where the config came from, and the
 /// log filter to change.
@@ -232,88 +231,95 @@ pub fn tls_files_digest(cfg: &UplinkConfig) -> u64 {
     h.finish()
 }
 
-/// The running uplinks, each with its own cancellation, so that one can be
-/// restarted while the others run on.
-pub struct Uplinks {
-    running: BTreeMap<String, Running>,
-    store: Store,
-    cursors: Cursors,
-    metrics: UplinkMetrics,
-    names: watch::Sender<Vec<Arc<str>>>,
+/// What a reload can change in the running daemon.
+pub struct Live {
+    pub uplinks: Uplinks,
+    pub pipeline: watch::Sender<Arc<Pipeline>>,
+    pub pipeline_metrics: PipelineMetrics,
+    /// Each route's config, followed by its task.
+    pub routes: BTreeMap<String, watch::Sender<RouteConfig>>,
+    pub config_metrics: ConfigMetrics,
 }
 
-struct Running {
-    digest: u64,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Uplinks {
-    /// No uplinks yet; the receiver follows the names of those running.
-    pub fn new(
-        store: Store,
-        cursors: Cursors,
-        metrics: UplinkMetrics,
-    ) -> (Uplinks, watch::Receiver<Vec<Arc<str>>>) {
-        let (names, names_rx) = watch::channel(Vec::new());
-        let uplinks = Uplinks {
-            running: BTreeMap::new(),
-            store,
-            cursors,
-            metrics,
-            names,
-        };
-        (uplinks, names_rx)
+/// SIGHUP: reads the config file again and applies what can change in
+/// place (see the module doc); a config with any problem changes nothing.
+pub async fn apply(ctx: &ReloadContext, running: &mut Config, live: &mut Live) {
+    let Some(path) = &ctx.path else {
+        warn!("reload: running on the embedded default config; there is no file to read again");
+        live.config_metrics.reloaded("no_file");
+        return;
+    };
+    info!(config = %path.display(), "reloading the config");
+    let new = match Config::load_with_warnings(path) {
+        Ok((new, warnings)) => {
+            for line in warnings.to_string().lines() {
+                warn!("reload: {}", line.trim_start_matches("ferry: "));
+            }
+            new
+        }
+        Err(e) => {
+            // One event per problem, as `ferry validate` prints them.
+            for line in e.to_string().lines() {
+                error!("reload: {}", line.trim_start_matches("ferry: "));
+            }
+            error!("reload: the config has problems; still running with the previous one");
+            live.config_metrics.reloaded("refused");
+            return;
+        }
+    };
+    let plan = plan(running, new);
+    // Load every uplink to restart before stopping any: all or nothing.
+    let mut restarts = Vec::new();
+    for (name, u) in &plan.config.uplinks {
+        let digest = tls_files_digest(u);
+        if !plan.restart.contains(name) && live.uplinks.digest(name) == Some(digest) {
+            continue;
+        }
+        match Settings::from_config(name, u, &plan.config.gateway.id) {
+            Ok(s) => restarts.push((s, digest)),
+            Err(e) => {
+                error!(uplink = %name, error = %format!("{e:#}"), "reload: cannot load the uplink; still running with the previous config");
+                live.config_metrics.reloaded("refused");
+                return;
+            }
+        }
     }
-
-    /// Starts an uplink; `digest` is its [`tls_files_digest`].
-    pub fn start(&mut self, settings: Settings, digest: u64) {
-        let name = settings.name.clone();
-        info!(uplink = %name, endpoint = %format!("{}:{}", settings.host, settings.port), "starting uplink");
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(uplink::run(
-            settings,
-            self.store.clone(),
-            self.cursors.clone(),
-            self.metrics.clone(),
-            cancel.clone(),
-        ));
-        self.running.insert(
-            name,
-            Running {
-                digest,
-                cancel,
-                task,
-            },
+    if let Some(level) = plan.log_level {
+        match ctx.log.set(level) {
+            Ok(()) => info!(log_level = level.as_str(), "reload: log level changed"),
+            Err(why) => warn!(
+                log_level = level.as_str(),
+                "reload: log level not changed: {why}"
+            ),
+        }
+    }
+    for key in &plan.kept {
+        warn!("reload: {key} changed, which needs a restart (systemctl restart ferry); running on with the previous value");
+    }
+    if plan.pipeline {
+        let p = &plan.config.pipeline;
+        live.pipeline
+            .send_replace(Pipeline::new(p, live.pipeline_metrics.clone()));
+        info!(
+            steps = p.steps.len(),
+            devices = p.devices.len(),
+            "reload: pipeline and device registry replaced"
         );
-        self.names
-            .send_replace(self.running.keys().map(|n| n.as_str().into()).collect());
     }
-
-    /// The TLS digest the uplink `name` runs with, if it runs.
-    pub fn digest(&self, name: &str) -> Option<u64> {
-        self.running.get(name).map(|r| r.digest)
-    }
-
-    /// Stops the uplink of the same name (draining what is in flight) and
-    /// starts it again with `settings`.
-    pub async fn restart(&mut self, settings: Settings, digest: u64) {
-        if let Some(old) = self.running.remove(&settings.name) {
-            old.cancel.cancel();
-            let _ = old.task.await;
-        }
-        self.start(settings, digest);
-    }
-
-    /// Stops every uplink, each draining what it has in flight.
-    pub async fn shutdown(self) {
-        for r in self.running.values() {
-            r.cancel.cancel();
-        }
-        for (_, r) in self.running {
-            let _ = r.task.await;
+    for (name, cfg) in &plan.routes {
+        if let Some(tx) = live.routes.get(name) {
+            tx.send_replace(cfg.clone());
+            info!(route = %name, "reload: route config applied from its next batch");
         }
     }
+    let restarted: Vec<String> = restarts.iter().map(|(s, _)| s.name.clone()).collect();
+    for (s, digest) in restarts {
+        live.uplinks.restart(s, digest).await;
+    }
+    let routes: Vec<&String> = plan.routes.keys().collect();
+    info!(restarted_uplinks = ?restarted, pipeline_replaced = plan.pipeline, routes_changed = ?routes, needs_restart = ?plan.kept, "config reloaded");
+    live.config_metrics.reloaded("applied");
+    *running = plan.config;
 }
 
 #[cfg(test)]

@@ -1,0 +1,61 @@
+//! Every metric family the daemon exposes on `/metrics`, made and
+//! registered in one place (the families themselves: `metrics`).
+
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use crate::metrics::{
+    self, ApiMetrics, BrokerMetrics, ConfigMetrics, IngestMetrics, ListenerMetrics, ModbusMetrics,
+    PipelineMetrics, QueryMetrics, UplinkMetrics,
+};
+
+/// One handle per component; each is cheap to clone and shares its
+/// counters. [`Families::new`] registers them all in the registry it returns.
+pub struct Families {
+    pub ingest: IngestMetrics,
+    pub uplink: UplinkMetrics,
+    pub modbus: Arc<ModbusMetrics>,
+    pub broker: Arc<BrokerMetrics>,
+    pub pipeline: PipelineMetrics,
+    pub api: ApiMetrics,
+    pub listener: ListenerMetrics,
+    pub config: ConfigMetrics,
+}
+
+impl Families {
+    /// Every family, registered; the query index's (`query`) are made before
+    /// the index opens, which is before the rest.
+    pub fn new(query: QueryMetrics) -> (Registry, Families) {
+        let mut registry = metrics::registry();
+        metrics::register_build_info(&mut registry);
+        let ingest = IngestMetrics::new();
+        ingest.register(&mut registry);
+        let uplink = UplinkMetrics::new();
+        uplink.register(&mut registry);
+        let modbus = Arc::new(ModbusMetrics::new());
+        modbus.register(&mut registry);
+        let broker = Arc::new(BrokerMetrics::new());
+        broker.register(&mut registry);
+        let pipeline = PipelineMetrics::new();
+        pipeline.register(&mut registry);
+        query.register(&mut registry);
+        let api = ApiMetrics::new();
+        api.register(&mut registry);
+        let listener = ListenerMetrics::new();
+        listener.register(&mut registry);
+        let config = ConfigMetrics::new();
+        config.register(&mut registry);
+        let families = Families {
+            ingest,
+            uplink,
+            modbus,
+            broker,
+            pipeline,
+            api,
+            listener,
+            config,
+        };
+        (registry, families)
+    }
+}
