@@ -249,9 +249,9 @@ pub fn decode_record(bytes: &[u8], names: &[Arc<str>]) -> Result<Record, DecodeE
     })
 }
 
-/// Decodes one stored dead letter. A kind that is not one of
-/// [`Reject::KINDS`](ferry_sources::mqtt::Reject::KINDS) reads back as
-/// `other`.
+/// Decodes one stored dead letter. Its kind reads back through
+/// [`ferry_core::kind::intern`]: as stored if it is a well-formed label,
+/// otherwise `other`.
 pub fn decode_dead_letter(bytes: &[u8], names: &[Arc<str>]) -> Result<DeadLetter, DecodeError> {
     let mut r = Reader::new(bytes);
     r.version()?;
@@ -262,7 +262,7 @@ pub fn decode_dead_letter(bytes: &[u8], names: &[Arc<str>]) -> Result<DeadLetter
         .cloned()
         .ok_or(DecodeError::Name(id))?;
     let payload_len = r.varint()? as u32;
-    let kind = known_kind(r.str()?);
+    let kind = ferry_core::kind::intern(r.str()?);
     let origin = r.str()?.into();
     let reason = r.str()?.into();
     let payload = r.bytes()?.to_vec();
@@ -276,16 +276,6 @@ pub fn decode_dead_letter(bytes: &[u8], names: &[Arc<str>]) -> Result<DeadLetter
         payload,
         payload_len,
     })
-}
-
-/// Dead-letter kinds are a closed set of labels; map a stored one back to it.
-fn known_kind(s: &str) -> &'static str {
-    ferry_sources::mqtt::Reject::KINDS
-        .iter()
-        .chain(super::limits::KINDS.iter())
-        .find(|k| **k == s)
-        .copied()
-        .unwrap_or("other")
 }
 
 #[cfg(test)]
