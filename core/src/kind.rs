@@ -30,8 +30,7 @@ static KINDS: Interner = Interner::new();
 pub fn is_valid(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_KIND_BYTES
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 

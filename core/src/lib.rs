@@ -4,10 +4,12 @@
 //!   [`record::DeadLetter`] (what could not become one, with the reason).
 //! - [`sink`]: how a source hands records to the durable ingest and learns
 //!   when they are committed.
+//! - [`backoff`]: the one retry policy, capped exponential with jitter.
 //! - [`kind`]: dead-letter kinds, kept as data.
 //! - [`files`]: reading an operator's file with a size bound.
 //! - [`text`]: putting outside text into logs and errors safely.
 
+pub mod backoff;
 pub mod files;
 pub mod kind;
 pub mod record;

@@ -8,6 +8,7 @@
 //! an episode at `warn` and its end at `info` (never one line per failure),
 //! and has its caller count every failure.
 
+use ferry_core::backoff::Backoff;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -56,8 +57,9 @@ impl AcceptFailure {
 pub struct AcceptBackoff {
     /// Names the listener in log lines, e.g. `"query API"`.
     listener: String,
-    /// The next wait; zero outside an episode.
-    delay: Duration,
+    /// The waits: no jitter (the listener is local, nobody else is waiting
+    /// on the same thing), doubling from [`FIRST_DELAY`] to [`MAX_DELAY`].
+    backoff: Backoff,
     /// Failures in this episode, and when it began.
     failures: u64,
     since: Option<Instant>,
@@ -67,7 +69,7 @@ impl AcceptBackoff {
     pub fn new(listener: impl Into<String>) -> AcceptBackoff {
         AcceptBackoff {
             listener: listener.into(),
-            delay: Duration::ZERO,
+            backoff: Backoff::new(FIRST_DELAY, MAX_DELAY),
             failures: 0,
             since: None,
         }
@@ -92,12 +94,7 @@ impl AcceptBackoff {
                 }
             }
         }
-        self.delay = if self.delay.is_zero() {
-            FIRST_DELAY
-        } else {
-            self.delay.saturating_mul(2).min(MAX_DELAY)
-        };
-        (failure, self.delay)
+        (failure, self.backoff.next_with(1.0))
     }
 
     /// After a successful accept: ends an episode of failures (logged).
@@ -110,7 +107,7 @@ impl AcceptBackoff {
                 since.elapsed()
             );
             self.failures = 0;
-            self.delay = Duration::ZERO;
+            self.backoff.reset();
         }
     }
 }

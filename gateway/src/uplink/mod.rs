@@ -1,7 +1,6 @@
 //! Uplinks: batching, rate-limited, at-least-once publishers to a cloud
 //! MQTT broker (AWS IoT Core). See [`run`] for the state machine.
 
-pub mod backoff;
 pub mod batch;
 mod config;
 pub mod flight;

@@ -37,12 +37,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::backoff::Backoff;
 use super::batch::{encoder, Encoding, Topic};
 use super::flight::Flight;
 use super::limiter::Limits;
 use crate::metrics::{UplinkLabel, UplinkMetrics};
 use crate::store::{Cursors, Store, StoredRecord, Stream};
+use ferry_core::backoff::Backoff;
 
 /// Everything an uplink needs to run, resolved from its config.
 #[derive(Clone)]
@@ -116,6 +116,7 @@ pub async fn run(
 ) {
     let mut uplink = Uplink::new(settings, store, cursors, metrics);
     let mut backoff = Backoff::new(uplink.s.reconnect_min, uplink.s.reconnect_max);
+    let mut rng = fastrand::Rng::new();
     loop {
         if cancel.is_cancelled() {
             break;
@@ -134,7 +135,7 @@ pub async fn run(
                 if uplink.was_connected {
                     backoff.reset();
                 }
-                let delay = backoff.next_delay();
+                let delay = backoff.next_delay(&mut rng);
                 warn!(uplink = %uplink.s.name, endpoint = %format!("{}:{}", uplink.s.host, uplink.s.port),
                       error = %e, retry_in = ?delay, "uplink connection failed");
                 tokio::select! {

@@ -44,5 +44,5 @@ pub use plan::{plan, Limits, Request, Span};
 pub use probe::{probe, ProbeError, ProbeReport, ProbeRequest};
 pub use register::RegisterConfig;
 pub use run::{run_modbus_rtu, run_modbus_tcp};
-pub use schedule::{backoff, Change, Schedule};
+pub use schedule::{Change, Schedule};
 pub use types::{DataType, Order, Parity, Table};

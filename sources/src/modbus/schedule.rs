@@ -18,13 +18,15 @@
 
 use std::time::Duration;
 
+use ferry_core::backoff::Backoff;
 use tokio::time::Instant;
 
 #[derive(Clone, Debug)]
 struct Slot {
     due: Instant,
     interval: Duration,
-    failures: u32,
+    /// Open while the device fails: the ceiling starts at its interval.
+    breaker: Backoff,
 }
 
 /// What recording a poll changed.
@@ -43,7 +45,6 @@ pub struct Change {
 #[derive(Clone, Debug)]
 pub struct Schedule {
     slots: Vec<Slot>,
-    backoff_max: Duration,
 }
 
 impl Schedule {
@@ -60,10 +61,10 @@ impl Schedule {
             .map(|&interval| Slot {
                 due: now + jitter(interval, rng),
                 interval,
-                failures: 0,
+                breaker: Backoff::new(interval, backoff_max).upper_half(),
             })
             .collect();
-        Schedule { slots, backoff_max }
+        Schedule { slots }
     }
 
     /// The device due first (the lowest index among equals) and when.
@@ -77,7 +78,7 @@ impl Schedule {
 
     /// Whether device `i` is backed off.
     pub fn is_down(&self, i: usize) -> bool {
-        self.slots[i].failures > 0
+        self.slots[i].breaker.attempts() > 0
     }
 
     /// Records that a poll of device `i` ended at `now`, answered or failed.
@@ -88,7 +89,6 @@ impl Schedule {
         now: Instant,
         rng: &mut fastrand::Rng,
     ) -> Change {
-        let max = self.backoff_max;
         let slot = &mut self.slots[i];
         let mut change = Change {
             missed: 0,
@@ -96,8 +96,8 @@ impl Schedule {
             next_in: Duration::ZERO,
         };
         if answered {
-            if slot.failures > 0 {
-                slot.failures = 0;
+            if slot.breaker.attempts() > 0 {
+                slot.breaker.reset();
                 change.up = Some(true);
                 slot.due = now + slot.interval;
             } else {
@@ -112,11 +112,10 @@ impl Schedule {
                 }
             }
         } else {
-            slot.failures = slot.failures.saturating_add(1);
-            if slot.failures == 1 {
+            if slot.breaker.attempts() == 0 {
                 change.up = Some(false);
             }
-            slot.due = now + backoff(slot.interval, max, slot.failures, rng);
+            slot.due = now + slot.breaker.next_delay(rng);
         }
         change.next_in = slot.due.saturating_duration_since(now);
         change
@@ -127,24 +126,6 @@ impl Schedule {
 fn jitter(interval: Duration, rng: &mut fastrand::Rng) -> Duration {
     let nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
     Duration::from_nanos(rng.u64(0..nanos.max(1)))
-}
-
-/// The delay after the `failures`-th failure in a row: uniform in the upper
-/// half of a ceiling that starts at `interval` and doubles up to `max` (never
-/// below `interval`).
-pub fn backoff(
-    interval: Duration,
-    max: Duration,
-    failures: u32,
-    rng: &mut fastrand::Rng,
-) -> Duration {
-    let factor = 1u32
-        .checked_shl(failures.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    let ceiling = interval.saturating_mul(factor).min(max.max(interval));
-    let half = ceiling / 2;
-    let nanos = u64::try_from((ceiling - half).as_nanos()).unwrap_or(u64::MAX);
-    half + Duration::from_nanos(rng.u64(0..=nanos))
 }
 
 #[cfg(test)]
@@ -240,8 +221,9 @@ mod tests {
     #[test]
     fn backoff_never_polls_faster_than_the_interval_allows() {
         let mut rng = fastrand::Rng::with_seed(1);
-        for n in 1..40 {
-            let d = backoff(500 * MS, 100 * MS, n, &mut rng);
+        let mut breaker = Backoff::new(500 * MS, 100 * MS).upper_half();
+        for _ in 1..40 {
+            let d = breaker.next_delay(&mut rng);
             assert!(d >= 250 * MS && d <= 500 * MS);
         }
     }

@@ -16,7 +16,6 @@
 //! what cannot be decoded becomes a [`DeadLetter`](ferry_core::record::DeadLetter)
 //! whose `kind` is one of the [`Reject`] kinds.
 
-mod backoff;
 #[cfg(feature = "embedded-broker")]
 mod broker;
 mod broker_security;

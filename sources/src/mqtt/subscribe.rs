@@ -70,11 +70,11 @@ use tracing::{debug, error, info, warn};
 
 use ferry_core::sink::{Committed, Item, Receipt, Sink, SubmitError};
 
-use super::backoff::Backoff;
 use super::config::{split_host_port, SubscribeSourceConfig};
 use super::decode::MessageDecoder;
 use super::log::DeadLetterLog;
 use super::SourceError;
+use ferry_core::backoff::Backoff;
 
 /// Most items handed to ingest in one submission.
 const MAX_BATCH: usize = 512;
