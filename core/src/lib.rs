@@ -6,6 +6,7 @@
 //!   when they are committed.
 //! - [`backoff`]: the one retry policy, capped exponential with jitter.
 //! - [`kind`]: dead-letter kinds, kept as data.
+//! - [`report`]: a config's problems, each at its key path.
 //! - [`files`]: reading an operator's file with a size bound.
 //! - [`text`]: putting outside text into logs and errors safely.
 
@@ -13,5 +14,6 @@ pub mod backoff;
 pub mod files;
 pub mod kind;
 pub mod record;
+pub mod report;
 pub mod sink;
 pub mod text;

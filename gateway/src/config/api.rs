@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use super::report::{KeyPath, Report};
+use ferry_core::report::{KeyPath, Report};
 
 /// `[api]`: where the query API and the status page listen.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -18,7 +18,7 @@
 //! process's `RLIMIT_NOFILE` less [`FD_RESERVE`] (checked where the config
 //! is read: `ferry validate`, `ferry run`, a reload).
 
-use super::report::{KeyPath, Report};
+use ferry_core::report::{KeyPath, Report};
 use super::{ApiConfig, MetricsConfig, SourceConfig};
 
 use std::collections::BTreeMap;
@@ -181,7 +181,7 @@ mod tests {
     }
 
     fn problems(report: &Report) -> (Vec<String>, Vec<String>) {
-        let show = |p: &Vec<super::super::report::Problem>| {
+        let show = |p: &Vec<ferry_core::report::Problem>| {
             p.iter()
                 .map(|p| format!("{}: {}", p.path, p.message))
                 .collect()

@@ -11,7 +11,7 @@ use std::path::Path;
 use ferry_core::files::kind;
 use ferry_core::text::escape_to;
 
-use super::report::{KeyPath, Report};
+use ferry_core::report::{KeyPath, Report};
 use super::UplinkConfig;
 
 /// Who listens where: a key path, what it is in words, and the address.

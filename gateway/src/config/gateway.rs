@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use ferry_core::text::excerpt;
 
-use super::report::{KeyPath, Report};
+use ferry_core::report::{KeyPath, Report};
 
 /// `[gateway]`: the identity of this machine and where its data lives.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

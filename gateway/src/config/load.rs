@@ -12,7 +12,7 @@ use super::check::Listener;
 use super::error::{ConfigError, ConfigErrors, ConfigWarnings};
 use super::gateway::KeyFilePolicy;
 use super::locate::{line_of, Locator};
-use super::report::{check_name, one_line, KeyPath, Problem, Report, Seg};
+use ferry_core::report::{check_name, one_line, KeyPath, Problem, Report, Seg};
 use super::uplink_check::UplinkContext;
 use super::{
     ApiConfig, Config, GatewayConfig, MetricsConfig, SourceConfig, StoreConfig, UplinkConfig,

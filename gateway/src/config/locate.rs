@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use toml_edit::{ImDocument, Item, Table, TableLike, Value};
 
-use super::report::{KeyPath, Seg};
+use ferry_core::report::{KeyPath, Seg};
 
 /// A config's text with its spans, to look lines up in.
 pub(crate) struct Locator<'a> {

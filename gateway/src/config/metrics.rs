@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::api::ListenerLimits;
-use super::report::{KeyPath, Report};
+use ferry_core::report::{KeyPath, Report};
 
 /// `[metrics]`: where Prometheus scrapes `/metrics`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -30,7 +30,6 @@ mod load;
 mod locate;
 mod metrics;
 mod pipeline;
-mod report;
 mod route;
 mod source;
 mod store;

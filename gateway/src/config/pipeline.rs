@@ -13,7 +13,7 @@ use ferry_core::record::Value;
 use serde::Deserialize;
 
 use super::load::typed;
-use super::report::{KeyPath, Report};
+use ferry_core::report::{KeyPath, Report};
 use crate::pipeline::Expression;
 
 /// The pipeline: ordered steps, and the device registry.

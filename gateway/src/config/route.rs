@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::report::{KeyPath, Report};
+use ferry_core::report::{KeyPath, Report};
 
 /// `[routes.NAME]`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -8,7 +8,7 @@ use ferry_sources::modbus::{RtuSourceConfig, TcpSourceConfig};
 use ferry_sources::mqtt::{BrokerSourceConfig, SubscribeSourceConfig};
 
 use super::gateway::KeyFilePolicy;
-use super::report::{KeyPath, Report, Seg};
+use ferry_core::report::{KeyPath, Report, Seg};
 use super::uplink_check::check_file;
 
 /// The `type` values a source may have.

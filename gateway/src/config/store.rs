@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use super::report::{KeyPath, Report};
+use ferry_core::report::{KeyPath, Report};
 pub use crate::store::WhenFull;
 
 /// The largest `store.max_disk`: 1 PiB.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_core::files::MAX_FILE_BYTES;
 
 use super::gateway::KeyFilePolicy;
-use super::report::{fmt_bytes, KeyPath, Report};
+use ferry_core::report::{fmt_bytes, KeyPath, Report};
 use super::topic::{check_client_id, check_topic};
 use super::uplink::{UplinkConfig, MAX_BATCH_BYTES, MIN_BATCH_BYTES};
 use ferry_core::text::escape_to;

@@ -1,12 +1,21 @@
-//! Runs the gateway: opens the store, starts ingest, sources and uplinks, and
-//! drains them in order on SIGTERM/SIGINT.
+//! Runs the gateway: opens the store, starts ingest, the pipeline, the
+//! sources, the routes and the uplinks ([`Gateway::start`]), serves until
+//! SIGTERM/SIGINT ([`Gateway::run`]), then drains them in order
+//! ([`Gateway::drain`]).
 //!
 //! Shutdown order, each step bounded in time:
-//! 1. sources stop taking messages (a subscriber acknowledges what is committed);
-//! 2. ingest commits what it holds (it ends when the last source's sink is gone);
-//! 3. uplinks stop publishing and wait for the PUBACKs in flight (`drain_timeout`),
-//!    then their last cursor moves are committed;
-//! 4. the process exits 0.
+//! 1. sources stop taking messages (a subscriber acknowledges what is
+//!    committed), within 5 s or aborted; the pipeline forwards what it holds
+//!    and ends;
+//! 2. routes stop between commits (their output, state and cursor are
+//!    committed together);
+//! 3. uplinks stop publishing and wait for the PUBACKs in flight
+//!    (`uplink::DRAIN_TIMEOUT`), handing their last cursor moves to ingest;
+//! 4. the query index's background replay stops after its chunk under way;
+//! 5. ingest makes its final commit (records and the last cursor moves) and
+//!    ends once the last sink and cursor handle are gone;
+//! 6. the listeners (`/metrics`, the API) close, every tracked task has
+//!    ended, and the process exits 0.
 //!
 //! Under systemd (`Type=notify`, see `notify.rs`): `READY=1` once the store is
 //! open, the sources are started and the uplinks run (the query index
@@ -15,7 +24,6 @@
 //! ingest writer is alive and `STATUS=` as it changes (`watchdog.rs`);
 //! `STOPPING=1` when shutdown begins. SIGHUP reloads the config file
 //! (`reload.rs`) between `RELOADING=1` and `READY=1`.
-
 //!
 //! | file | holds |
 //! | --- | --- |

@@ -2,7 +2,7 @@
 //! libsystemd: datagrams of `KEY=VALUE` lines sent to the unix socket named
 //! by `NOTIFY_SOCKET`.
 //!
-//! What Ferry sends, and when (see `daemon.rs`):
+//! What Ferry sends, and when (see the `daemon` module):
 //! - `READY=1` once the store is open, the sources are started (an embedded
 //!   broker accepts connections) and the uplinks are running;
 //! - `STATUS=...`, a one-line summary (records stored, each uplink's state

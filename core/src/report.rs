@@ -1,44 +1,46 @@
 //! Collecting problems while a config is checked: key paths, errors and
-//! warnings, and the small range checks every section uses.
+//! warnings, and the small range checks every section uses. Each component
+//! checks its own config into a [`Report`]; the gateway's config loader
+//! gives every problem its line in the file.
 
 use std::fmt;
 
-use ferry_core::text::{bound_message, excerpt, EXCERPT_MAX_CHARS};
+use crate::text::{bound_message, excerpt, EXCERPT_MAX_CHARS};
 use std::time::Duration;
 
 /// One step of a key path: a table key or an array index.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Seg {
+pub enum Seg {
     Key(String),
     Index(usize),
 }
 
 /// Where a value lives in the document, e.g. `uplinks.iot_core.alpn[0]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct KeyPath(pub(crate) Vec<Seg>);
+pub struct KeyPath(pub Vec<Seg>);
 
 impl KeyPath {
     /// The path of a top-level key.
-    pub(crate) fn root(key: &str) -> KeyPath {
+    pub fn root(key: &str) -> KeyPath {
         KeyPath(vec![Seg::Key(key.to_owned())])
     }
 
     /// This path extended by a table key.
-    pub(crate) fn key(&self, key: &str) -> KeyPath {
+    pub fn key(&self, key: &str) -> KeyPath {
         let mut p = self.clone();
         p.0.push(Seg::Key(key.to_owned()));
         p
     }
 
     /// This path extended by an array index.
-    pub(crate) fn index(&self, index: usize) -> KeyPath {
+    pub fn index(&self, index: usize) -> KeyPath {
         let mut p = self.clone();
         p.0.push(Seg::Index(index));
         p
     }
 
     /// This path extended by the path `serde_path_to_error` found an error at.
-    pub(crate) fn join(&self, path: &serde_path_to_error::Path) -> KeyPath {
+    pub fn join(&self, path: &serde_path_to_error::Path) -> KeyPath {
         use serde_path_to_error::Segment;
         let mut p = self.clone();
         for seg in path.iter() {
@@ -78,16 +80,16 @@ impl fmt::Display for KeyPath {
 
 /// A problem before its line is looked up.
 #[derive(Clone, Debug)]
-pub(crate) struct Problem {
-    pub(crate) path: KeyPath,
-    pub(crate) message: String,
+pub struct Problem {
+    pub path: KeyPath,
+    pub message: String,
 }
 
 /// The errors and warnings found so far.
 #[derive(Debug, Default)]
-pub(crate) struct Report {
-    pub(crate) errors: Vec<Problem>,
-    pub(crate) warnings: Vec<Problem>,
+pub struct Report {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
     /// Keys already reported as invalid (and replaced by their defaults):
     /// problems at or below them are not reported again.
     suppressed: Vec<KeyPath>,
@@ -95,16 +97,16 @@ pub(crate) struct Report {
 
 impl Report {
     /// From now on, problems at or below `path` are not reported.
-    pub(crate) fn suppress(&mut self, path: KeyPath) {
+    pub fn suppress(&mut self, path: KeyPath) {
         self.suppressed.push(path);
     }
 
     /// Whether `path` was reported invalid (and holds its default now).
-    pub(crate) fn is_suppressed(&self, path: &KeyPath) -> bool {
+    pub fn is_suppressed(&self, path: &KeyPath) -> bool {
         self.suppressed.iter().any(|s| path.0.starts_with(&s.0))
     }
 
-    pub(crate) fn error(&mut self, path: KeyPath, message: impl Into<String>) {
+    pub fn error(&mut self, path: KeyPath, message: impl Into<String>) {
         if self.is_suppressed(&path) {
             return;
         }
@@ -114,7 +116,7 @@ impl Report {
         });
     }
 
-    pub(crate) fn warn(&mut self, path: KeyPath, message: impl Into<String>) {
+    pub fn warn(&mut self, path: KeyPath, message: impl Into<String>) {
         if self.is_suppressed(&path) {
             return;
         }
@@ -125,7 +127,7 @@ impl Report {
     }
 
     /// Errors unless `min <= value <= max`.
-    pub(crate) fn duration_in(
+    pub fn duration_in(
         &mut self,
         path: KeyPath,
         value: Duration,
@@ -149,7 +151,7 @@ impl Report {
     /// overflowed (a size parses to 16EiB, saturated, when its number and
     /// unit do not fit in 64 bits: `"99999999999999999999EiB"`). Returns
     /// whether it is within.
-    pub(crate) fn size_at_most(&mut self, path: KeyPath, value: u64, max: u64) -> bool {
+    pub fn size_at_most(&mut self, path: KeyPath, value: u64, max: u64) -> bool {
         if value == u64::MAX {
             self.error(
                 path,
@@ -175,7 +177,7 @@ impl Report {
     }
 
     /// Errors unless `min <= value <= max`.
-    pub(crate) fn int_in(&mut self, path: KeyPath, value: u64, min: u64, max: u64) {
+    pub fn int_in(&mut self, path: KeyPath, value: u64, min: u64, max: u64) {
         if value < min || value > max {
             self.error(
                 path,
@@ -188,9 +190,9 @@ impl Report {
 /// A message on one line: a multi-line message (TOML syntax errors carry
 /// some) has its lines joined with "; ". Bounded too, whoever wrote it: a
 /// value quoted in it is cut to an excerpt, control characters are escaped
-/// ([`ferry_core::text::bound_message`]), so a 1 MB value in the file
+/// ([`crate::text::bound_message`]), so a 1 MB value in the file
 /// is not a 1 MB error line.
-pub(crate) fn one_line(message: &str) -> String {
+pub fn one_line(message: &str) -> String {
     if !message.contains('\n') {
         return bound_message(message.trim());
     }
@@ -204,12 +206,12 @@ pub(crate) fn one_line(message: &str) -> String {
 }
 
 /// A duration the way a config file writes it: `10ms`, `1s`, `2m`.
-pub(crate) fn fmt_duration(d: Duration) -> String {
+pub fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")
 }
 
 /// A byte size the way a config file writes it: `128KiB`, `4MiB`, `1000B`.
-pub(crate) fn fmt_bytes(n: u64) -> String {
+pub fn fmt_bytes(n: u64) -> String {
     const UNITS: [(u64, &str); 5] = [
         (1 << 50, "PiB"),
         (1 << 40, "TiB"),
@@ -227,7 +229,7 @@ pub(crate) fn fmt_bytes(n: u64) -> String {
 
 /// Checks a configured name (of a source or an uplink): 1 to 64 bytes of
 /// `a-z`, `0-9`, `_` and `-`. Names end up in metric labels and store keys.
-pub(crate) fn check_name(report: &mut Report, path: KeyPath, what: &str, name: &str) {
+pub fn check_name(report: &mut Report, path: KeyPath, what: &str, name: &str) {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
