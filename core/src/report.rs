@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use serde::de::DeserializeOwned;
+
 use crate::text::{bound_message, excerpt, EXCERPT_MAX_CHARS};
 use std::time::Duration;
 
@@ -127,13 +129,7 @@ impl Report {
     }
 
     /// Errors unless `min <= value <= max`.
-    pub fn duration_in(
-        &mut self,
-        path: KeyPath,
-        value: Duration,
-        min: Duration,
-        max: Duration,
-    ) {
+    pub fn duration_in(&mut self, path: KeyPath, value: Duration, min: Duration, max: Duration) {
         if value < min || value > max {
             self.error(
                 path,
@@ -244,4 +240,88 @@ pub fn check_name(report: &mut Report, path: KeyPath, what: &str, name: &str) {
             ),
         );
     }
+}
+
+/// Deserializes a `T` from `value`; each problem is reported at `at` joined
+/// with the path inside `value` where it was found.
+///
+/// serde stops at the first problem, so to find them all, the key at fault is
+/// taken out and the rest tried again. What is left (with defaults for the
+/// keys taken out) is returned so the other keys can still be checked; later
+/// problems about the keys taken out are not reported. `None` when nothing
+/// usable is left (a required key is missing or was taken out).
+pub fn typed<T: DeserializeOwned>(
+    mut value: toml::Value,
+    at: &KeyPath,
+    report: &mut Report,
+) -> Option<T> {
+    let mut removed: Vec<String> = Vec::new();
+    loop {
+        let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let message = friendlier(e.inner().message());
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        if missing.is_some_and(|m| removed.iter().any(|r| r == m)) {
+            return None;
+        }
+        let path = at.join(e.path());
+        let key = match path.0.get(at.0.len()) {
+            Some(Seg::Key(key)) => key.clone(),
+            _ => {
+                report.error(path, message);
+                return None;
+            }
+        };
+        report.error(path, message);
+        let toml::Value::Table(table) = &mut value else {
+            return None;
+        };
+        table.remove(&key)?;
+        report.suppress(at.key(&key));
+        removed.push(key);
+    }
+}
+
+/// serde's and the value crates' messages, in an operator's words.
+fn friendlier(message: &str) -> String {
+    const REWRITES: [(&str, &str); 11] = [
+        (
+            "expected parsable string",
+            "expected a size like \"64KiB\" or \"4MiB\"",
+        ),
+        (
+            "expected a duration",
+            "expected a duration like \"10ms\", \"30s\" or \"2m\"",
+        ),
+        (
+            "invalid socket address syntax",
+            "expected an IP address and port like \"127.0.0.1:9108\"",
+        ),
+        (
+            "expected a nonzero usize",
+            "expected an integer of at least 1",
+        ),
+        (
+            "expected a nonzero u32",
+            "expected an integer of at least 1",
+        ),
+        (
+            "expected a nonzero u16",
+            "expected an integer of at least 1",
+        ),
+        ("expected usize", "expected an integer"),
+        ("expected u64", "expected an integer"),
+        ("expected u16", "expected an integer"),
+        ("expected u8", "expected an integer"),
+        ("expected i64", "expected an integer"),
+    ];
+    let mut out = message.to_owned();
+    for (from, to) in REWRITES {
+        out = out.replace(from, to);
+    }
+    out
 }

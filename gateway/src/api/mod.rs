@@ -36,6 +36,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod config;
 mod handlers;
 mod json;
 mod params;
@@ -59,7 +60,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::ListenerLimits;
+use config::ListenerLimits;
 use crate::contain::Contained;
 use crate::metrics::{ApiMetrics, IngestMetrics, ListenerMetrics, UplinkMetrics};
 use crate::query::Engine;
@@ -126,7 +127,7 @@ impl RequestLimits {
     }
 
     /// Those of `config`.
-    pub fn of(config: &crate::config::ApiConfig) -> RequestLimits {
+    pub fn of(config: &config::ApiConfig) -> RequestLimits {
         RequestLimits::new(
             config.max_series.get(),
             usize::try_from(config.max_query_bytes.as_u64()).unwrap_or(usize::MAX),
@@ -440,7 +441,7 @@ Content-Length: 91\r\nRetry-After: 1\r\nConnection: close\r\n\r\n\
 /// Serves the API until `cancel` with the default `[api]` limits, counted
 /// in metrics of its own (see [`serve_with`]).
 pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, cancel: CancellationToken) {
-    let limits = crate::config::ApiConfig::default().limits();
+    let limits = config::ApiConfig::default().limits();
     serve_with(listener, ctx, limits, ListenerMetrics::new(), cancel).await
 }
 

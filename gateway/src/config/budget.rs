@@ -18,8 +18,8 @@
 //! process's `RLIMIT_NOFILE` less [`FD_RESERVE`] (checked where the config
 //! is read: `ferry validate`, `ferry run`, a reload).
 
-use ferry_core::report::{KeyPath, Report};
 use super::{ApiConfig, MetricsConfig, SourceConfig};
+use ferry_core::report::{KeyPath, Report};
 
 use std::collections::BTreeMap;
 

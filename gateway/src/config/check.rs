@@ -11,8 +11,8 @@ use std::path::Path;
 use ferry_core::files::kind;
 use ferry_core::text::escape_to;
 
-use ferry_core::report::{KeyPath, Report};
 use super::UplinkConfig;
+use ferry_core::report::{KeyPath, Report};
 
 /// Who listens where: a key path, what it is in words, and the address.
 pub(crate) struct Listener {

@@ -6,17 +6,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
-
 use super::check::Listener;
 use super::error::{ConfigError, ConfigErrors, ConfigWarnings};
 use super::gateway::KeyFilePolicy;
 use super::locate::{line_of, Locator};
-use ferry_core::report::{check_name, one_line, KeyPath, Problem, Report, Seg};
 use super::uplink_check::UplinkContext;
 use super::{
     ApiConfig, Config, GatewayConfig, MetricsConfig, SourceConfig, StoreConfig, UplinkConfig,
 };
+use ferry_core::report::{check_name, one_line, typed, KeyPath, Problem, Report};
 
 /// The top-level sections.
 const SECTIONS: [&str; 9] = [
@@ -70,90 +68,6 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<(Config, ConfigWarnings),
             warnings,
         }),
     }
-}
-
-/// Deserializes a `T` from `value`; each problem is reported at `at` joined
-/// with the path inside `value` where it was found.
-///
-/// serde stops at the first problem, so to find them all, the key at fault is
-/// taken out and the rest tried again. What is left (with defaults for the
-/// keys taken out) is returned so the other keys can still be checked; later
-/// problems about the keys taken out are not reported. `None` when nothing
-/// usable is left (a required key is missing or was taken out).
-pub(crate) fn typed<T: DeserializeOwned>(
-    mut value: toml::Value,
-    at: &KeyPath,
-    report: &mut Report,
-) -> Option<T> {
-    let mut removed: Vec<String> = Vec::new();
-    loop {
-        let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(v) => return Some(v),
-            Err(e) => e,
-        };
-        let message = friendlier(e.inner().message());
-        let missing = message
-            .strip_prefix("missing field `")
-            .and_then(|m| m.split('`').next());
-        if missing.is_some_and(|m| removed.iter().any(|r| r == m)) {
-            return None;
-        }
-        let path = at.join(e.path());
-        let key = match path.0.get(at.0.len()) {
-            Some(Seg::Key(key)) => key.clone(),
-            _ => {
-                report.error(path, message);
-                return None;
-            }
-        };
-        report.error(path, message);
-        let toml::Value::Table(table) = &mut value else {
-            return None;
-        };
-        table.remove(&key)?;
-        report.suppress(at.key(&key));
-        removed.push(key);
-    }
-}
-
-/// serde's and the value crates' messages, in an operator's words.
-fn friendlier(message: &str) -> String {
-    const REWRITES: [(&str, &str); 11] = [
-        (
-            "expected parsable string",
-            "expected a size like \"64KiB\" or \"4MiB\"",
-        ),
-        (
-            "expected a duration",
-            "expected a duration like \"10ms\", \"30s\" or \"2m\"",
-        ),
-        (
-            "invalid socket address syntax",
-            "expected an IP address and port like \"127.0.0.1:9108\"",
-        ),
-        (
-            "expected a nonzero usize",
-            "expected an integer of at least 1",
-        ),
-        (
-            "expected a nonzero u32",
-            "expected an integer of at least 1",
-        ),
-        (
-            "expected a nonzero u16",
-            "expected an integer of at least 1",
-        ),
-        ("expected usize", "expected an integer"),
-        ("expected u64", "expected an integer"),
-        ("expected u16", "expected an integer"),
-        ("expected u8", "expected an integer"),
-        ("expected i64", "expected an integer"),
-    ];
-    let mut out = message.to_owned();
-    for (from, to) in REWRITES {
-        out = out.replace(from, to);
-    }
-    out
 }
 
 /// Deserializes and checks every section; `None` if a part could not be
@@ -223,9 +137,9 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
     let uplinks = build_uplinks(value, &at, &cx, report);
 
     let (value, at) = section("devices");
-    let devices = super::pipeline::build_devices(value, &at, report);
+    let devices = crate::pipeline::config::build_devices(value, &at, report);
     let (value, at) = section("pipeline");
-    let steps = super::pipeline::build_steps(value, &at, &source_names, report);
+    let steps = crate::pipeline::config::build_steps(value, &at, &source_names, report);
     let (value, at) = section("routes");
     let routes = build_routes(value, &at, &source_names, report);
     if let (Some(uplinks), Some(routes)) = (&uplinks, &routes) {

@@ -21,7 +21,6 @@
 //! `[uplinks.NAME]`, `[metrics]`, `[[pipeline]]`, `[devices.NAME]`,
 //! `[routes.NAME]`, `[api]`.
 
-mod api;
 mod budget;
 mod check;
 mod error;
@@ -29,28 +28,25 @@ mod gateway;
 mod load;
 mod locate;
 mod metrics;
-mod pipeline;
-mod route;
 mod source;
-mod store;
-mod topic;
-mod uplink;
 mod uplink_check;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use api::{ApiConfig, ListenerLimits};
+pub use crate::store::config::StoreConfig;
+pub use crate::uplink::config::topic::{MAX_TOPIC_BYTES, MAX_TOPIC_SLASHES, TOPIC_PLACEHOLDERS};
+pub use crate::uplink::config::{
+    Encoding, UplinkConfig, MAX_BATCH_BYTES, MAX_INFLIGHT, MIN_BATCH_BYTES,
+};
+pub use crate::api::config::{ApiConfig, ListenerLimits};
 pub use budget::{FD_BUDGET, FD_RESERVE, HTTP_REFUSING};
 pub use error::{ConfigError, ConfigErrors, ConfigWarnings, LoadError};
 pub use gateway::{GatewayConfig, KeyFilePolicy, LogLevel};
 pub use metrics::MetricsConfig;
-pub use pipeline::{Action, PipelineConfig, Step};
-pub use route::{Aggregate, DeadbandConfig, RouteConfig, WindowConfig};
+pub use crate::pipeline::{Action, PipelineConfig, Step};
+pub use crate::route::{Aggregate, DeadbandConfig, RouteConfig, WindowConfig};
 pub use source::{SourceConfig, SOURCE_TYPES};
-pub use store::StoreConfig;
-pub use topic::{MAX_TOPIC_BYTES, MAX_TOPIC_SLASHES, TOPIC_PLACEHOLDERS};
-pub use uplink::{Encoding, UplinkConfig, MAX_BATCH_BYTES, MAX_INFLIGHT, MIN_BATCH_BYTES};
 
 /// The default config, embedded in the binary: what `ferry run` uses without
 /// `--config` and what `ferry print-config` prints.

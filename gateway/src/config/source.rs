@@ -8,8 +8,8 @@ use ferry_sources::modbus::{RtuSourceConfig, TcpSourceConfig};
 use ferry_sources::mqtt::{BrokerSourceConfig, SubscribeSourceConfig};
 
 use super::gateway::KeyFilePolicy;
-use ferry_core::report::{KeyPath, Report, Seg};
 use super::uplink_check::check_file;
+use ferry_core::report::{typed, KeyPath, Report, Seg};
 
 /// The `type` values a source may have.
 pub const SOURCE_TYPES: [&str; 4] = ["mqtt_broker", "mqtt_subscribe", "modbus_tcp", "modbus_rtu"];
@@ -76,12 +76,10 @@ impl SourceConfig {
                 );
                 None
             }
-            "mqtt_broker" => super::load::typed(rest, at, report).map(SourceConfig::MqttBroker),
-            "mqtt_subscribe" => {
-                super::load::typed(rest, at, report).map(SourceConfig::MqttSubscribe)
-            }
-            "modbus_tcp" => super::load::typed(rest, at, report).map(SourceConfig::ModbusTcp),
-            "modbus_rtu" => super::load::typed(rest, at, report).map(SourceConfig::ModbusRtu),
+            "mqtt_broker" => typed(rest, at, report).map(SourceConfig::MqttBroker),
+            "mqtt_subscribe" => typed(rest, at, report).map(SourceConfig::MqttSubscribe),
+            "modbus_tcp" => typed(rest, at, report).map(SourceConfig::ModbusTcp),
+            "modbus_rtu" => typed(rest, at, report).map(SourceConfig::ModbusRtu),
             other => {
                 let message = format!("unknown source type `{other}`, {expected}");
                 report.error(at.key("type"), message);

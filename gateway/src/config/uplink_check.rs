@@ -9,9 +9,9 @@ use std::time::Duration;
 use ferry_core::files::MAX_FILE_BYTES;
 
 use super::gateway::KeyFilePolicy;
+use crate::uplink::config::topic::{check_client_id, check_topic};
+use crate::uplink::config::{UplinkConfig, MAX_BATCH_BYTES, MIN_BATCH_BYTES};
 use ferry_core::report::{fmt_bytes, KeyPath, Report};
-use super::topic::{check_client_id, check_topic};
-use super::uplink::{UplinkConfig, MAX_BATCH_BYTES, MIN_BATCH_BYTES};
 use ferry_core::text::escape_to;
 
 /// The largest `max_bytes_per_second`: 1 TiB.

@@ -27,10 +27,12 @@
 //! - A record left with no fields is still stored (it has a timestamp
 //!   and a device).
 
+pub mod config;
 mod expr;
 mod step;
 mod task;
 
+pub use config::{Action, PipelineConfig, Step};
 pub use expr::{EvalError, Expression};
 pub use step::{Outcome, Pipeline};
 pub use task::{spawn_pipeline, spawn_pipeline_with};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ferry_core::record::{Record, Value};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::config::{Action, PipelineConfig, Step};
+use super::config::{Action, PipelineConfig, Step};
 use crate::metrics::{PipelineMetrics, StepLabels};
 
 /// What became of a record.

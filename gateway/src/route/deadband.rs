@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use ferry_core::record::{Millis, Record, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::config::DeadbandConfig;
+use super::config::DeadbandConfig;
 
 /// The last reported value of a field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

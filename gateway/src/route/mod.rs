@@ -39,6 +39,7 @@
 //!   disk budget), after the raw records it summarises; entries an uplink
 //!   has not sent go last (see `store::retention`).
 
+pub mod config;
 pub mod deadband;
 mod task;
 pub mod window;
@@ -48,7 +49,7 @@ use std::sync::Arc;
 use ferry_core::record::{Millis, Record};
 use serde::{Deserialize, Serialize};
 
-use crate::config::RouteConfig;
+pub use config::{Aggregate, DeadbandConfig, RouteConfig, WindowConfig};
 pub use task::{cursor_name, spawn_route, spawn_route_with, Clock};
 
 /// The durable state of a route.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{Dropped, Route, State};
-use crate::config::RouteConfig;
+use super::config::RouteConfig;
 use crate::metrics::{PipelineMetrics, RouteLabel, RouteReasonLabels};
 use crate::store::{RouteCommit, RouteCommits, Store, StoredRecord};
 

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use ferry_core::record::{Millis, Record, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Aggregate, WindowConfig};
+use super::config::{Aggregate, WindowConfig};
 
 /// Running aggregates of one field (Welford's algorithm for the variance).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -51,7 +51,7 @@
 //! same kind (`route_retention`). Every deletion is counted by reason.
 
 pub mod codec;
-mod config;
+pub mod config;
 pub mod fsck;
 mod hook;
 pub mod limits;

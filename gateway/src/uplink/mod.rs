@@ -2,11 +2,11 @@
 //! MQTT broker (AWS IoT Core). See [`run`] for the state machine.
 
 pub mod batch;
-mod config;
+pub mod config;
 pub mod flight;
 pub mod limiter;
 mod run;
 pub mod tls;
 
-pub use config::{DRAIN_TIMEOUT, WINDOW_RECORDS};
+pub use config::{UplinkConfig, DRAIN_TIMEOUT, WINDOW_RECORDS};
 pub use run::{cursor_name, run, LinkError, Settings};

@@ -1,5 +1,15 @@
 //! `[uplinks.NAME]`: a batching, rate-limited, at-least-once publisher to a
 //! cloud MQTT broker (AWS IoT Core, or any MQTT 3.1.1 broker).
+//!
+//! `topic.rs` checks the topic and client id templates against IoT Core's
+//! limits; `settings.rs` turns the table into the settings an uplink runs
+//! with. (The checks that need the rest of the config, such as the sources
+//! an uplink names, are the config loader's: `config/uplink_check.rs`.)
+
+mod settings;
+pub mod topic;
+
+pub use settings::{DRAIN_TIMEOUT, WINDOW_RECORDS};
 
 use std::num::{NonZeroU16, NonZeroU32};
 use std::path::PathBuf;
@@ -144,11 +154,11 @@ impl UplinkConfig {
 
     /// The client id, with `{gateway}` replaced by `gateway`.
     pub fn client_id_for(&self, gateway: &str) -> String {
-        super::topic::expand_gateway(&self.client_id, gateway)
+        topic::expand_gateway(&self.client_id, gateway)
     }
 }
 
-pub use crate::uplink::batch::Encoding;
+pub use super::batch::Encoding;
 
 mod defaults {
     use super::*;

@@ -12,9 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use ferry_core::record::Value;
 use serde::Deserialize;
 
-use super::load::typed;
-use ferry_core::report::{KeyPath, Report};
-use crate::pipeline::Expression;
+use super::Expression;
+use ferry_core::report::{typed, KeyPath, Report};
 
 /// The pipeline: ordered steps, and the device registry.
 #[derive(Clone, Debug, Default, PartialEq)]

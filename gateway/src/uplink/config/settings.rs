@@ -5,10 +5,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tracing::warn;
 
-use super::batch::Topic;
-use super::Settings;
-use crate::config::UplinkConfig;
+use super::UplinkConfig;
 use crate::store::Stream;
+use crate::uplink::batch::Topic;
+use crate::uplink::Settings;
 
 /// How long a stopping uplink waits for the PUBACKs of what it has in flight
 /// before it gives up on them (they are sent again from its cursor at the
@@ -44,7 +44,7 @@ impl Settings {
             let (Some(ca), Some(cert), Some(key)) = (&u.ca, &u.cert, &u.key) else {
                 anyhow::bail!("ca, cert and key are required unless plaintext = true");
             };
-            Some(super::tls::client_config(ca, cert, key, &u.alpn)?)
+            Some(crate::uplink::tls::client_config(ca, cert, key, &u.alpn)?)
         };
         Ok(Settings {
             name: name.to_owned(),
