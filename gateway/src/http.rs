@@ -15,7 +15,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::config::ListenerLimits;
+use crate::listen::ListenerLimits;
 use crate::listen::{Acceptor, Counts};
 use crate::metrics::ListenerMetrics;
 

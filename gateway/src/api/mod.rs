@@ -60,8 +60,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use config::ListenerLimits;
 use crate::contain::Contained;
+use crate::listen::ListenerLimits;
 use crate::metrics::{ApiMetrics, IngestMetrics, ListenerMetrics, UplinkMetrics};
 use crate::query::Engine;
 use crate::store::Stream;

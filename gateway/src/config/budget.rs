@@ -23,6 +23,8 @@ use ferry_core::report::{KeyPath, Report};
 
 use std::collections::BTreeMap;
 
+use crate::listen::HTTP_REFUSING;
+
 /// The descriptors all listeners together may hold: three quarters of the
 /// unit's `LimitNOFILE=8192`, the rest kept for everything else.
 pub const FD_BUDGET: u64 = 6144;
@@ -30,10 +32,6 @@ pub const FD_BUDGET: u64 = 6144;
 /// Descriptors kept for everything but the listeners, compared with the
 /// process's own limit: the store, uplinks, Modbus links, the runtime.
 pub const FD_RESERVE: u64 = 256;
-
-/// Connections over an HTTP listener's cap that may be open at once while
-/// they are answered 503; more are closed without an answer.
-pub const HTTP_REFUSING: u64 = 16;
 
 /// Sockets the device front keeps open beyond `max_connections`.
 pub const FRONT_REFUSING: u64 = 64;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::api::config::ListenerLimits;
+use crate::listen::ListenerLimits;
 use ferry_core::report::{KeyPath, Report};
 
 /// `[metrics]`: where Prometheus scrapes `/metrics`.

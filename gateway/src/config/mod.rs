@@ -34,18 +34,19 @@ mod uplink_check;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use crate::api::config::ApiConfig;
+pub use crate::listen::{ListenerLimits, HTTP_REFUSING};
+pub use crate::pipeline::{Action, PipelineConfig, Step};
+pub use crate::route::{Aggregate, DeadbandConfig, RouteConfig, WindowConfig};
 pub use crate::store::config::StoreConfig;
 pub use crate::uplink::config::topic::{MAX_TOPIC_BYTES, MAX_TOPIC_SLASHES, TOPIC_PLACEHOLDERS};
 pub use crate::uplink::config::{
     Encoding, UplinkConfig, MAX_BATCH_BYTES, MAX_INFLIGHT, MIN_BATCH_BYTES,
 };
-pub use crate::api::config::{ApiConfig, ListenerLimits};
-pub use budget::{FD_BUDGET, FD_RESERVE, HTTP_REFUSING};
+pub use budget::{FD_BUDGET, FD_RESERVE};
 pub use error::{ConfigError, ConfigErrors, ConfigWarnings, LoadError};
 pub use gateway::{GatewayConfig, KeyFilePolicy, LogLevel};
 pub use metrics::MetricsConfig;
-pub use crate::pipeline::{Action, PipelineConfig, Step};
-pub use crate::route::{Aggregate, DeadbandConfig, RouteConfig, WindowConfig};
 pub use source::{SourceConfig, SOURCE_TYPES};
 
 /// The default config, embedded in the binary: what `ferry run` uses without

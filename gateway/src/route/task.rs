@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{Dropped, Route, State};
 use super::config::RouteConfig;
+use super::{Dropped, Route, State};
 use crate::metrics::{PipelineMetrics, RouteLabel, RouteReasonLabels};
 use crate::store::{RouteCommit, RouteCommits, Store, StoredRecord};
 
