@@ -272,6 +272,7 @@ impl Mosquitto {
             libc::pid_t::try_from(child.id()).context("mosquitto's pid does not fit pid_t")?;
         // SAFETY: kill(2) with a pid we spawned and have not yet reaped (so it cannot
         // have been reused) and a valid signal number.
+        // SAFETY: kill takes no pointers; the pid is this process's own child.
         if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
             return Err(std::io::Error::last_os_error()).context("sending SIGTERM to mosquitto");
         }
