@@ -5,6 +5,7 @@
 //! - [`sink`]: how a source hands records to the durable ingest and learns
 //!   when they are committed.
 //! - [`backoff`]: the one retry policy, capped exponential with jitter.
+//! - [`hostport`]: `host:port` as the config writes it.
 //! - [`kind`]: dead-letter kinds, kept as data.
 //! - [`report`]: a config's problems, each at its key path.
 //! - [`files`]: reading an operator's file with a size bound.
@@ -12,6 +13,7 @@
 
 pub mod backoff;
 pub mod files;
+pub mod hostport;
 pub mod kind;
 pub mod record;
 pub mod report;

@@ -1,8 +1,8 @@
 //! The checks of one `[uplinks.NAME]` beyond its types: ranges, the endpoint,
 //! the TLS files, the topic and client id templates, and the sources named.
 
+use ferry_core::hostport::HostPort;
 use std::collections::BTreeSet;
-use std::net::Ipv6Addr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use ferry_core::files::MAX_FILE_BYTES;
 
 use super::gateway::KeyFilePolicy;
 use crate::uplink::config::topic::{check_client_id, check_topic};
-use crate::uplink::config::{UplinkConfig, MAX_BATCH_BYTES, MIN_BATCH_BYTES};
+use crate::uplink::config::{UplinkConfig, ENDPOINT_EXAMPLE, MAX_BATCH_BYTES, MIN_BATCH_BYTES};
 use ferry_core::report::{fmt_bytes, KeyPath, Report};
 use ferry_core::text::escape_to;
 
@@ -167,7 +167,8 @@ impl UplinkConfig {
 
     /// Warnings about settings IoT Core is known to punish.
     fn check_iot_core(&self, at: &KeyPath, report: &mut Report) {
-        let Some((host, port)) = self.endpoint.rsplit_once(':') else {
+        let Ok(HostPort { host, port }) = HostPort::parse(&self.endpoint, None, ENDPOINT_EXAMPLE)
+        else {
             return;
         };
         if !host.to_ascii_lowercase().ends_with(".amazonaws.com") {
@@ -191,7 +192,7 @@ impl UplinkConfig {
                 "IoT Core allows one CONNECT per second per client id",
             );
         }
-        if port == "443" && !self.alpn.iter().any(|p| p == "x-amzn-mqtt-ca") && !self.plaintext {
+        if port == 443 && !self.alpn.iter().any(|p| p == "x-amzn-mqtt-ca") && !self.plaintext {
             report.warn(
                 at.key("alpn"),
                 "MQTT on port 443 at IoT Core needs alpn = [\"x-amzn-mqtt-ca\"]",
@@ -202,29 +203,9 @@ impl UplinkConfig {
 
 /// Checks `host:port` (a DNS name, an IPv4 address, or `[IPv6]`).
 fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    const EXAMPLE: &str = "e.g. \"abc123-ats.iot.eu-west-1.amazonaws.com:8883\"";
-    if endpoint.contains("://") {
-        return Err(format!("must be host:port without a scheme, {EXAMPLE}"));
-    }
-    let (host, port) = endpoint
-        .rsplit_once(':')
-        .ok_or_else(|| format!("must be host:port, {EXAMPLE}"))?;
-    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
-        return Err(format!("invalid port {port:?}: must be 1 to 65535"));
-    }
-    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        v6.parse::<Ipv6Addr>().is_ok()
-    } else {
-        !host.is_empty()
-            && host.len() <= 253
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-    };
-    if !host_ok {
-        return Err(format!("invalid host {host:?}, {EXAMPLE}"));
-    }
-    Ok(())
+    HostPort::parse(endpoint, None, ENDPOINT_EXAMPLE)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Checks that a file named by `key` can be read as Ferry reads it (a

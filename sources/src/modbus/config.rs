@@ -7,6 +7,7 @@
 //! key, and [`TcpSourceConfig::devices`]/[`RtuSourceConfig::devices`] turn a
 //! valid config into the resolved devices with their request plans.
 
+use ferry_core::hostport::HostPort;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -452,38 +453,16 @@ fn resolve(d: &DeviceConfig, maps: &BTreeMap<String, MapConfig>) -> DeviceSpec {
     }
 }
 
-/// `host:port`, `[v6]:port`, or a host alone (port 502).
+/// `host:port`, `[v6]:port`, or a host alone (port 502): see
+/// [`ferry_core::hostport`].
 pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
-    let s = s.trim();
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
-        Some(_) if !s.starts_with('[') => {
-            return Err("an IPv6 address must be in brackets: `[fd00::1]:502`".into())
-        }
-        _ => (s, None),
-    };
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err("the host is empty".into());
-    }
-    let port = match port {
-        None => 502,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{p}` is not a port number (1 to 65535)"))?,
-    };
-    Ok((host.to_owned(), port))
+    let hp = HostPort::parse(s, Some(502), "plc:502").map_err(|e| e.to_string())?;
+    Ok((hp.host, hp.port))
 }
 
 fn with_default_port(s: &str) -> String {
-    match split_host_port(s) {
-        Ok((host, port)) if host.contains(':') => format!("[{host}]:{port}"),
-        Ok((host, port)) => format!("{host}:{port}"),
+    match HostPort::parse(s, Some(502), "plc:502") {
+        Ok(hp) => hp.to_string(),
         Err(_) => s.to_owned(),
     }
 }

@@ -7,6 +7,7 @@
 //! `validate` then lists every remaining problem at once, each starting with
 //! the key it is about.
 
+use ferry_core::hostport::HostPort;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -445,30 +446,11 @@ impl SubscribeSourceConfig {
     }
 }
 
-/// Splits `host:port` (`[v6]:port` for IPv6 literals).
+/// Splits `host:port` (`[v6]:port` for IPv6 literals): see
+/// [`ferry_core::hostport`].
 pub(crate) fn split_host_port(s: &str) -> Result<(String, u16), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or("expected host:port, such as `localhost:1883`")?;
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6
-            .strip_suffix(']')
-            .ok_or("unbalanced `[` around an IPv6 address")?,
-        None if host.contains(':') => {
-            return Err("an IPv6 address must be in brackets: `[::1]:1883`".into())
-        }
-        None => host,
-    };
-    if host.is_empty() {
-        return Err("the host is empty".into());
-    }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("`{port}` is not a port number"))?;
-    if port == 0 {
-        return Err("port 0 is not a broker's port".into());
-    }
-    Ok((host.to_owned(), port))
+    let hp = HostPort::parse(s, None, "localhost:1883").map_err(|e| e.to_string())?;
+    Ok((hp.host, hp.port))
 }
 
 fn payload_options(

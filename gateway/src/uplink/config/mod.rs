@@ -18,6 +18,9 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+/// How an uplink's endpoint is written, in messages.
+pub const ENDPOINT_EXAMPLE: &str = "abc123-ats.iot.eu-west-1.amazonaws.com:8883";
+
 /// The hard cap on `max_batch_bytes`: IoT Core's payload limit.
 pub const MAX_BATCH_BYTES: u64 = 128 * 1024;
 /// The least `max_batch_bytes` accepted.

@@ -1,5 +1,6 @@
 //! From an `[uplinks.NAME]` table to the settings an uplink runs with.
 
+use ferry_core::hostport::HostPort;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,16 +25,8 @@ impl Settings {
     /// The settings of the uplink `name` of gateway `gateway`, with its TLS
     /// material loaded; an error names the key at fault.
     pub fn from_config(name: &str, u: &UplinkConfig, gateway: &str) -> anyhow::Result<Settings> {
-        let (host, port) = u
-            .endpoint
-            .rsplit_once(':')
-            .and_then(|(h, p)| {
-                Some((
-                    h.trim_matches(|c| c == '[' || c == ']'),
-                    p.parse::<u16>().ok()?,
-                ))
-            })
-            .with_context(|| format!("endpoint `{}` is not host:port", u.endpoint))?;
+        let HostPort { host, port } = HostPort::parse(&u.endpoint, None, super::ENDPOINT_EXAMPLE)
+            .with_context(|| format!("endpoint `{}`", u.endpoint))?;
         let tls = if u.plaintext {
             warn!(
                 uplink = name,
@@ -50,7 +43,7 @@ impl Settings {
             name: name.to_owned(),
             gateway: gateway.to_owned(),
             client_id: u.client_id_for(gateway),
-            host: host.to_owned(),
+            host,
             port,
             tls,
             topic: Topic::parse(&u.topic, gateway).map_err(anyhow::Error::msg)?,
