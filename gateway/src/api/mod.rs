@@ -34,7 +34,6 @@
 //! routes that panic or hold a query slot on demand (the tests of the
 //! above, `gateway/tests/hostile_api.rs`); release builds have no such code.
 
-pub mod cli;
 pub mod client;
 pub mod config;
 mod handlers;
@@ -161,44 +160,6 @@ impl RequestLimits {
 }
 
 impl ApiContext {
-    /// The context of the API `config` describes.
-    pub fn new(
-        config: &crate::config::Config,
-        engine: Engine,
-        ingest: &IngestMetrics,
-        uplinks: &UplinkMetrics,
-        metrics: &ApiMetrics,
-        uplink_names: watch::Receiver<Vec<Arc<str>>>,
-    ) -> ApiContext {
-        ApiContext {
-            engine,
-            gateway: config.gateway.id.clone(),
-            token: config.api.token.clone(),
-            max_points: config.api.max_points.get(),
-            sources: config
-                .sources
-                .iter()
-                .map(|(name, s)| (name.clone(), s.type_name()))
-                .collect(),
-            ingest: ingest.clone(),
-            uplinks: uplinks.clone(),
-            uplink_names,
-            uplink_streams: config
-                .uplinks
-                .iter()
-                .map(|(name, u)| {
-                    let stream = match &u.route {
-                        Some(r) => Stream::Route(r.as_str().into()),
-                        None => Stream::Raw,
-                    };
-                    (name.clone(), stream)
-                })
-                .collect(),
-            limits: RequestLimits::of(&config.api),
-            metrics: metrics.clone(),
-        }
-    }
-
     /// The bounds a query is checked against.
     pub fn query_limits(&self) -> QueryLimits {
         QueryLimits {

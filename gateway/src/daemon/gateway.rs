@@ -26,12 +26,13 @@ use super::sources::Sources;
 use super::status::StatusSource;
 use super::uplinks::{self, Uplinks};
 use super::watchdog::{self, Timing, Watchdog};
-use crate::config::{Config, RouteConfig};
+use crate::api::{ApiContext, RequestLimits};
+use crate::config::{Config, RouteConfig, UplinkConfig};
 use crate::metrics::{PipelineMetrics, QueryMetrics};
 use crate::pipeline::{spawn_pipeline_with, Pipeline};
-use crate::query::{Index, IndexOptions, Replay};
+use crate::query::{Engine, Index, IndexOptions, Replay};
 use crate::route;
-use crate::store::{RouteCommits, Store, StoreOptions, Writer, WriterSettings};
+use crate::store::{RouteCommits, Store, StoreOptions, Stream, Writer, WriterSettings};
 use crate::uplink;
 
 /// Submissions the pipeline task holds before sources wait.
@@ -133,15 +134,8 @@ impl Gateway {
         drop(ingest.routes);
 
         if let Some(listener) = api_listener {
-            let engine = crate::query::Engine::new(store.clone(), index);
-            let ctx = crate::api::ApiContext::new(
-                &config,
-                engine,
-                &families.ingest,
-                &families.uplink,
-                &families.api,
-                uplink_names.clone(),
-            );
+            let engine = Engine::new(store.clone(), index);
+            let ctx = api_context(&config, engine, &families, uplink_names.clone());
             let serve = crate::api::serve_with(
                 listener,
                 Arc::new(ctx),
@@ -361,6 +355,37 @@ fn start_routes(
         ));
     }
     (routes, configs)
+}
+
+/// What the API serves: the store through `engine`, the config's
+/// sources and uplinks, and the metrics it reads its status from.
+fn api_context(
+    config: &Config,
+    engine: Engine,
+    families: &Families,
+    uplink_names: watch::Receiver<Vec<Arc<str>>>,
+) -> ApiContext {
+    let stream = |u: &UplinkConfig| match &u.route {
+        Some(r) => Stream::Route(r.as_str().into()),
+        None => Stream::Raw,
+    };
+    ApiContext {
+        engine,
+        gateway: config.gateway.id.clone(),
+        token: config.api.token.clone(),
+        max_points: config.api.max_points.get(),
+        sources: (config.sources.iter())
+            .map(|(name, s)| (name.clone(), s.type_name()))
+            .collect(),
+        ingest: families.ingest.clone(),
+        uplinks: families.uplink.clone(),
+        uplink_names,
+        uplink_streams: (config.uplinks.iter())
+            .map(|(name, u)| (name.clone(), stream(u)))
+            .collect(),
+        limits: RequestLimits::of(&config.api),
+        metrics: families.api.clone(),
+    }
 }
 
 /// Creates `gateway.data_dir` if needed and opens the store in it, salvaging

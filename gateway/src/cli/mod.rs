@@ -1,5 +1,6 @@
 //! The `ferry` command line: `run`, `validate`, `print-config`,
-//! `modbus probe`.
+//! `modbus probe`, and the API's commands `query`, `status` and `tail`
+//! (`api.rs`, which talks to a running daemon's API).
 //!
 //! Exit codes (sysexits): 0 success; 64 (`EX_USAGE`) for a config with
 //! problems, each printed on its own line as
@@ -15,6 +16,8 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+mod api;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -72,11 +75,11 @@ pub enum Command {
         repair: bool,
     },
     /// Query the running daemon's stored readings (through its API).
-    Query(crate::api::cli::QueryArgs),
+    Query(api::QueryArgs),
     /// The running daemon's sources and uplinks (through its API).
-    Status(crate::api::cli::ApiArgs),
+    Status(api::ApiArgs),
     /// Print the latest stored records, then follow new ones.
-    Tail(crate::api::cli::TailArgs),
+    Tail(api::TailArgs),
     /// Modbus tools.
     Modbus {
         #[command(subcommand)]
@@ -115,9 +118,9 @@ pub fn run_command(command: Command) -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::Query(args) => crate::api::cli::query(args),
-        Command::Status(args) => crate::api::cli::status(args),
-        Command::Tail(args) => crate::api::cli::tail(args),
+        Command::Query(args) => api::query(args),
+        Command::Status(args) => api::status(args),
+        Command::Tail(args) => api::tail(args),
         Command::Modbus {
             command: ModbusCommand::Probe(args),
         } => modbus_probe(args),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::Value;
 
-use super::client::Client;
+use crate::api::client::Client;
 
 /// Where the daemon's API is.
 #[derive(Debug, Clone, Args)]
@@ -92,7 +92,7 @@ fn fetch(api: &ApiArgs, path: &str) -> Result<Value, String> {
 
 fn fail(e: String) -> ExitCode {
     eprintln!("ferry: error: {e}");
-    ExitCode::from(crate::cli::EXIT_RUNTIME)
+    ExitCode::from(super::EXIT_RUNTIME)
 }
 
 fn time(ms: &Value) -> String {
