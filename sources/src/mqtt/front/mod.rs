@@ -49,6 +49,8 @@ mod backlog;
 mod events;
 mod packet;
 mod passwd;
+mod read;
+mod relay;
 mod serve;
 mod tls;
 
