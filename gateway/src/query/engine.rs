@@ -12,10 +12,12 @@ use thiserror::Error;
 
 use super::block::{union_by_seq, Block, Header, Point, Rollup};
 use super::bounds::{bucket_start, clamp_time};
-use super::index::{
-    bucket_of, hour_of, series_ids, series_key, Directory, Index, OpenBucket, SeriesKey, View,
-    BLOCKS, BUCKET_MS, HOURS, HOUR_MS, SERIES,
+use super::index::{Index, View};
+use super::layout::{
+    bucket_of, hour_of, series_ids, series_key, Directory, SeriesKey, BLOCKS, BUCKET_MS, HOURS,
+    HOUR_MS, SERIES,
 };
+use super::memory::OpenBucket;
 use crate::store::codec::DecodeError;
 use crate::store::{Store, StoreError};
 
