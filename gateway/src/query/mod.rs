@@ -86,6 +86,8 @@
 //! | `catch_up.rs` | applying the log after `applied`: at open, at each transaction |
 //! | `replay.rs` | the replay in the background, beside ingest |
 //! | `engine.rs` | [`Engine`]: series lists, device pages, range queries |
+//! | `range.rs` | a range query's series, raw or in buckets |
+//! | `scan.rs` | reading one series: blocks merged with memory, in order |
 
 pub mod block;
 pub mod bounds;
@@ -95,13 +97,16 @@ mod flush;
 mod index;
 mod layout;
 mod memory;
+mod range;
 mod replay;
+mod scan;
 
 pub use block::{Point, Rollup};
-pub use engine::{Bucket, DeviceInfo, DevicesPage, Engine, QueryError, Series, SeriesInfo};
+pub use engine::{DeviceInfo, DevicesPage, Engine, QueryError, SeriesInfo};
 pub use index::{Index, IndexOptions};
 pub use layout::{bucket_of, hour_of, SeriesKey, BUCKET_MS, HOUR_MS};
 pub use memory::SourceSeen;
+pub use range::{Bucket, Series};
 pub use replay::Replay;
 
 #[cfg(test)]
