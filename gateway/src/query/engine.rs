@@ -1,21 +1,21 @@
-//! Queries over the index: series lists, latest values, range queries raw
-//! or in buckets of a step. Results never include a record that is not
-//! committed yet or has been evicted by retention.
+//! The query engine's face: series lists, device pages, latest values, and
+//! range queries raw or in buckets of a step (`range.rs`), read through
+//! `scan.rs`. Results never include a record that is not committed yet or
+//! has been evicted by retention.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use ferry_core::record::Millis;
-use redb::{AccessGuard, ReadOnlyTable, ReadTransaction};
 use thiserror::Error;
 
-use super::block::{union_by_seq, Block, Header, Point, Rollup};
-use super::bounds::{bucket_start, clamp_time};
-use super::index::{
-    bucket_of, hour_of, series_ids, series_key, Directory, Index, OpenBucket, SeriesKey, View,
-    BLOCKS, BUCKET_MS, HOURS, HOUR_MS, SERIES,
-};
+use super::block::{Point, Rollup};
+use super::bounds::clamp_time;
+use super::index::{Index, View};
+use super::layout::{series_ids, series_key, SeriesKey};
+use super::range::{RangeQuery, Series};
+use super::scan::{scan, Piece, Tables};
 use crate::store::codec::DecodeError;
 use crate::store::{Store, StoreError};
 
@@ -45,35 +45,6 @@ impl From<redb::TableError> for QueryError {
     }
 }
 
-/// One output bucket of a range query: `ts` is its start.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bucket {
-    pub ts: Millis,
-    pub rollup: Rollup,
-}
-
-/// A series' answer to a range query.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Series {
-    /// Every point, by timestamp (then sequence number).
-    Raw(Vec<Point>),
-    /// Buckets with at least one point, by start.
-    Buckets(Vec<Bucket>),
-}
-
-impl Series {
-    pub fn len(&self) -> usize {
-        match self {
-            Series::Raw(p) => p.len(),
-            Series::Buckets(b) => b.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// What is known of one series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesInfo {
@@ -82,14 +53,6 @@ pub struct SeriesInfo {
     pub first_ts: Millis,
     /// The latest reading (by timestamp).
     pub last: Point,
-}
-
-/// A piece of a series in one index bucket.
-enum Piece {
-    /// The whole block, known from its header.
-    Rollup(Rollup),
-    /// The points in range, by timestamp.
-    Points(Vec<Point>),
 }
 
 /// Answers queries from the index.
@@ -197,7 +160,14 @@ impl Engine {
         let view = self.index.view(&self.store, Some(series))?;
         let blocks = Tables::open(&view.tx)?;
         let mut out = Vec::with_capacity(series.len());
-        let mut total = 0usize;
+        let mut query = RangeQuery {
+            view: &view,
+            t: &blocks,
+            from,
+            to,
+            limit,
+            total: 0,
+        };
         for &s in series {
             if from >= to {
                 out.push(match step {
@@ -207,130 +177,12 @@ impl Engine {
                 continue;
             }
             // `from < to`, both within the query range.
-            let (b0, b1) = (bucket_of(from), bucket_of(to - 1));
-            match step {
-                None => {
-                    let mut points = Vec::new();
-                    let mut over = false;
-                    scan(
-                        &view,
-                        &blocks,
-                        s,
-                        from,
-                        to,
-                        b0,
-                        b1,
-                        false,
-                        |_| true,
-                        |_, piece| {
-                            if let Piece::Points(p) = piece {
-                                total += p.len();
-                                if total > limit {
-                                    over = true;
-                                    return ControlFlow::Break(());
-                                }
-                                points.extend(p);
-                            }
-                            ControlFlow::Continue(())
-                        },
-                    )?;
-                    if over {
-                        return Err(QueryError::TooManyPoints { limit });
-                    }
-                    out.push(Series::Raw(points));
-                }
-                Some(step) => {
-                    let key = |ts: Millis| bucket_start(ts, step);
-                    // A whole block serves from its header when it lies in
-                    // the range and in one output bucket.
-                    let whole = |b: Millis| {
-                        b >= from
-                            && b.saturating_add(BUCKET_MS) <= to
-                            && matches!(
-                                (key(b), key(b.saturating_add(BUCKET_MS - 1))),
-                                (Some(x), Some(y)) if x == y
-                            )
-                    };
-                    let mut overflow = false;
-                    let mut buckets: Vec<Bucket> = Vec::new();
-                    let mut over = false;
-                    let mut add = |ts: Millis, r: &Rollup, buckets: &mut Vec<Bucket>| match buckets
-                        .last_mut()
-                    {
-                        Some(last) if last.ts == ts => {
-                            last.rollup.merge(r);
-                            true
-                        }
-                        _ => {
-                            total += 1;
-                            if total > limit {
-                                return false;
-                            }
-                            buckets.push(Bucket {
-                                ts,
-                                rollup: r.clone(),
-                            });
-                            true
-                        }
-                    };
-                    scan(
-                        &view,
-                        &blocks,
-                        s,
-                        from,
-                        to,
-                        b0,
-                        b1,
-                        false,
-                        |b| !whole(b),
-                        |b, piece| {
-                            let mut add_at = |ts: Millis, r: &Rollup| match key(ts) {
-                                Some(k) => add(k, r, &mut buckets),
-                                None => {
-                                    overflow = true;
-                                    false
-                                }
-                            };
-                            let ok = match piece {
-                                Piece::Rollup(r) => add_at(b, &r),
-                                Piece::Points(p) => p.iter().all(|p| add_at(p.ts, &Rollup::of(p))),
-                            };
-                            if ok {
-                                ControlFlow::Continue(())
-                            } else {
-                                over = true;
-                                ControlFlow::Break(())
-                            }
-                        },
-                    )?;
-                    if overflow {
-                        return Err(QueryError::Overflow { step });
-                    }
-                    if over {
-                        return Err(QueryError::TooManyPoints { limit });
-                    }
-                    out.push(Series::Buckets(buckets));
-                }
-            }
+            out.push(match step {
+                None => query.raw(s)?,
+                Some(step) => query.buckets(s, step)?,
+            });
         }
         Ok((out, view.lag))
-    }
-}
-
-/// The index tables in a read transaction.
-struct Tables {
-    blocks: ReadOnlyTable<(i64, u64), &'static [u8]>,
-    hours: ReadOnlyTable<(u64, i64), &'static [u8]>,
-    series: ReadOnlyTable<u64, (i64, i64)>,
-}
-
-impl Tables {
-    fn open(tx: &ReadTransaction) -> Result<Tables, QueryError> {
-        Ok(Tables {
-            blocks: tx.open_table(BLOCKS)?,
-            hours: tx.open_table(HOURS)?,
-            series: tx.open_table(SERIES)?,
-        })
     }
 }
 
@@ -367,161 +219,6 @@ fn edge(view: &View, t: &Tables, s: SeriesKey, last: bool) -> Result<Option<Roll
         },
     )?;
     Ok(found)
-}
-
-/// A persisted block as found: its header (from the hour's directory) or
-/// its bytes (read minute by minute in an hour without one).
-enum Disk<'a> {
-    Header(Header),
-    Bytes(AccessGuard<'a, &'static [u8]>),
-}
-
-/// One index bucket of a series: in memory (and maybe on disk), or on disk.
-enum Slot<'a> {
-    Memory(&'a OpenBucket, Option<Disk<'a>>),
-    Disk(Disk<'a>),
-}
-
-/// Visits series `s`'s index buckets `b0..=b1` in order (reversed with
-/// `rev`), merging persisted blocks with the in-memory buckets. A block is
-/// given as its header's rollup when `need_points` says so is enough and
-/// every point of it is visible; otherwise as its points with
-/// `from <= ts < to` that are committed and not evicted, by timestamp.
-///
-/// Persisted blocks are looked for only within the series' extent, an hour
-/// at a time: through the hour's directory when it is sealed (one read for
-/// up to 60 blocks), else minute by minute.
-#[allow(clippy::too_many_arguments)]
-fn scan(
-    view: &View,
-    t: &Tables,
-    s: SeriesKey,
-    from: Millis,
-    to: Millis,
-    b0: Millis,
-    b1: Millis,
-    rev: bool,
-    need_points: impl Fn(Millis) -> bool,
-    mut f: impl FnMut(Millis, Piece) -> ControlFlow<()>,
-) -> Result<(), QueryError> {
-    if b0 > b1 {
-        return Ok(()); // an empty range (and `range(b0..=b1)` would panic)
-    }
-    let visible =
-        |p: &Point| p.seq >= view.first_record && p.seq <= view.head && p.ts >= from && p.ts < to;
-    let finish = |mut points: Vec<Point>| {
-        points.retain(visible);
-        points.sort_by_key(|p| (p.ts, p.seq));
-        points
-    };
-    let block_points = |b: Millis, disk: &Disk<'_>| -> Result<Option<Vec<Point>>, QueryError> {
-        Ok(match disk {
-            Disk::Bytes(v) => Some(Block::decode(v.value())?.points),
-            Disk::Header(_) => match t.blocks.get((b, s))? {
-                Some(v) => Some(Block::decode(v.value())?.points),
-                None => None,
-            },
-        })
-    };
-    let empty = Default::default();
-    let memory = view.memory.get(&s).unwrap_or(&empty);
-    let extent = t
-        .series
-        .get(s)?
-        .map(|v| v.value())
-        .map(|(a, z)| (a.max(b0), z.min(b1)))
-        .filter(|(a, z)| a <= z);
-    let mut hours: BTreeSet<Millis> = memory.range(b0..=b1).map(|(b, _)| hour_of(*b)).collect();
-    if let Some((a, z)) = extent {
-        hours.extend((hour_of(a)..=z).step_by(HOUR_MS as usize));
-    }
-    let ordered: Box<dyn Iterator<Item = &Millis>> = if rev {
-        Box::new(hours.iter().rev())
-    } else {
-        Box::new(hours.iter())
-    };
-    for &h in ordered {
-        let (lo, hi) = (h.max(b0), h.saturating_add(HOUR_MS - BUCKET_MS).min(b1));
-        if lo > hi {
-            continue;
-        }
-        let mut disk: Vec<(Millis, Disk<'_>)> = Vec::new();
-        if let Some((a, z)) = extent.filter(|(a, z)| *a <= hi && *z >= lo) {
-            let (lo, hi) = (lo.max(a), hi.min(z));
-            match t.hours.get((s, h))? {
-                Some(v) => disk.extend(
-                    Directory::decode(h, v.value())?
-                        .0
-                        .into_iter()
-                        .filter(|(b, _)| (lo..=hi).contains(b))
-                        .map(|(b, hd)| (b, Disk::Header(hd))),
-                ),
-                None => {
-                    for m in (bucket_of(lo)..=hi).step_by(BUCKET_MS as usize) {
-                        if let Some(v) = t.blocks.get((m, s))? {
-                            disk.push((m, Disk::Bytes(v)));
-                        }
-                    }
-                }
-            }
-        }
-        // Merge with the memory's buckets of the hour, by bucket.
-        let mut slots: Vec<(Millis, Slot<'_>)> = Vec::with_capacity(disk.len() + 1);
-        let mut mem = memory.range(lo..=hi).peekable();
-        let mut disk = disk.into_iter().peekable();
-        loop {
-            let (mk, dk) = (mem.peek().map(|(b, _)| **b), disk.peek().map(|(b, _)| *b));
-            match (mk, dk) {
-                (None, None) => break,
-                (Some(m), d) if d.is_none_or(|d| m <= d) => {
-                    let (_, ob) = mem.next().expect("peeked");
-                    let on_disk = (d == Some(m)).then(|| disk.next().expect("peeked").1);
-                    slots.push((m, Slot::Memory(ob, on_disk)));
-                }
-                _ => {
-                    let (b, d) = disk.next().expect("peeked");
-                    slots.push((b, Slot::Disk(d)));
-                }
-            }
-        }
-        if rev {
-            slots.reverse();
-        }
-        for (b, slot) in slots {
-            let piece = match slot {
-                Slot::Memory(ob, None) => Piece::Points(finish(ob.points.to_vec())),
-                Slot::Memory(ob, Some(d)) => {
-                    let old = block_points(b, &d)?.unwrap_or_default();
-                    Piece::Points(finish(union_by_seq(&old, &ob.points.to_vec())))
-                }
-                Slot::Disk(d) => {
-                    let h = match &d {
-                        Disk::Header(h) => h.clone(),
-                        Disk::Bytes(v) => Block::decode_header(v.value())?,
-                    };
-                    if h.max_seq < view.first_record {
-                        continue; // evicted
-                    }
-                    let complete = h.min_seq >= view.first_record && h.max_seq <= view.head;
-                    if complete && !need_points(b) {
-                        Piece::Rollup(h.rollup)
-                    } else {
-                        match block_points(b, &d)? {
-                            Some(p) => Piece::Points(finish(p)),
-                            None => continue,
-                        }
-                    }
-                }
-            };
-            if matches!(&piece, Piece::Points(p) if p.is_empty()) {
-                continue;
-            }
-            if f(b, piece).is_break() {
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// One device of a [`DevicesPage`]: its name, how many fields it has

@@ -73,18 +73,40 @@
 //! # Reading
 //! A query reads the persisted blocks in one read transaction and merges
 //! the in-memory minutes of its series by sequence number.
+//!
+//! # Files
+//! | file | what |
+//! | --- | --- |
+//! | `block.rs` | a block: rollup and points, their encoding |
+//! | `bounds.rs` | the query range of times, bucket arithmetic within it |
+//! | `layout.rs` | the index tables and `meta` keys, hour directories, series keys |
+//! | `memory.rs` | the open minutes in memory, what they cost, adding a record |
+//! | `index.rs` | [`Index`]: options, open, views, progress, the writer's hook |
+//! | `flush.rs` | writing what is due, directories, retention, `index.through` |
+//! | `catch_up.rs` | applying the log after `applied`: at open, at each transaction |
+//! | `replay.rs` | the replay in the background, beside ingest |
+//! | `engine.rs` | [`Engine`]: series lists, device pages, range queries |
+//! | `range.rs` | a range query's series, raw or in buckets |
+//! | `scan.rs` | reading one series: blocks merged with memory, in order |
 
 pub mod block;
 pub mod bounds;
+mod catch_up;
 mod engine;
+mod flush;
 mod index;
+mod layout;
+mod memory;
+mod range;
 mod replay;
+mod scan;
 
 pub use block::{Point, Rollup};
-pub use engine::{Bucket, DeviceInfo, DevicesPage, Engine, QueryError, Series, SeriesInfo};
-pub use index::{
-    bucket_of, hour_of, Index, IndexOptions, SeriesKey, SourceSeen, BUCKET_MS, HOUR_MS,
-};
+pub use engine::{DeviceInfo, DevicesPage, Engine, QueryError, SeriesInfo};
+pub use index::{Index, IndexOptions};
+pub use layout::{bucket_of, hour_of, SeriesKey, BUCKET_MS, HOUR_MS};
+pub use memory::SourceSeen;
+pub use range::{Bucket, Series};
 pub use replay::Replay;
 
 #[cfg(test)]

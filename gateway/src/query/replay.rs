@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use redb::ReadableTable;
 use tracing::{info, warn};
 
-use super::index::{first_record, Index};
+use super::catch_up::first_record;
+use super::index::Index;
 use crate::store::{Heads, Store, StoreError, RECORDS};
 
 /// The most a replay waits between two looks at a waiting writer or a stop.

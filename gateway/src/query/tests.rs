@@ -7,7 +7,7 @@ use ferry_core::record::{Millis, Record, Value};
 use ferry_core::sink::Item;
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::index::{Directory, BLOCKS, HOURS, META_THROUGH, META_VERSION};
+use super::layout::{Directory, BLOCKS, HOURS, META_THROUGH, META_VERSION};
 use super::*;
 use crate::metrics::IngestMetrics;
 use crate::store::{Retention, Store, StoreOptions, WhenFull, Writer, WriterSettings, META};

@@ -1,8 +1,8 @@
 //! What a Modbus source reports as it polls, for metrics.
 //!
 //! The sources crate has no metrics library: the gateway implements
-//! [`ModbusObserver`] (in its `metrics.rs`, where every metric is declared)
-//! and maps each [`PollEvent`] to its counters. The source asks for one
+//! [`ModbusObserver`] (in its `metrics/modbus.rs`, where the Modbus metrics
+//! are declared) and maps each [`PollEvent`] to its counters. The source asks for one
 //! [`DeviceObserver`] per device when it starts, so the per-event cost is a
 //! method call, not a label lookup.
 
