@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
+use crate::store::{salvage::Check, Opened};
+
 use crate::metrics::{
-    self, ApiMetrics, BrokerMetrics, ConfigMetrics, IngestMetrics, ListenerMetrics, ModbusMetrics,
-    PipelineMetrics, QueryMetrics, UplinkMetrics,
+    self, ApiMetrics, BrokerMetrics, ConfigMetrics, DataLabel, IngestMetrics, ListenerMetrics,
+    ModbusMetrics, PipelineMetrics, QueryMetrics, UplinkMetrics,
 };
 
 /// One handle per component; each is cheap to clone and shares its
@@ -57,5 +59,41 @@ impl Families {
             config,
         };
         (registry, families)
+    }
+}
+
+/// Counts what opening the store decided.
+pub fn count_store_open(m: &IngestMetrics, opened: &Opened) {
+    match opened {
+        Opened::New | Opened::Sound(Check::Trusted) => {}
+        Opened::Sound(Check::Full) => {
+            m.store_integrity_checks.inc();
+        }
+        Opened::Salvaged { report, .. } => {
+            // The full check ran, or the cheap checks failed first.
+            m.store_integrity_checks.inc();
+            m.store_files_set_aside.inc();
+            let data = |d: &str| DataLabel { data: d.to_owned() };
+            for (d, n) in [
+                ("records", report.records),
+                ("dead_letters", report.dead_letters),
+                ("route_records", report.route_records),
+                ("names", report.names),
+                ("cursors", report.cursors),
+                ("route_states", report.route_states),
+            ] {
+                m.store_salvaged.get_or_create(&data(d)).inc_by(n);
+            }
+            for (d, n) in [
+                ("records", report.records_lost),
+                ("dead_letters", report.dead_letters_lost),
+                ("route_records", report.route_records_lost),
+                ("names", report.names_lost),
+            ] {
+                m.store_salvage_lost.get_or_create(&data(d)).inc_by(n);
+            }
+            m.store_salvage_unreadable
+                .inc_by(report.unreadable.len() as u64);
+        }
     }
 }

@@ -81,7 +81,7 @@ impl Gateway {
         let query_metrics = QueryMetrics::new();
         let (index, replay) = open_index(&store, &config, query_metrics.clone())?;
         let (registry, families) = Families::new(query_metrics);
-        families.ingest.count_store_open(&opened);
+        super::families::count_store_open(&families.ingest, &opened);
 
         let tracker = TaskTracker::new();
         let root = CancellationToken::new();
