@@ -489,5 +489,4 @@ fn with_default_port(s: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;
