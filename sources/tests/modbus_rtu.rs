@@ -1,20 +1,20 @@
 //! Modbus RTU sources on a serial bus made of a socat pty pair, with two
-//! units served by pymodbus's serial server (tests/modbus_sim.py): a unit
+//! units served by pymodbus's serial server (testkit/src/modbus_sim.py): a unit
 //! that stops answering is backed off while the other keeps its poll rate,
 //! and it recovers; bad answers are counted and survived.
 
-mod modbus_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::init_tracing;
+use common::modbus::{collector, next_full_record, next_record, Events};
 use ferry_core::record::{now_millis, Millis, Record, Value};
 use ferry_sources::modbus::{
     run_modbus_rtu, DeviceConfig, FailureKind, ModbusError, PollEvent, RtuSourceConfig,
 };
-use modbus_common::{
-    collector, init_tracing, next_full_record, next_record, Events, PtyPair, Simulator,
-};
+use ferry_testkit::modbus::{PtyPair, Simulator};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

@@ -1,18 +1,20 @@
-//! Modbus TCP sources against pymodbus's server (tests/modbus_sim.py): known
+//! Modbus TCP sources against pymodbus's server (testkit/src/modbus_sim.py): known
 //! values decoded exactly, exceptions counted without a reconnect, bad answers
 //! reported and survived, unreachable devices backed off, the probe.
 
-mod modbus_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::init_tracing;
+use common::modbus::{collector, next_full_record, next_record, Events};
 use ferry_core::record::{Record, Value};
 use ferry_sources::modbus::{
     probe, run_modbus_tcp, Data, DeviceConfig, FailureKind, ModbusError, PollEvent, ProbeRequest,
     RegisterConfig, Table, Target, TcpSourceConfig,
 };
-use modbus_common::{collector, init_tracing, next_full_record, next_record, Events, Simulator};
+use ferry_testkit::modbus::Simulator;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
