@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::init_tracing;
-use common::modbus::{collector, next_full_record, next_record, Events};
+use common::modbus::{next_full_record, next_record, start_source, stop_source, Running};
 use ferry_core::record::{now_millis, Millis, Record, Value};
 use ferry_sources::modbus::{
     run_modbus_rtu, DeviceConfig, FailureKind, ModbusError, PollEvent, RtuSourceConfig,
@@ -48,34 +48,12 @@ registers = [
     }
 }
 
-type Running = (
-    UnboundedReceiver<Record>,
-    Events,
-    CancellationToken,
-    JoinHandle<Result<(), ModbusError>>,
-);
-
 fn start(cfg: RtuSourceConfig) -> Running {
-    let (sink, records) = collector();
-    let events = Events::default();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_modbus_rtu(
-        Arc::from("bus"),
-        cfg,
-        sink,
-        Arc::new(events.clone()),
-        cancel.clone(),
-    ));
-    (records, events, cancel, task)
+    start_source(|sink, events, cancel| run_modbus_rtu(Arc::from("bus"), cfg, sink, events, cancel))
 }
 
 async fn stop(cancel: CancellationToken, task: JoinHandle<Result<(), ModbusError>>) {
-    cancel.cancel();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("the source stops when cancelled")
-        .expect("source task")
-        .expect("the source ends cleanly");
+    stop_source(cancel, task, WAIT).await;
 }
 
 /// Receives records until one of `device` is timestamped at or after `until`;

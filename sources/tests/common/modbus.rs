@@ -1,16 +1,58 @@
-//! The Modbus source tests' ingest and observer: a stand-in for ingest that
-//! collects records ([`collector`], [`next_record`]), and an observer that
-//! records poll events with their time ([`Events`]). The devices themselves
-//! (the pymodbus simulator, socat pty pairs) are `ferry_testkit::modbus`.
+//! The Modbus source tests' harness: a source started with a stand-in for
+//! ingest that collects records and an observer that records poll events
+//! ([`start_source`], [`stop_source`]), the records ([`collector`],
+//! [`next_record`]) and the events with their time ([`Events`]). The
+//! devices themselves (the pymodbus simulator, socat pty pairs) are
+//! `ferry_testkit::modbus`.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::record::Record;
 use ferry_core::sink::{Committed, Item, Sink};
-use ferry_sources::modbus::{DeviceObserver, ModbusObserver, PollEvent};
+use ferry_sources::modbus::{DeviceObserver, ModbusError, ModbusObserver, PollEvent};
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A running source: its records, its events, its token and its task.
+pub type Running = (
+    mpsc::UnboundedReceiver<Record>,
+    Events,
+    CancellationToken,
+    JoinHandle<Result<(), ModbusError>>,
+);
+
+/// Spawns the source `run` makes of a sink, an observer and a token, with a
+/// [`collector`] and [`Events`].
+pub fn start_source<F>(
+    run: impl FnOnce(Sink, Arc<dyn ModbusObserver>, CancellationToken) -> F,
+) -> Running
+where
+    F: Future<Output = Result<(), ModbusError>> + Send + 'static,
+{
+    let (sink, records) = collector();
+    let events = Events::default();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run(sink, Arc::new(events.clone()), cancel.clone()));
+    (records, events, cancel, task)
+}
+
+/// Cancels a source and waits (at most `within`) for it to end cleanly.
+pub async fn stop_source(
+    cancel: CancellationToken,
+    task: JoinHandle<Result<(), ModbusError>>,
+    within: Duration,
+) {
+    cancel.cancel();
+    timeout(within, task)
+        .await
+        .expect("the source stops when cancelled")
+        .expect("source task")
+        .expect("the source ends cleanly");
+}
 
 /// A stand-in for ingest: commits every submission at once and passes its
 /// records on.
