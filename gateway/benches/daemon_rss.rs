@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{fig, fig1, scaled, section, Disk, Publisher, Writes};
+use common::{fig, fig1, scaled, section, Disk, Writes};
 use ferry_gateway::store::{Store, StoreOptions};
 use ferry_testkit::{free_port, Mosquitto, Pki};
 
@@ -224,7 +224,7 @@ async fn run(bin: &Path, secs: u64, cloud: Option<(&Pki, &Mosquitto)>) {
     let mut publishers = Vec::new();
     for d in 0..DEVICES {
         publishers.push(Arc::new(
-            Publisher::connect(addr, &format!("dev-{d}"), 10).await,
+            common::publisher(addr, &format!("dev-{d}"), 10).await,
         ));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -245,7 +245,7 @@ async fn run(bin: &Path, secs: u64, cloud: Option<(&Pki, &Mosquitto)>) {
             for i in 0..per_device {
                 tick.tick().await;
                 let sent = start.elapsed().as_nanos() as u64;
-                p.publish(&topic, common::seed_payload(d as u64, i, sent))
+                p.queue(&topic, common::seed_payload(d as u64, i, sent))
                     .await;
             }
         }));
@@ -270,10 +270,7 @@ async fn run(bin: &Path, secs: u64, cloud: Option<(&Pki, &Mosquitto)>) {
         let _ = std::fs::copy(format!("/proc/{pid}/smaps"), format!("{to}.{label}"));
     }
     let published = per_device * DEVICES;
-    let acked: u64 = publishers
-        .iter()
-        .map(|p| p.acked.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
+    let acked: u64 = publishers.iter().map(|p| p.acked()).sum();
     drop(publishers);
     let code = daemon.stop();
     if code != Some(0) {

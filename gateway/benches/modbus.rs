@@ -1,6 +1,6 @@
 //! Modbus polling cost: the `ferry` daemon polling 100 Modbus TCP devices ×
 //! 50 holding registers (25 f32 values each) once a second, against the
-//! pymodbus simulator (`sources/tests/modbus_sim.py`, one server per device
+//! pymodbus simulator (`testkit/src/modbus_sim.py`, one server per device
 //! on its own loopback port), storing every poll as a record.
 //!
 //! Prints `name: value unit` lines: the daemon's CPU time per second of wall
@@ -105,7 +105,7 @@ fn main() {
     let measured = Duration::from_secs_f64((60.0 * scale).max(3.0));
     println!("# modbus: {devices} TCP devices x 50 registers at 1 Hz");
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sources/tests/modbus_sim.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/src/modbus_sim.py");
     let python = std::env::var("FERRY_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut sim = Command::new(python)
         .arg(&script)

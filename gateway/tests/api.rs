@@ -1,6 +1,8 @@
 //! The query API over HTTP, and the CLI commands that read it, against a
 //! store with known data.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
@@ -508,15 +510,7 @@ async fn the_cli_reads_the_api() {
 /// is set (`.ci/run` installs it and sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_stored_values_and_updates() {
-    let Some(chromium) = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok())
-    else {
-        assert!(
-            std::env::var_os("FERRY_REQUIRE_CHROMIUM").is_none(),
-            "chromium is required"
-        );
-        eprintln!("skipped: no chromium");
+    let Some(chromium) = common::chromium() else {
         return;
     };
     let api = start().await;
@@ -533,28 +527,8 @@ async fn the_status_page_shows_stored_values_and_updates() {
     let items = (0..60).map(|i| Item::Record(live(i, 100 + i))).collect();
     api.ingest.sink.submit_and_wait(items).await.unwrap();
     let url = format!("http://{}/#token={TOKEN}&device=9&interval=250", api.addr);
-    let dump = |url: String| {
-        tokio::task::spawn_blocking(move || {
-            let profile = tempfile::tempdir().unwrap();
-            let out = Command::new(chromium)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                    "--virtual-time-budget=3000",
-                    "--dump-dom",
-                ])
-                .arg(format!("--user-data-dir={}", profile.path().display()))
-                .arg(url)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        })
-    };
+    let dump =
+        |url: String| tokio::task::spawn_blocking(move || common::dump_dom(chromium, &url, 3000));
     let dom = dump(url.clone()).await.unwrap();
     assert!(
         dom.contains("<td>flow</td><td class=\"n\">159</td>"),

@@ -26,7 +26,7 @@ use ferry_core::sink::Item;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::query::{Index, IndexOptions};
 use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
-use ferry_testkit::{free_port, CloudSubscriber, Mosquitto, Pki, Proxy};
+use ferry_testkit::{free_port, Proxy};
 
 /// How much the daemon's RSS may grow while it drains the backlog: the redb
 /// page cache (4 MiB), up to 100 publishes in flight held by the MQTT client
@@ -127,13 +127,13 @@ fn rss_kib(pid: u32) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_backlog_drains_after_reconnect_with_rss_flat() {
     let n = records();
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let link = Proxy::start(cloud.tls_addr()).await.unwrap();
     link.cut().await;
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let started = Instant::now();

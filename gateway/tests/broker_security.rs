@@ -12,14 +12,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{http_get, Ferry};
+use common::{http_get, loopback, Ferry};
 use ferry_testkit::{free_ports, wait_until_blocking, Pki};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// Runs mosquitto_pub (or `mosquitto_sub` via `tool`) with `args`; its
 /// stderr and stdout on failure.
@@ -70,32 +66,9 @@ fn wait_metric(metrics: SocketAddr, sample: &str, value: f64) {
 
 /// GET from the query API, which keeps connections open unless told.
 fn api_get(api: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(api).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return body.to_owned();
-    }
-    let (mut rest, mut json) = (body, String::new());
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        json.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
-    json
+    let (_, head, body) = common::get_closed(api, path, WAIT);
+    assert!(!head.is_empty(), "no HTTP answer to {path}");
+    body
 }
 
 /// The stored records' `device` values, in order.
@@ -134,7 +107,7 @@ fn raw_connect(client_id: &str) -> Vec<u8> {
 
 /// Connects over plain TCP and returns the socket and its CONNACK code.
 fn raw_client(port: u16, client_id: &str) -> (TcpStream, u8) {
-    let mut s = TcpStream::connect(local(port)).unwrap();
+    let mut s = TcpStream::connect(loopback(port)).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     s.write_all(&raw_connect(client_id)).unwrap();
     let mut connack = [0u8; 4];
@@ -165,7 +138,7 @@ fn tls_logins_acls_and_limits_of_the_embedded_broker() {
     passwd(&pw, false, "dev2", "secret-2");
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
     let p = free_ports(6).unwrap();
-    let (secure, mtls, plain, api, metrics) = (p[0], p[1], p[2], local(p[3]), local(p[4]));
+    let (secure, mtls, plain, api, metrics) = (p[0], p[1], p[2], loopback(p[3]), loopback(p[4]));
     let direct = p[5];
     let config = format!(
         r#"
@@ -402,7 +375,7 @@ listen = "{metrics}"
 
     // Plain MQTT to a TLS port fails the handshake, counted.
     {
-        let mut s = TcpStream::connect(local(secure)).unwrap();
+        let mut s = TcpStream::connect(loopback(secure)).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
         s.write_all(&raw_connect("plain")).unwrap();
         let mut buf = [0u8; 64];

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferry_testkit::{free_ports, json_record_seqs, CloudSubscriber, Mosquitto, Pki};
+use ferry_testkit::{free_ports, json_record_seqs, Mosquitto};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_again_and_again_loses_nothing_in_subscribe_mode() {
@@ -25,12 +25,12 @@ async fn kill9_again_and_again_loses_nothing_in_subscribe_mode() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let local = Mosquitto::plain().unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_ports(1).unwrap()[0]));
     let config = subscribe_config(
@@ -110,13 +110,13 @@ async fn kill9_again_and_again_loses_nothing_in_subscribe_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_a_backlog_drain_resends_only_what_was_in_flight() {
     const BACKLOG: u64 = 20_000;
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let link = ferry_testkit::Proxy::start(cloud.tls_addr()).await.unwrap();
     let local = Mosquitto::plain().unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_ports(1).unwrap()[0]));
     // Smaller batches at a lower rate: the drain outlasts the kills.

@@ -9,24 +9,20 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ferry_gateway::store::{Store, StoreOptions};
-use ferry_testkit::{free_ports, CloudSubscriber, Mosquitto, Pki};
+use ferry_testkit::{free_ports, Mosquitto};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn addr(port: u16) -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_mode_forwards_everything_and_dead_letters_bad_payloads() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(2).unwrap();
-    let (broker, metrics) = (addr(ports[0]), addr(ports[1]));
+    let (broker, metrics) = (loopback(ports[0]), loopback(ports[1]));
     let data = dir.path().join("data");
     let mut ferry = Ferry::start(
         dir.path(),
@@ -119,14 +115,14 @@ async fn broker_mode_forwards_everything_and_dead_letters_bad_payloads() {
 /// older.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_mode_kill9_loses_nothing_older_than_the_commit_window() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(2).unwrap();
-    let (broker, metrics) = (addr(ports[0]), addr(ports[1]));
+    let (broker, metrics) = (loopback(ports[0]), loopback(ports[1]));
     // The loss window is the commit interval: a short one, to test tightly.
     let config = broker_config(
         &dir.path().join("data"),
@@ -204,14 +200,14 @@ async fn broker_mode_kill9_loses_nothing_older_than_the_commit_window() {
 /// after committing it, so a crash loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_mode_kill9_loses_nothing() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let local = Mosquitto::plain().unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let metrics = addr(free_ports(1).unwrap()[0]);
+    let metrics = loopback(free_ports(1).unwrap()[0]);
     let config = subscribe_config(
         &dir.path().join("data"),
         local.plain_addr(),
@@ -256,16 +252,16 @@ async fn broker_mode_full_store_in_block_mode_holds_devices_back_and_loses_nothi
 
     // ~1.3 KB a record in the store: the 16 MiB budget blocks at ~11,000.
     const N: u64 = 25_000;
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let link = ferry_testkit::Proxy::start(cloud.tls_addr()).await.unwrap();
     link.cut().await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(2).unwrap();
-    let (broker, metrics) = (addr(ports[0]), addr(ports[1]));
+    let (broker, metrics) = (loopback(ports[0]), loopback(ports[1]));
     let data = dir.path().join("data");
     // IoT Core's 512 KB/s per connection would take a minute to drain it.
     let config = format!(

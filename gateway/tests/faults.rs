@@ -5,102 +5,26 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferry_core::record::{Record, Value};
-use ferry_core::sink::Item;
-use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
-use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
-use ferry_gateway::uplink::batch::{Encoding, Topic};
-use ferry_gateway::uplink::{self, tls, Settings};
-use ferry_testkit::{free_port, json_record_seqs, CloudSubscriber, Mosquitto, Pki, Proxy};
-use tokio_util::sync::CancellationToken;
+use ferry_core::record::Value;
+use ferry_gateway::metrics::UplinkMetrics;
+use ferry_gateway::store::{Store, StoreOptions};
+use ferry_gateway::uplink::Settings;
+use ferry_testkit::{free_port, json_record_seqs, Mosquitto, Pki, Proxy};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn reading(i: u64) -> Record {
-    Record {
-        ts: 1_764_000_000_000 + i as i64,
-        source: Arc::from("local"),
-        device: format!("{}", i % 10).into(),
-        fields: vec![
-            ("voltage".into(), Value::Int(600 + (i % 50) as i64)),
-            ("sequence".into(), Value::Int(i as i64)),
-        ],
-    }
-}
-
-/// The gateway library's store, ingest writer and one uplink, in process.
-struct Gateway {
-    _dir: tempfile::TempDir,
-    store: Store,
-    ingest: Writer,
-    metrics: UplinkMetrics,
-}
-
-impl Gateway {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
-        let ingest = Writer::spawn(
-            store.clone(),
-            WriterSettings::default(),
-            IngestMetrics::new(),
-        );
-        Gateway {
-            _dir: dir,
-            store,
-            ingest,
-            metrics: UplinkMetrics::new(),
-        }
-    }
-
-    async fn store(&self, range: std::ops::Range<u64>) {
-        for chunk in range.collect::<Vec<_>>().chunks(500) {
-            let items = chunk.iter().map(|&i| Item::Record(reading(i))).collect();
-            self.ingest.sink.submit_and_wait(items).await.unwrap();
-        }
-    }
-
-    fn start(&self, s: Settings) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(uplink::run(
-            s,
-            self.store.clone(),
-            self.ingest.cursors.clone(),
-            self.metrics.clone(),
-            cancel.clone(),
-        ));
-        (cancel, task)
-    }
-}
-
+/// The uplink settings of these tests: slower to give up than the default.
 fn settings(pki: &Pki, addr: SocketAddr) -> Settings {
     Settings {
-        name: "cloud".into(),
-        gateway: pki.client_id.clone(),
-        client_id: pki.client_id.clone(),
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        tls: Some(tls::client_config(&pki.ca, &pki.client.cert, &pki.client.key, &[]).unwrap()),
-        topic: Topic::parse("dt/ferry/{gateway}/telemetry", &pki.client_id).unwrap(),
-        encoding: Encoding::Json,
-        max_batch_bytes: 128 * 1024,
-        max_batch_age: Duration::from_millis(50),
-        max_inflight: 100,
-        publishes_per_second: 100,
-        bytes_per_second: 512 * 1024,
         keep_alive: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(10),
         puback_timeout: Duration::from_secs(30),
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(1),
-        drain_timeout: Duration::from_secs(5),
-        sources: vec![],
-        window_records: 2048,
-        stream: ferry_gateway::store::Stream::Raw,
+        ..uplink_settings(pki, addr, &pki.ca, &pki.client)
     }
 }
 
@@ -115,14 +39,14 @@ async fn a_link_throttled_to_10_kb_per_s_delivers_each_record_once_without_resen
     const RECORDS: u64 = 1_000;
     const RATE: u64 = 10_000;
     const MAX_BATCH: usize = 16 * 1024;
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let link = Proxy::start(cloud.tls_addr()).await.unwrap();
     link.throttle(RATE);
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
-    let gw = Gateway::new();
+    let gw = Gateway::new(small_reading, 500);
     gw.store(0..RECORDS).await;
     let mut s = settings(&pki, link.addr());
     s.max_batch_bytes = MAX_BATCH;
@@ -164,19 +88,6 @@ async fn a_link_throttled_to_10_kb_per_s_delivers_each_record_once_without_resen
     );
     cancel.cancel();
     task.await.unwrap();
-}
-
-/// CPU time (user + system) of process `pid` so far, from /proc/PID/stat.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces), which ends at the last ')'.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_secs_f64(ticks as f64 / hz as f64)
 }
 
 /// How long the CPU is measured while offline, and the bound: 2% of one core.
@@ -261,12 +172,12 @@ async fn offline_with_the_cloud_refusing_connections_cpu_stays_low_and_reconnect
 /// daemon's CPU stays under 2% of a core.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_behind_a_blackholed_link_cpu_stays_low_and_reconnects_back_off() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let link = Proxy::start(cloud.tls_addr()).await.unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (ferry, broker) = offline_daemon(dir.path(), link.addr(), &pki);
     let metrics = metrics_addr(&ferry);
@@ -296,14 +207,6 @@ async fn offline_behind_a_blackholed_link_cpu_stays_low_and_reconnects_back_off(
         .await
         .unwrap();
     assert!(seen.is_complete(), "{seen}");
-}
-
-/// The metrics address from the daemon's config file.
-fn metrics_addr(ferry: &Ferry) -> SocketAddr {
-    let config = std::fs::read_to_string(&ferry.config).unwrap();
-    let section = &config[config.find("[metrics]").unwrap()..];
-    let line = section.lines().find(|l| l.starts_with("listen")).unwrap();
-    line.split('"').nth(1).unwrap().parse().unwrap()
 }
 
 /// An ext4 file system in an image file, loop-mounted (needs root).
@@ -400,12 +303,12 @@ async fn a_store_file_system_turning_read_only_loses_nothing_and_ingest_resumes_
     let Some(fs) = LoopFs::create(dir.path()) else {
         panic!("cannot make and loop-mount an ext4 image as root (mkfs.ext4, loop devices)");
     };
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let local = Mosquitto::plain().unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let data = fs.dir.join("data");
     let config = subscribe_config(&data, local.plain_addr(), cloud.tls_addr(), &pki, metrics);

@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::Ferry;
+use common::{loopback, Ferry};
 use ferry_testkit::{free_ports, wait_until_blocking};
 use serde_json::{json, Value as J};
 
@@ -30,17 +29,13 @@ struct Daemon {
     _dir: tempfile::TempDir,
 }
 
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 /// A daemon with an embedded broker and the API, `extra` added to `[api]`
 /// (with `hooks`, the debug build's test hooks on), and one reading stored:
 /// device `D`, field `F`, value 42.
 fn start(extra: &str, hooks: bool) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let p = free_ports(3).unwrap();
-    let (broker, api, metrics) = (local(p[0]), local(p[1]), local(p[2]));
+    let (broker, api, metrics) = (loopback(p[0]), loopback(p[1]), loopback(p[2]));
     let config = format!(
         r#"
 [gateway]
@@ -102,38 +97,10 @@ listen = "{metrics}"
 /// GET `path` from the API: status, head (lowercase), body as JSON (a
 /// string if it is not JSON).
 fn get(api: SocketAddr, path: &str) -> (u16, String, J) {
-    let mut s = TcpStream::connect(api).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = out
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP answer to {path}: {out:?}"));
+    let (status, head, text) = common::get_closed(api, path, WAIT);
+    assert!(!head.is_empty(), "no HTTP answer to {path}");
     let head = head.to_ascii_lowercase();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let mut text = body.to_owned();
-    if head.contains("transfer-encoding: chunked") {
-        let (mut rest, mut joined) = (body, String::new());
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let size = usize::from_str_radix(size.trim(), 16).unwrap();
-            if size == 0 {
-                break;
-            }
-            joined.push_str(&after[..size]);
-            rest = &after[size + 2..];
-        }
-        text = joined;
-    }
+    assert_ne!(status, 0, "no status in {head:?}");
     let body = serde_json::from_str(&text).unwrap_or(J::String(text));
     (status, head, body)
 }

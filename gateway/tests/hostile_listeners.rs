@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ferry_bin, metric_sample, Ferry, Publisher};
+use common::{cpu_time, ferry_bin, metric_sample, Ferry, Publisher};
 use ferry_testkit::{free_ports, wait_until_blocking};
 
 struct Addrs {
@@ -278,18 +278,6 @@ fn slowloris_headers_are_closed_after_the_header_timeout_and_counted() {
         let lines = log.iter().filter(|l| l.contains(key)).count();
         assert_eq!(lines, 1, "{key}: {lines} lines");
     }
-}
-
-/// The daemon's CPU time (user + system) so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command's closing parenthesis: state is the 3rd field.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_millis(ticks * 1000 / hz)
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -13,16 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{metric_sample, Ferry};
+use common::{loopback, metric_sample, Ferry};
 use ferry_testkit::{free_ports, wait_until_blocking};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 struct Ports {
     broker: SocketAddr,
@@ -33,9 +29,9 @@ struct Ports {
 fn ports() -> Ports {
     let p = free_ports(3).unwrap();
     Ports {
-        broker: local(p[0]),
-        api: local(p[1]),
-        metrics: local(p[2]),
+        broker: loopback(p[0]),
+        api: loopback(p[1]),
+        metrics: loopback(p[2]),
     }
 }
 
@@ -138,40 +134,8 @@ fn wait_counts(metrics: SocketAddr, stored: f64, reason: &str, refused: f64) {
 }
 
 fn api_json(api: SocketAddr, path: &str) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(api).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status: u16 = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut json = String::new();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let size = usize::from_str_radix(size.trim(), 16).unwrap();
-            if size == 0 {
-                break;
-            }
-            json.push_str(&after[..size]);
-            rest = &after[size + 2..];
-        }
-    } else {
-        json.push_str(body);
-    }
-    (status, serde_json::from_str(&json).unwrap_or(Value::Null))
+    let (status, _, body) = common::get_closed(api, path, WAIT);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 fn vm_rss_kib(pid: u32) -> u64 {
@@ -411,15 +375,7 @@ async fn fields_and_series_over_their_limits_are_dead_letters_through_restarts()
 /// trends. Skipped without Chromium unless `FERRY_REQUIRE_CHROMIUM` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_renders_at_the_limits() {
-    let Some(chromium) = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok())
-    else {
-        assert!(
-            std::env::var_os("FERRY_REQUIRE_CHROMIUM").is_none(),
-            "chromium is required"
-        );
-        eprintln!("skipped: no chromium");
+    let Some(chromium) = common::chromium() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -450,28 +406,9 @@ async fn the_status_page_renders_at_the_limits() {
     assert_eq!(m(p.metrics, "ferry_store_series"), 20_000.0);
 
     let url = format!("http://{}/#device=big&interval=60000", p.api);
-    let dom = tokio::task::spawn_blocking(move || {
-        let profile = tempfile::tempdir().unwrap();
-        let out = Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--virtual-time-budget=20000",
-                "--dump-dom",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(url)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    })
-    .await
-    .unwrap();
+    let dom = tokio::task::spawn_blocking(move || common::dump_dom(chromium, &url, 20000))
+        .await
+        .unwrap();
     let excerpt: String = dom
         .split("<div id=\"error\">")
         .nth(1)

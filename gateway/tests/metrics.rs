@@ -10,12 +10,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{http_get, seed_payload, seed_topic, Ferry, Publisher};
+use common::{http_get, loopback, seed_payload, seed_topic, Ferry, Publisher};
 use ferry_testkit::free_ports;
-
-fn addr(port: u16) -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// The body of a `/metrics` answer, from a daemon that stored a reading,
 /// dead-lettered a message and has an uplink (whose broker is not there).
@@ -47,7 +43,7 @@ listen = "127.0.0.1:{metrics}"
         metrics = ports[2],
     );
     let _ferry = Ferry::start(dir.path(), &config);
-    let mut publisher = Publisher::connect(addr(ports[0]), "dev").await.unwrap();
+    let mut publisher = Publisher::connect(loopback(ports[0]), "dev").await.unwrap();
     publisher
         .publish(&seed_topic(1), seed_payload(1))
         .await
@@ -63,7 +59,7 @@ listen = "127.0.0.1:{metrics}"
         std::time::Duration::from_secs(30),
         "both committed and the uplink's backlog counted",
         || {
-            text = http_get(addr(ports[2]), "/metrics");
+            text = http_get(loopback(ports[2]), "/metrics");
             text.contains("ferry_ingest_records_stored_total 1")
                 && text.contains("ferry_ingest_dead_letters_stored_total 1")
                 && text.contains("ferry_uplink_backlog_records{uplink=\"cloud\"} 1")

@@ -4,8 +4,6 @@
 //! what it reads.
 
 mod common;
-#[path = "../../sources/tests/modbus_common/mod.rs"]
-mod modbus_common;
 
 use std::path::Path;
 use std::process::Command;
@@ -15,8 +13,8 @@ use common::{http_get, Ferry};
 use ferry_core::record::Value;
 use ferry_gateway::config::{Config, LoadError, SourceConfig};
 use ferry_gateway::store::{Store, StoreOptions};
+use ferry_testkit::modbus::Simulator;
 use ferry_testkit::{free_ports, wait_until_blocking};
-use modbus_common::Simulator;
 
 fn repo_file(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)

@@ -10,16 +10,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{http_get, Ferry, Publisher};
+use common::{http_get, loopback, Ferry, Publisher};
 use ferry_core::record::Value;
 use ferry_gateway::store::{Store, StoreOptions, Stream};
 use ferry_testkit::free_ports;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 fn config(data: &Path, broker: SocketAddr, metrics: SocketAddr, rest: &str) -> String {
     format!(
@@ -74,7 +70,7 @@ async fn sighup_applies_pipeline_devices_and_route_thresholds_and_rejects_a_bad_
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let ports = free_ports(2).unwrap();
-    let (broker, metrics) = (addr(ports[0]), addr(ports[1]));
+    let (broker, metrics) = (loopback(ports[0]), loopback(ports[1]));
     let mut ferry = Ferry::start(dir.path(), &config(&data, broker, metrics, V1));
     let mut publisher = Publisher::connect(broker, "device-7").await.unwrap();
     let mut n = 0;

@@ -15,26 +15,22 @@ use ferry_gateway::config::Config;
 use ferry_gateway::metrics::IngestMetrics;
 use ferry_gateway::route::{Dropped, Route};
 use ferry_gateway::store::{Store, StoreOptions, Stream, Writer, WriterSettings};
-use ferry_testkit::{free_ports, CloudSubscriber, Mosquitto, Pki};
+use ferry_testkit::free_ports;
 
 const WAIT: Duration = Duration::from_secs(90);
 /// A minute boundary (1,700,000,040,000 ms = 28,333,334 minutes).
 const T0: i64 = 1_700_000_040_000;
 
-fn addr(port: u16) -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadband_and_minute_windows_reach_the_cloud_with_exact_values() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(2).unwrap();
-    let (broker, metrics) = (addr(ports[0]), addr(ports[1]));
+    let (broker, metrics) = (loopback(ports[0]), loopback(ports[1]));
     let config = format!(
         r#"{base}
 [routes.minute]
@@ -174,7 +170,7 @@ async fn kill9_during_aggregation_then_restart_emits_exactly_the_uninterrupted_o
         ingest.task.await.unwrap();
     }
     let ports = free_ports(2).unwrap();
-    let (broker, metrics) = (addr(ports[0]), addr(ports[1]));
+    let (broker, metrics) = (loopback(ports[0]), loopback(ports[1]));
     // Route commits ride group commits: a short interval lets the 300
     // commits of 10 records each finish in seconds.
     let config = format!(

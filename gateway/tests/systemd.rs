@@ -11,14 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{http_get, seed_payload, seed_topic, sequences, Publisher};
-use ferry_testkit::{free_ports, CloudSubscriber, Mosquitto, Pki};
+use common::{http_get, loopback, seed_payload, seed_topic, sequences, Cloud, Publisher};
+use ferry_testkit::free_ports;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn addr(port: u16) -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// `ferry run` with `NOTIFY_SOCKET` bound here; killed on drop.
 struct Daemon {
@@ -162,8 +158,8 @@ async fn ready_after_start_then_watchdog_status_and_stopping() {
     assert!(first.starts_with("READY=1\nSTATUS="), "{first:?}");
     assert!(first.contains("0 records stored; no uplink"), "{first:?}");
     assert!(data.join("ferry.redb").exists());
-    std::net::TcpStream::connect(addr(ports[0])).expect("the broker accepts connections");
-    let ready = http_get(addr(ports[1]), "/readyz");
+    std::net::TcpStream::connect(loopback(ports[0])).expect("the broker accepts connections");
+    let ready = http_get(loopback(ports[1]), "/readyz");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert!(
         ready.ends_with("ready: 0 records stored; no uplink\n"),
@@ -178,7 +174,7 @@ async fn ready_after_start_then_watchdog_status_and_stopping() {
     assert!(started.elapsed() < Duration::from_secs(2));
 
     // A stored reading changes the status.
-    let mut publisher = Publisher::connect(addr(ports[0]), "dev").await.unwrap();
+    let mut publisher = Publisher::connect(loopback(ports[0]), "dev").await.unwrap();
     publisher
         .publish(&seed_topic(1), seed_payload(1))
         .await
@@ -197,11 +193,11 @@ async fn ready_after_start_then_watchdog_status_and_stopping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_good_config_and_survives_a_bad_one() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(4).unwrap();
     let data = dir.path().join("data");
@@ -224,11 +220,11 @@ reconnect_max = "200ms"
     };
     let path = dir.path().join("ferry.toml");
     // The uplink first points at a port nobody listens on.
-    let nowhere = addr(ports[2]);
+    let nowhere = loopback(ports[2]);
     std::fs::write(&path, config(&data, ports[0], ports[1], &uplink(nowhere))).unwrap();
     let mut ferry = Daemon::start(dir.path(), &path, Duration::from_secs(2));
     assert!(ferry.next().starts_with("READY=1\n"));
-    let mut publisher = Publisher::connect(addr(ports[0]), "dev").await.unwrap();
+    let mut publisher = Publisher::connect(loopback(ports[0]), "dev").await.unwrap();
     publisher
         .publish(&seed_topic(7), seed_payload(7))
         .await
@@ -271,7 +267,7 @@ reconnect_max = "200ms"
     assert!(got.is_complete(), "{got}");
     ferry.until("uplink cloud connected, backlog 0");
     // The broker still listens where it did.
-    std::net::TcpStream::connect(addr(ports[0])).expect("the broker kept its port");
+    std::net::TcpStream::connect(loopback(ports[0])).expect("the broker kept its port");
 
     ferry.signal(libc::SIGTERM);
     assert!(ferry.wait_exit().success(), "log:\n{}", ferry.log());

@@ -2,119 +2,16 @@
 //! stand-in for AWS IoT Core): every stored record arrives, in batches,
 //! through link cuts and restarts; wrong certificates deliver nothing.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use ferry_core::record::{Record, Value};
-use ferry_core::sink::Item;
-use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
-use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
+use common::{seed_reading, uplink_settings as settings, Cloud, Gateway};
+use ferry_gateway::metrics::UplinkMetrics;
 use ferry_gateway::uplink::batch::{Encoding, Topic};
-use ferry_gateway::uplink::{self, tls, Settings};
-use ferry_testkit::{json_record_seqs, CloudSubscriber, Identity, Mosquitto, Pki, Proxy};
-use tokio_util::sync::CancellationToken;
+use ferry_testkit::{json_record_seqs, Proxy};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn settings(
-    pki: &Pki,
-    addr: std::net::SocketAddr,
-    ca: &std::path::Path,
-    id: &Identity,
-) -> Settings {
-    Settings {
-        name: "cloud".into(),
-        gateway: pki.client_id.clone(),
-        client_id: pki.client_id.clone(),
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        tls: Some(tls::client_config(ca, &id.cert, &id.key, &[]).unwrap()),
-        topic: Topic::parse("dt/ferry/{gateway}/telemetry", &pki.client_id).unwrap(),
-        encoding: Encoding::Json,
-        max_batch_bytes: 128 * 1024,
-        max_batch_age: Duration::from_millis(50),
-        max_inflight: 100,
-        publishes_per_second: 100,
-        bytes_per_second: 512 * 1024,
-        keep_alive: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-        puback_timeout: Duration::from_secs(10),
-        reconnect_min: Duration::from_millis(50),
-        reconnect_max: Duration::from_millis(500),
-        drain_timeout: Duration::from_secs(5),
-        sources: vec![],
-        window_records: 2048,
-        stream: ferry_gateway::store::Stream::Raw,
-    }
-}
-
-fn reading(i: u64) -> Record {
-    Record {
-        ts: 1_764_000_000_000 + i as i64,
-        source: Arc::from("local"),
-        device: format!("{}", i % 10).into(),
-        fields: vec![
-            ("client_id".into(), Value::Int(1)),
-            ("device_id".into(), Value::Int((i % 10) as i64)),
-            ("voltage".into(), Value::Int(600 + (i % 50) as i64)),
-            (
-                "temperature".into(),
-                Value::Float(20.0 + (i % 7) as f64 * 0.5),
-            ),
-            ("sequence".into(), Value::Int(i as i64)),
-        ],
-    }
-}
-
-struct Gateway {
-    _dir: tempfile::TempDir,
-    store: Store,
-    ingest: Option<Writer>,
-    metrics: UplinkMetrics,
-}
-
-impl Gateway {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
-        let ingest = Writer::spawn(
-            store.clone(),
-            WriterSettings::default(),
-            IngestMetrics::new(),
-        );
-        Gateway {
-            _dir: dir,
-            store,
-            ingest: Some(ingest),
-            metrics: UplinkMetrics::new(),
-        }
-    }
-
-    async fn store(&self, range: std::ops::Range<u64>) {
-        let ingest = self.ingest.as_ref().unwrap();
-        for chunk in range.collect::<Vec<_>>().chunks(100) {
-            let items = chunk.iter().map(|&i| Item::Record(reading(i))).collect();
-            ingest.sink.submit_and_wait(items).await.unwrap();
-        }
-    }
-
-    fn start(&self, s: Settings) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-        let cancel = CancellationToken::new();
-        let ingest = self.ingest.as_ref().unwrap();
-        let task = tokio::spawn(uplink::run(
-            s,
-            self.store.clone(),
-            ingest.cursors.clone(),
-            self.metrics.clone(),
-            cancel.clone(),
-        ));
-        (cancel, task)
-    }
-
-    fn metric(&self, get: impl Fn(&UplinkMetrics) -> u64) -> u64 {
-        get(&self.metrics)
-    }
-}
 
 fn label() -> ferry_gateway::metrics::UplinkLabel {
     UplinkMetrics::label("cloud")
@@ -130,12 +27,12 @@ fn seqs(m: &ferry_testkit::Message) -> anyhow::Result<Vec<u64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_records_from_ten_devices_arrive_in_batches() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
-    let gw = Gateway::new();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let gw = Gateway::new(seed_reading, 100);
     gw.store(0..20_000).await;
     let (cancel, task) = gw.start(settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client));
     let seen = sub.wait_for_seqs(0..20_000, WAIT, seqs).await.unwrap();
@@ -167,13 +64,13 @@ async fn twenty_thousand_records_from_ten_devices_arrive_in_batches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_link_and_a_broker_restart_lose_nothing() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let mut cloud = Mosquitto::tls(&pki).unwrap();
+    let Cloud {
+        pki,
+        mosquitto: mut cloud,
+        sub,
+    } = Cloud::start().await;
     let link = Proxy::start(cloud.tls_addr()).await.unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
-    let gw = Gateway::new();
+    let gw = Gateway::new(seed_reading, 100);
     let (cancel, task) = gw.start(settings(&pki, link.addr(), &pki.ca, &pki.client));
     gw.store(0..3_000).await;
     sub.wait_for_seqs(0..3_000, WAIT, seqs).await.unwrap();
@@ -197,12 +94,12 @@ async fn a_cut_link_and_a_broker_restart_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resends_from_the_cursor() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
-    let mut gw = Gateway::new();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let mut gw = Gateway::new(seed_reading, 100);
     gw.store(0..1_000).await;
     let (cancel, task) = gw.start(settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client));
     sub.wait_for_seqs(0..1_000, WAIT, seqs).await.unwrap();
@@ -217,11 +114,7 @@ async fn a_restart_resends_from_the_cursor() {
     let before = sub.len();
 
     // A new run on the same store sends only what is new.
-    gw.ingest = Some(Writer::spawn(
-        gw.store.clone(),
-        WriterSettings::default(),
-        IngestMetrics::new(),
-    ));
+    gw.reopen_ingest();
     gw.store(1_000..1_500).await;
     let (cancel, task) = gw.start(settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client));
     let seen = sub.wait_for_seqs(0..1_500, WAIT, seqs).await.unwrap();
@@ -233,11 +126,11 @@ async fn a_restart_resends_from_the_cursor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_certificates_deliver_nothing_and_keep_trying() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     for (what, ca, id) in [
         (
             "rogue client certificate",
@@ -255,7 +148,7 @@ async fn wrong_certificates_deliver_nothing_and_keep_trying() {
             pki.client.clone(),
         ),
     ] {
-        let gw = Gateway::new();
+        let gw = Gateway::new(seed_reading, 100);
         gw.store(0..10).await;
         let (cancel, task) = gw.start(settings(&pki, cloud.tls_addr(), &ca, &id));
         ferry_testkit::wait_until(WAIT, "three failed attempts", || {
@@ -282,12 +175,12 @@ async fn wrong_certificates_deliver_nothing_and_keep_trying() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_device_topics_and_the_columnar_encoding() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
-    let gw = Gateway::new();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let gw = Gateway::new(seed_reading, 100);
     gw.store(0..1_000).await;
     let mut s = settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client);
     s.topic = Topic::parse("dt/ferry/{gateway}/{device}", &pki.client_id).unwrap();
@@ -322,13 +215,13 @@ async fn per_device_topics_and_the_columnar_encoding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_link_is_detected_by_the_puback_timeout_and_recovers() {
-    let pki = Pki::generate("pi-line-7").unwrap();
-    let cloud = Mosquitto::tls(&pki).unwrap();
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
     let link = Proxy::start(cloud.tls_addr()).await.unwrap();
-    let sub = CloudSubscriber::connect(&pki, cloud.tls_addr(), "dt/ferry/#")
-        .await
-        .unwrap();
-    let gw = Gateway::new();
+    let gw = Gateway::new(seed_reading, 100);
     let mut s = settings(&pki, link.addr(), &pki.ca, &pki.client);
     s.puback_timeout = Duration::from_millis(500);
     s.keep_alive = Duration::from_secs(30);

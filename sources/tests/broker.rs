@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use common::{init_tracing, Ingest, Publisher};
+use common::{init_tracing, Ingest};
 use ferry_core::record::{now_millis, Value};
 use ferry_core::sink::Item;
 use ferry_sources::mqtt::{
     run_broker, run_broker_observed, BrokerEvent, BrokerObserver, BrokerSourceConfig, DeviceFront,
     Limit, Reject, SourceError,
 };
+use ferry_testkit::Publisher;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -78,9 +79,9 @@ async fn good_and_bad_messages_from_ten_devices() {
     // Ten devices, each on its own connection, 200 QoS 1 messages each.
     let mut publishers = Vec::new();
     for d in 0..DEVICES {
-        let p = Publisher::connect(addr, &format!("dev-{d}"));
+        let p = Publisher::spawn(addr, &format!("dev-{d}"));
         let topic = format!("sensors/dev-{d}/telemetry");
-        let client = p.client.clone();
+        let client = p.client().clone();
         publishers.push(p);
         tokio::spawn(async move {
             for seq in 0..PER_DEVICE {
@@ -125,9 +126,9 @@ async fn good_and_bad_messages_from_ten_devices() {
             "topic `factory/dev-4/status` matches none of the source's topic templates",
         ),
     ];
-    let mut bad_publisher = Publisher::connect(addr, "bad-device");
+    let mut bad_publisher = Publisher::spawn(addr, "bad-device");
     for (topic, body, _, _) in &bad {
-        bad_publisher.publish(topic, body.clone()).await;
+        bad_publisher.queue(topic, body.clone()).await;
     }
 
     // Every message is acknowledged by the broker...
@@ -282,10 +283,10 @@ async fn directly_connected_a_stalled_ingest_loses_the_oldest_messages_and_says_
         Some(ready_tx),
     ));
     let addr = timeout(WAIT, ready_rx).await.unwrap().unwrap();
-    let mut publisher = Publisher::connect(addr, "dev-0");
+    let mut publisher = Publisher::spawn(addr, "dev-0");
     for seq in 0..N {
         publisher
-            .publish(
+            .queue(
                 "sensors/dev-0/telemetry",
                 format!(r#"{{"sequence": {seq}, "pad": "{}"}}"#, "x".repeat(80)),
             )
@@ -384,8 +385,8 @@ impl Flooded {
             Some(ready_tx),
         ));
         let addr = timeout(WAIT, ready_rx).await.unwrap().unwrap();
-        let publisher = Publisher::connect(addr, "dev-0");
-        let client = publisher.client.clone();
+        let publisher = Publisher::spawn(addr, "dev-0");
+        let client = publisher.client().clone();
         let publishing = tokio::spawn(async move {
             for seq in 0..n {
                 client
@@ -444,7 +445,7 @@ async fn through_the_front_a_stalled_ingest_slows_devices_and_loses_nothing() {
     let mut acked = 0;
     let _ = timeout(Duration::from_secs(1), async {
         while acked < N {
-            f.publisher.acked.recv().await.unwrap();
+            f.publisher.wait_acked(1, WAIT).await;
             acked += 1;
         }
     })

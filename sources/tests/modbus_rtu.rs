@@ -1,20 +1,20 @@
 //! Modbus RTU sources on a serial bus made of a socat pty pair, with two
-//! units served by pymodbus's serial server (tests/modbus_sim.py): a unit
+//! units served by pymodbus's serial server (testkit/src/modbus_sim.py): a unit
 //! that stops answering is backed off while the other keeps its poll rate,
 //! and it recovers; bad answers are counted and survived.
 
-mod modbus_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::init_tracing;
+use common::modbus::{next_full_record, next_record, start_source, stop_source, Running};
 use ferry_core::record::{now_millis, Millis, Record, Value};
 use ferry_sources::modbus::{
     run_modbus_rtu, DeviceConfig, FailureKind, ModbusError, PollEvent, RtuSourceConfig,
 };
-use modbus_common::{
-    collector, init_tracing, next_full_record, next_record, Events, PtyPair, Simulator,
-};
+use ferry_testkit::modbus::{PtyPair, Simulator};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -48,34 +48,12 @@ registers = [
     }
 }
 
-type Running = (
-    UnboundedReceiver<Record>,
-    Events,
-    CancellationToken,
-    JoinHandle<Result<(), ModbusError>>,
-);
-
 fn start(cfg: RtuSourceConfig) -> Running {
-    let (sink, records) = collector();
-    let events = Events::default();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_modbus_rtu(
-        Arc::from("bus"),
-        cfg,
-        sink,
-        Arc::new(events.clone()),
-        cancel.clone(),
-    ));
-    (records, events, cancel, task)
+    start_source(|sink, events, cancel| run_modbus_rtu(Arc::from("bus"), cfg, sink, events, cancel))
 }
 
 async fn stop(cancel: CancellationToken, task: JoinHandle<Result<(), ModbusError>>) {
-    cancel.cancel();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("the source stops when cancelled")
-        .expect("source task")
-        .expect("the source ends cleanly");
+    stop_source(cancel, task, WAIT).await;
 }
 
 /// Receives records until one of `device` is timestamped at or after `until`;

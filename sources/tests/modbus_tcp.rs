@@ -1,18 +1,20 @@
-//! Modbus TCP sources against pymodbus's server (tests/modbus_sim.py): known
+//! Modbus TCP sources against pymodbus's server (testkit/src/modbus_sim.py): known
 //! values decoded exactly, exceptions counted without a reconnect, bad answers
 //! reported and survived, unreachable devices backed off, the probe.
 
-mod modbus_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::record::{Record, Value};
+use common::init_tracing;
+use common::modbus::{next_full_record, next_record, start_source, stop_source, Running};
+use ferry_core::record::Value;
 use ferry_sources::modbus::{
     probe, run_modbus_tcp, Data, DeviceConfig, FailureKind, ModbusError, PollEvent, ProbeRequest,
     RegisterConfig, Table, Target, TcpSourceConfig,
 };
-use modbus_common::{collector, init_tracing, next_full_record, next_record, Events, Simulator};
+use ferry_testkit::modbus::Simulator;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,34 +37,14 @@ fn device(name: &str, address: String, registers: Vec<RegisterConfig>) -> Device
     .expect("device")
 }
 
-fn start(
-    cfg: TcpSourceConfig,
-) -> (
-    tokio::sync::mpsc::UnboundedReceiver<Record>,
-    Events,
-    CancellationToken,
-    JoinHandle<Result<(), ModbusError>>,
-) {
-    let (sink, records) = collector();
-    let events = Events::default();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_modbus_tcp(
-        Arc::from("plant"),
-        cfg,
-        sink,
-        Arc::new(events.clone()),
-        cancel.clone(),
-    ));
-    (records, events, cancel, task)
+fn start(cfg: TcpSourceConfig) -> Running {
+    start_source(|sink, events, cancel| {
+        run_modbus_tcp(Arc::from("plant"), cfg, sink, events, cancel)
+    })
 }
 
 async fn stop(cancel: CancellationToken, task: JoinHandle<Result<(), ModbusError>>) {
-    cancel.cancel();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("the source stops when cancelled")
-        .expect("source task")
-        .expect("the source ends cleanly");
+    stop_source(cancel, task, WAIT).await;
 }
 
 const KNOWN: &str = r#"

@@ -9,10 +9,11 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{create_session, init_tracing, Ingest, Mosquitto, Publisher};
+use common::{create_session, init_tracing, local_broker, wait_log, Ingest};
 use ferry_core::record::Value;
 use ferry_core::sink::{Item, Submission};
 use ferry_sources::mqtt::{run_subscriber, SourceError, SubscribeSourceConfig};
+use ferry_testkit::{Mosquitto, Publisher};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +26,7 @@ fn config(mosquitto: &Mosquitto, client_id: &str) -> SubscribeSourceConfig {
         client_id: Some(client_id.into()),
         reconnect_min: Duration::from_millis(50),
         reconnect_max: Duration::from_millis(500),
-        ..SubscribeSourceConfig::new(mosquitto.address())
+        ..SubscribeSourceConfig::new(mosquitto.plain_addr().to_string())
     }
 }
 
@@ -63,14 +64,14 @@ async fn stop(cancel: CancellationToken, task: JoinHandle<Result<(), SourceError
 /// `seq` is unique: `device × 10,000 + i`.
 async fn publish_all(port: u16, devices: usize, per_device: Range<usize>) -> BTreeSet<i64> {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut publisher = Publisher::connect(addr, &format!("publisher-{}", per_device.start));
+    let mut publisher = Publisher::spawn(addr, &format!("publisher-{}", per_device.start));
     let mut all = BTreeSet::new();
     for i in per_device {
         for d in 0..devices {
             let seq = (d * 10_000 + i) as i64;
             all.insert(seq);
             publisher
-                .publish(
+                .queue(
                     &format!("sensors/dev-{d}/telemetry"),
                     format!(r#"{{"seq": {seq}, "voltage": {}}}"#, 600 + i),
                 )
@@ -119,14 +120,14 @@ fn commit(ingest: &mut Ingest, sub: Submission) -> Vec<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_uncommitted_is_lost_across_restarts() {
     init_tracing();
-    let mosquitto = Mosquitto::start();
+    let mosquitto = local_broker(None);
     let client_id = "ferry-test-zero-loss";
-    create_session(mosquitto.port, client_id, FILTER).await;
+    create_session(mosquitto.plain_addr().port(), client_id, FILTER).await;
     let mut committed = BTreeSet::new();
 
     // Run 1.
     let (mut ingest, cancel, task) = start(config(&mosquitto, client_id), 64);
-    let phase_a = publish_all(mosquitto.port, 10, 0..20).await;
+    let phase_a = publish_all(mosquitto.plain_addr().port(), 10, 0..20).await;
     while !phase_a.is_subset(&committed) {
         let sub = ingest.next(WAIT).await;
         for seq in commit(&mut ingest, sub) {
@@ -134,7 +135,7 @@ async fn nothing_uncommitted_is_lost_across_restarts() {
             assert!(committed.insert(seq), "seq {seq} twice");
         }
     }
-    let phase_b = publish_all(mosquitto.port, 10, 20..40).await;
+    let phase_b = publish_all(mosquitto.plain_addr().port(), 10, 20..40).await;
     let held = ingest.next(WAIT).await;
     let held_seqs: BTreeSet<i64> = seqs(&held).into_iter().collect();
     assert!(!held_seqs.is_empty() && held_seqs.is_subset(&phase_b));
@@ -158,7 +159,7 @@ async fn nothing_uncommitted_is_lost_across_restarts() {
     stop(cancel, task).await;
 
     // Run 3, after phase C was published to the stopped subscriber's session.
-    let phase_c = publish_all(mosquitto.port, 10, 40..60).await;
+    let phase_c = publish_all(mosquitto.plain_addr().port(), 10, 40..60).await;
     let all: BTreeSet<i64> = phase_a
         .iter()
         .chain(&phase_b)
@@ -186,12 +187,12 @@ async fn nothing_uncommitted_is_lost_across_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_is_redelivered_after_a_reconnect() {
     init_tracing();
-    let mosquitto = Mosquitto::start();
+    let mosquitto = local_broker(None);
     let client_id = "ferry-test-store-error";
-    create_session(mosquitto.port, client_id, FILTER).await;
+    create_session(mosquitto.plain_addr().port(), client_id, FILTER).await;
 
     let (mut ingest, cancel, task) = start(config(&mosquitto, client_id), 64);
-    let all = publish_all(mosquitto.port, 4, 0..25).await;
+    let all = publish_all(mosquitto.plain_addr().port(), 4, 0..25).await;
 
     let first = ingest.next(WAIT).await;
     let failed: BTreeSet<i64> = seqs(&first).into_iter().collect();
@@ -214,7 +215,7 @@ async fn a_failed_commit_is_redelivered_after_a_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_once_the_broker_is_up_and_subscribes() {
     init_tracing();
-    let port = common::free_port();
+    let port = ferry_testkit::free_port().unwrap();
     let client_id = "ferry-test-late-broker";
     let cfg = SubscribeSourceConfig {
         client_id: Some(client_id.into()),
@@ -223,11 +224,9 @@ async fn connects_once_the_broker_is_up_and_subscribes() {
         ..SubscribeSourceConfig::new(format!("127.0.0.1:{port}"))
     };
     let (mut ingest, cancel, task) = start(cfg, 8);
-    let mut mosquitto = Mosquitto::start_on(port);
+    let mosquitto = local_broker(Some(port));
     // mosquitto logs "<client id> <qos> <filter>" once it has subscribed.
-    mosquitto
-        .wait_log(&format!("{client_id} 1 {FILTER}"), WAIT)
-        .await;
+    wait_log(&mosquitto, &format!("{client_id} 1 {FILTER}"), WAIT).await;
     let all = publish_all(port, 2, 0..10).await;
     let mut received = BTreeSet::new();
     while received.len() < all.len() {
@@ -246,11 +245,11 @@ async fn connects_once_the_broker_is_up_and_subscribes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asks_for_a_commit_at_once_when_half_the_broker_window_waits() {
     init_tracing();
-    let mosquitto = Mosquitto::start();
+    let mosquitto = local_broker(None);
     let client_id = "ferry-test-window";
-    create_session(mosquitto.port, client_id, FILTER).await;
+    create_session(mosquitto.plain_addr().port(), client_id, FILTER).await;
     // Queued in the session before the subscriber connects.
-    let all = publish_all(mosquitto.port, 10, 0..6).await;
+    let all = publish_all(mosquitto.plain_addr().port(), 10, 0..6).await;
     let cfg = SubscribeSourceConfig {
         broker_inflight: 20,
         ..config(&mosquitto, client_id)

@@ -1,12 +1,15 @@
 //! Real peers for Ferry's integration tests, standing in for AWS IoT Core and its
 //! network: certificates ([`Pki`]), a TLS mosquitto requiring client certificates
 //! ([`Mosquitto`]), a cloud-side subscriber that records what arrives
-//! ([`CloudSubscriber`]), a TCP proxy that cuts the link on demand ([`Proxy`]), and
-//! helpers to wait without sleeping ([`wait_until`], [`free_port`]).
+//! ([`CloudSubscriber`]), a TCP proxy that cuts the link on demand ([`Proxy`]), a device
+//! publishing at QoS 1 ([`Publisher`]), Modbus devices (the pymodbus simulator and a
+//! socat pty pair, [`modbus`]), and helpers to wait without sleeping ([`wait_until`],
+//! [`free_port`]).
 //!
 //! Needs on the machine: `openssl` (3.x) and `mosquitto` (`apt-get install -y openssl
-//! mosquitto`); `mosquitto_pub`/`mosquitto_sub` for tests that use them. Nothing
-//! touches the network beyond 127.0.0.1.
+//! mosquitto`); `mosquitto_pub`/`mosquitto_sub` for tests that use them; `python3`
+//! with pymodbus and `socat` for [`modbus`]. Nothing touches the network beyond
+//! 127.0.0.1.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -30,9 +33,11 @@
 //! # }
 //! ```
 
+pub mod modbus;
 mod mosquitto;
 mod pki;
 mod proxy;
+mod publisher;
 mod seqs;
 mod subscriber;
 pub mod tls;
@@ -41,6 +46,7 @@ mod wait;
 pub use mosquitto::{mosquitto_pub, Mosquitto, MosquittoBuilder, IOT_CORE_MAX_PACKET};
 pub use pki::{Identity, Pki, CLOUD_CLIENT_CN};
 pub use proxy::{Mode, Proxy};
+pub use publisher::{Publisher, PublisherBuilder};
 pub use seqs::{json_record_seqs, SeqTracker};
 pub use subscriber::{CloudSubscriber, LinkStatus, Message, SubscriberConfig};
 pub use wait::{free_port, free_ports, wait_until, wait_until_blocking, Timeout};

@@ -9,7 +9,8 @@
 //! Ports: mosquitto cannot bind port 0 and report what it got, so [`free_port`] picks
 //! ports that were free a moment ago and mosquitto binds them. If another process
 //! takes one in between, mosquitto exits with "Address already in use" and the first
-//! start retries on fresh ports. A restart ([`Mosquitto::start`] after
+//! start retries on fresh ports. [`MosquittoBuilder::plain_port`] names the plain
+//! listener's port instead, for clients started before the broker. A restart ([`Mosquitto::start`] after
 //! [`Mosquitto::stop`]) reuses the same ports, so clients can reconnect to the address
 //! they were given.
 //!
@@ -53,6 +54,7 @@ const LOG_TAIL_LINES: usize = 80;
 pub struct MosquittoBuilder {
     tls: Option<TlsFiles>,
     plain_listener: bool,
+    plain_port: Option<u16>,
     persistence: bool,
     max_packet_size: Option<u32>,
     max_inflight_messages: u16,
@@ -85,6 +87,14 @@ impl MosquittoBuilder {
     /// Adds (or not) a plain MQTT listener that accepts anyone. Default: off.
     pub fn plain_listener(mut self, on: bool) -> Self {
         self.plain_listener = on;
+        self
+    }
+
+    /// Adds the plain listener on a given port rather than a free one, for a client
+    /// that is started (and retries) before the broker exists. Default: a free port.
+    pub fn plain_port(mut self, port: u16) -> Self {
+        self.plain_listener = true;
+        self.plain_port = Some(port);
         self
     }
 
@@ -161,7 +171,11 @@ impl MosquittoBuilder {
         loop {
             let mut ports = free_ports(2).context("finding free ports for mosquitto")?;
             broker.tls_port = broker.settings.tls.is_some().then(|| ports.remove(0));
-            broker.plain_port = broker.settings.plain_listener.then(|| ports.remove(0));
+            let fixed = broker.settings.plain_port;
+            broker.plain_port = broker
+                .settings
+                .plain_listener
+                .then(|| fixed.unwrap_or_else(|| ports.remove(0)));
             std::fs::write(&broker.config_path, broker.config_text())
                 .with_context(|| format!("writing {}", broker.config_path.display()))?;
             match broker.spawn_and_wait() {
@@ -194,6 +208,7 @@ impl Mosquitto {
         MosquittoBuilder {
             tls: None,
             plain_listener: false,
+            plain_port: None,
             persistence: true,
             max_packet_size: Some(IOT_CORE_MAX_PACKET),
             max_inflight_messages: 100,

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+pub use ferry_testkit::Publisher;
 
 /// The size factor: `--scale X`, else `FERRY_BENCH_SCALE`, else 1 (or 0.01
 /// when not run by `cargo bench`).
@@ -237,70 +237,15 @@ pub fn seed_topic(device: u64) -> String {
     format!("sensors/{device}/telemetry")
 }
 
-/// A QoS 1 MQTT publisher (one device, one connection) whose event loop runs
-/// in its own task and counts PUBACKs.
-pub struct Publisher {
-    pub client: AsyncClient,
-    pub acked: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Publisher {
-    /// Connects to `addr` as `id`; returns once the broker sent CONNACK.
-    /// `queue` is the client's request channel: keep it small so that the
-    /// send time taken before `publish` is close to when the packet leaves.
-    pub async fn connect(addr: SocketAddr, id: &str, queue: usize) -> Publisher {
-        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        opts.set_keep_alive(Duration::from_secs(30))
-            .set_inflight(100)
-            .set_clean_session(true);
-        let (client, mut eventloop) = AsyncClient::new(opts, queue);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(_) => panic!("publisher {id}: no CONNACK from {addr} within 20 s"),
-            }
-        }
-        let acked = Arc::new(AtomicU64::new(0));
-        let count = acked.clone();
-        let id = id.to_owned();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        eprintln!("publisher {id}: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
-        Publisher {
-            client,
-            acked,
-            task,
-        }
-    }
-
-    /// Publishes QoS 1, waiting while the client's queue is full.
-    pub async fn publish(&self, topic: &str, payload: String) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .expect("the publisher's event loop is running");
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// A QoS 1 MQTT publisher (one device, one connection; the testkit's, its
+/// event loop in its own task counting PUBACKs), once the broker sent
+/// CONNACK (20 s at most). `queue` is the client's request channel: keep it
+/// small so that the send time taken before `queue` is close to when the
+/// packet leaves.
+pub async fn publisher(addr: SocketAddr, id: &str, queue: usize) -> Publisher {
+    let mut p = Publisher::builder(addr, id).queue(queue).spawn();
+    p.wait_connected(Duration::from_secs(20)).await;
+    p
 }
 
 /// A lean QoS 1 MQTT 3.1.1 publisher for load: it writes PUBLISH packets

@@ -468,5 +468,4 @@ fn with_default_port(s: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

@@ -94,5 +94,4 @@ pub fn plan(spans: &[Span], limits: Limits) -> Vec<Request> {
 }
 
 #[cfg(test)]
-#[path = "plan_tests.rs"]
 mod tests;

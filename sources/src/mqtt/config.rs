@@ -541,5 +541,4 @@ fn validate_decoding(
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

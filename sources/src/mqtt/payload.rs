@@ -549,5 +549,4 @@ impl<'de> Visitor<'de> for TimestampSeed<'_> {
 }
 
 #[cfg(test)]
-#[path = "payload_tests.rs"]
 mod tests;

@@ -1,15 +1,14 @@
-//! Helpers shared by the MQTT source tests: a real mosquitto, free ports, a
-//! stand-in for ingest, and QoS 1 publishers.
+//! Helpers shared by the sources' tests: a local mosquitto, a stand-in for
+//! ingest, persistent sessions; `modbus.rs` holds the Modbus tests' collector
+//! and observer. Brokers, publishers and Modbus devices are `ferry_testkit`'s.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc as std_mpsc;
+pub mod modbus;
+
 use std::time::Duration;
 
 use ferry_core::sink::{Committed, Item, Sink, Submission, SubmitError};
+use ferry_testkit::Mosquitto;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -22,117 +21,32 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A port that was free a moment ago (bind port 0, read it, release it).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+/// A local mosquitto for the subscriber's tests: anonymous, no TLS, sessions
+/// in memory, an in-flight window of 20, subscriptions logged (for
+/// [`wait_log`]); every message logged too when `MOSQUITTO_LOG` is set. On a
+/// given port with `Some(port)`.
+pub fn local_broker(port: Option<u16>) -> Mosquitto {
+    let mut b = Mosquitto::builder()
+        .plain_listener(true)
+        .persistence(false)
+        .max_packet_size(None)
+        .max_inflight_messages(20)
+        .max_queued_messages(100_000)
+        .config_line("log_type subscribe")
+        .verbose(std::env::var_os("MOSQUITTO_LOG").is_some());
+    if let Some(port) = port {
+        b = b.plain_port(port);
+    }
+    b.start().expect("start mosquitto")
 }
 
-/// A mosquitto broker on a free loopback port, stopped on drop.
-pub struct Mosquitto {
-    child: Child,
-    pub port: u16,
-    /// mosquitto's log lines, from start-up on.
-    log: mpsc::UnboundedReceiver<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    /// Starts mosquitto with a generated config (anonymous, no TLS, sessions
-    /// in memory) and waits until it logs that it is running.
-    pub fn start() -> Mosquitto {
-        Mosquitto::start_on(free_port())
-    }
-
-    /// Like [`Mosquitto::start`], on a given port.
-    pub fn start_on(port: u16) -> Mosquitto {
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("mosquitto is not installed: apt-get install -y mosquitto");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\n\
-                 allow_anonymous true\n\
-                 persistence false\n\
-                 max_inflight_messages 20\n\
-                 max_queued_messages 100000\n\
-                 log_dest stderr\n\
-                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
-                 log_type subscribe\n{}",
-                if std::env::var_os("MOSQUITTO_LOG").is_some() {
-                    "log_type all\n"
-                } else {
-                    ""
-                }
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let mut child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mosquitto");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std_mpsc::channel();
-        let (log_tx, log) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("MOSQUITTO_LOG").is_some() {
-                    eprintln!("mosquitto: {line}");
-                }
-                if line.contains(" running") {
-                    let _ = tx.send(());
-                }
-                let _ = log_tx.send(line);
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            let _ = child.kill();
-            panic!("mosquitto did not report running within 10s");
-        }
-        Mosquitto {
-            child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// Waits until mosquitto logs a line containing `needle`.
-    pub async fn wait_log(&mut self, needle: &str, within: Duration) {
-        let wait = async {
-            while let Some(line) = self.log.recv().await {
-                if line.contains(needle) {
-                    return;
-                }
-            }
-            panic!("mosquitto exited before logging {needle:?}");
-        };
-        timeout(within, wait)
-            .await
-            .unwrap_or_else(|_| panic!("mosquitto did not log {needle:?} within {within:?}"));
-    }
-
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits until mosquitto logs a line containing `needle`.
+pub async fn wait_log(mosquitto: &Mosquitto, needle: &str, within: Duration) {
+    ferry_testkit::wait_until(within, &format!("mosquitto to log {needle:?}"), || {
+        mosquitto.log().contains(needle)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A stand-in for ingest: reads submissions and answers them.
@@ -181,70 +95,6 @@ impl Ingest {
             let _ = done.send(Err(SubmitError::Store(why.into())));
         }
         sub.items
-    }
-}
-
-/// An MQTT client whose event loop runs in a task; `acked` receives one
-/// `()` per PUBACK.
-pub struct Publisher {
-    pub client: AsyncClient,
-    pub acked: mpsc::UnboundedReceiver<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Publisher {
-    pub fn connect(addr: SocketAddr, client_id: &str) -> Publisher {
-        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
-        opts.set_keep_alive(Duration::from_secs(30))
-            .set_max_packet_size(1 << 20, 1 << 20)
-            .set_inflight(100);
-        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-        let (tx, acked) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        if tx.send(()).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    // Reconnects on the next poll; pause so a refused
-                    // connection does not spin.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        });
-        Publisher {
-            client,
-            acked,
-            task,
-        }
-    }
-
-    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .expect("queue publish");
-    }
-
-    /// Waits for `n` PUBACKs.
-    pub async fn wait_acked(&mut self, n: usize, within: Duration) {
-        let wait = async {
-            for _ in 0..n {
-                self.acked.recv().await.expect("publisher event loop ended");
-            }
-        };
-        timeout(within, wait)
-            .await
-            .unwrap_or_else(|_| panic!("{n} PUBACKs not received within {within:?}"));
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
