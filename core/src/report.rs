@@ -41,6 +41,13 @@ impl KeyPath {
         p
     }
 
+    /// This path extended by `rel`, a path below it.
+    pub fn child(&self, rel: &KeyPath) -> KeyPath {
+        let mut p = self.clone();
+        p.0.extend(rel.0.iter().cloned());
+        p
+    }
+
     /// This path extended by the path `serde_path_to_error` found an error at.
     pub fn join(&self, path: &serde_path_to_error::Path) -> KeyPath {
         use serde_path_to_error::Segment;
@@ -85,6 +92,26 @@ impl fmt::Display for KeyPath {
 pub struct Problem {
     pub path: KeyPath,
     pub message: String,
+}
+
+/// `key.path: message`, or the message alone at the empty path.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.0.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// The errors a check reports below the empty key path, as
+/// `key.path: message` lines: what a component's own errors carry when it
+/// refuses its config at run time, outside the config loader.
+pub fn problem_lines(check: impl FnOnce(&KeyPath, &mut Report)) -> Vec<String> {
+    let mut report = Report::default();
+    check(&KeyPath::default(), &mut report);
+    report.errors.iter().map(ToString::to_string).collect()
 }
 
 /// The errors and warnings found so far.

@@ -9,7 +9,7 @@ use ferry_sources::mqtt::{BrokerSourceConfig, SubscribeSourceConfig};
 
 use super::gateway::KeyFilePolicy;
 use super::uplink_check::check_file;
-use ferry_core::report::{typed, KeyPath, Report, Seg};
+use ferry_core::report::{typed, KeyPath, Report};
 
 /// The `type` values a source may have.
 pub const SOURCE_TYPES: [&str; 4] = ["mqtt_broker", "mqtt_subscribe", "modbus_tcp", "modbus_rtu"];
@@ -90,21 +90,17 @@ impl SourceConfig {
 
     /// Checks what the types could not, and the files a source names.
     pub(crate) fn check(&self, at: &KeyPath, key_files: KeyFilePolicy, report: &mut Report) {
-        let problems = match self {
+        match self {
             SourceConfig::MqttBroker(c) => {
-                let problems = c.validate();
-                if problems.is_empty() {
+                let before = report.errors.len();
+                c.check(at, report);
+                if report.errors.len() == before {
                     check_broker_files(c, at, key_files, report);
                 }
-                problems
             }
-            SourceConfig::MqttSubscribe(c) => c.validate(),
-            SourceConfig::ModbusTcp(c) => c.validate(),
-            SourceConfig::ModbusRtu(c) => c.validate(),
-        };
-        for problem in problems {
-            let (path, message) = split_key(at, &problem);
-            report.error(path, message);
+            SourceConfig::MqttSubscribe(c) => c.check(at, report),
+            SourceConfig::ModbusTcp(c) => c.check(at, report),
+            SourceConfig::ModbusRtu(c) => c.check(at, report),
         }
     }
 }
@@ -134,40 +130,10 @@ fn check_broker_files(
     }
     #[cfg(feature = "embedded-broker")]
     if readable {
-        for problem in ferry_sources::mqtt::check_broker_files(c) {
-            let (path, message) = split_key(at, &problem);
-            report.error(path, message);
-        }
+        ferry_sources::mqtt::check_broker_files(c, at, report);
     }
     #[cfg(not(feature = "embedded-broker"))]
     let _ = readable;
-}
-
-/// Splits an adapter's `"topics[1]: message"` into the key path below `at`
-/// and the message; a message without a key prefix is about `at` itself.
-fn split_key(at: &KeyPath, problem: &str) -> (KeyPath, String) {
-    let Some((prefix, message)) = problem.split_once(": ") else {
-        return (at.clone(), problem.to_owned());
-    };
-    let mut path = at.clone();
-    for part in prefix.split('.') {
-        let (key, indexes) = part.split_once('[').unwrap_or((part, ""));
-        let key_ok = !key.is_empty()
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !key_ok {
-            return (at.clone(), problem.to_owned());
-        }
-        path.0.push(Seg::Key(key.to_owned()));
-        for index in indexes.split('[').filter(|s| !s.is_empty()) {
-            match index.strip_suffix(']').and_then(|i| i.parse().ok()) {
-                Some(i) => path.0.push(Seg::Index(i)),
-                None => return (at.clone(), problem.to_owned()),
-            }
-        }
-    }
-    (path, message.to_owned())
 }
 
 /// Errors when two sources would fight over one thing: the persistent
@@ -211,24 +177,5 @@ pub(crate) fn check_conflicts(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn adapter_messages_name_their_key() {
-        let at = KeyPath::root("sources").key("a");
-        let (p, m) = split_key(&at, "topics[1]: `x`: bad");
-        assert_eq!(p.to_string(), "sources.a.topics[1]");
-        assert_eq!(m, "`x`: bad");
-        let (p, m) = split_key(&at, "broker: `h`: expected host:port");
-        assert_eq!(p.to_string(), "sources.a.broker");
-        assert_eq!(m, "`h`: expected host:port");
-        let (p, m) = split_key(&at, "No key here: really");
-        assert_eq!(p.to_string(), "sources.a");
-        assert_eq!(m, "No key here: really");
     }
 }

@@ -8,6 +8,7 @@
 //! valid config into the resolved devices with their request plans.
 
 use ferry_core::hostport::HostPort;
+use ferry_core::report::{KeyPath, Report};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -190,32 +191,39 @@ impl TcpSourceConfig {
         }
     }
 
-    /// Every problem with this configuration, each naming its key.
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        check_common(&self.devices, &self.maps, self.backoff_max, &mut problems);
+    /// Every problem with this configuration, each at its key below `at`.
+    pub fn check(&self, at: &KeyPath, report: &mut Report) {
+        check_common(&self.devices, &self.maps, self.backoff_max, at, report);
         let mut seen: HashMap<(String, u8), usize> = HashMap::new();
         for (i, d) in self.devices.iter().enumerate() {
             let Some(address) = &d.address else {
-                problems.push(format!(
-                    "devices[{i}]: missing field `address`, the device's \"host:port\""
-                ));
+                report.error(
+                    at.key("devices").index(i),
+                    "missing field `address`, the device's \"host:port\"".to_string(),
+                );
                 continue;
             };
             match split_host_port(address) {
-                Err(why) => problems.push(format!("devices[{i}].address: `{address}`: {why}")),
+                Err(why) => report.error(
+                    at.key("devices").index(i).key("address"),
+                    format!("`{address}`: {why}"),
+                ),
                 Ok((host, port)) => {
                     let key = (format!("{}:{port}", host.to_ascii_lowercase()), d.unit);
                     if let Some(first) = seen.insert(key, i) {
-                        problems.push(format!(
-                            "devices[{i}].unit: devices[{first}] is already unit {} at {address}",
-                            d.unit
-                        ));
+                        report.error(
+                            at.key("devices").index(i).key("unit"),
+                            format!("devices[{first}] is already unit {} at {address}", d.unit),
+                        );
                     }
                 }
             }
         }
-        problems
+    }
+
+    /// Every problem with this configuration, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        ferry_core::report::problem_lines(|at, report| self.check(at, report))
     }
 
     /// The devices resolved for polling; every problem if the config is invalid.
@@ -252,43 +260,56 @@ impl RtuSourceConfig {
         }
     }
 
-    /// Every problem with this configuration, each naming its key.
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+    /// Every problem with this configuration, each at its key below `at`.
+    pub fn check(&self, at: &KeyPath, report: &mut Report) {
         if self.path.as_os_str().is_empty() {
-            problems.push("path: must name the serial port, such as \"/dev/ttyUSB0\"".into());
+            report.error(
+                at.key("path"),
+                "must name the serial port, such as \"/dev/ttyUSB0\"",
+            );
         }
         if self.baud == 0 {
-            problems.push("baud: must be more than 0".into());
+            report.error(at.key("baud"), "must be more than 0");
         }
         if !(5..=8).contains(&self.data_bits) {
-            problems.push(format!("data_bits: must be 5 to 8, not {}", self.data_bits));
+            report.error(
+                at.key("data_bits"),
+                format!("must be 5 to 8, not {}", self.data_bits),
+            );
         }
         if !(1..=2).contains(&self.stop_bits) {
-            problems.push(format!("stop_bits: must be 1 or 2, not {}", self.stop_bits));
+            report.error(
+                at.key("stop_bits"),
+                format!("must be 1 or 2, not {}", self.stop_bits),
+            );
         }
-        check_common(&self.devices, &self.maps, self.backoff_max, &mut problems);
+        check_common(&self.devices, &self.maps, self.backoff_max, at, report);
         let mut units: HashMap<u8, usize> = HashMap::new();
         for (i, d) in self.devices.iter().enumerate() {
             if d.address.is_some() {
-                problems.push(format!(
-                    "devices[{i}].address: a serial device is on its source's bus (`path`); remove `address`"
-                ));
+                report.error(
+                    at.key("devices").index(i).key("address"),
+                    "a serial device is on its source's bus (`path`); remove `address`".to_string(),
+                );
             }
             if !(1..=247).contains(&d.unit) {
-                problems.push(format!(
-                    "devices[{i}].unit: must be 1 to 247 on a serial bus, not {}",
-                    d.unit
-                ));
+                report.error(
+                    at.key("devices").index(i).key("unit"),
+                    format!("must be 1 to 247 on a serial bus, not {}", d.unit),
+                );
             }
             if let Some(first) = units.insert(d.unit, i) {
-                problems.push(format!(
-                    "devices[{i}].unit: devices[{first}] is already unit {} on this bus",
-                    d.unit
-                ));
+                report.error(
+                    at.key("devices").index(i).key("unit"),
+                    format!("devices[{first}] is already unit {} on this bus", d.unit),
+                );
             }
         }
-        problems
+    }
+
+    /// Every problem with this configuration, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        ferry_core::report::problem_lines(|at, report| self.check(at, report))
     }
 
     /// The devices resolved for polling; every problem if the config is invalid.
@@ -330,91 +351,105 @@ fn check_common(
     devices: &[DeviceConfig],
     maps: &BTreeMap<String, MapConfig>,
     backoff_max: Duration,
-    problems: &mut Vec<String>,
+    at: &KeyPath,
+    report: &mut Report,
 ) {
     if devices.is_empty() {
-        problems.push("devices: at least one device is needed".into());
+        report.error(at.key("devices"), "at least one device is needed");
     }
     if backoff_max.is_zero() {
-        problems.push("backoff_max: must be more than 0s".into());
+        report.error(at.key("backoff_max"), "must be more than 0s");
     }
     for (name, map) in maps {
-        let at = format!("maps.{name}.registers");
+        let list_at = at.key("maps").key(name).key("registers");
         if map.registers.is_empty() {
-            problems.push(format!("{at}: a map needs at least one entry"));
+            report.error(list_at.clone(), "a map needs at least one entry");
         }
         for (i, r) in map.registers.iter().enumerate() {
-            r.validate(&format!("{at}[{i}]"), problems);
+            r.check(&list_at.index(i), report);
         }
-        check_map(&at, &map.registers, problems);
+        check_map(&list_at, &map.registers, report);
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
+    let source_at = at;
     for (i, d) in devices.iter().enumerate() {
-        let at = format!("devices[{i}]");
+        let at = source_at.key("devices").index(i);
         if d.name.trim().is_empty() {
-            problems.push(format!("{at}.name: must not be empty"));
+            report.error(at.key("name"), "must not be empty".to_string());
         } else if let Some(first) = names.insert(&d.name, i) {
-            problems.push(format!(
-                "{at}.name: `{}` is already the name of devices[{first}]",
-                d.name
-            ));
+            report.error(
+                at.key("name"),
+                format!("`{}` is already the name of devices[{first}]", d.name),
+            );
         }
         if d.interval.is_zero() {
-            problems.push(format!("{at}.interval: must be more than 0s"));
+            report.error(at.key("interval"), "must be more than 0s".to_string());
         }
         if d.timeout.is_zero() {
-            problems.push(format!("{at}.timeout: must be more than 0s"));
+            report.error(at.key("timeout"), "must be more than 0s".to_string());
         }
         if !(1..=125).contains(&d.max_registers) {
-            problems.push(format!(
-                "{at}.max_registers: must be 1 to 125, not {}",
-                d.max_registers
-            ));
+            report.error(
+                at.key("max_registers"),
+                format!("must be 1 to 125, not {}", d.max_registers),
+            );
         }
-        let (registers, list_at) =
-            match (&d.map, d.registers.is_empty()) {
-                (Some(_), false) => {
-                    problems.push(format!(
-                        "{at}.map: give either `map` or `registers`, not both"
-                    ));
+        let (registers, list_at) = match (&d.map, d.registers.is_empty()) {
+            (Some(_), false) => {
+                report.error(
+                    at.key("map"),
+                    "give either `map` or `registers`, not both".to_string(),
+                );
+                continue;
+            }
+            (None, true) => {
+                report.error(
+                    at.clone(),
+                    "no register map: give `registers = [...]` or `map = \"NAME\"`".to_string(),
+                );
+                continue;
+            }
+            (Some(name), true) => match maps.get(name) {
+                Some(m) => (
+                    &m.registers,
+                    source_at.key("maps").key(name).key("registers"),
+                ),
+                None => {
+                    let known: Vec<&str> = maps.keys().map(String::as_str).collect();
+                    report.error(
+                        at.key("map"),
+                        format!(
+                            "no map named `{name}` in this source's `maps` (it has: {})",
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
                     continue;
                 }
-                (None, true) => {
-                    problems.push(format!(
-                        "{at}: no register map: give `registers = [...]` or `map = \"NAME\"`"
-                    ));
-                    continue;
+            },
+            (None, false) => {
+                let list_at = at.key("registers");
+                for (j, r) in d.registers.iter().enumerate() {
+                    r.check(&list_at.index(j), report);
                 }
-                (Some(name), true) => {
-                    match maps.get(name) {
-                        Some(m) => (&m.registers, format!("maps.{name}.registers")),
-                        None => {
-                            let known: Vec<&str> = maps.keys().map(String::as_str).collect();
-                            problems.push(format!(
-                        "{at}.map: no map named `{name}` in this source's `maps` (it has: {})",
-                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
-                    ));
-                            continue;
-                        }
-                    }
-                }
-                (None, false) => {
-                    let list_at = format!("{at}.registers");
-                    for (j, r) in d.registers.iter().enumerate() {
-                        r.validate(&format!("{list_at}[{j}]"), problems);
-                    }
-                    check_map(&list_at, &d.registers, problems);
-                    (&d.registers, list_at)
-                }
-            };
+                check_map(&list_at, &d.registers, report);
+                (&d.registers, list_at)
+            }
+        };
         let limit = d.max_registers.clamp(1, 125);
         for (j, r) in registers.iter().enumerate() {
             if !r.table.is_bits() && r.width() > limit {
-                problems.push(format!(
-                    "{at}.max_registers: {limit} is less than the {} registers of `{}` ({list_at}[{j}])",
-                    r.width(),
-                    r.name
-                ));
+                report.error(
+                    at.key("max_registers"),
+                    format!(
+                        "{limit} is less than the {} registers of `{}` ({list_at}[{j}])",
+                        r.width(),
+                        r.name
+                    ),
+                );
             }
         }
     }

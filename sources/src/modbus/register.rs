@@ -1,6 +1,7 @@
 //! One entry of a register map, `{ name, table, address, type, ... }`, and
 //! its checks.
 
+use ferry_core::report::{KeyPath, Report};
 use serde::{Deserialize, Serialize};
 
 use super::decode::Field;
@@ -66,19 +67,22 @@ impl RegisterConfig {
             .unwrap_or_else(|| self.count.unwrap_or(1).max(1))
     }
 
-    /// Every problem with this entry on its own, each starting with the key
-    /// (below `at`, such as `registers[3]`) it is about.
-    pub fn validate(&self, at: &str, problems: &mut Vec<String>) {
+    /// Every problem with this entry on its own, each at its key below `at`
+    /// (the entry's path, such as `registers[3]`).
+    pub fn check(&self, at: &KeyPath, report: &mut Report) {
         let kind = self.data_type();
         if self.name.trim().is_empty() {
-            problems.push(format!("{at}.name: must not be empty"));
+            report.error(at.key("name"), "must not be empty".to_string());
         }
         if self.table.is_bits() {
             if kind != DataType::Bool {
-                problems.push(format!(
-                    "{at}.type: the {} table holds bits: the type must be \"bool\", not \"{kind}\"",
-                    self.table
-                ));
+                report.error(
+                    at.key("type"),
+                    format!(
+                        "the {} table holds bits: the type must be \"bool\", not \"{kind}\"",
+                        self.table
+                    ),
+                );
             }
             for (key, set) in [
                 ("order", self.order.is_some()),
@@ -86,54 +90,68 @@ impl RegisterConfig {
                 ("count", self.count.is_some_and(|c| c != 1)),
             ] {
                 if set {
-                    problems.push(format!(
-                        "{at}.{key}: does not apply to the {} table, which holds single bits",
-                        self.table
-                    ));
+                    report.error(
+                        at.key(key),
+                        format!(
+                            "does not apply to the {} table, which holds single bits",
+                            self.table
+                        ),
+                    );
                 }
             }
         }
         match (kind.width(), self.count) {
-            (None, None) => problems.push(format!(
-                "{at}.count: a string needs `count`, its length in registers (two characters each)"
-            )),
-            (None, Some(c)) if c == 0 || c > 125 => problems.push(format!(
-                "{at}.count: a string takes 1 to 125 registers, not {c}"
-            )),
+            (None, None) => report.error(
+                at.key("count"),
+                "a string needs `count`, its length in registers (two characters each)".to_string(),
+            ),
+            (None, Some(c)) if c == 0 || c > 125 => report.error(
+                at.key("count"),
+                format!("a string takes 1 to 125 registers, not {c}"),
+            ),
             (Some(w), Some(c)) if c != w && !self.table.is_bits() => {
                 let unit = if w == 1 { "register" } else { "registers" };
-                problems.push(format!(
-                    "{at}.count: type \"{kind}\" takes {w} {unit}, not {c}"
-                ))
+                report.error(
+                    at.key("count"),
+                    format!("type \"{kind}\" takes {w} {unit}, not {c}"),
+                )
             }
             _ => {}
         }
         if let Some(bit) = self.bit {
             if kind != DataType::Bool {
-                problems.push(format!(
-                    "{at}.bit: only a \"bool\" can be one bit of a register, not a \"{kind}\""
-                ));
+                report.error(
+                    at.key("bit"),
+                    format!("only a \"bool\" can be one bit of a register, not a \"{kind}\""),
+                );
             } else if bit > 15 {
-                problems.push(format!("{at}.bit: a register has bits 0 to 15, not {bit}"));
+                report.error(
+                    at.key("bit"),
+                    format!("a register has bits 0 to 15, not {bit}"),
+                );
             }
         }
         for (key, value) in [("scale", self.scale), ("offset", self.offset)] {
             let Some(v) = value else { continue };
             if matches!(kind, DataType::Bool | DataType::String) {
-                problems.push(format!("{at}.{key}: a \"{kind}\" cannot be scaled"));
+                report.error(at.key(key), format!("a \"{kind}\" cannot be scaled"));
             } else if !v.is_finite() || (key == "scale" && v == 0.0) {
-                problems.push(format!(
-                    "{at}.{key}: must be a finite, non-zero number, not {v}"
-                ));
+                report.error(
+                    at.key(key),
+                    format!("must be a finite, non-zero number, not {v}"),
+                );
             }
         }
         let end = u32::from(self.address) + u32::from(self.width());
         if end > 65_536 {
-            problems.push(format!(
-                "{at}.address: {} + {} registers runs past the last address, 65535",
-                self.address,
-                self.width()
-            ));
+            report.error(
+                at.key("address"),
+                format!(
+                    "{} + {} registers runs past the last address, 65535",
+                    self.address,
+                    self.width()
+                ),
+            );
         }
     }
 
@@ -156,13 +174,13 @@ impl RegisterConfig {
 
 /// Problems across the entries of one map: duplicate names and overlapping
 /// addresses. `at` names the list (`devices[0].registers`).
-pub fn check_map(at: &str, registers: &[RegisterConfig], problems: &mut Vec<String>) {
+pub fn check_map(at: &KeyPath, registers: &[RegisterConfig], report: &mut Report) {
     for (i, r) in registers.iter().enumerate() {
         if let Some(first) = registers[..i].iter().position(|o| o.name == r.name) {
-            problems.push(format!(
-                "{at}[{i}].name: `{}` is already the name of {at}[{first}]",
-                r.name
-            ));
+            report.error(
+                at.index(i).key("name"),
+                format!("`{}` is already the name of {at}[{first}]", r.name),
+            );
         }
     }
     let mut order: Vec<usize> = (0..registers.len()).collect();
@@ -181,15 +199,18 @@ pub fn check_map(at: &str, registers: &[RegisterConfig], problems: &mut Vec<Stri
                 && r.bit.is_some()
                 && p.bit != r.bit;
             if p.table == r.table && u32::from(r.address) < p_end && !shared_bits {
-                problems.push(format!(
-                    "{at}[{i}].address: `{}` ({} {}) overlaps `{}` ({} {}, {at}[{j}])",
-                    r.name,
-                    r.table,
-                    range(r.address, r.width()),
-                    p.name,
-                    p.table,
-                    range(p.address, p.width()),
-                ));
+                report.error(
+                    at.index(i).key("address"),
+                    format!(
+                        "`{}` ({} {}) overlaps `{}` ({} {}, {at}[{j}])",
+                        r.name,
+                        r.table,
+                        range(r.address, r.width()),
+                        p.name,
+                        p.table,
+                        range(p.address, p.width()),
+                    ),
+                );
             }
             let r_end = u32::from(r.address) + u32::from(r.width());
             if p.table != r.table || r_end > p_end {
@@ -219,9 +240,8 @@ mod tests {
     }
 
     fn problems(text: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        reg(text).validate("registers[0]", &mut out);
-        out
+        let at = KeyPath::root("registers").index(0);
+        ferry_core::report::problem_lines(|_, report| reg(text).check(&at, report))
     }
 
     #[test]
@@ -301,8 +321,8 @@ mod tests {
         .iter()
         .map(|t| reg(t))
         .collect();
-        let mut out = Vec::new();
-        check_map("registers", &map, &mut out);
+        let at = KeyPath::root("registers");
+        let out = ferry_core::report::problem_lines(|_, report| check_map(&at, &map, report));
         assert_eq!(
             out,
             [

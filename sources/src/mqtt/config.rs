@@ -8,6 +8,7 @@
 //! the key it is about.
 
 use ferry_core::hostport::HostPort;
+use ferry_core::report::{KeyPath, Report};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -173,61 +174,69 @@ impl BrokerSourceConfig {
             || self.acl != Acl::None
     }
 
-    /// Every problem with this configuration, each naming its key.
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        validate_decoding(
+    /// Every problem with this configuration, each at its key below `at`.
+    pub fn check(&self, at: &KeyPath, report: &mut Report) {
+        check_decoding(
             &self.topics,
             &self.device_field,
             &self.timestamp_field,
             self.max_payload,
             self.max_fields,
-            &mut problems,
+            at,
+            report,
         );
         if self.max_connections == 0 {
-            problems.push("max_connections: must be at least 1".to_owned());
+            report.error(at.key("max_connections"), "must be at least 1");
         }
         if self.max_topic_length == 0 || self.max_topic_length > usize::from(u16::MAX) {
-            problems.push(format!(
-                "max_topic_length: {} is not 1 to 65535 bytes",
-                self.max_topic_length
-            ));
+            report.error(
+                at.key("max_topic_length"),
+                format!("{} is not 1 to 65535 bytes", self.max_topic_length),
+            );
         }
         match self.acl {
             Acl::None => {}
-            Acl::Username if self.password_file.is_none() => problems.push(
-                "acl: \"username\" needs password_file, or any client could claim any \
-                 username"
-                    .to_owned(),
+            Acl::Username if self.password_file.is_none() => report.error(
+                at.key("acl"),
+                "\"username\" needs password_file, or any client could claim any username",
             ),
             Acl::Username | Acl::ClientId => {
                 for (i, text) in self.topics.iter().enumerate() {
                     if TopicTemplate::parse(text).is_ok_and(|t| !t.has_device()) {
-                        problems.push(format!(
-                            "topics[{i}]: `{text}` has no `{{device}}` level, which acl = \"{}\" \
+                        report.error(
+                            at.key("topics").index(i),
+                            format!(
+                                "`{text}` has no `{{device}}` level, which acl = \"{}\" \
                              compares with the client's name",
-                            self.acl.as_str()
-                        ));
+                                self.acl.as_str()
+                            ),
+                        );
                     }
                 }
             }
         }
         if self.buffer < ByteSize::kib(64) {
-            problems.push(format!(
-                "buffer: {} is too small; at least 64KiB",
-                self.buffer
-            ));
+            report.error(
+                at.key("buffer"),
+                format!("{} is too small; at least 64KiB", self.buffer),
+            );
         } else if self.buffer.as_u64() == u64::MAX {
             // What a size too large for 64 bits parses to (saturated).
-            problems
-                .push("buffer: is too large: the size overflows 16EiB; at most 1GiB".to_owned());
+            report.error(
+                at.key("buffer"),
+                "is too large: the size overflows 16EiB; at most 1GiB",
+            );
         } else if self.buffer > ByteSize::gib(1) {
-            problems.push(format!(
-                "buffer: {} is too large; at most 1GiB",
-                self.buffer
-            ));
+            report.error(
+                at.key("buffer"),
+                format!("{} is too large; at most 1GiB", self.buffer),
+            );
         }
-        problems
+    }
+
+    /// Every problem with this configuration, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        ferry_core::report::problem_lines(|at, report| self.check(at, report))
     }
 
     /// How payloads are decoded.
@@ -367,54 +376,64 @@ impl SubscribeSourceConfig {
         }
     }
 
-    /// Every problem with this configuration, each naming its key.
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+    /// Every problem with this configuration, each at its key below `at`.
+    pub fn check(&self, at: &KeyPath, report: &mut Report) {
         if let Err(why) = split_host_port(&self.broker) {
-            problems.push(format!("broker: `{}`: {why}", self.broker));
+            report.error(at.key("broker"), format!("`{}`: {why}", self.broker));
         }
         if let Some(id) = &self.client_id {
             if id.is_empty() {
-                problems.push("client_id: must not be empty".to_owned());
+                report.error(at.key("client_id"), "must not be empty");
             } else if id.len() > u16::MAX as usize {
-                problems.push("client_id: longer than 65535 bytes".to_owned());
+                report.error(at.key("client_id"), "longer than 65535 bytes");
             }
         }
-        validate_decoding(
+        check_decoding(
             &self.topics,
             &self.device_field,
             &self.timestamp_field,
             self.max_payload,
             self.max_fields,
-            &mut problems,
+            at,
+            report,
         );
         if self.qos > 1 {
-            problems.push(format!("qos: must be 0 or 1, not {}", self.qos));
+            report.error(at.key("qos"), format!("must be 0 or 1, not {}", self.qos));
         }
         if self.password.is_some() && self.username.is_none() {
-            problems.push("password: set without username".to_owned());
+            report.error(at.key("password"), "set without username");
         }
         let ka = self.keep_alive;
         if ka.subsec_nanos() != 0 || ka.as_secs() > u64::from(u16::MAX) {
-            problems.push(format!(
-                "keep_alive: {} must be whole seconds, at most 65535s",
-                humantime::format_duration(ka)
-            ));
+            report.error(
+                at.key("keep_alive"),
+                format!(
+                    "{} must be whole seconds, at most 65535s",
+                    humantime::format_duration(ka)
+                ),
+            );
         }
         if self.reconnect_min.is_zero() {
-            problems.push("reconnect_min: must be more than 0s".to_owned());
+            report.error(at.key("reconnect_min"), "must be more than 0s");
         }
         if self.broker_inflight == 0 {
-            problems.push("broker_inflight: must be at least 1".to_owned());
+            report.error(at.key("broker_inflight"), "must be at least 1");
         }
         if self.reconnect_min > self.reconnect_max {
-            problems.push(format!(
-                "reconnect_max: {} is less than reconnect_min ({})",
-                humantime::format_duration(self.reconnect_max),
-                humantime::format_duration(self.reconnect_min)
-            ));
+            report.error(
+                at.key("reconnect_max"),
+                format!(
+                    "{} is less than reconnect_min ({})",
+                    humantime::format_duration(self.reconnect_max),
+                    humantime::format_duration(self.reconnect_min)
+                ),
+            );
         }
-        problems
+    }
+
+    /// Every problem with this configuration, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        ferry_core::report::problem_lines(|at, report| self.check(at, report))
     }
 
     /// How payloads are decoded.
@@ -484,59 +503,73 @@ fn checked_decoder(
     Ok(MessageDecoder::new(source, templates, options))
 }
 
-fn validate_decoding(
+#[allow(clippy::too_many_arguments)]
+fn check_decoding(
     topics: &[String],
     device_field: &Option<String>,
     timestamp_field: &Option<String>,
     max_payload: ByteSize,
     max_fields: usize,
-    problems: &mut Vec<String>,
+    at: &KeyPath,
+    report: &mut Report,
 ) {
     if topics.is_empty() {
-        problems.push("topics: at least one topic template is needed".to_owned());
+        report.error(at.key("topics"), "at least one topic template is needed");
     }
     let mut filters: HashMap<String, usize> = HashMap::new();
     for (i, text) in topics.iter().enumerate() {
         match TopicTemplate::parse(text) {
-            Err(e) => problems.push(format!("topics[{i}]: `{text}`: {e}")),
+            Err(e) => report.error(at.key("topics").index(i), format!("`{text}`: {e}")),
             Ok(t) => {
                 if !t.has_device() && device_field.is_none() {
-                    problems.push(format!(
-                        "topics[{i}]: `{text}` has no `{{device}}` level, so `device_field` \
+                    report.error(
+                        at.key("topics").index(i),
+                        format!(
+                            "`{text}` has no `{{device}}` level, so `device_field` \
                          must name the payload field that holds the device"
-                    ));
+                        ),
+                    );
                 }
                 if let Some(first) = filters.insert(t.filter(), i) {
-                    problems.push(format!(
-                        "topics[{i}]: `{text}` subscribes to the same filter `{}` as \
+                    report.error(
+                        at.key("topics").index(i),
+                        format!(
+                            "`{text}` subscribes to the same filter `{}` as \
                          topics[{first}] (`{}`), which takes all its messages",
-                        t.filter(),
-                        topics[first]
-                    ));
+                            t.filter(),
+                            topics[first]
+                        ),
+                    );
                     filters.insert(t.filter(), first);
                 }
             }
         }
     }
     if device_field.as_deref() == Some("") {
-        problems.push("device_field: must not be empty".to_owned());
+        report.error(at.key("device_field"), "must not be empty");
     }
     if timestamp_field.as_deref() == Some("") {
-        problems.push("timestamp_field: must not be empty".to_owned());
+        report.error(at.key("timestamp_field"), "must not be empty");
     }
     if device_field.is_some() && device_field == timestamp_field {
-        problems.push("timestamp_field: is the same field as device_field".to_owned());
+        report.error(
+            at.key("timestamp_field"),
+            "is the same field as device_field",
+        );
     }
     if max_payload.as_u64() == 0 {
-        problems.push("max_payload: must be at least 1 byte".to_owned());
+        report.error(at.key("max_payload"), "must be at least 1 byte");
     } else if max_payload.as_u64() > MQTT_MAX_PAYLOAD {
-        problems.push(format!(
-            "max_payload: {max_payload} is over MQTT's limit of {}",
-            ByteSize::b(MQTT_MAX_PAYLOAD)
-        ));
+        report.error(
+            at.key("max_payload"),
+            format!(
+                "{max_payload} is over MQTT's limit of {}",
+                ByteSize::b(MQTT_MAX_PAYLOAD)
+            ),
+        );
     }
     if max_fields == 0 {
-        problems.push("max_fields: must be at least 1".to_owned());
+        report.error(at.key("max_fields"), "must be at least 1");
     }
 }
 

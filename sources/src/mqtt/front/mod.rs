@@ -60,6 +60,7 @@ pub use backlog::Backlog;
 pub use events::{BrokerEvent, BrokerObserver, Denied, Limit, NoBrokerObserver};
 pub use passwd::{LoginError, Passwords};
 
+use ferry_core::report::{problem_lines, KeyPath, Report};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
@@ -86,20 +87,18 @@ pub fn max_packet(cfg: &BrokerSourceConfig) -> usize {
 }
 
 /// Loads the files a broker source names (its TLS certificate and key, its
-/// password file): every problem, each starting with its key.
-pub fn check_files(cfg: &BrokerSourceConfig) -> Vec<String> {
-    let mut problems = Vec::new();
+/// password file): every problem, each at its key below `at`.
+pub fn check_files(cfg: &BrokerSourceConfig, at: &KeyPath, report: &mut Report) {
     if let Some(tls) = &cfg.tls {
-        if let Err(e) = tls::server_config(tls) {
-            problems.push(e);
+        if let Err(p) = tls::server_config(tls) {
+            report.error(at.child(&p.path), p.message);
         }
     }
     if let Some(path) = &cfg.password_file {
         if let Err(e) = Passwords::load(path) {
-            problems.push(format!("password_file: {e}"));
+            report.error(at.key("password_file"), e.to_string());
         }
     }
-    problems
 }
 
 /// A bound, not yet serving front.
@@ -119,13 +118,13 @@ impl BoundFront {
         backlog: Arc<Backlog>,
         cancel: CancellationToken,
     ) -> Result<BoundFront, SourceError> {
-        let problems = check_files(cfg);
+        let problems = problem_lines(|at, report| check_files(cfg, at, report));
         if !problems.is_empty() {
             return Err(SourceError::Config(problems));
         }
         let tls = match &cfg.tls {
             Some(t) => Some(TlsAcceptor::from(
-                tls::server_config(t).map_err(|e| SourceError::Config(vec![e]))?,
+                tls::server_config(t).map_err(|e| SourceError::Config(vec![e.to_string()]))?,
             )),
             None => None,
         };
