@@ -548,6 +548,77 @@ impl Store {
         *h = (*h).max(head);
     }
 
+    /// Up to `limit` records of `device`, looking through at most
+    /// `max_scan` stored records: the first after `after`, or (no `after`)
+    /// the newest; and the sequence number to continue after.
+    pub fn read_device(
+        &self,
+        device: &str,
+        after: Option<u64>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<StoredRecord>, u64), StoreError> {
+        let head = self.heads().records;
+        let names = self.names().snapshot();
+        let Some(id) = names.iter().position(|n| &**n == device) else {
+            return Ok((Vec::new(), after.unwrap_or(head)));
+        };
+        let id = id as u32;
+        // The device is in the record's header: no need to decode the others.
+        let of_device = |bytes: &[u8]| {
+            let mut r = codec::Reader::new(bytes);
+            r.version().is_ok()
+                && r.zvarint().is_ok()
+                && r.id().is_ok()
+                && r.id().is_ok_and(|d| d == id)
+        };
+        let tx = self.db()?.begin_read()?;
+        let table = tx.open_table(RECORDS)?;
+        let mut found: Vec<(u64, Vec<u8>)> = Vec::new();
+        let next = match after {
+            // Nothing after `after` yet (and `after + 1 ..= head` would be an
+            // inverted range).
+            Some(after) if after >= head => after,
+            Some(after) => {
+                let mut next = after;
+                for e in table.range(after.saturating_add(1)..=head)?.take(max_scan) {
+                    let (seq, bytes) = e?;
+                    next = seq.value();
+                    if of_device(bytes.value()) {
+                        found.push((next, bytes.value().to_vec()));
+                        if found.len() == limit {
+                            break;
+                        }
+                    }
+                }
+                next
+            }
+            None => {
+                for e in table.range(..=head)?.rev().take(max_scan) {
+                    let (seq, bytes) = e?;
+                    if of_device(bytes.value()) {
+                        found.push((seq.value(), bytes.value().to_vec()));
+                        if found.len() == limit {
+                            break;
+                        }
+                    }
+                }
+                found.reverse();
+                head
+            }
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for (seq, bytes) in found {
+            match self.decode_record(&bytes) {
+                Ok(record) => out.push(StoredRecord { seq, record }),
+                Err(e) => {
+                    warn!(seq, error = %e, "skipping a stored record that does not decode")
+                }
+            }
+        }
+        Ok((out, next))
+    }
+
     /// The committed state of the route `name`, if it has committed any.
     pub fn route_state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let tx = self.db()?.begin_read()?;
