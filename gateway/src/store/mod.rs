@@ -61,7 +61,7 @@
 //! | `codec.rs`, `names.rs`, `limits.rs` | the encoding, the interned names, the name limits |
 //! | `writer/` | the ingest writer (group commits) |
 //! | `retention.rs`, `route_retention.rs` | budgets and accounts of what retention evicts |
-//! | `salvage.rs`, `fsck.rs` | the soundness verdict, salvage, `ferry fsck` |
+//! | `salvage/`, `fsck.rs` | the soundness verdict, salvage, `ferry fsck` |
 //! | `hook.rs` | [`IndexHook`], the query index written in the writer's transactions |
 //! | `config.rs` | the store's settings from its config section |
 
