@@ -11,7 +11,6 @@ use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::Json;
 use ferry_core::record::Value;
-use redb::ReadableDatabase;
 use serde_json::{json, Map, Value as Json_};
 
 use super::json::{Body, DeviceOut, DevicesOut, FieldOut, Latest, LatestOut, QueryOut, SeriesOut};
@@ -20,8 +19,7 @@ use super::{ApiContext, ApiError, PanicAnswer};
 use crate::contain;
 use crate::metrics::UplinkMetrics;
 use crate::query::QueryError;
-use crate::store::codec::Reader;
-use crate::store::{Store, StoreError, StoredRecord, Stream, RECORDS};
+use crate::store::{StoreError, Stream};
 use crate::uplink::cursor_name;
 
 type Ctx = State<Arc<ApiContext>>;
@@ -437,7 +435,7 @@ pub async fn records(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json
     let c = ctx.clone();
     blocking(&c, move || {
         let (out, next) = match &device {
-            Some(d) => device_records(&store, d, after, limit)?,
+            Some(d) => store.read_device(d, after, limit, MAX_SCAN)?,
             None => {
                 let after =
                     after.unwrap_or_else(|| store.heads().records.saturating_sub(limit as u64));
@@ -464,73 +462,4 @@ pub async fn records(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json
         Ok(Json(json!({ "records": records, "next": next })))
     })
     .await
-}
-
-/// Up to `limit` records of `device`: the first after `after`, or the
-/// newest; and the sequence number to continue after.
-fn device_records(
-    store: &Store,
-    device: &str,
-    after: Option<u64>,
-    limit: usize,
-) -> Result<(Vec<StoredRecord>, u64), StoreError> {
-    let head = store.heads().records;
-    let names = store.names().snapshot();
-    let Some(id) = names.iter().position(|n| &**n == device) else {
-        return Ok((Vec::new(), after.unwrap_or(head)));
-    };
-    let id = id as u32;
-    // The device is in the record's header: no need to decode the others.
-    let of_device = |bytes: &[u8]| {
-        let mut r = Reader::new(bytes);
-        r.version().is_ok()
-            && r.zvarint().is_ok()
-            && r.id().is_ok()
-            && r.id().is_ok_and(|d| d == id)
-    };
-    let tx = store.db()?.begin_read()?;
-    let table = tx.open_table(RECORDS)?;
-    let mut found: Vec<(u64, Vec<u8>)> = Vec::new();
-    let next = match after {
-        // Nothing after `after` yet (and `after + 1 ..= head` would be an
-        // inverted range).
-        Some(after) if after >= head => after,
-        Some(after) => {
-            let mut next = after;
-            for e in table.range(after.saturating_add(1)..=head)?.take(MAX_SCAN) {
-                let (seq, bytes) = e?;
-                next = seq.value();
-                if of_device(bytes.value()) {
-                    found.push((next, bytes.value().to_vec()));
-                    if found.len() == limit {
-                        break;
-                    }
-                }
-            }
-            next
-        }
-        None => {
-            for e in table.range(..=head)?.rev().take(MAX_SCAN) {
-                let (seq, bytes) = e?;
-                if of_device(bytes.value()) {
-                    found.push((seq.value(), bytes.value().to_vec()));
-                    if found.len() == limit {
-                        break;
-                    }
-                }
-            }
-            found.reverse();
-            head
-        }
-    };
-    let mut out = Vec::with_capacity(found.len());
-    for (seq, bytes) in found {
-        match store.decode_record(&bytes) {
-            Ok(record) => out.push(StoredRecord { seq, record }),
-            Err(e) => {
-                tracing::warn!(seq, error = %e, "skipping a stored record that does not decode")
-            }
-        }
-    }
-    Ok((out, next))
 }

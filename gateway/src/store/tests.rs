@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use ferry_core::record::{DeadLetter, Record, Value};
 use ferry_core::sink::{Committed, Item};
+use redb::ReadableDatabase;
 
 use super::*;
 use crate::metrics::IngestMetrics;
