@@ -11,6 +11,7 @@
 
 use arbitrary::Arbitrary;
 use ferry_core::record::Value;
+use ferry_core::report::{problem_lines, KeyPath};
 use ferry_sources::modbus::{raw, DataType, Order, Raw, RegisterConfig, Table, ValueError};
 use libfuzzer_sys::fuzz_target;
 
@@ -151,8 +152,8 @@ fuzz_target!(|input: Input| {
     let words = &input.words[..input.words.len().min(130)];
     probe_all(words);
 
-    let mut problems = Vec::new();
-    entry.validate("registers[0]", &mut problems);
+    let at = KeyPath::root("registers").index(0);
+    let problems = problem_lines(|_, report| entry.check(&at, report));
     for p in &problems {
         assert!(p.starts_with("registers[0]."), "{p}");
     }

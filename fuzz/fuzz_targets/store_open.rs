@@ -64,7 +64,8 @@ fn seed() -> &'static [u8] {
             let store = Store::open(&path, &StoreOptions::default()).unwrap();
             let ingest = Writer::spawn(
                 store.clone(),
-                WriterSettings::default(),
+                WriterSettings::default()
+                    .with_commit_interval(std::time::Duration::from_millis(10)),
                 IngestMetrics::new(),
             );
             for chunk in 0..RECORDS / 100 {

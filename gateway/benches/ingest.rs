@@ -328,7 +328,7 @@ async fn phase(
         store.clone(),
         WriterSettings {
             commit_interval: p.commit_interval,
-            ..WriterSettings::default()
+            ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
         },
         metrics.clone(),
     );

@@ -159,7 +159,7 @@ fn fill_round(data: &Path, from: u64, done: impl Fn(u64, u64) -> bool) -> u64 {
             store.clone(),
             WriterSettings {
                 index: Some(index),
-                ..WriterSettings::default()
+                ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
             },
             IngestMetrics::new(),
         );
@@ -206,7 +206,7 @@ fn fill_flood(data: &Path, n: u64) {
             store.clone(),
             WriterSettings {
                 commit_max_records: 50_000,
-                ..WriterSettings::default()
+                ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
             },
             IngestMetrics::new(),
         );

@@ -127,7 +127,7 @@ async fn run(n: u64, rate: u64, mode: Mode) -> (f64, f64) {
     let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
     let ingest = Writer::spawn(
         store.clone(),
-        WriterSettings::default(),
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
         IngestMetrics::new(),
     );
     let config = config();

@@ -85,7 +85,7 @@ async fn ingest(store: &Store, index: Option<Arc<Index>>, seconds: i64) -> (u64,
         store.clone(),
         WriterSettings {
             index: index.map(|i| i as _),
-            ..WriterSettings::default()
+            ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
         },
         IngestMetrics::new(),
     );
@@ -122,7 +122,7 @@ async fn ingest_realtime(store: &Store, index: Option<Arc<Index>>, seconds: i64)
         store.clone(),
         WriterSettings {
             index: index.map(|i| i as _),
-            ..WriterSettings::default()
+            ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
         },
         IngestMetrics::new(),
     );

@@ -134,7 +134,7 @@ async fn bench(scale: f64) {
     let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).expect("store");
     let ingest = Writer::spawn(
         store.clone(),
-        WriterSettings::default(),
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
         IngestMetrics::new(),
     );
 

@@ -71,7 +71,7 @@ async fn start() -> Api {
         store.clone(),
         WriterSettings {
             index: Some(index.clone()),
-            ..WriterSettings::default()
+            ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
         },
         IngestMetrics::new(),
     );

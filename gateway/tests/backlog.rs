@@ -67,7 +67,7 @@ async fn write_backlog(data: &std::path::Path, n: u64) {
         store.clone(),
         WriterSettings {
             index: Some(index),
-            ..WriterSettings::default()
+            ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
         },
         IngestMetrics::new(),
     );

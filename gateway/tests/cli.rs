@@ -216,6 +216,7 @@ mod fsck {
     use ferry_core::sink::Item;
     use ferry_gateway::metrics::IngestMetrics;
     use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
+    use std::time::Duration;
 
     fn ferry(args: &[&str]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -251,7 +252,7 @@ mod fsck {
         let store = Store::open(&Store::file_in(&data), &StoreOptions::default()).unwrap();
         let ingest = Writer::spawn(
             store.clone(),
-            WriterSettings::default(),
+            WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
             IngestMetrics::new(),
         );
         let record = Record {

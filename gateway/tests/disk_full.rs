@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_core::record::{Record, Value};
 use ferry_core::sink::{Item, SubmitError};
@@ -65,7 +66,11 @@ async fn a_full_disk_refuses_records_and_ingest_resumes_when_space_returns() {
     };
     let store = Store::open(&Store::file_in(&fs.0), &StoreOptions::default()).unwrap();
     let metrics = IngestMetrics::new();
-    let ingest = Writer::spawn(store.clone(), WriterSettings::default(), metrics.clone());
+    let ingest = Writer::spawn(
+        store.clone(),
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+        metrics.clone(),
+    );
     let mut acked = Vec::new();
     for i in 0..10 {
         let items = (0..100)

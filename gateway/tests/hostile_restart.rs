@@ -43,7 +43,7 @@ async fn fill(data: &Path, t0: i64) {
             store.clone(),
             WriterSettings {
                 commit_max_records: 20_000,
-                ..WriterSettings::default()
+                ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
             },
             IngestMetrics::new(),
         );

@@ -52,7 +52,7 @@ fn seed() -> &'static Path {
                 let store = Store::open(&path, &StoreOptions::default()).unwrap();
                 let ingest = Writer::spawn(
                     store.clone(),
-                    WriterSettings::default(),
+                    WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
                     IngestMetrics::new(),
                 );
                 for chunk in 0..N / 500 {

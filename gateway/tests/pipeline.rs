@@ -297,7 +297,7 @@ async fn the_task_forwards_transformed_submissions_and_acknowledges_after_commit
     let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
     let ingest = Writer::spawn(
         store.clone(),
-        WriterSettings::default(),
+        WriterSettings::default().with_commit_interval(std::time::Duration::from_millis(10)),
         IngestMetrics::new(),
     );
     let p = pipeline("[[pipeline]]\nfilter = \"temperature < 150\"\n[[pipeline]]\nmath = { t2 = \"temperature * 2\" }\n");

@@ -288,7 +288,7 @@ async fn the_task_commits_output_state_and_cursor_together_and_resumes() {
     let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
     let ingest = Writer::spawn(
         store.clone(),
-        WriterSettings::default(),
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
         IngestMetrics::new(),
     );
     let cfg =
@@ -440,7 +440,7 @@ async fn the_task_closes_windows_on_the_clock_exactly_once_through_restarts() {
     let store = Store::open(&dir.path().join("ferry.redb"), &StoreOptions::default()).unwrap();
     let ingest = Writer::spawn(
         store.clone(),
-        WriterSettings::default(),
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
         IngestMetrics::new(),
     );
     let cfg = route_config(
@@ -565,7 +565,7 @@ async fn a_route_behind_the_log_commits_without_waiting_for_the_interval() {
         store.clone(),
         WriterSettings {
             commit_interval: Duration::from_secs(10),
-            ..WriterSettings::default()
+            ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
         },
         IngestMetrics::new(),
     );

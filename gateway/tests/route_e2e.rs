@@ -157,7 +157,11 @@ async fn kill9_during_aggregation_then_restart_emits_exactly_the_uninterrupted_o
     // The raw stream, written before the daemon starts.
     {
         let store = Store::open(&Store::file_in(&data), &StoreOptions::default()).unwrap();
-        let ingest = Writer::spawn(store, WriterSettings::default(), IngestMetrics::new());
+        let ingest = Writer::spawn(
+            store,
+            WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+            IngestMetrics::new(),
+        );
         for chunk in input.chunks(500) {
             ingest
                 .sink

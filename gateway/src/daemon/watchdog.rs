@@ -239,7 +239,7 @@ mod tests {
             let store = Store::open(&Store::file_in(dir.path()), &StoreOptions::default()).unwrap();
             let ingest = Writer::spawn(
                 store.clone(),
-                WriterSettings::default(),
+                WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
                 IngestMetrics::new(),
             );
             let stall = Duration::from_millis(1500);

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_core::record::{Millis, Record, Value};
 use ferry_core::sink::Item;
@@ -246,7 +247,11 @@ fn dump_blocks(store: &Store) -> Vec<((i64, u64), Vec<u8>)> {
 async fn queries_match_the_log_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, WriterSettings::default());
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
     write(&ingest, records(1500)).await;
     let engine = Engine::new(store.clone(), index.clone());
     // Part of the data is only in memory now (each series' current minute).
@@ -281,7 +286,11 @@ async fn queries_match_the_log_exactly() {
 async fn a_points_limit_is_an_error_not_a_truncation() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, WriterSettings::default());
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
     write(&ingest, records(300)).await;
     let engine = Engine::new(store.clone(), index.clone());
     let key = engine.series_key("a", "v").unwrap();
@@ -307,7 +316,11 @@ async fn a_points_limit_is_an_error_not_a_truncation() {
 async fn times_and_steps_at_the_ends_of_i64_answer_right_or_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, WriterSettings::default());
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
     write(&ingest, records(300)).await;
     let engine = Engine::new(store.clone(), index.clone());
     let key = engine.series_key("a", "v").unwrap();
@@ -362,7 +375,11 @@ async fn times_and_steps_at_the_ends_of_i64_answer_right_or_refuse() {
 async fn the_index_rebuilt_from_the_log_equals_the_original() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, WriterSettings::default());
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
     write(&ingest, records(2000)).await;
     // Stopped without a last flush: like a crash, the open minutes are only in the log.
     stop(ingest).await;
@@ -397,7 +414,11 @@ async fn the_index_rebuilt_from_the_log_equals_the_original() {
 async fn catching_up_in_chunks_while_ingest_runs_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, WriterSettings::default());
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
     write(&ingest, records(1000)).await;
     stop(ingest).await;
     {
@@ -420,7 +441,11 @@ async fn catching_up_in_chunks_while_ingest_runs_loses_nothing() {
         )
         .unwrap(),
     );
-    let ingest = start(&store, &index, WriterSettings::default());
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
     let more: Vec<Record> = records(1400).split_off(1000);
     write(&ingest, more).await;
     while index.progress().1 < store.heads().records {
@@ -440,7 +465,7 @@ async fn evicted_records_are_never_in_results_and_their_blocks_go() {
             max_age: None,
             when_full: WhenFull::DropOldest,
         },
-        ..WriterSettings::default()
+        ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
     };
     let ingest = start(&store, &index, cfg);
     write(&ingest, records(40_000)).await;
@@ -469,7 +494,11 @@ async fn evicted_records_are_never_in_results_and_their_blocks_go() {
 async fn an_index_of_the_old_format_is_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, WriterSettings::default());
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
     write(&ingest, records(800)).await;
     stop(ingest).await;
     drop(index);
@@ -514,7 +543,11 @@ async fn an_index_of_the_old_format_is_rebuilt_from_the_log() {
 async fn strings_are_counted_not_summed() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, WriterSettings::default());
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
     write(&ingest, records(30)).await;
     let engine = Engine::new(store.clone(), index.clone());
     let key = engine.series_key("a", "state").unwrap();
@@ -554,7 +587,7 @@ async fn a_flood_replayed_in_the_background_beside_ingest_is_exact() {
     // Stored with no index: the replay has all of it to do.
     let ingest = Writer::spawn(
         store.clone(),
-        WriterSettings::default(),
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
         IngestMetrics::new(),
     );
     write(&ingest, flood(0, 6000)).await;
@@ -572,7 +605,11 @@ async fn a_flood_replayed_in_the_background_beside_ingest_is_exact() {
     let replay = index.replay_in_background(&store).expect("a replay");
     assert!(index.replaying());
     // New records arrive while it runs (the same minutes, and later ones).
-    let ingest = start(&store, &index, WriterSettings::default());
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
     write(&ingest, flood(6000, 3000)).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while index.replaying() || index.lag(&store) > 0 {
@@ -595,7 +632,11 @@ async fn a_flood_replayed_in_the_background_beside_ingest_is_exact() {
 async fn a_record_stamped_outside_the_query_range_is_skipped_by_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let (store, index) = open(&dir);
-    let ingest = start(&store, &index, WriterSettings::default());
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
     let mut recs = records(3);
     recs[0].ts = i64::MIN;
     recs[2].ts = i64::MAX;

@@ -179,6 +179,44 @@ impl StoreConfig {
     }
 }
 
+// One set of defaults: the store's types default to what `[store]` does.
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        (&StoreConfig::default()).into()
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        (&StoreConfig::default()).into()
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        (&StoreConfig::default()).into()
+    }
+}
+
+/// `[store]`'s defaults: commits every 250 ms at most. Tests that wait on
+/// commits set a shorter interval ([`WriterSettings::with_commit_interval`]).
+impl Default for WriterSettings {
+    fn default() -> Self {
+        (&StoreConfig::default()).into()
+    }
+}
+
+impl WriterSettings {
+    /// These settings, committing every `interval` at most.
+    pub fn with_commit_interval(self, interval: Duration) -> WriterSettings {
+        WriterSettings {
+            commit_interval: interval,
+            ..self
+        }
+    }
+}
+
 impl From<&StoreConfig> for StoreOptions {
     fn from(c: &StoreConfig) -> Self {
         StoreOptions {

@@ -35,17 +35,6 @@ pub struct Limits {
     pub max_fields_per_device: NonZeroUsize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        let n = |v| NonZeroUsize::new(v).expect("nonzero");
-        Limits {
-            max_devices: n(10_000),
-            max_series: n(100_000),
-            max_fields_per_device: n(1_000),
-        }
-    }
-}
-
 /// The writer's registry: the known series (committed, and added by the
 /// transaction under way), fields per device, and the refusal episodes.
 #[derive(Debug, Default)]

@@ -149,14 +149,6 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
 }
 
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            cache_bytes: 1 << 20,
-        }
-    }
-}
-
 /// The outcome of reading a range of a stream.
 #[derive(Debug, Default)]
 pub struct ReadStats {

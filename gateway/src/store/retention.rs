@@ -55,16 +55,6 @@ pub struct Retention {
     pub when_full: WhenFull,
 }
 
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            max_disk: 2 << 30,
-            max_age: None,
-            when_full: WhenFull::DropOldest,
-        }
-    }
-}
-
 /// Bytes of file per accounted byte (measured: 1.11 for appended records;
 /// the rest is room for branch pages and fragmentation).
 pub const FILE_FACTOR: f64 = 1.25;

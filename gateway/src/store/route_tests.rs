@@ -3,6 +3,7 @@
 //! before undelivered, `max_age`, and heads kept when a stream is emptied.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_core::record::{now_millis, Record, Value};
 use ferry_core::sink::Item;
@@ -37,7 +38,7 @@ fn cfg(max_disk: u64, max_age: Option<std::time::Duration>) -> WriterSettings {
             when_full: WhenFull::DropOldest,
         },
         route_consumers: vec![(Arc::from("r"), Arc::from("uplink.cloud"))],
-        ..WriterSettings::default()
+        ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
     }
 }
 

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use ferry_core::record::{DeadLetter, Record, Value};
 use ferry_core::sink::{Committed, Item};
 use redb::ReadableDatabase;
+use std::time::Duration;
 
 use super::*;
 use crate::metrics::IngestMetrics;
@@ -31,7 +32,7 @@ async fn records_are_stored_in_order_and_survive_a_reopen() {
     let store = open(&dir);
     let ingest = Writer::spawn(
         store.clone(),
-        WriterSettings::default(),
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
         IngestMetrics::new(),
     );
     let mut receipts = Vec::new();
@@ -76,7 +77,7 @@ async fn dead_letters_and_cursors_are_durable() {
     let store = open(&dir);
     let ingest = Writer::spawn(
         store.clone(),
-        WriterSettings::default(),
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
         IngestMetrics::new(),
     );
     let dead = DeadLetter::new(
@@ -119,7 +120,7 @@ async fn a_prompt_cursor_move_is_durable_within_the_commit_interval() {
     let cfg = WriterSettings {
         commit_interval: std::time::Duration::from_millis(10),
         cursor_flush_interval: std::time::Duration::from_secs(3600),
-        ..WriterSettings::default()
+        ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
     };
     let ingest = Writer::spawn(store.clone(), cfg, IngestMetrics::new());
     let name: Arc<str> = Arc::from("uplink.cloud");
@@ -142,7 +143,7 @@ async fn the_commit_deadline_counts_from_the_submission_not_from_its_arrival() {
     let interval = std::time::Duration::from_secs(10);
     let cfg = WriterSettings {
         commit_interval: interval,
-        ..WriterSettings::default()
+        ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
     };
     let ingest = Writer::spawn(store.clone(), cfg, IngestMetrics::new());
     // Handed over 9.9 s ago and queued since (behind a slow commit, or in
@@ -174,7 +175,7 @@ async fn many_small_submissions_share_few_commits() {
     let metrics = IngestMetrics::new();
     let cfg = WriterSettings {
         commit_interval: std::time::Duration::from_millis(50),
-        ..WriterSettings::default()
+        ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
     };
     let ingest = Writer::spawn(store.clone(), cfg, metrics.clone());
     let mut receipts = Vec::new();
@@ -268,7 +269,7 @@ mod retention {
                 when_full,
             },
             consumers: consumers.iter().map(|c| Arc::from(*c)).collect(),
-            ..WriterSettings::default()
+            ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
         }
     }
 
@@ -519,7 +520,7 @@ mod repair {
         let store = open(dir);
         let ingest = Writer::spawn(
             store.clone(),
-            WriterSettings::default(),
+            WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
             IngestMetrics::new(),
         );
         for i in 0..20 {
@@ -588,7 +589,7 @@ mod repair {
             let head = store.heads().records;
             let ingest = Writer::spawn(
                 store.clone(),
-                WriterSettings::default(),
+                WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
                 IngestMetrics::new(),
             );
             let done = ingest
@@ -662,7 +663,7 @@ mod fsck {
         let store = open(&dir);
         let ingest = Writer::spawn(
             store.clone(),
-            WriterSettings::default(),
+            WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
             IngestMetrics::new(),
         );
         let items = (0..100).map(|i| Item::Record(record("d", i, i))).collect();
@@ -725,7 +726,11 @@ async fn relaxed_submissions_ride_the_next_commit() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let metrics = IngestMetrics::new();
-    let ingest = Writer::spawn(store.clone(), WriterSettings::default(), metrics.clone());
+    let ingest = Writer::spawn(
+        store.clone(),
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+        metrics.clone(),
+    );
     let delay = std::time::Duration::from_millis(300);
     let started = std::time::Instant::now();
     let relaxed = ingest

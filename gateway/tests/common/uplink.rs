@@ -81,7 +81,7 @@ impl Gateway {
 fn new_writer(store: &Store) -> Writer {
     Writer::spawn(
         store.clone(),
-        WriterSettings::default(),
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
         IngestMetrics::new(),
     )
 }

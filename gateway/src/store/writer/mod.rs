@@ -77,22 +77,6 @@ pub struct WriterSettings {
     pub limits: Limits,
 }
 
-impl Default for WriterSettings {
-    fn default() -> Self {
-        WriterSettings {
-            commit_interval: Duration::from_millis(10),
-            commit_max_records: 4096,
-            cursor_flush_interval: Duration::from_secs(1),
-            queue: 1024,
-            retention: Retention::default(),
-            consumers: Vec::new(),
-            route_consumers: Vec::new(),
-            index: None,
-            limits: Limits::default(),
-        }
-    }
-}
-
 /// The ingest writer, the store's one writer: what [`Writer::spawn`] hands
 /// back to whoever submits to it.
 pub struct Writer {
