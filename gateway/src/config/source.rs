@@ -90,19 +90,32 @@ impl SourceConfig {
 
     /// Checks what the types could not, and the files a source names.
     pub(crate) fn check(&self, at: &KeyPath, key_files: KeyFilePolicy, report: &mut Report) {
-        match self {
-            SourceConfig::MqttBroker(c) => {
-                let before = report.errors.len();
-                c.check(at, report);
-                if report.errors.len() == before {
-                    check_broker_files(c, at, key_files, report);
-                }
-            }
-            SourceConfig::MqttSubscribe(c) => c.check(at, report),
-            SourceConfig::ModbusTcp(c) => c.check(at, report),
-            SourceConfig::ModbusRtu(c) => c.check(at, report),
+        let found = match self {
+            SourceConfig::MqttBroker(c) => below(at, report, |at, r| c.check(at, r)),
+            SourceConfig::MqttSubscribe(c) => below(at, report, |at, r| c.check(at, r)),
+            SourceConfig::ModbusTcp(c) => below(at, report, |at, r| c.check(at, r)),
+            SourceConfig::ModbusRtu(c) => below(at, report, |at, r| c.check(at, r)),
+        };
+        if let (SourceConfig::MqttBroker(c), 0) = (self, found) {
+            check_broker_files(c, at, key_files, report);
         }
     }
+}
+
+/// Runs a source's own check from its root, so that the keys its messages
+/// mention are the source's own (`devices[0].registers[1]`), and reports
+/// each problem at `at` joined with its key; returns how many it found.
+fn below(at: &KeyPath, report: &mut Report, check: impl FnOnce(&KeyPath, &mut Report)) -> usize {
+    let mut own = Report::default();
+    check(&KeyPath::default(), &mut own);
+    let found = own.errors.len();
+    for p in own.errors {
+        report.error(at.child(&p.path), p.message);
+    }
+    for p in own.warnings {
+        report.warn(at.child(&p.path), p.message);
+    }
+    found
 }
 
 /// Checks that the files of an embedded broker can be read (and are not
@@ -130,7 +143,9 @@ fn check_broker_files(
     }
     #[cfg(feature = "embedded-broker")]
     if readable {
-        ferry_sources::mqtt::check_broker_files(c, at, report);
+        below(at, report, |at, r| {
+            ferry_sources::mqtt::check_broker_files(c, at, r)
+        });
     }
     #[cfg(not(feature = "embedded-broker"))]
     let _ = readable;
