@@ -227,6 +227,4 @@ fn last_key(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, Store
 }
 
 #[cfg(test)]
-mod route_tests;
-#[cfg(test)]
 mod tests;

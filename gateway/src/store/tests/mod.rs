@@ -766,3 +766,5 @@ async fn relaxed_submissions_ride_the_next_commit() {
     drop(ingest.cursors);
     ingest.task.await.unwrap();
 }
+
+mod route;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ferry_core::record::{now_millis, Record, Value};
 use ferry_core::sink::Item;
 
-use super::*;
+use crate::store::*;
 use crate::metrics::{IngestMetrics, ReasonLabel, RouteReasonLabels};
 
 const MIB: u64 = 1 << 20;
