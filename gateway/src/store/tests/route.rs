@@ -8,8 +8,8 @@ use std::time::Duration;
 use ferry_core::record::{now_millis, Record, Value};
 use ferry_core::sink::Item;
 
-use crate::store::*;
 use crate::metrics::{IngestMetrics, ReasonLabel, RouteReasonLabels};
+use crate::store::*;
 
 const MIB: u64 = 1 << 20;
 const BLOB: usize = 4000;
