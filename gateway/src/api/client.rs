@@ -4,7 +4,15 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The largest answer read: a whole page of `/api/v1/devices` or a query at
+/// `[api] max_points` is a few MiB at most, so more is not an API's answer.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// How long a whole answer may take, in read timeouts: a peer that sends a
+/// byte now and then does not hold the command forever.
+const ANSWER_TIMEOUTS: u32 = 3;
 
 /// Where the API is and how to authenticate.
 #[derive(Debug, Clone)]
@@ -63,9 +71,48 @@ impl Client {
         }
         req.push_str("\r\n");
         stream.write_all(req.as_bytes()).map_err(fail)?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(fail)?;
+        let raw = self.read_answer(&mut stream)?;
         parse(&raw)
+    }
+
+    /// Reads until the peer closes: at most [`MAX_ANSWER_BYTES`], within
+    /// [`ANSWER_TIMEOUTS`] times the timeout.
+    fn read_answer(&self, stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+        let deadline = Instant::now() + self.timeout * ANSWER_TIMEOUTS;
+        let mut raw = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "the Ferry API at {} did not finish its answer within {:?}",
+                    self.authority,
+                    self.timeout * ANSWER_TIMEOUTS
+                ));
+            }
+            stream
+                .set_read_timeout(Some(left.min(self.timeout)))
+                .map_err(|e| e.to_string())?;
+            let n = match stream.read(&mut chunk) {
+                Ok(0) => return Ok(raw),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(format!(
+                        "cannot read the Ferry API's answer at {}: {e}",
+                        self.authority
+                    ))
+                }
+            };
+            if raw.len() + n > MAX_ANSWER_BYTES {
+                return Err(format!(
+                    "the Ferry API's answer at {} is larger than {} MiB; ask for less",
+                    self.authority,
+                    MAX_ANSWER_BYTES >> 20
+                ));
+            }
+            raw.extend_from_slice(&chunk[..n]);
+        }
     }
 }
 
@@ -112,6 +159,52 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+
+    /// A peer on 127.0.0.1:0 that reads the request, then runs `answer`.
+    fn peer(answer: impl FnOnce(TcpStream) + Send + 'static) -> Client {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            answer(s);
+        });
+        let mut c = Client::new(&format!("http://{addr}"), None).unwrap();
+        c.timeout = Duration::from_millis(300);
+        c
+    }
+
+    #[test]
+    fn an_endless_answer_is_cut_at_the_cap() {
+        let c = peer(|mut s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+            let block = vec![b'x'; 1 << 20];
+            while s.write_all(&block).is_ok() {}
+        });
+        let e = c.get("/api/v1/devices").unwrap_err();
+        assert!(e.contains("is larger than 64 MiB"), "{e}");
+    }
+
+    #[test]
+    fn a_dripping_answer_ends_at_the_deadline() {
+        let c = peer(|mut s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+            // A byte every 100 ms: never a read timeout, never an end.
+            while s.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let started = Instant::now();
+        let e = c.get("/api/v1/devices").unwrap_err();
+        assert!(e.contains("did not finish its answer within 900ms"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn plain_and_chunked_answers() {
