@@ -247,6 +247,20 @@ async fn the_api_answers_exactly_on_known_data() {
     );
     assert_eq!(body["series"][1]["field"], "temperature");
     assert_eq!(body["series"][1]["buckets"][1]["last"], 49.75);
+    // A series asked for twice is answered twice, in the order asked, the
+    // same both times (and read once).
+    let q = format!(
+        "/api/v1/query?series=7/voltage&series=7/temperature&series=7/voltage&from={T0}&to={}&step=1m",
+        T0 + 120_000
+    );
+    let (_, twice) = get(&api, &q).await;
+    let fields: Vec<&J> = (0..3).map(|i| &twice["series"][i]["field"]).collect();
+    assert_eq!(
+        fields,
+        [&json!("voltage"), &json!("temperature"), &json!("voltage")]
+    );
+    assert_eq!(twice["series"][0], twice["series"][2]);
+    assert_eq!(twice["series"][0], body["series"][0]);
     // An empty range and a range with no data.
     let (_, body) = get(
         &api,

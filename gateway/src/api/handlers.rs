@@ -222,22 +222,28 @@ pub async fn query(State(ctx): Ctx, RawQuery(raw): RawQuery) -> Reply<Body> {
     // The lookups, the query and the body's serialization all run off the
     // runtime's threads (a 24 h query reads ~1,500 blocks).
     blocking(&c, move || {
+        // A series asked for twice is read once (and answered twice).
         let mut keys = Vec::with_capacity(q.series.len());
+        let mut slots = Vec::with_capacity(q.series.len());
         for (device, field) in &q.series {
             let key = ctx.engine.series_key(device, field).ok_or_else(|| {
                 ApiError::not_found(format!(
                     "no series `{device}/{field}`: device or field never stored"
                 ))
             })?;
-            keys.push(key);
+            let slot = keys.iter().position(|k| *k == key).unwrap_or_else(|| {
+                keys.push(key);
+                keys.len() - 1
+            });
+            slots.push(slot);
         }
         let (from, to, step) = (q.from, q.to, q.step);
         let (result, lag) = ctx.engine.range_with_lag(&keys, from, to, step, q.limit)?;
         let series = q
             .series
             .iter()
-            .zip(&result)
-            .map(|((device, field), s)| SeriesOut::new(device, field, s))
+            .zip(&slots)
+            .map(|((device, field), &slot)| SeriesOut::new(device, field, &result[slot]))
             .collect();
         Body::of(&QueryOut {
             from,
