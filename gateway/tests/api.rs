@@ -178,7 +178,15 @@ async fn the_api_answers_exactly_on_known_data() {
         ]}])
     );
     assert_eq!(body["next"], J::Null);
+    assert_eq!(
+        (&body["complete"], &body["index_lag_records"]),
+        (&json!(true), &json!(0))
+    );
     let (_, body) = get(&api, "/api/v1/devices/7/latest").await;
+    assert_eq!(
+        (&body["complete"], &body["index_lag_records"]),
+        (&json!(true), &json!(0))
+    );
     assert_eq!(
         body["fields"]["voltage"],
         json!({ "ts": T0 + 119_000, "value": 119, "seq": 120 })

@@ -213,6 +213,15 @@ async fn ingest_runs_and_queries_say_they_are_behind_while_the_index_replays() {
         answer["index_lag_records"].as_u64().unwrap() > 0,
         "{answer}"
     );
+    // So do the device list and a device's latest values.
+    for path in ["/api/v1/devices", "/api/v1/devices/d1/latest"] {
+        let answer = get_json(ports.api, path);
+        assert_eq!(answer["complete"], J::Bool(false), "{path}: {answer}");
+        assert!(
+            answer["index_lag_records"].as_u64().unwrap() > 0,
+            "{path}: {answer}"
+        );
+    }
     assert_eq!(
         status_index(ports.api)["replaying"],
         J::Bool(true),
@@ -234,6 +243,15 @@ async fn ingest_runs_and_queries_say_they_are_behind_while_the_index_replays() {
         total += n;
     }
     assert_eq!(total, STORED + NEW);
+    for path in ["/api/v1/devices", "/api/v1/devices/d1/latest"] {
+        let answer = get_json(ports.api, path);
+        assert_eq!(answer["complete"], J::Bool(true), "{path}: {answer}");
+        assert_eq!(
+            answer["index_lag_records"],
+            J::from(0u64),
+            "{path}: {answer}"
+        );
+    }
     let index = status_index(ports.api);
     assert_eq!(index["replaying"], J::Bool(false), "{index}");
     assert_eq!(index["lag_records"], J::from(0u64), "{index}");

@@ -166,6 +166,8 @@ pub async fn devices(State(ctx): Ctx, Params(params): Params) -> Reply<Body> {
         Body::of(&DevicesOut {
             devices,
             next: page.next.as_deref(),
+            index_lag_records: page.lag,
+            complete: page.lag == 0,
         })
     })
     .await
@@ -181,7 +183,7 @@ pub async fn latest(
     known(&params, &[]).map_err(reply)?;
     let c = ctx.clone();
     blocking(&c, move || {
-        let list = ctx.engine.device_fields(&device)?;
+        let (list, lag) = ctx.engine.device_fields(&device)?;
         if list.is_empty() {
             return Err(ApiError::not_found(format!(
                 "no readings of device `{device}`"
@@ -191,6 +193,8 @@ pub async fn latest(
             device: &device,
             ts: list.iter().map(|s| s.last.ts).max(),
             fields: Latest(&list),
+            index_lag_records: lag,
+            complete: lag == 0,
         })
     })
     .await

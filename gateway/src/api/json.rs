@@ -153,6 +153,10 @@ pub struct DevicesOut<'a> {
     /// The last device of this page when more follow (`after=` it for
     /// the next page).
     pub next: Option<&'a str>,
+    /// Stored records the query index has not taken in yet (the fields'
+    /// last points may be older than what is stored); 0 when `complete`.
+    pub index_lag_records: u64,
+    pub complete: bool,
 }
 
 #[derive(Serialize)]
@@ -193,6 +197,9 @@ pub struct LatestOut<'a> {
     pub device: &'a str,
     pub ts: Option<Millis>,
     pub fields: Latest<'a>,
+    /// As in [`DevicesOut`]: how far the index behind these values is.
+    pub index_lag_records: u64,
+    pub complete: bool,
 }
 
 /// Field name → `{ts, value, seq}`.

@@ -236,6 +236,8 @@ pub struct DevicesPage {
     pub devices: Vec<DeviceInfo>,
     /// The last device of the page when more follow it.
     pub next: Option<Arc<str>>,
+    /// Stored records the index had not taken in when the page was read.
+    pub lag: u64,
 }
 
 impl Engine {
@@ -281,28 +283,32 @@ impl Engine {
                 fields: Vec::new(),
             })
             .collect();
+        let mut lag = self.index.lag(&self.store);
         if with_fields && !page.is_empty() {
             let ids: Vec<u32> = page.iter().map(|(_, e)| e.id).collect();
             let view = self.index.view_devices(&self.store, &ids)?;
+            lag = view.lag;
             let t = Tables::open(&view.tx)?;
             let names = self.store.names().snapshot();
             for (out, (_, e)) in devices.iter_mut().zip(&page) {
                 out.fields = fields_of(&view, &t, &names, e.id, &out.device)?;
             }
         }
-        Ok(DevicesPage { devices, next })
+        Ok(DevicesPage { devices, next, lag })
     }
 
     /// Each field's series of `device`, by field name (empty for a device
-    /// without stored records); copies only its in-memory buckets.
-    pub fn device_fields(&self, device: &str) -> Result<Vec<SeriesInfo>, QueryError> {
+    /// without stored records), and the stored records the index had not
+    /// taken in; copies only its in-memory buckets.
+    pub fn device_fields(&self, device: &str) -> Result<(Vec<SeriesInfo>, u64), QueryError> {
         let Some(entry) = self.store.names().devices().get(device).copied() else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), self.index.lag(&self.store)));
         };
         let view = self.index.view_devices(&self.store, &[entry.id])?;
         let t = Tables::open(&view.tx)?;
         let names = self.store.names().snapshot();
-        fields_of(&view, &t, &names, entry.id, &Arc::from(device))
+        let fields = fields_of(&view, &t, &names, entry.id, &Arc::from(device))?;
+        Ok((fields, view.lag))
     }
 }
 
