@@ -102,6 +102,32 @@ fn tumbling_windows_per_device_with_every_aggregate() {
 }
 
 #[test]
+fn a_record_stamped_outside_time_does_not_stop_a_window() {
+    // Only damage makes one (sources stamp 1970 to 9999): were it routed, the
+    // watermark would jump to the end of time and every later record would
+    // be too late, for good (the watermark is part of the stored state).
+    let cfg = route_config("window = { size = \"1m\", aggregates = [\"count\"] }\n");
+    let mut route = Route::new("r", cfg, Default::default());
+    let input = vec![
+        t(1_000, "a", 1.0),
+        t(i64::MAX, "a", 2.0),
+        t(i64::MIN, "a", 3.0),
+        t(2_000, "a", 4.0),
+        t(MIN + 1_000, "a", 5.0), // closes [0,1m): the two good records
+    ];
+    let (out, dropped) = run(&mut route, &input);
+    assert_eq!(
+        dropped,
+        Dropped {
+            bad_time: 2,
+            ..Dropped::default()
+        }
+    );
+    let got: Vec<(i64, Vec<(String, Value)>)> = out.iter().map(|r| (r.ts, fields(r))).collect();
+    assert_eq!(got, vec![(0, vec![("t_count".into(), Value::Int(2))])]);
+}
+
+#[test]
 fn late_records_within_grace_get_their_own_window_later_ones_are_dropped() {
     let cfg = route_config(
         "window = { size = \"1m\", aggregates = [\"count\", \"sum\"], grace = \"30s\" }\n",
@@ -121,7 +147,8 @@ fn late_records_within_grace_get_their_own_window_later_ones_are_dropped() {
         dropped,
         Dropped {
             too_late: 1,
-            not_finite: 1
+            not_finite: 1,
+            bad_time: 0,
         }
     );
     let got: Vec<(i64, Vec<(String, Value)>)> = out.iter().map(|r| (r.ts, fields(r))).collect();

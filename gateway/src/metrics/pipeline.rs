@@ -55,7 +55,7 @@ metric_set! {
             route_records_out: Family<RouteLabel, Counter>
                 => "records_out", "Records a route has emitted";
             /// Values a route did not use, by route and reason (`too_late`,
-            /// `not_finite`, `undecodable`).
+            /// `not_finite`, `bad_time`, `undecodable`).
             route_dropped: Family<RouteReasonLabels, Counter>
                 => "values_dropped", "Values a route did not use, by reason";
             /// Route commits (output, state and cursor in one transaction).

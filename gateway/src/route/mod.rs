@@ -64,6 +64,10 @@ pub struct State {
 pub struct Dropped {
     pub too_late: u64,
     pub not_finite: u64,
+    /// Records stamped outside the times Ferry keeps (1970 to 9999 from
+    /// every source; only a damaged record has another): not routed, so that
+    /// one cannot move a window's watermark to the end of time.
+    pub bad_time: u64,
 }
 
 /// A route's steps and state (no I/O: unit-tested with plain values).
@@ -118,6 +122,11 @@ impl Route {
 
     /// Processes one stored record; appends what it emits to `out`.
     pub fn push(&mut self, record: &Record, out: &mut Vec<Record>, dropped: &mut Dropped) {
+        use crate::query::bounds::{MAX_TIME, MIN_TIME};
+        if !(MIN_TIME..=MAX_TIME).contains(&record.ts) {
+            dropped.bad_time += 1;
+            return;
+        }
         let c = &self.config;
         if let Some(w) = &c.window {
             self.state.windows.advance(w, &self.name, record.ts, out);

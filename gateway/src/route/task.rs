@@ -286,6 +286,7 @@ async fn commit(ctx: &Ctx<'_>, work: Work) -> Result<bool, String> {
     for (reason, n) in [
         ("too_late", work.dropped.too_late),
         ("not_finite", work.dropped.not_finite),
+        ("bad_time", work.dropped.bad_time),
         ("undecodable", work.undecodable),
     ] {
         if n > 0 {
