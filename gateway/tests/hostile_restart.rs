@@ -2,12 +2,13 @@
 //! deleted or an older index), against the real `ferry` binary: the daemon
 //! is ready and stores new readings while the index replays the log in the
 //! background, queries say they are behind until it has caught up, a
-//! `kill -9` mid-replay keeps its progress, and in the end every record is
-//! counted exactly once.
+//! `kill -9` mid-replay keeps its progress, the systemd watchdog is pinged
+//! all through it, and in the end every record is counted exactly once.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -312,4 +313,52 @@ async fn a_kill_9_mid_replay_keeps_its_progress_and_the_index_ends_exact() {
         assert_eq!(n, STORED / DEVICES, "d{d}/v counted exactly once");
     }
     drop(ferry);
+}
+
+/// Under systemd the watchdog is pinged all through the replay: the replay
+/// runs beside the ingest writer, whose heartbeat the pings follow, so no gap
+/// between two pings comes near `WATCHDOG_USEC` (after which systemd would
+/// kill the daemon mid-replay, and a restart would replay again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_pinged_all_through_the_replay() {
+    const WATCHDOG: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fill(&data, t0()).await;
+    let ports = Ports::new();
+    let socket = dir.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&socket).unwrap();
+    manager.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, config(&data, &ports)).unwrap();
+    let usec = WATCHDOG.as_micros().to_string();
+    let socket_env = socket.to_str().unwrap();
+    let _ferry = Ferry::start_file_env(
+        &path,
+        &[
+            ("NOTIFY_SOCKET", socket_env),
+            ("WATCHDOG_USEC", usec.as_str()),
+        ],
+    );
+    let mut buf = [0u8; 4096];
+    let mut next = || {
+        let n = manager
+            .recv(&mut buf)
+            .expect("a notification within WATCHDOG_USEC");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(next().starts_with("READY=1"));
+    assert_eq!(status_index(ports.api)["replaying"], J::Bool(true));
+    // Until the replay is done: every gap between pings well within the
+    // watchdog (each recv above fails past WATCHDOG_USEC).
+    let (mut pings, mut last, mut longest) = (0, Instant::now(), Duration::ZERO);
+    while status_index(ports.api)["replaying"] == J::Bool(true) {
+        if next() == "WATCHDOG=1\n" {
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+            pings += 1;
+        }
+    }
+    assert!(pings >= 2, "only {pings} pings during the replay");
+    assert!(longest < WATCHDOG, "a gap of {longest:?} between pings");
 }
