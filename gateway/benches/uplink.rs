@@ -97,6 +97,11 @@ fn settings(pki: &Pki, name: &str, addr: SocketAddr, encoding: Encoding, iot: bo
         drain_timeout: Duration::from_secs(5),
         sources: vec![],
         window_records: window,
+        // As the daemon sets it by default (`UplinkConfig::batch_records`).
+        max_batch_records: match encoding {
+            Encoding::Json => ferry_gateway::uplink::config::JSON_BATCH_RECORDS,
+            Encoding::Columnar => usize::MAX,
+        },
         stream: ferry_gateway::store::Stream::Raw,
     }
 }

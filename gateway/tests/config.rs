@@ -112,6 +112,36 @@ fn the_commented_uplink_in_the_default_is_valid_with_the_documented_defaults() {
 }
 
 #[test]
+fn max_batch_records_defaults_by_encoding_and_is_bounded() {
+    let json = valid(&with_uplink(""));
+    assert_eq!(uplink(&json).max_batch_records, None);
+    assert_eq!(uplink(&json).batch_records(), 500);
+    let columnar = valid(&with_uplink("encoding = \"columnar\"\n"));
+    assert_eq!(uplink(&columnar).batch_records(), usize::MAX);
+    let set = valid(&with_uplink(
+        "encoding = \"columnar\"\nmax_batch_records = 20\n",
+    ));
+    assert_eq!(uplink(&set).batch_records(), 20);
+    assert_eq!(
+        problem(&with_uplink("max_batch_records = 100001\n")),
+        p(
+            7,
+            "uplinks.cloud.max_batch_records",
+            "must be between 1 and 100000, got 100001"
+        )
+    );
+    let (line, key, message) = problem(&with_uplink("max_batch_records = 0\n"));
+    assert_eq!(
+        (line, key.as_str()),
+        (Some(7), "uplinks.cloud.max_batch_records")
+    );
+    assert!(
+        message.contains("nonzero") || message.contains("at least 1"),
+        "{message}"
+    );
+}
+
+#[test]
 fn the_commented_pipeline_and_route_in_the_default_are_valid() {
     let block: Vec<&str> = DEFAULT_TOML
         .lines()

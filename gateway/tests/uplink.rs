@@ -62,6 +62,35 @@ async fn twenty_thousand_records_from_ten_devices_arrive_in_batches() {
     task.await.unwrap();
 }
 
+/// A json batch holds at most `max_batch_records` (the daemon's default for
+/// json: 500, what a Firehose rule action in batch mode takes), in order,
+/// every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_batches_hold_at_most_max_batch_records() {
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let gw = Gateway::new(seed_reading, 100);
+    gw.store(0..1_200).await;
+    let mut s = settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client);
+    s.max_batch_records = ferry_gateway::uplink::config::JSON_BATCH_RECORDS;
+    let (cancel, task) = gw.start(s);
+    let seen = sub.wait_for_seqs(0..1_200, WAIT, seqs).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    assert_eq!(seen.outside(), 0);
+    // 1,200 records of ~170 bytes would fill two 128 KiB batches (819 and
+    // 381); by records they are 500, 500 and 200, in order.
+    let batches: Vec<Vec<u64>> = sub.messages().iter().map(|m| seqs(m).unwrap()).collect();
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [500, 500, 200], "{sizes:?}");
+    let all: Vec<u64> = batches.concat();
+    assert_eq!(all, (0..1_200).collect::<Vec<u64>>());
+    cancel.cancel();
+    task.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_link_and_a_broker_restart_lose_nothing() {
     let Cloud {

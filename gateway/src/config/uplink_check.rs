@@ -10,7 +10,9 @@ use ferry_core::files::MAX_FILE_BYTES;
 
 use super::gateway::KeyFilePolicy;
 use crate::uplink::config::topic::{check_client_id, check_topic};
-use crate::uplink::config::{UplinkConfig, ENDPOINT_EXAMPLE, MAX_BATCH_BYTES, MIN_BATCH_BYTES};
+use crate::uplink::config::{
+    UplinkConfig, ENDPOINT_EXAMPLE, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MIN_BATCH_BYTES,
+};
 use ferry_core::report::{fmt_bytes, KeyPath, Report};
 use ferry_core::text::escape_to;
 
@@ -145,6 +147,14 @@ impl UplinkConfig {
         }
         let (ms, s) = (Duration::from_millis, Duration::from_secs);
         report.duration_in(at.key("max_batch_age"), self.max_batch_age, s(0), s(3600));
+        if let Some(n) = self.max_batch_records {
+            report.int_in(
+                at.key("max_batch_records"),
+                n.get() as u64,
+                1,
+                MAX_BATCH_RECORDS as u64,
+            );
+        }
         report.duration_in(at.key("keep_alive"), self.keep_alive, s(5), s(1200));
         report.duration_in(
             at.key("connect_timeout"),

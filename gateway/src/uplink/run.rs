@@ -58,6 +58,8 @@ pub struct Settings {
     pub topic: Topic,
     pub encoding: Encoding,
     pub max_batch_bytes: usize,
+    /// The most records in one batch (`usize::MAX`: no limit but the bytes).
+    pub max_batch_records: usize,
     pub max_batch_age: Duration,
     pub max_inflight: usize,
     pub publishes_per_second: u32,
@@ -404,7 +406,9 @@ impl Uplink {
             return Ok(None);
         }
         let available = head - from;
-        let per_batch = (self.s.max_batch_bytes as f64 / self.bytes_per_record).max(1.0) as u64;
+        let per_batch = (self.s.max_batch_bytes as f64 / self.bytes_per_record)
+            .min(self.s.max_batch_records as f64)
+            .max(1.0) as u64;
         if available < per_batch && !self.s.max_batch_age.is_zero() {
             let since = *self.partial_since.get_or_insert(now);
             let due = since + self.s.max_batch_age;
@@ -473,7 +477,7 @@ impl Uplink {
                 order.push(topic.clone());
                 encoder(self.s.encoding, &self.s.gateway, self.s.max_batch_bytes)
             });
-            if e.push(r) {
+            if e.len() < self.s.max_batch_records && e.push(r) {
                 last_pushed = r.seq;
                 continue;
             }

@@ -150,6 +150,7 @@ pub fn uplink_settings(
         drain_timeout: Duration::from_secs(5),
         sources: vec![],
         window_records: 2048,
+        max_batch_records: usize::MAX,
         stream: ferry_gateway::store::Stream::Raw,
     }
 }

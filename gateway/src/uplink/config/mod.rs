@@ -21,6 +21,14 @@ use serde::Deserialize;
 /// How an uplink's endpoint is written, in messages.
 pub const ENDPOINT_EXAMPLE: &str = "abc123-ats.iot.eu-west-1.amazonaws.com:8883";
 
+/// `max_batch_records` with `encoding = "json"` unless set: an IoT rule's
+/// Firehose action in batch mode takes at most 500 elements of an array
+/// (AWS IoT developer guide, "Firehose" rule action, `batchMode`).
+pub const JSON_BATCH_RECORDS: usize = 500;
+
+/// The most `max_batch_records` accepted.
+pub const MAX_BATCH_RECORDS: usize = 100_000;
+
 /// The hard cap on `max_batch_bytes`: IoT Core's payload limit.
 pub const MAX_BATCH_BYTES: u64 = 128 * 1024;
 /// The least `max_batch_bytes` accepted.
@@ -72,6 +80,12 @@ pub struct UplinkConfig {
     /// Default: `"128KiB"`.
     #[serde(default = "defaults::max_batch_bytes")]
     pub max_batch_bytes: ByteSize,
+    /// The most records in one batch, 1 to 100,000. Default: 500 with
+    /// `encoding = "json"` (each element of the array is one record to a
+    /// rule action in batch mode, and the Firehose action takes at most 500),
+    /// no limit but `max_batch_bytes` with `"columnar"` (one object per batch).
+    #[serde(default)]
+    pub max_batch_records: Option<std::num::NonZeroUsize>,
     /// How long a partial batch waits for more records before it is sent.
     /// 0s to 1h. Default: `"1s"`.
     #[serde(with = "humantime_serde", default = "defaults::max_batch_age")]
@@ -141,6 +155,7 @@ impl UplinkConfig {
             topic: defaults::topic(),
             encoding: Encoding::default(),
             max_batch_bytes: defaults::max_batch_bytes(),
+            max_batch_records: None,
             max_batch_age: defaults::max_batch_age(),
             max_inflight: defaults::max_inflight(),
             max_publishes_per_second: defaults::max_publishes_per_second(),
@@ -152,6 +167,16 @@ impl UplinkConfig {
             reconnect_max: defaults::reconnect_max(),
             sources: Vec::new(),
             route: None,
+        }
+    }
+
+    /// The most records in one batch: `max_batch_records`, or its default
+    /// for the encoding (`usize::MAX`: no limit but the bytes).
+    pub fn batch_records(&self) -> usize {
+        match (self.max_batch_records, self.encoding) {
+            (Some(n), _) => n.get(),
+            (None, Encoding::Json) => JSON_BATCH_RECORDS,
+            (None, Encoding::Columnar) => usize::MAX,
         }
     }
 

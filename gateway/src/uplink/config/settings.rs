@@ -49,6 +49,7 @@ impl Settings {
             topic: Topic::parse(&u.topic, gateway).map_err(anyhow::Error::msg)?,
             encoding: u.encoding,
             max_batch_bytes: u.max_batch_bytes.as_u64() as usize,
+            max_batch_records: u.batch_records(),
             max_batch_age: u.max_batch_age,
             max_inflight: usize::from(u.max_inflight.get()),
             publishes_per_second: u.max_publishes_per_second.get(),
