@@ -70,6 +70,15 @@ impl Receipt {
     pub async fn committed(self) -> Result<Committed, SubmitError> {
         self.0.await.unwrap_or(Err(SubmitError::Closed))
     }
+
+    /// The outcome if it is known already, without waiting.
+    pub fn try_committed(&mut self) -> Option<Result<Committed, SubmitError>> {
+        match self.0.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(SubmitError::Closed)),
+        }
+    }
 }
 
 /// The sending side of ingest; cheap to clone, one per source.

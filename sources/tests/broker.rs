@@ -53,11 +53,6 @@ async fn good_and_bad_messages_from_ten_devices() {
     let cfg = BrokerSourceConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         max_payload: ByteSize::kib(1),
-        // All ~245 KB of the messages below wait at once (ingest is read
-        // only once every PUBACK is in): far under half of this buffer, so
-        // no early commit is due however slowly the machine runs. (Half of
-        // the default 512 KiB is barely above them.)
-        buffer: ByteSize::mib(2),
         ..BrokerSourceConfig::default()
     };
     let (sink, mut ingest) = Ingest::new(8);
@@ -131,13 +126,7 @@ async fn good_and_bad_messages_from_ten_devices() {
         bad_publisher.queue(topic, body.clone()).await;
     }
 
-    // Every message is acknowledged by the broker...
-    for p in &mut publishers {
-        p.wait_acked(PER_DEVICE, WAIT).await;
-    }
-    bad_publisher.wait_acked(bad.len(), WAIT).await;
-
-    // ... and reaches ingest.
+    // Every message reaches ingest...
     let mut records = HashMap::new();
     let mut dead = Vec::new();
     let mut submissions = 0;
@@ -148,8 +137,6 @@ async fn good_and_bad_messages_from_ten_devices() {
         // A submission waits in ingest for its commit: it holds its items,
         // not room for a full batch.
         assert_eq!(sub.items.capacity(), sub.items.len(), "exact-size batches");
-        // Far under half of `buffer` waits: the commit interval applies.
-        assert_eq!(sub.max_delay, None);
         for item in ingest.commit(sub) {
             match item {
                 Item::Record(r) => {
@@ -191,6 +178,11 @@ async fn good_and_bad_messages_from_ten_devices() {
         assert_eq!(d.payload, body[..body.len().min(1024)]);
     }
     assert!(submissions < DEVICES * PER_DEVICE, "messages are batched");
+    // ... and is acknowledged once committed.
+    for p in &mut publishers {
+        p.wait_acked(PER_DEVICE, WAIT).await;
+    }
+    bad_publisher.wait_acked(bad.len(), WAIT).await;
 
     // Nothing more arrives.
     assert!(
@@ -340,12 +332,11 @@ impl BrokerObserver for Events {
     }
 }
 
-/// A broker source through the front (the default) with a 64 KiB `buffer`,
-/// an ingest that takes nothing until the test commits, and device `dev-0`
+/// A broker source through the front (the default), an ingest that
+/// commits nothing until the test does, and device `dev-0`
 /// publishing `n` readings of ~100 bytes (`sequence` 0..n) in a task.
 struct Flooded {
     ingest: Ingest,
-    events: mpsc::UnboundedReceiver<BrokerEvent>,
     cancel: CancellationToken,
     source: tokio::task::JoinHandle<Result<(), SourceError>>,
     addr: SocketAddr,
@@ -360,27 +351,19 @@ impl Flooded {
         format!(r#"{{"sequence": {seq}, "pad": "{}"}}"#, "x".repeat(80))
     }
 
-    /// A reading's size as the front's backlog counts it.
-    fn size(seq: usize) -> usize {
-        4 + Self::TOPIC.len() + Self::payload(seq).len()
-    }
-
     async fn start(n: usize) -> Flooded {
         init_tracing();
         let cfg = BrokerSourceConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            buffer: ByteSize::kib(64),
             ..BrokerSourceConfig::default()
         };
         let (sink, ingest) = Ingest::new(1);
-        let (events_tx, events) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let source = tokio::spawn(run_broker_observed(
+        let source = tokio::spawn(run_broker(
             Arc::from("local"),
             cfg,
             sink,
-            Arc::new(Events(events_tx)),
             cancel.clone(),
             Some(ready_tx),
         ));
@@ -402,7 +385,6 @@ impl Flooded {
         });
         Flooded {
             ingest,
-            events,
             cancel,
             source,
             addr,
@@ -418,93 +400,101 @@ impl Flooded {
     }
 }
 
-/// Through the device front (the default), back-pressure reaches the
-/// devices: while ingest is stalled the front stops reading once half of
-/// `buffer` waits in the broker, so the same flood that overruns a direct
-/// broker (above) loses nothing; it is slowed down, and
-/// `limit="backlog"` counts it.
+/// Through the device front (the default) a publish is acknowledged only
+/// once the commit that holds it is done: while ingest commits nothing, the
+/// device hears nothing; at every moment it has been acknowledged at most
+/// what was committed; and in the end every reading is stored once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn through_the_front_a_stalled_ingest_slows_devices_and_loses_nothing() {
-    const N: usize = 5000;
+async fn through_the_front_nothing_is_acknowledged_before_its_commit() {
+    const N: usize = 2000;
     let mut f = Flooded::start(N).await;
-    // Ingest takes nothing yet: the front pauses the device.
-    timeout(WAIT, async {
-        loop {
-            match f.events.recv().await.unwrap() {
-                BrokerEvent::Limit(Limit::Backlog) => break,
-                BrokerEvent::Connected => {}
-                other => panic!("{other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the device was not slowed down");
-    // Still nothing taken: a second on, the device is still held back
-    // (without the pause rumqttd acknowledges all of them in a few
-    // milliseconds, as above, and its 64 KiB log loses most).
-    let mut acked = 0;
-    let _ = timeout(Duration::from_secs(1), async {
-        while acked < N {
-            f.publisher.wait_acked(1, WAIT).await;
-            acked += 1;
-        }
-    })
-    .await;
-    assert!(
-        acked < N / 2,
-        "{acked} of {N} acknowledged while ingest took none"
-    );
+    let first = f.ingest.next(WAIT).await;
+    // Held uncommitted: a second on, not one PUBACK (rumqttd would have
+    // sent them within milliseconds).
+    let _ = timeout(Duration::from_secs(1), f.publisher.wait_acked(1, WAIT)).await;
+    assert_eq!(f.publisher.acked(), 0, "acknowledged before any commit");
 
     let mut received = Vec::new();
-    while received.len() < N {
-        let sub = f.ingest.next(WAIT).await;
+    let mut sub = first;
+    loop {
+        assert!(
+            f.publisher.acked() as usize <= received.len(),
+            "{} acknowledged, {} committed",
+            f.publisher.acked(),
+            received.len()
+        );
         for item in f.ingest.commit(sub) {
             match item {
                 Item::Record(r) => received.push(r.field("sequence").cloned()),
                 Item::Dead(d) => panic!("{d:?}"),
             }
         }
+        if received.len() >= N {
+            break;
+        }
+        sub = f.ingest.next(WAIT).await;
     }
     let want: Vec<_> = (0..N).map(|s| Some(Value::Int(s as i64))).collect();
     assert_eq!(received, want, "every message, once, in order");
-    f.publisher.wait_acked(N - acked, WAIT).await;
+    f.publisher.wait_acked(N, WAIT).await;
     f.stop().await;
+}
+
+/// Encodes MQTT packets for raw devices.
+mod wire {
+    use bytes::BytesMut;
+
+    pub fn connect(client: &str, keep_alive: u16) -> BytesMut {
+        let mut wire = BytesMut::new();
+        let mut connect = rumqttc::Connect::new(client);
+        connect.keep_alive = keep_alive;
+        connect.write(&mut wire).unwrap();
+        wire
+    }
+
+    pub fn publish(wire: &mut BytesMut, topic: &str, qos: u8, pkid: u16, payload: String) {
+        let qos = rumqttc::qos(qos).unwrap();
+        let mut p = rumqttc::Publish::new(topic, qos, payload);
+        p.pkid = pkid;
+        p.write(wire).unwrap();
+    }
+
+    pub fn pubrel(wire: &mut BytesMut, pkid: u16) {
+        rumqttc::PubRel::new(pkid).write(wire).unwrap();
+    }
 }
 
 /// Connects a raw device `client` (keep-alive `keep_alive` s) that sends
 /// its CONNECT and three QoS 1 publishes (packet ids 1..=3, `sequence`
 /// 100,001..=100,003) in one write; returns once its CONNACK came.
 async fn raw_device(addr: SocketAddr, client: &str, keep_alive: u16) -> tokio::net::TcpStream {
-    use bytes::BytesMut;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut wire = BytesMut::new();
-    let mut connect = rumqttc::Connect::new(client);
-    connect.keep_alive = keep_alive;
-    connect.write(&mut wire).unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut wire = wire::connect(client, keep_alive);
     for pkid in 1..=3u16 {
-        let mut p = rumqttc::Publish::new(
-            format!("sensors/{client}/telemetry"),
-            rumqttc::QoS::AtLeastOnce,
-            format!(r#"{{"sequence": {}}}"#, 100_000 + u32::from(pkid)),
-        );
-        p.pkid = pkid;
-        p.write(&mut wire).unwrap();
+        let topic = format!("sensors/{client}/telemetry");
+        let payload = format!(r#"{{"sequence": {}}}"#, 100_000 + u32::from(pkid));
+        wire::publish(&mut wire, &topic, 1, pkid, payload);
     }
     let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
     raw.write_all(&wire).await.unwrap();
-    let mut connack = [0u8; 4];
-    timeout(WAIT, raw.read_exact(&mut connack))
-        .await
-        .expect("no CONNACK while held back")
-        .unwrap();
-    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    expect_bytes(&mut raw, &[0x20, 0x02, 0x00, 0x00], "a CONNACK").await;
     raw
+}
+
+/// Reads `want.len()` bytes from `raw` and compares them with `want`.
+async fn expect_bytes(raw: &mut tokio::net::TcpStream, want: &[u8], what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut got = vec![0u8; want.len()];
+    timeout(WAIT, raw.read_exact(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("no {what}"))
+        .unwrap_or_else(|e| panic!("no {what}: {e}"));
+    assert_eq!(got, want, "{what}");
 }
 
 /// Ingest catches up with `f`'s `n` readings and the raw device's three:
 /// all stored, and the raw device gets its three PUBACKs, in order.
 async fn catch_up(f: &mut Flooded, n: usize, raw: &mut tokio::net::TcpStream, client: &str) {
-    use tokio::io::AsyncReadExt;
     let mut first = 0;
     let mut second = Vec::new();
     while first < n || second.len() < 3 {
@@ -521,116 +511,377 @@ async fn catch_up(f: &mut Flooded, n: usize, raw: &mut tokio::net::TcpStream, cl
     }
     let want: Vec<_> = (1..=3).map(|k| Some(Value::Int(100_000 + k))).collect();
     assert_eq!(second, want);
-    let mut pubacks = [0u8; 12];
-    timeout(WAIT, raw.read_exact(&mut pubacks))
-        .await
-        .expect("no PUBACKs once stored")
-        .unwrap();
-    assert_eq!(
-        pubacks,
-        [0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3],
-        "three PUBACKs, in order"
-    );
+    expect_bytes(
+        raw,
+        &[0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3],
+        "three PUBACKs, in order, once stored",
+    )
+    .await;
 }
 
-/// Waits until `f`'s device is held back.
-async fn held_back(f: &mut Flooded) {
-    timeout(WAIT, async {
-        while f.events.recv().await.unwrap() != BrokerEvent::Limit(Limit::Backlog) {}
-    })
-    .await
-    .expect("the first device was not held back");
-}
-
-/// A device that connects while devices are held back gets its CONNACK,
-/// but what it sent in the same breath as its CONNECT waits with the rest:
-/// no PUBACK until ingest catches up.
+/// A device that connects while ingest commits nothing gets its CONNACK,
+/// and what it sent in the same breath as its CONNECT waits for the
+/// commit: no PUBACK until ingest catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_connecting_while_held_back_waits_with_what_came_with_its_connect() {
+async fn a_device_connecting_while_ingest_waits_is_acknowledged_after_the_commit() {
     use tokio::io::AsyncReadExt;
     const N: usize = 2000;
     let mut f = Flooded::start(N).await;
-    held_back(&mut f).await;
+    let held = f.ingest.next(WAIT).await;
     let mut raw = raw_device(f.addr, "dev-1", 60).await;
-    // Held back: nothing more comes within a second (without the check
-    // its three PUBACKs come within milliseconds).
     let mut more = [0u8; 1];
     assert!(
         timeout(Duration::from_secs(1), raw.read(&mut more))
             .await
             .is_err(),
-        "a PUBACK came while ingest took nothing"
+        "a PUBACK came while ingest committed nothing"
     );
-    catch_up(&mut f, N, &mut raw, "dev-1").await;
+    let n = N - f.ingest.commit(held).len();
+    catch_up(&mut f, n, &mut raw, "dev-1").await;
     f.stop().await;
 }
 
-/// A held-back device's keep-alive goes on: its PINGREQs are answered
-/// while its publishes wait, and rumqttd (which drops a client it has not
-/// heard from for 1.5 keep-alives) keeps it connected through a wait of
-/// three keep-alives.
+/// A device whose publishes wait for their commit keeps its keep-alive:
+/// the front answers its PINGREQs at once, and it stays connected through
+/// a wait of three keep-alives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_held_back_device_keeps_its_keep_alive() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+async fn a_waiting_device_keeps_its_keep_alive() {
+    use tokio::io::AsyncWriteExt;
     const N: usize = 2000;
     let mut f = Flooded::start(N).await;
-    held_back(&mut f).await;
+    let held = f.ingest.next(WAIT).await;
     let mut raw = raw_device(f.addr, "dev-1", 1).await;
     let mut ping = tokio::time::interval(Duration::from_millis(500));
     for _ in 0..6 {
         ping.tick().await;
         raw.write_all(&[0xc0, 0x00]).await.unwrap();
-        let mut pingresp = [0u8; 2];
-        timeout(Duration::from_secs(1), raw.read_exact(&mut pingresp))
-            .await
-            .expect("no PINGRESP while held back")
-            .expect("the connection was closed while held back");
-        assert_eq!(pingresp, [0xd0, 0x00], "a PINGRESP, not a PUBACK");
+        expect_bytes(&mut raw, &[0xd0, 0x00], "a PINGRESP, not a PUBACK").await;
     }
-    catch_up(&mut f, N, &mut raw, "dev-1").await;
+    let n = N - f.ingest.commit(held).len();
+    catch_up(&mut f, n, &mut raw, "dev-1").await;
     f.stop().await;
 }
 
-/// Through the front, once more than half of `buffer` waits for ingest, each
-/// submission asks for a commit at once instead of waiting for the commit
-/// interval while the devices are held back.
+/// A device silent for 1.5 times its keep-alive is disconnected; one with
+/// keep-alive 0 is accepted (MQTT 3.1.1: no keep-alive) and stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_of_buffer_waiting_for_ingest_asks_for_a_commit_at_once() {
-    const N: usize = 2000;
-    let mut f = Flooded::start(N).await;
-    held_back(&mut f).await;
-    // Nothing is committed: what ingest has taken all waits (and what the
-    // front relayed is at least that).
-    let (mut waiting, mut pressing, mut held) = (0, 0, Vec::new());
-    while pressing < 2 {
-        let sub = f.ingest.next(WAIT).await;
-        for item in &sub.items {
-            let Item::Record(r) = item else {
-                panic!("{item:?}")
-            };
-            let Some(Value::Int(seq)) = r.field("sequence") else {
-                panic!("{r:?}")
-            };
-            waiting += Flooded::size(*seq as usize);
+async fn keep_alive_is_the_front_s_to_watch() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _ingest, cancel, source) = front_source(ByteSize::kib(512)).await;
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    silent.write_all(&wire::connect("silent", 1)).await.unwrap();
+    expect_bytes(&mut silent, &[0x20, 0x02, 0x00, 0x00], "a CONNACK").await;
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let n = timeout(WAIT, silent.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!((n.unwrap(), started.elapsed() >= Duration::from_millis(1400)), (0, true));
+
+    let mut forever = tokio::net::TcpStream::connect(addr).await.unwrap();
+    forever.write_all(&wire::connect("forever", 0)).await.unwrap();
+    expect_bytes(&mut forever, &[0x20, 0x02, 0x00, 0x00], "a CONNACK for keep-alive 0").await;
+    let mut one = [0u8; 1];
+    assert!(
+        timeout(Duration::from_secs(2), forever.read(&mut one))
+            .await
+            .is_err(),
+        "a keep-alive 0 client was closed"
+    );
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+}
+
+/// A broker source through the front on 127.0.0.1:0, its ingest, its token
+/// and its task.
+async fn front_source(
+    buffer: ByteSize,
+) -> (
+    SocketAddr,
+    Ingest,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), SourceError>>,
+) {
+    init_tracing();
+    let cfg = BrokerSourceConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        buffer,
+        ..BrokerSourceConfig::default()
+    };
+    let (sink, ingest) = Ingest::new(8);
+    let cancel = CancellationToken::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let source = tokio::spawn(run_broker(
+        Arc::from("local"),
+        cfg,
+        sink,
+        cancel.clone(),
+        Some(ready_tx),
+    ));
+    let addr = timeout(WAIT, ready_rx).await.unwrap().unwrap();
+    (addr, ingest, cancel, source)
+}
+
+/// QoS 2 (MQTT 3.1.1, 4.3.3): PUBREC once stored, a publish sent again
+/// under the same packet id before PUBREL is stored once, PUBREL gets its
+/// PUBCOMP, and the id is free for a new message afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_2_is_stored_once_and_released() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, mut ingest, cancel, source) = front_source(ByteSize::kib(512)).await;
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&wire::connect("q2", 60)).await.unwrap();
+    expect_bytes(&mut raw, &[0x20, 0x02, 0x00, 0x00], "a CONNACK").await;
+    let topic = "sensors/q2/telemetry";
+    let mut w = bytes::BytesMut::new();
+    wire::publish(&mut w, topic, 2, 5, r#"{"sequence": 1}"#.into());
+    wire::publish(&mut w, topic, 2, 5, r#"{"sequence": 1}"#.into());
+    raw.write_all(&w).await.unwrap();
+    let mut stored = Vec::new();
+    while stored.len() < 1 {
+        let sub = ingest.next(WAIT).await;
+        stored.extend(ingest.commit(sub));
+    }
+    expect_bytes(&mut raw, &[0x50, 2, 0, 5, 0x50, 2, 0, 5], "a PUBREC for each").await;
+    let mut w = bytes::BytesMut::new();
+    wire::pubrel(&mut w, 5);
+    wire::publish(&mut w, topic, 2, 5, r#"{"sequence": 2}"#.into());
+    raw.write_all(&w).await.unwrap();
+    while stored.len() < 2 {
+        let sub = ingest.next(WAIT).await;
+        stored.extend(ingest.commit(sub));
+    }
+    expect_bytes(
+        &mut raw,
+        &[0x70, 2, 0, 5, 0x50, 2, 0, 5],
+        "a PUBCOMP, then a PUBREC for the new message",
+    )
+    .await;
+    let seqs: Vec<_> = stored
+        .iter()
+        .map(|i| match i {
+            Item::Record(r) => r.field("sequence").cloned(),
+            Item::Dead(d) => panic!("{d:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![Some(Value::Int(1)), Some(Value::Int(2))]);
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+}
+
+/// A PUBLISH to a topic with a wildcard closes its connection (MQTT 3.1.1,
+/// 3.3.2.1): not acknowledged, not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_publish_topic_closes_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, mut ingest, cancel, source) = front_source(ByteSize::kib(512)).await;
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&wire::connect("wild", 60)).await.unwrap();
+    expect_bytes(&mut raw, &[0x20, 0x02, 0x00, 0x00], "a CONNACK").await;
+    // rumqttc checks topics; the bytes are written by hand.
+    let topic = b"sensors/+/telemetry";
+    let mut w = vec![0x32, (2 + topic.len() + 2 + 2) as u8, 0, topic.len() as u8];
+    w.extend_from_slice(topic);
+    w.extend_from_slice(&[0, 1, b'{', b'}']);
+    raw.write_all(&w).await.unwrap();
+    let mut rest = Vec::new();
+    let n = timeout(WAIT, raw.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!((n.unwrap(), rest), (0, vec![]), "closed without a PUBACK");
+    assert!(
+        timeout(Duration::from_millis(300), ingest.rx.recv())
+            .await
+            .is_err(),
+        "nothing stored"
+    );
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+}
+
+/// A device that floods without waiting for PUBACKs is read only while less
+/// than its window (64 KiB) waits for a commit: ingest never holds more of
+/// it than that and one read, and `limit="backlog"` counts the waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_device_waits_within_its_window() {
+    use tokio::io::AsyncWriteExt;
+    const N: u16 = 2000;
+    init_tracing();
+    let cfg = BrokerSourceConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..BrokerSourceConfig::default()
+    };
+    let (sink, mut ingest) = Ingest::new(1024);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let source = tokio::spawn(run_broker_observed(
+        Arc::from("local"),
+        cfg,
+        sink,
+        Arc::new(Events(events_tx)),
+        cancel.clone(),
+        Some(ready_tx),
+    ));
+    let addr = timeout(WAIT, ready_rx).await.unwrap().unwrap();
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&wire::connect("flood", 60)).await.unwrap();
+    expect_bytes(&mut raw, &[0x20, 0x02, 0x00, 0x00], "a CONNACK").await;
+    let writer = tokio::spawn(async move {
+        let mut w = bytes::BytesMut::new();
+        for pkid in 1..=N {
+            let payload = format!(r#"{{"sequence": {pkid}, "pad": "{}"}}"#, "x".repeat(180));
+            wire::publish(&mut w, "sensors/flood/telemetry", 1, pkid, payload);
         }
-        if waiting > 32 * 1024 {
-            assert_eq!(
-                sub.max_delay,
-                Some(Duration::ZERO),
-                "{waiting} bytes wait for ingest, of a 64 KiB buffer"
-            );
-            pressing += 1;
-        }
+        raw.write_all(&w).await.unwrap();
+        raw
+    });
+    timeout(WAIT, async {
+        while events.recv().await.unwrap() != BrokerEvent::Limit(Limit::Backlog) {}
+    })
+    .await
+    .expect("the device never waited");
+    // Everything ingest was handed so far, none of it committed.
+    let mut held = Vec::new();
+    let mut bytes = 0;
+    while let Ok(sub) = ingest.rx.try_recv() {
+        bytes += sub.items.len() * (2 + 2 + 2 + 23 + 210);
         held.push(sub);
+    }
+    assert!(
+        bytes <= 64 * 1024 + 64 * 1024,
+        "{bytes} bytes of publishes wait for their commit"
+    );
+    let mut stored = 0;
+    for sub in held {
+        stored += ingest.commit(sub).len();
+    }
+    while stored < usize::from(N) {
+        let sub = ingest.next(WAIT).await;
+        stored += ingest.commit(sub).len();
+    }
+    let _raw = timeout(WAIT, writer).await.unwrap().unwrap();
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+}
+
+/// A client of the front that subscribes to `filter`, once its SUBACK came.
+async fn subscriber(addr: SocketAddr, client: &str, filter: &str) -> rumqttc::EventLoop {
+    let opts = rumqttc::MqttOptions::new(client, addr.ip().to_string(), addr.port());
+    let (c, mut events) = rumqttc::AsyncClient::new(opts, 100);
+    c.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.unwrap();
+    timeout(WAIT, async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a)) =
+                events.poll().await.unwrap()
+            {
+                assert_eq!(a.return_codes.len(), 1);
+                break;
+            }
+        }
+    })
+    .await
+    .expect("no SUBACK");
+    events
+}
+
+/// The next `n` publishes an event loop receives: topic and payload.
+async fn received(events: &mut rumqttc::EventLoop, n: usize) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    timeout(WAIT, async {
+        while got.len() < n {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) =
+                events.poll().await.unwrap()
+            {
+                got.push((p.topic, String::from_utf8(p.payload.to_vec()).unwrap()));
+            }
+        }
+    })
+    .await
+    .expect("publishes missing");
+    got
+}
+
+/// Devices that subscribe get other devices' publishes (through rumqttd),
+/// and a retained publish reaches a later subscriber; everything is stored
+/// all the same, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_subscribe_to_each_other_through_the_front() {
+    let (addr, mut ingest, cancel, source) = front_source(ByteSize::kib(512)).await;
+    let mut listener = subscriber(addr, "listener", "sensors/+/telemetry").await;
+    let mut talker = Publisher::spawn(addr, "talker");
+    let topic = "sensors/talker/telemetry";
+    for seq in 0..5 {
+        talker.queue(topic, format!(r#"{{"sequence": {seq}}}"#)).await;
+    }
+    let mut stored = 0;
+    while stored < 5 {
+        let sub = ingest.next(WAIT).await;
+        stored += ingest.commit(sub).len();
+    }
+    talker.wait_acked(5, WAIT).await;
+    let want: Vec<_> = (0..5)
+        .map(|seq| (topic.to_owned(), format!(r#"{{"sequence": {seq}}}"#)))
+        .collect();
+    assert_eq!(received(&mut listener, 5).await, want);
+
+    // Retained: kept by rumqttd for whoever subscribes later.
+    talker
+        .client()
+        .publish(topic, rumqttc::QoS::AtLeastOnce, true, r#"{"sequence": 9}"#)
+        .await
+        .unwrap();
+    let sub = ingest.next(WAIT).await;
+    assert_eq!(ingest.commit(sub).len(), 1);
+    talker.wait_acked(1, WAIT).await;
+    let mut late = subscriber(addr, "late", topic).await;
+    assert_eq!(
+        received(&mut late, 1).await,
+        vec![(topic.to_owned(), r#"{"sequence": 9}"#.to_owned())]
+    );
+    assert!(
+        timeout(Duration::from_millis(300), ingest.rx.recv())
+            .await
+            .is_err(),
+        "stored once"
+    );
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+}
+
+/// A lone publish rides the commit interval; once ten of a device's
+/// publishes wait for their PUBACK, ingest is asked to commit at once (a
+/// client's in-flight window would otherwise wait out each interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_in_flight_window_asks_for_a_commit_at_once() {
+    let (addr, mut ingest, cancel, source) = front_source(ByteSize::kib(512)).await;
+    let mut p = Publisher::spawn(addr, "dev-0");
+    let topic = "sensors/dev-0/telemetry";
+    p.queue(topic, r#"{"sequence": 0}"#).await;
+    let sub = ingest.next(WAIT).await;
+    assert_eq!(sub.max_delay, None, "one publish waits");
+    assert_eq!(ingest.commit(sub).len(), 1);
+    p.wait_acked(1, WAIT).await;
+    for seq in 1..=50 {
+        p.queue(topic, format!(r#"{{"sequence": {seq}}}"#)).await;
+    }
+    let (mut held, mut waiting) = (Vec::new(), 0);
+    loop {
+        let sub = ingest.next(WAIT).await;
+        waiting += sub.items.len();
+        let now = sub.max_delay == Some(Duration::ZERO);
+        held.push(sub);
+        if now {
+            assert!(waiting >= 10, "at once with {waiting} waiting");
+            break;
+        }
+        assert!(waiting < 10, "{waiting} wait, and the commit may wait");
     }
     let mut stored = 0;
     for sub in held {
-        stored += f.ingest.commit(sub).len();
+        stored += ingest.commit(sub).len();
     }
-    while stored < N {
-        let sub = f.ingest.next(WAIT).await;
-        stored += f.ingest.commit(sub).len();
+    while stored < 50 {
+        let sub = ingest.next(WAIT).await;
+        stored += ingest.commit(sub).len();
     }
-    assert_eq!(stored, N);
-    f.stop().await;
+    p.wait_acked(50, WAIT).await;
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
 }

@@ -1,5 +1,7 @@
 //! Logging of dead letters without flooding the journal.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tracing::{debug, warn};
 
 use ferry_core::record::DeadLetter;
@@ -18,17 +20,16 @@ use super::payload::Reject;
 /// write a line of its own; the stored reason keeps the raw text.
 #[derive(Debug, Default)]
 pub(crate) struct DeadLetterLog {
-    counts: [u64; Reject::KINDS.len()],
+    counts: [AtomicU64; Reject::KINDS.len()],
 }
 
 impl DeadLetterLog {
-    pub(crate) fn log(&mut self, dead: &DeadLetter) {
+    pub(crate) fn log(&self, dead: &DeadLetter) {
         let i = Reject::KINDS
             .iter()
             .position(|k| *k == dead.kind)
             .unwrap_or(0);
-        self.counts[i] += 1;
-        let count = self.counts[i];
+        let count = self.counts[i].fetch_add(1, Ordering::Relaxed) + 1;
         if count.is_power_of_two() {
             warn!(
                 source = %dead.source,

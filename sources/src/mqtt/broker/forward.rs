@@ -1,14 +1,14 @@
 //! Forwarding what rumqttd routes to ingest: the local link's
 //! notifications matched, decoded and batched, gaps in its offsets turned
-//! into `overrun` dead letters, and the receipts of what was submitted
-//! handed to the front's backlog.
+//! into `overrun` dead letters, and failed commits of what was submitted
+//! reported. (Only for devices connected to rumqttd directly: the front
+//! stores what its devices send itself.)
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use rumqttd::local::LinkRx;
 use rumqttd::Notification;
@@ -21,7 +21,7 @@ use ferry_core::record::DeadLetter;
 use ferry_core::sink::{Item, Receipt, Sink, SubmitError};
 
 use crate::mqtt::decode::MessageDecoder;
-use crate::mqtt::front::{Backlog, BrokerEvent, BrokerObserver, Limit};
+use crate::mqtt::front::{observe_dead, BrokerObserver};
 use crate::mqtt::log::DeadLetterLog;
 use crate::mqtt::payload::Reject;
 use crate::mqtt::SourceError;
@@ -33,9 +33,8 @@ use super::*;
 pub(super) struct Forwarder {
     pub(super) addr: SocketAddr,
     pub(super) decoder: MessageDecoder,
-    /// Longer topics become `topic_too_long` dead letters (`None`: the
-    /// device front checks them).
-    pub(super) max_topic_length: Option<usize>,
+    /// Longer topics become `topic_too_long` dead letters.
+    pub(super) max_topic_length: usize,
     pub(super) link_rx: LinkRx,
     pub(super) sink: Sink,
     pub(super) receipts: mpsc::Sender<Submitted>,
@@ -47,10 +46,6 @@ pub(super) struct Forwarder {
     pub(super) lost: u64,
     pub(super) dead: DeadLetterLog,
     pub(super) observer: Arc<dyn BrokerObserver>,
-    /// With a front: what it relayed, this took, and ingest answered for.
-    pub(super) backlog: Option<Arc<Backlog>>,
-    /// The backlog's bytes of the messages in `batch`.
-    pub(super) batch_bytes: u64,
 }
 
 impl Forwarder {
@@ -64,9 +59,6 @@ impl Forwarder {
         stopped: &mut oneshot::Receiver<String>,
     ) -> Result<(), SourceError> {
         loop {
-            // Waiting on the link: if ingest holds nothing either, a device
-            // the front holds back meanwhile waits on a count that drifted.
-            self.set_idle(true);
             let first = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -76,12 +68,8 @@ impl Forwarder {
                 }),
                 n = self.link_rx.next() => n.map_err(|e| self.link_failed(e))?,
             };
-            self.set_idle(false);
             let mut unscheduled = first.is_some_and(|n| self.take(n));
             unscheduled |= self.drain_ready()?;
-            if let Some(b) = &self.backlog {
-                b.wake();
-            }
             self.submit(cancel).await?;
             if unscheduled {
                 // The router paused forwarding to this link while its buffer
@@ -92,12 +80,6 @@ impl Forwarder {
         // Cancelled: forward what the link holds already, then stop.
         self.drain_ready()?;
         self.submit(cancel).await
-    }
-
-    pub(super) fn set_idle(&self, idle: bool) {
-        if let Some(b) = &self.backlog {
-            b.set_idle(idle);
-        }
     }
 
     pub(super) fn link_failed(&self, e: rumqttd::local::LinkError) -> SourceError {
@@ -136,14 +118,10 @@ impl Forwarder {
             self.check_offset(offset);
         }
         let publish = forward.publish;
-        if let Some(b) = &self.backlog {
-            let size = Backlog::size(&publish.topic, publish.payload.len()).unwrap_or(0);
-            b.taken(size);
-            self.batch_bytes += size;
-        }
         let topic = String::from_utf8_lossy(&publish.topic);
-        let item = match self.max_topic_length {
-            Some(max) if publish.topic.len() > max => Item::Dead(DeadLetter::new(
+        let max = self.max_topic_length;
+        let item = if publish.topic.len() > max {
+            Item::Dead(DeadLetter::new(
                 self.decoder.source().clone(),
                 &*topic,
                 Reject::TOPIC_TOO_LONG,
@@ -152,21 +130,12 @@ impl Forwarder {
                     publish.topic.len()
                 ),
                 &publish.payload,
-            )),
-            _ => self.decoder.decode(&topic, &publish.payload),
+            ))
+        } else {
+            self.decoder.decode(&topic, &publish.payload)
         };
         if let Item::Dead(d) = &item {
-            self.dead.log(d);
-            let limit = match d.kind {
-                Reject::OVERSIZE => Some(Limit::Payload),
-                Reject::TOO_MANY_FIELDS => Some(Limit::Fields),
-                Reject::TOPIC_TOO_LONG => Some(Limit::TopicLength),
-                _ => None,
-            };
-            if let Some(limit) = limit {
-                self.observer
-                    .event(self.source(), BrokerEvent::Limit(limit));
-            }
+            observe_dead(&self.dead, &*self.observer, d);
         }
         self.batch.push(item);
         false
@@ -214,15 +183,8 @@ impl Forwarder {
         // batch held ~50 KB per message at a trickle (heaptrack: 1.7 MB of
         // the daemon's heap at 1,000 records/s). `batch` keeps its room.
         let items: Vec<Item> = self.batch.drain(..).collect();
-        let bytes = std::mem::take(&mut self.batch_bytes);
         let count = items.len();
-        // Through the front, devices are held back once `buffer` waits for
-        // ingest: when half of it does, ask for a commit at once, not at
-        // the interval (with a small `buffer` or a long interval, devices
-        // would otherwise wait out each interval).
-        let pressing = self.backlog.as_ref().is_some_and(|b| b.pressing());
-        let max_delay = pressing.then_some(Duration::ZERO);
-        let mut submit = pin!(self.sink.submit_within(items, max_delay));
+        let mut submit = pin!(self.sink.submit(items));
         let submitted = tokio::select! {
             r = &mut submit => r,
             _ = cancel.cancelled() => match timeout(SHUTDOWN_GRACE, &mut submit).await {
@@ -234,62 +196,36 @@ impl Forwarder {
                         "shutting down: ingest did not accept the last messages in time; \
                          they are lost"
                     );
-                    self.done_with(bytes);
                     return Ok(());
                 }
             },
         };
         let receipt = submitted.map_err(|_| SourceError::SinkClosed)?;
-        if let Err(mpsc::error::TrySendError::Full(s)) = self.receipts.try_send(Submitted {
-            count,
-            bytes,
-            receipt,
-        }) {
+        if let Err(mpsc::error::TrySendError::Full(s)) =
+            self.receipts.try_send(Submitted { count, receipt })
+        {
             debug!(
                 source = %self.source(),
                 count = s.count, "receipt watcher is behind; not watching this commit"
             );
-            self.done_with(s.bytes);
         }
         Ok(())
-    }
-
-    /// The front's backlog no longer counts `bytes` as held in Ferry.
-    pub(super) fn done_with(&self, bytes: u64) {
-        if let Some(b) = &self.backlog {
-            b.done(bytes);
-        }
     }
 }
 
 /// A submission to ingest, whose commit the receipt watcher waits for.
 pub(super) struct Submitted {
     pub(super) count: usize,
-    /// Its messages' bytes in the front's backlog.
-    pub(super) bytes: u64,
     pub(super) receipt: Receipt,
 }
 
 /// Watches commit receipts in order, to report store failures (the broker
-/// has acknowledged these messages, so a failed commit loses them) and to
-/// tell the front's backlog (with a front) that ingest is done with them.
-pub(super) fn spawn_receipt_watcher(
-    name: Arc<str>,
-    backlog: Option<Arc<Backlog>>,
-) -> mpsc::Sender<Submitted> {
+/// has acknowledged these messages, so a failed commit loses them).
+pub(super) fn spawn_receipt_watcher(name: Arc<str>) -> mpsc::Sender<Submitted> {
     let (tx, mut rx) = mpsc::channel::<Submitted>(1024);
     tokio::spawn(async move {
-        while let Some(Submitted {
-            count,
-            bytes,
-            receipt,
-        }) = rx.recv().await
-        {
-            let outcome = receipt.committed().await;
-            if let Some(b) = &backlog {
-                b.done(bytes);
-            }
-            match outcome {
+        while let Some(Submitted { count, receipt }) = rx.recv().await {
+            match receipt.committed().await {
                 Ok(_) => {}
                 Err(SubmitError::Closed) => break,
                 Err(e @ SubmitError::Store(_)) => error!(

@@ -63,7 +63,7 @@ use tracing::{debug, info};
 use ferry_core::sink::Sink;
 
 use super::config::BrokerSourceConfig;
-use super::front::{Backlog, BoundFront, BrokerObserver, NoBrokerObserver};
+use super::front::{BoundFront, BrokerObserver, Intake, NoBrokerObserver};
 use super::log::DeadLetterLog;
 use super::SourceError;
 
@@ -121,30 +121,36 @@ pub async fn run_broker_observed(
 ) -> Result<(), SourceError> {
     let decoder = cfg.decoder(name.clone())?;
     // With a front, rumqttd listens on loopback only and devices reach it
-    // through the front (see the `front` module for why); without one,
-    // devices connect to rumqttd on `listen`.
-    let (inner, front, backlog) = if cfg.uses_front() {
+    // through the front (see the `front` module for why), which stores
+    // their publishes itself; without one, devices connect to rumqttd on
+    // `listen`, and Ferry reads their publishes from rumqttd.
+    let (inner, front, decoder) = if cfg.uses_front() {
         let inner = reserve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-        let backlog = Arc::new(Backlog::new(cfg.buffer.as_u64()));
+        let intake = Intake::new(decoder, sink.clone(), observer.clone());
         let front = BoundFront::bind(
             name.clone(),
             &cfg,
             inner,
+            intake,
             observer.clone(),
-            backlog.clone(),
             cancel.clone(),
         )
         .await?;
-        (inner, Some(front), Some(backlog))
+        (inner, Some(front), None)
     } else {
-        (reserve(cfg.listen)?, None, None)
+        (reserve(cfg.listen)?, None, Some(decoder))
     };
     let addr = match &front {
         Some(front) => front.local_addr()?,
         None => inner,
     };
-    let (link, mut stopped) =
-        spawn_broker(&name, rumqttd_config(&cfg, &name, inner), inner).await?;
+    let (link, mut stopped) = spawn_broker(
+        &name,
+        rumqttd_config(&cfg, &name, inner),
+        inner,
+        decoder.is_some(),
+    )
+    .await?;
     let (_link_tx, link_rx) = link;
 
     tokio::select! {
@@ -152,11 +158,11 @@ pub async fn run_broker_observed(
         _ = cancel.cancelled() => return Ok(()),
         r = wait_listening(&name, inner, &mut stopped) => r?,
     }
-    let _front = front.map(BoundFront::serve);
+    let front = front.map(BoundFront::serve);
     info!(
         source = %name,
         %addr,
-        front = cfg.uses_front(),
+        front = front.is_some(),
         tls = cfg.tls.is_some(),
         login = cfg.password_file.is_some(),
         acl = cfg.acl.as_str(),
@@ -168,11 +174,20 @@ pub async fn run_broker_observed(
         }
     }
 
+    let Some(decoder) = decoder else {
+        // The front's connections store what devices send; this waits.
+        return tokio::select! {
+            _ = cancel.cancelled() => Ok(()),
+            reason = &mut stopped => Err(SourceError::Broker {
+                addr,
+                reason: reason.unwrap_or_else(|_| "its thread died".to_owned()),
+            }),
+        };
+    };
     let mut forwarder = Forwarder {
         addr,
         decoder,
-        // The front drops long topics before they reach the broker.
-        max_topic_length: (!cfg.uses_front()).then_some(cfg.max_topic_length),
+        max_topic_length: cfg.max_topic_length,
         link_rx,
         sink,
         batch: Vec::with_capacity(MAX_BATCH),
@@ -180,9 +195,7 @@ pub async fn run_broker_observed(
         lost: 0,
         dead: DeadLetterLog::default(),
         observer,
-        receipts: spawn_receipt_watcher(name.clone(), backlog.clone()),
-        backlog,
-        batch_bytes: 0,
+        receipts: spawn_receipt_watcher(name.clone()),
     };
     let result = forwarder.run(&cancel, &mut stopped).await;
     info!(

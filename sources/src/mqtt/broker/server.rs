@@ -78,12 +78,14 @@ pub(super) fn rumqttd_config(
     }
 }
 
-/// Starts rumqttd on its own thread and returns Ferry's link to it, plus a
-/// receiver that fires (with the reason) if the broker stops.
+/// Starts rumqttd on its own thread and returns Ferry's link to it
+/// (subscribed to `#` if `forward_all`: Ferry reads what devices publish
+/// there), plus a receiver that fires (with the reason) if the broker stops.
 pub(super) async fn spawn_broker(
     name: &str,
     config: rumqttd::Config,
     addr: SocketAddr,
+    forward_all: bool,
 ) -> Result<((LinkTx, LinkRx), oneshot::Receiver<String>), SourceError> {
     let broker_error = |reason: String| SourceError::Broker { addr, reason };
     let link_id = format!("ferry-{name}");
@@ -97,6 +99,7 @@ pub(super) async fn spawn_broker(
             // connects: both travel through its one queue, and the servers
             // start below.
             let link = match broker.link(&link_id) {
+                Ok((tx, rx)) if !forward_all => Ok((tx, rx)),
                 Ok((mut tx, rx)) => match tx.subscribe("#") {
                     Ok(_) => Ok((tx, rx)),
                     Err(e) => Err(e.to_string()),

@@ -23,14 +23,16 @@ pub enum Limit {
     Payload,
     /// `max_fields`: a payload became a `too_many_fields` dead letter.
     Fields,
-    /// `buffer`: ingest fell half of it behind, and a device connected
-    /// through the front waited before more of its packets were read.
+    /// A device through the front waited before more of its packets were
+    /// read: its publishes waiting for their commit filled its window.
     Backlog,
     /// The front's accept failed for want of a file descriptor (`EMFILE`,
     /// `ENFILE`): it waits with a back-off, the device waits in the backlog.
     Descriptors,
     /// The front's accept failed otherwise.
     AcceptError,
+    /// A SUBSCRIBE past the front's most distinct filters was refused.
+    Subscriptions,
 }
 
 impl Limit {
@@ -43,6 +45,7 @@ impl Limit {
             Limit::Backlog => "backlog",
             Limit::Descriptors => "descriptors",
             Limit::AcceptError => "accept_error",
+            Limit::Subscriptions => "subscriptions",
         }
     }
 }

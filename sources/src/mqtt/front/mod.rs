@@ -45,19 +45,21 @@
 //! SUBSCRIBE heads; everything else is copied, in batches, as it arrives.
 
 mod acl;
-mod backlog;
 mod events;
+mod intake;
 mod packet;
 mod passwd;
 mod read;
 mod relay;
 mod serve;
+mod subs;
 mod tls;
 
 pub use serve::REFUSING;
 
-pub use backlog::Backlog;
 pub use events::{BrokerEvent, BrokerObserver, Denied, Limit, NoBrokerObserver};
+pub use intake::Intake;
+pub(crate) use intake::observe_dead;
 pub use passwd::{LoginError, Passwords};
 
 use ferry_core::report::{problem_lines, KeyPath, Report};
@@ -73,6 +75,7 @@ use super::config::BrokerSourceConfig;
 use super::{SourceError, TopicTemplate};
 use acl::TopicPolicy;
 use serve::Front;
+use subs::Subscriptions;
 
 /// Room above twice `max_payload` for a packet's topic and header.
 const PACKET_OVERHEAD: usize = 1024 + 65_537;
@@ -84,6 +87,15 @@ pub fn max_packet(cfg: &BrokerSourceConfig) -> usize {
     max_payload
         .saturating_mul(2)
         .saturating_add(PACKET_OVERHEAD)
+}
+
+/// The room partial packets over 16 KiB share: `buffer`, and at least two
+/// of the largest packets.
+fn large_budget(cfg: &BrokerSourceConfig) -> usize {
+    let buffer = usize::try_from(cfg.buffer.as_u64()).unwrap_or(usize::MAX);
+    buffer
+        .max(max_packet(cfg).saturating_mul(2))
+        .min(u32::MAX as usize)
 }
 
 /// Loads the files a broker source names (its TLS certificate and key, its
@@ -108,14 +120,15 @@ pub struct BoundFront {
 }
 
 impl BoundFront {
-    /// Loads the TLS and password files and binds `cfg.listen`; devices are
-    /// relayed to `inner` once [`BoundFront::serve`] runs.
+    /// Loads the TLS and password files and binds `cfg.listen`; once
+    /// [`BoundFront::serve`] runs, devices' publishes go to `intake`, and
+    /// the rest of their sessions to the broker on `inner`.
     pub async fn bind(
         name: Arc<str>,
         cfg: &BrokerSourceConfig,
         inner: SocketAddr,
+        intake: Intake,
         observer: Arc<dyn BrokerObserver>,
-        backlog: Arc<Backlog>,
         cancel: CancellationToken,
     ) -> Result<BoundFront, SourceError> {
         let problems = problem_lines(|at, report| check_files(cfg, at, report));
@@ -165,7 +178,9 @@ impl BoundFront {
             )),
             max_connections: cfg.max_connections,
             observer,
-            backlog,
+            intake,
+            subs: Subscriptions::default(),
+            large: Arc::new(Semaphore::new(large_budget(cfg))),
             cancel,
         };
         Ok(BoundFront {

@@ -1,16 +1,26 @@
 //! The few MQTT 3.1.1 packets the front reads or writes, without I/O.
 //!
 //! The front splits both directions into whole packets (fixed header and
-//! remaining length), reads CONNECT in full and PUBLISH/SUBSCRIBE only as far
-//! as it needs (topic, QoS, packet id, filters), and writes CONNACK, PUBACK
-//! and SUBACK. Everything else passes through as bytes.
+//! remaining length), reads CONNECT, PUBLISH, PUBREL, SUBSCRIBE and
+//! UNSUBSCRIBE, and writes CONNACK, PUBACK, PUBREC, PUBCOMP, PINGRESP,
+//! PINGREQ and SUBACK. Everything else passes through as bytes.
 
 use bytes::BytesMut;
 
 pub const CONNECT: u8 = 1;
 pub const PUBLISH: u8 = 3;
+pub const PUBACK: u8 = 4;
+pub const PUBREL: u8 = 6;
 pub const SUBSCRIBE: u8 = 8;
+pub const UNSUBSCRIBE: u8 = 10;
 pub const PINGREQ: u8 = 12;
+pub const PINGRESP: u8 = 13;
+pub const DISCONNECT: u8 = 14;
+
+/// A PINGREQ packet.
+pub const PINGREQ_PACKET: [u8; 2] = [0xc0, 0x00];
+/// A PINGRESP packet.
+pub const PINGRESP_PACKET: [u8; 2] = [0xd0, 0x00];
 
 /// CONNACK return codes (MQTT 3.1.1, 3.2.2.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +120,12 @@ pub struct Connect {
     pub username: Option<String>,
     pub password: Option<Vec<u8>>,
     pub will_topic: Option<String>,
+    /// Seconds; 0: no keep-alive.
+    pub keep_alive: u16,
+    /// The client asks for a fresh session (clean session flag).
+    pub clean_session: bool,
+    /// Where the keep-alive sits in the body (to rewrite it).
+    pub keep_alive_at: usize,
 }
 
 /// Parses a CONNECT body (after the fixed header). Only the protocol level
@@ -127,6 +143,9 @@ pub fn connect(body: &[u8]) -> Result<Connect, Malformed> {
         username: None,
         password: None,
         will_topic: None,
+        keep_alive: 0,
+        clean_session: true,
+        keep_alive_at: 0,
     };
     if !(3..=4).contains(&level) {
         return Ok(c);
@@ -135,7 +154,9 @@ pub fn connect(body: &[u8]) -> Result<Connect, Malformed> {
     if flags & 0x01 != 0 {
         return Err(Malformed("reserved connect flag set"));
     }
-    let _keep_alive = b.u16()?;
+    c.clean_session = flags & 0x02 != 0;
+    c.keep_alive_at = body.len() - b.0.len();
+    c.keep_alive = b.u16()?;
     c.client_id = b.str()?.to_owned();
     if flags & 0x04 != 0 {
         c.will_topic = Some(b.str()?.to_owned());
@@ -150,19 +171,19 @@ pub fn connect(body: &[u8]) -> Result<Connect, Malformed> {
     Ok(c)
 }
 
-/// What the front needs of a PUBLISH packet.
+/// A PUBLISH packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish<'a> {
     pub qos: u8,
+    pub retain: bool,
     pub topic: &'a [u8],
     /// The packet id (QoS 1 and 2).
     pub pkid: Option<u16>,
-    /// Payload length.
-    pub payload_len: usize,
+    pub payload: &'a [u8],
 }
 
-/// Parses the head of a PUBLISH: `byte` is its first byte, `body` what
-/// follows the fixed header.
+/// Parses a PUBLISH: `byte` is its first byte, `body` what follows the
+/// fixed header. A topic with a wildcard is malformed (MQTT 3.1.1, 3.3.2.1).
 pub fn publish(byte: u8, body: &[u8]) -> Result<Publish<'_>, Malformed> {
     let qos = (byte >> 1) & 0x03;
     if qos == 3 {
@@ -170,29 +191,65 @@ pub fn publish(byte: u8, body: &[u8]) -> Result<Publish<'_>, Malformed> {
     }
     let mut b = Body(body);
     let topic = b.bytes()?;
+    if topic.iter().any(|&c| c == b'+' || c == b'#') {
+        return Err(Malformed("a PUBLISH topic with a wildcard"));
+    }
     let pkid = if qos > 0 { Some(b.u16()?) } else { None };
     Ok(Publish {
         qos,
+        retain: byte & 0x01 != 0,
         topic,
         pkid,
-        payload_len: b.0.len(),
+        payload: b.0,
     })
 }
 
-/// Parses a SUBSCRIBE body: its packet id and how many filters it asks for.
-pub fn subscribe(body: &[u8]) -> Result<(u16, usize), Malformed> {
+/// The first byte of a PUBLISH at QoS 1, its other flags kept: the front
+/// hands a device's QoS 2 publish to the broker at QoS 1 (the exchange
+/// with the device is the front's).
+pub fn at_qos1(byte: u8) -> u8 {
+    (byte & !0x06) | 0x02
+}
+
+/// Parses the packet id of a PUBACK, PUBREC, PUBREL or PUBCOMP.
+pub fn packet_id(body: &[u8]) -> Result<u16, Malformed> {
+    let mut b = Body(body);
+    let id = b.u16()?;
+    if !b.0.is_empty() {
+        return Err(Malformed("bytes after the packet id"));
+    }
+    Ok(id)
+}
+
+/// Parses a SUBSCRIBE body: its packet id and its filters.
+pub fn subscribe(body: &[u8]) -> Result<(u16, Vec<&str>), Malformed> {
     let mut b = Body(body);
     let pkid = b.u16()?;
-    let mut count = 0;
+    let mut filters = Vec::new();
     while !b.0.is_empty() {
-        b.bytes()?;
-        b.u8()?;
-        count += 1;
+        filters.push(b.str()?);
+        if b.u8()? > 2 {
+            return Err(Malformed("SUBSCRIBE with QoS 3"));
+        }
     }
-    if count == 0 {
+    if filters.is_empty() {
         return Err(Malformed("SUBSCRIBE without a filter"));
     }
-    Ok((pkid, count))
+    Ok((pkid, filters))
+}
+
+/// Parses an UNSUBSCRIBE body: its filters.
+pub fn unsubscribe(body: &[u8]) -> Result<Vec<&str>, Malformed> {
+    let mut b = Body(body);
+    b.u16()?;
+    let mut filters = Vec::new();
+    while !b.0.is_empty() {
+        filters.push(b.str()?);
+    }
+    if filters.is_empty() {
+        return Err(Malformed("UNSUBSCRIBE without a filter"));
+    }
+    Ok(filters)
 }
 
 /// A CONNACK with `code` and no session.
@@ -204,6 +261,18 @@ pub fn connack(code: ConnackCode) -> [u8; 4] {
 pub fn puback(pkid: u16) -> [u8; 4] {
     let [hi, lo] = pkid.to_be_bytes();
     [0x40, 0x02, hi, lo]
+}
+
+/// A PUBREC for `pkid`.
+pub fn pubrec(pkid: u16) -> [u8; 4] {
+    let [hi, lo] = pkid.to_be_bytes();
+    [0x50, 0x02, hi, lo]
+}
+
+/// A PUBCOMP for `pkid`.
+pub fn pubcomp(pkid: u16) -> [u8; 4] {
+    let [hi, lo] = pkid.to_be_bytes();
+    [0x70, 0x02, hi, lo]
 }
 
 /// A SUBACK that refuses `count` filters (return code 0x80).
@@ -236,18 +305,6 @@ pub fn split_packet(buf: &mut BytesMut) -> Result<Option<(Header, BytesMut)>, Ma
         }
         _ => Ok(None),
     }
-}
-
-/// The length of the whole packets at the start of `buf`.
-pub fn whole_packets_len(buf: &[u8]) -> Result<usize, Malformed> {
-    let mut at = 0;
-    while let Some(h) = header(&buf[at..])? {
-        if buf.len() - at < h.total() {
-            break;
-        }
-        at += h.total();
-    }
-    Ok(at)
 }
 
 /// Drops the fixed header of a packet split by [`split_packet`].
@@ -315,8 +372,12 @@ mod tests {
                 username: Some("dev-1".into()),
                 password: Some(b"pw".to_vec()),
                 will_topic: Some("sensors/dev-1/status".into()),
+                keep_alive: 30,
+                clean_session: true,
+                keep_alive_at: 8,
             }
         );
+        assert_eq!(&body[8..10], &[0, 30]);
         let mut anon = s("MQTT");
         anon.extend_from_slice(&[4, 0x02, 0, 30]);
         anon.extend(s(""));
@@ -334,21 +395,34 @@ mod tests {
         let mut body = s("a/b");
         body.extend_from_slice(&[0x01, 0x02]);
         body.extend_from_slice(b"{}");
-        let p = publish(0x32, &body).unwrap();
+        let p = publish(0x33, &body).unwrap();
         assert_eq!(
             p,
             Publish {
                 qos: 1,
+                retain: true,
                 topic: b"a/b",
                 pkid: Some(0x0102),
-                payload_len: 2
+                payload: b"{}",
             }
         );
         let t = s("t");
         let p = publish(0x30, &t).unwrap();
-        assert_eq!((p.qos, p.pkid, p.payload_len), (0, None, 0));
+        assert_eq!((p.qos, p.retain, p.pkid, p.payload), (0, false, None, &b""[..]));
         assert!(publish(0x36, &body).is_err());
         assert!(publish(0x32, &s("t")).is_err(), "QoS 1 needs a packet id");
+        for wild in ["a/+", "#", "a/#/b"] {
+            assert_eq!(
+                publish(0x30, &s(wild)),
+                Err(Malformed("a PUBLISH topic with a wildcard"))
+            );
+        }
+        assert_eq!(at_qos1(0x35), 0x33, "QoS 2, retained: QoS 1, retained");
+        assert_eq!(at_qos1(0x3a), 0x3a, "a DUP QoS 1 stays");
+        assert_eq!(packet_id(&[1, 2]), Ok(0x0102));
+        assert!(packet_id(&[1]).is_err() && packet_id(&[1, 2, 3]).is_err());
+        assert_eq!(pubrec(7), [0x50, 2, 0, 7]);
+        assert_eq!(pubcomp(7), [0x70, 2, 0, 7]);
     }
 
     #[test]
@@ -358,8 +432,17 @@ mod tests {
         body.push(1);
         body.extend(s("a/+"));
         body.push(0);
-        assert_eq!(subscribe(&body).unwrap(), (7, 2));
+        assert_eq!(subscribe(&body).unwrap(), (7, vec!["#", "a/+"]));
         assert!(subscribe(&[0, 7]).is_err());
+        let mut bad = vec![0x00, 0x07];
+        bad.extend(s("#"));
+        bad.push(3);
+        assert!(subscribe(&bad).is_err());
+        let mut body = vec![0x00, 0x08];
+        body.extend(s("a/+"));
+        body.extend(s("b"));
+        assert_eq!(unsubscribe(&body).unwrap(), vec!["a/+", "b"]);
+        assert!(unsubscribe(&[0, 8]).is_err());
         let mut out = BytesMut::new();
         suback_refused(7, 2, &mut out);
         assert_eq!(&out[..], &[0x90, 4, 0, 7, 0x80, 0x80]);
@@ -376,7 +459,6 @@ mod tests {
         buf.extend(encode(0xc0, &[]));
         let partial = encode(0x30, &s("long/topic"));
         buf.extend_from_slice(&partial[..5]);
-        assert_eq!(whole_packets_len(&buf).unwrap(), 5 + 2);
         let (h, p) = split_packet(&mut buf).unwrap().unwrap();
         assert_eq!((h.kind(), body(&h, &p)), (3, &s("a")[..]));
         let (h, _) = split_packet(&mut buf).unwrap().unwrap();

@@ -3,7 +3,9 @@
 //! will topic); then the relay (`relay.rs`) takes the connection.
 
 use std::net::SocketAddr;
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -20,12 +22,13 @@ use crate::accept::{AcceptBackoff, AcceptFailure};
 use ferry_core::text::escape;
 
 use super::acl::{TopicPolicy, TopicRefusal};
-use super::backlog::Backlog;
 use super::events::{BrokerEvent, BrokerObserver, Denied, Limit};
+use super::intake::Intake;
 use super::packet::{self, ConnackCode, Malformed};
 use super::passwd::Passwords;
 use super::read::read_packet;
-use super::relay::{downstream, Conn};
+use super::relay::{acker, downstream, Conn, INNER_KEEP_ALIVE, WINDOW};
+use super::subs::Subscriptions;
 
 /// Time a client has for its TLS handshake and CONNECT.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,9 +36,13 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest CONNECT read (client id, will, username, password).
 pub(super) const MAX_CONNECT: usize = 64 * 1024;
 
-/// Most a held-back device is read ahead, for its PINGREQs (what it has
-/// sent beyond that waits in its TCP window, as everything did before).
+/// The largest partial packet a connection holds on its own; a larger one
+/// waits for room in the front's budget (`buffer`, shared by all), so that
+/// many devices each sending the start of a large packet cannot take more.
 pub(super) const HOLD: usize = 16 * 1024;
+
+/// Batches of one connection handed to ingest and not yet acknowledged.
+const PENDING: usize = 64;
 
 /// Sockets open beyond `max_connections`: clients being refused (CONNACK 3
 /// once their CONNECT arrives) or not yet logged in.
@@ -57,9 +64,12 @@ pub struct Front {
     pub sockets: Arc<Semaphore>,
     pub max_connections: usize,
     pub observer: Arc<dyn BrokerObserver>,
-    /// What was relayed into rumqttd and is not stored yet (devices wait
-    /// while it is too much).
-    pub backlog: Arc<Backlog>,
+    /// Where devices' publishes go.
+    pub intake: Intake,
+    /// What devices subscribed to (publishes that match go to rumqttd).
+    pub subs: Subscriptions,
+    /// Room for partial packets over [`HOLD`], in bytes.
+    pub large: Arc<Semaphore>,
     pub cancel: CancellationToken,
 }
 
@@ -301,11 +311,18 @@ impl Front {
             debug!(source = %self.source, "cannot set TCP_NODELAY: {e}");
         }
         let (inner_rd, mut inner_wr) = inner.into_split();
+        // The device's keep-alive is the front's to watch (0 is valid:
+        // none); rumqttd refuses 0 and only hears the front's pings.
+        let mut connect_bytes = connect_bytes;
+        let at = h.header_len + connect.keep_alive_at;
+        connect_bytes[at..at + 2].copy_from_slice(&INNER_KEEP_ALIVE.to_be_bytes());
         inner_wr.write_all(&connect_bytes).await?;
         drop(connect_bytes);
 
         self.observer.event(&self.source, BrokerEvent::Connected);
         let (inject_tx, inject_rx) = mpsc::channel(64);
+        let (pending_tx, pending_rx) = mpsc::channel(PENDING);
+        let unacked = Arc::new(AtomicUsize::new(0));
         let mut conn = Conn {
             front: self,
             peer,
@@ -313,13 +330,47 @@ impl Front {
             user,
             identity,
             refused: 0,
+            silence: (connect.keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            unreleased: HashSet::new(),
+            filters: Vec::new(),
+            window: Arc::new(Semaphore::new(WINDOW)),
+            unacked: unacked.clone(),
             throttled: false,
+            stop: self.cancel.child_token(),
         };
-        let result = tokio::select! {
-            r = conn.upstream(&mut rd, buf, &mut inner_wr, inject_tx) => r,
-            r = downstream(inner_rd, &mut wr, inject_rx) => r,
-            _ = self.cancel.cancelled() => Ok(()),
+        let stop = conn.stop.clone();
+        // Once the device is done (or the front cancelled), what it sent
+        // is still acknowledged as it is committed: the downstream ends
+        // when the upstream and the acker have, and it stops them when the
+        // device or the broker closes.
+        let from_device = async {
+            let (up, acks) = tokio::join!(
+                conn.upstream(&mut rd, buf, &mut inner_wr, pending_tx, inject_tx.clone()),
+                async {
+                    let r = acker(pending_rx, inject_tx, unacked).await;
+                    if r.is_err() {
+                        stop.cancel();
+                    }
+                    r
+                },
+            );
+            up.and(acks)
         };
+        let to_device = async {
+            let r = downstream(inner_rd, &mut wr, inject_rx).await;
+            stop.cancel();
+            r
+        };
+        let (from, to) = tokio::join!(from_device, to_device);
+        let result = from.and(to);
+        if !connect.clean_session {
+            // rumqttd keeps a persistent session's subscriptions.
+            conn.filters.clear();
+        }
+        for f in conn.filters.drain(..) {
+            self.subs.remove(&f);
+        }
         if conn.refused > 1 {
             warn!(
                 source = %self.source, %peer, client = ?client_log, user = user_log.map(tracing::field::debug), refused = conn.refused,
