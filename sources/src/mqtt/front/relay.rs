@@ -24,7 +24,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,14 @@ pub(super) const WINDOW: usize = 64 * 1024;
 /// commit interval: a device's in-flight window (20 for mosquitto's and
 /// paho's clients) would otherwise wait out each interval.
 pub(super) const PRESS: usize = 10;
+
+/// A publish that comes this soon after the device's last acknowledgements
+/// went out asks for a commit at once too: the device waits for each
+/// acknowledgement before it publishes again (a window of one, as
+/// `mosquitto_pub` and most scripts publish), and would otherwise get one
+/// message through per commit interval. A device that publishes on its own
+/// schedule rides the interval.
+pub(super) const ANSWERED: Duration = Duration::from_millis(20);
 
 /// Most QoS 2 packet ids a device may hold between PUBLISH and PUBREL.
 pub(super) const MAX_UNRELEASED: usize = 1024;
@@ -83,6 +91,8 @@ pub(super) struct Conn<'a> {
     pub(super) window: Arc<Semaphore>,
     /// QoS 1 and 2 publishes handed to ingest and not yet acknowledged.
     pub(super) unacked: Arc<AtomicUsize>,
+    /// When the acker last sent acknowledgements.
+    pub(super) acked_at: Arc<AckedAt>,
     /// The device has waited for its window.
     pub(super) throttled: bool,
     /// Ends the upstream: the front is cancelled, or the downstream ended.
@@ -355,7 +365,8 @@ impl Conn<'_> {
         };
         let waiting = WINDOW.saturating_sub(self.window.available_permits());
         let unacked = self.unacked.fetch_add(batch.acked, Ordering::AcqRel) + batch.acked;
-        let pressing = unacked >= PRESS || waiting >= WINDOW / 2;
+        let answered = batch.acked > 0 && self.acked_at.within(ANSWERED);
+        let pressing = unacked >= PRESS || waiting >= WINDOW / 2 || answered;
         let receipt = if batch.items.is_empty() {
             None
         } else {
@@ -428,6 +439,38 @@ impl Conn<'_> {
     }
 }
 
+/// When acknowledgements last went out, in microseconds since the
+/// connection began (0: never).
+pub(super) struct AckedAt {
+    epoch: Instant,
+    at: AtomicU64,
+}
+
+impl AckedAt {
+    pub(super) fn new() -> AckedAt {
+        AckedAt {
+            epoch: Instant::now(),
+            at: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    fn sent(&self) {
+        self.at.store(self.now(), Ordering::Release);
+    }
+
+    /// Whether acknowledgements went out within `d`.
+    fn within(&self, d: Duration) -> bool {
+        let at = self.at.load(Ordering::Acquire);
+        at > 0 && self.now().saturating_sub(at) <= u64::try_from(d.as_micros()).unwrap_or(0)
+    }
+}
+
 /// Waits until `deadline`, forever without one.
 async fn until(deadline: Option<Instant>) {
     match deadline {
@@ -450,6 +493,7 @@ pub(super) async fn acker(
     mut pending: mpsc::Receiver<Pending>,
     inject: mpsc::Sender<Vec<u8>>,
     unacked: Arc<AtomicUsize>,
+    acked_at: Arc<AckedAt>,
 ) -> Result<(), Closed> {
     let mut acks = Vec::new();
     let mut next = pending.recv().await;
@@ -459,7 +503,7 @@ pub(super) async fn acker(
                 Some(outcome) => outcome,
                 None => {
                     // Waiting: what is committed already goes out first.
-                    flush(&inject, &mut acks).await?;
+                    flush(&inject, &mut acks, &acked_at).await?;
                     receipt.committed().await
                 }
             };
@@ -475,19 +519,25 @@ pub(super) async fn acker(
         next = match pending.try_recv() {
             Ok(p) => Some(p),
             Err(_) => {
-                flush(&inject, &mut acks).await?;
+                flush(&inject, &mut acks, &acked_at).await?;
                 pending.recv().await
             }
         };
     }
-    flush(&inject, &mut acks).await
+    flush(&inject, &mut acks, &acked_at).await
 }
 
-async fn flush(inject: &mpsc::Sender<Vec<u8>>, acks: &mut Vec<u8>) -> Result<(), Closed> {
+async fn flush(
+    inject: &mpsc::Sender<Vec<u8>>,
+    acks: &mut Vec<u8>,
+    acked_at: &AckedAt,
+) -> Result<(), Closed> {
     if acks.is_empty() {
         return Ok(());
     }
-    send(inject, std::mem::take(acks)).await
+    send(inject, std::mem::take(acks)).await?;
+    acked_at.sent();
+    Ok(())
 }
 
 /// Broker to client: whole packets, less the broker's PUBACKs and

@@ -27,7 +27,7 @@ use super::intake::Intake;
 use super::packet::{self, ConnackCode, Malformed};
 use super::passwd::Passwords;
 use super::read::read_packet;
-use super::relay::{acker, downstream, Conn, INNER_KEEP_ALIVE, WINDOW};
+use super::relay::{acker, downstream, AckedAt, Conn, INNER_KEEP_ALIVE, WINDOW};
 use super::subs::Subscriptions;
 
 /// Time a client has for its TLS handshake and CONNECT.
@@ -323,6 +323,7 @@ impl Front {
         let (inject_tx, inject_rx) = mpsc::channel(64);
         let (pending_tx, pending_rx) = mpsc::channel(PENDING);
         let unacked = Arc::new(AtomicUsize::new(0));
+        let acked_at = Arc::new(AckedAt::new());
         let mut conn = Conn {
             front: self,
             peer,
@@ -336,6 +337,7 @@ impl Front {
             filters: Vec::new(),
             window: Arc::new(Semaphore::new(WINDOW)),
             unacked: unacked.clone(),
+            acked_at: acked_at.clone(),
             throttled: false,
             stop: self.cancel.child_token(),
         };
@@ -348,7 +350,7 @@ impl Front {
             let (up, acks) = tokio::join!(
                 conn.upstream(&mut rd, buf, &mut inner_wr, pending_tx, inject_tx.clone()),
                 async {
-                    let r = acker(pending_rx, inject_tx, unacked).await;
+                    let r = acker(pending_rx, inject_tx, unacked, acked_at).await;
                     if r.is_err() {
                         stop.cancel();
                     }
