@@ -119,27 +119,26 @@ pub struct BrokerSourceConfig {
     /// not subscribe; `"none"` allows any topic. Default: `"none"`.
     #[serde(default)]
     pub acl: Acl,
-    /// `"always"`: devices connect to the broker through Ferry's device
-    /// front, which holds them back while ingest is behind by more than
-    /// `buffer` allows (back-pressure: nothing acknowledged is dropped),
-    /// refuses clients over `max_connections` with a CONNACK and counts
-    /// connected clients (`ferry_source_connections`). `"auto"`: through
-    /// the front only when `tls`, `password_file` or `acl` needs it, and
-    /// directly otherwise: about a fifth less CPU per message, without
-    /// those. Default: `"always"`.
+    /// `"always"`: devices connect through Ferry's device front, which
+    /// stores each publish before it acknowledges it (zero loss), refuses
+    /// clients over `max_connections` with a CONNACK and counts connected
+    /// clients (`ferry_source_connections`). `"auto"`: through the front
+    /// only when `tls`, `password_file` or `acl` needs it, and straight to
+    /// rumqttd otherwise, which acknowledges a publish before Ferry stores
+    /// it (a crash loses up to a commit interval of acknowledged messages).
+    /// Default: `"always"`.
     #[serde(default)]
     pub device_front: DeviceFront,
-    /// Memory the broker keeps of recent messages: rumqttd keeps the last
-    /// `buffer` of them, forwarded or not, which with its overhead costs
-    /// about three times this once traffic has filled it. Through the
-    /// device front, devices wait while more than half of this waits in the
-    /// broker, or more than this was received and is not stored yet (what a
-    /// power cut can take of acknowledged messages), and ingest is asked to
-    /// commit at once while more than half of it waits. Devices connected
-    /// directly are not held back: if Ferry falls behind by more than this
-    /// (the store stalls) the broker drops the oldest messages it has
-    /// already acknowledged (Ferry logs and counts them: `overrun`); raise
-    /// it for them. 64KiB to 1GiB. Default: `"512KiB"`.
+    /// Memory for messages in flight: through the device front, the room
+    /// partial packets over 16 KiB share (at least twice the largest
+    /// packet); rumqttd keeps the last `buffer` of the messages it routes
+    /// (what devices subscribe to, or, for devices connected straight to
+    /// it, everything), which with its overhead costs about three times
+    /// this once traffic has filled it. Devices connected straight to
+    /// rumqttd are not held back: if Ferry falls behind by more than this
+    /// (the store stalls) rumqttd drops the oldest messages it has already
+    /// acknowledged (Ferry logs and counts them: `overrun`); raise it for
+    /// them. 64KiB to 1GiB. Default: `"512KiB"`.
     #[serde(default = "default_buffer")]
     pub buffer: ByteSize,
 }

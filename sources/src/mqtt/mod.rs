@@ -3,9 +3,9 @@
 //! Two ways in, one decoding path:
 //!
 //! - [`run_broker`] (feature `embedded-broker`, on by default): Ferry runs an
-//!   embedded MQTT broker (rumqttd) that local devices publish to. Simple to
-//!   deploy; the broker acknowledges QoS 1 before Ferry has stored the message
-//!   (see [`run_broker`] for the exact loss window).
+//!   embedded MQTT broker that local devices publish to: its device front
+//!   acknowledges each publish only after it is committed (zero loss), and
+//!   rumqttd serves what devices subscribe to.
 //! - [`run_subscriber`]: Ferry subscribes to an existing broker (mosquitto)
 //!   with a persistent session and acknowledges each message only after it is
 //!   committed: zero loss.

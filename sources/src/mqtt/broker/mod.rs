@@ -1,50 +1,45 @@
 //! The embedded broker source: devices publish to Ferry's own MQTT broker.
 //!
 //! Ferry runs rumqttd (MQTT 3.1.1 over plain TCP, one listener) on its own
-//! threads and reads every message through a local link subscribed to `#`.
-//! Devices reach rumqttd through Ferry's device front (the `front` module),
-//! or, with `device_front = "auto"` and no `tls`, `password_file` or `acl`,
-//! connect to it directly: relaying every packet through the front costs
-//! about a quarter more of Ferry's CPU per message (`BENCHMARKS.md`, "Core"),
-//! and buys back-pressure (below).
+//! threads. Devices reach it through Ferry's device front (the `front`
+//! module), which stores each publish itself and acknowledges it only after
+//! its commit, and hands rumqttd only what devices subscribe to (local
+//! publish/subscribe) and retained messages. With `device_front = "auto"`
+//! and no `tls`, `password_file` or `acl`, devices connect to rumqttd
+//! directly instead, and Ferry reads every message through a local link
+//! subscribed to `#` (`forward.rs`).
 //!
-//! Each message is matched to the source's topic templates (no match: an
-//! `unknown_topic` dead letter; subscribing to `#` rather than to the
-//! templates' filters is what lets Ferry see those at all, since rumqttd
-//! silently drops messages that no subscription matches), decoded, and handed
-//! to ingest in batches of up to [`MAX_BATCH`] items.
+//! Either way each message is matched to the source's topic templates (no
+//! match: an `unknown_topic` dead letter), decoded, and handed to ingest.
 //!
-//! # Delivery guarantee and its loss window
+//! # Delivery guarantee
 //!
-//! rumqttd sends a device its PUBACK as soon as the message is routed in
-//! memory, before Ferry has stored it; Ferry cannot delay that
-//! acknowledgement. So a QoS 1 message acknowledged to its device is lost if
-//! the process dies before ingest's next commit: the window is the time a
-//! message spends between the broker and the fsync, one commit interval plus
-//! the time to forward it (milliseconds under normal load). For zero loss,
-//! use the subscriber source against an external broker instead.
+//! Through the front: zero loss. A PUBACK (QoS 1) or PUBREC (QoS 2) goes
+//! out only after the commit that holds the message; a crash loses nothing
+//! acknowledged (see the `front` module).
 //!
-//! Back-pressure: when ingest is full, this source stops pulling from the
+//! Connected directly: rumqttd sends a device its PUBACK as soon as the
+//! message is routed in memory, before Ferry has stored it. So a QoS 1
+//! message acknowledged to its device is lost if the process dies before
+//! ingest's next commit: the window is one commit interval plus the time to
+//! forward it. And when ingest is full, this source stops pulling from the
 //! link, but rumqttd keeps accepting (and acknowledging) device messages
-//! into its in-memory log, which keeps the last `buffer` bytes. Through the
-//! front, devices wait instead: the front stops reading from them while
-//! more than half of `buffer` waits in rumqttd, or more than `buffer` has
-//! been relayed and not yet answered for by ingest (`front::Backlog`; the
-//! receipt watcher tells it when ingest is done with a submission); once
-//! more than half of `buffer` waits for ingest, submissions ask for a commit
-//! at once rather than at the commit interval. Devices connected directly
-//! cannot be slowed: a backlog beyond `buffer` loses the oldest messages;
-//! Ferry sees the gap in the log's offsets, logs how many were lost, and
-//! stores an `overrun` dead letter that says so.
+//! into its in-memory log, which keeps the last `buffer` bytes: a backlog
+//! beyond that loses the oldest messages; Ferry sees the gap in the log's
+//! offsets, logs how many were lost, and stores an `overrun` dead letter
+//! that says so.
 //!
 //! # Shutdown
 //!
-//! rumqttd has no way to stop its threads. On cancellation this source
-//! forwards what the link already holds, hands it to ingest and returns; the
-//! broker keeps accepting connections (and acknowledging messages that are
-//! no longer stored) until the process exits, which the gateway does right
-//! after ingest's final commit. For the same reason the broker's port stays
-//! taken until the process exits: run this source once per process.
+//! On cancellation the front accepts no more connections and reads no more
+//! from its devices; what it has handed to ingest is still acknowledged as
+//! ingest's final commit lands. rumqttd has no way to stop its threads:
+//! connected directly, this source forwards what the link already holds,
+//! hands it to ingest and returns, and the broker keeps accepting
+//! connections (and acknowledging messages that are no longer stored) until
+//! the process exits, which the gateway does right after ingest's final
+//! commit. For the same reason the broker's port stays taken until the
+//! process exits: run this source once per process.
 //!
 //! `server.rs` runs rumqttd (its config, its port, its readiness);
 //! `forward.rs` moves what it routes to ingest.
@@ -84,16 +79,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// oldest segment when a new one is needed.
 const SEGMENTS: usize = 4;
 
-/// Runs the embedded broker and forwards its messages to `sink` until
-/// `cancel` fires.
+/// Runs the embedded broker and stores what devices publish through `sink`
+/// until `cancel` fires.
 ///
-/// Guarantee: the broker acknowledges a QoS 1 message before it is stored,
-/// so a crash loses what was acknowledged in the last moments (the time from
-/// the broker to ingest's fsync: about one commit interval). If ingest
-/// stalls, devices through the front wait; for devices connected directly
-/// the broker keeps only `buffer` bytes and drops the oldest, and each gap
-/// becomes an `overrun` dead letter. On cancellation it stops forwarding,
-/// but the broker's threads (and its port) live until the process exits.
+/// Guarantee: through the device front (the default), a publish is
+/// acknowledged only after it is committed. Devices connected directly are
+/// acknowledged by rumqttd before their messages are stored: a crash loses
+/// what was acknowledged in about the last commit interval, and if ingest
+/// stalls the broker keeps only `buffer` bytes and drops the oldest, each
+/// gap an `overrun` dead letter. On cancellation the front stops reading
+/// (what it took is still acknowledged as it is committed) and forwarding
+/// stops, but the broker's threads (and its port) live until the process
+/// exits.
 ///
 /// `ready` is told the address the broker listens on once it accepts
 /// connections (a configured port 0 is replaced by a free port). Fails if the

@@ -33,6 +33,9 @@ pub enum Limit {
     AcceptError,
     /// A SUBSCRIBE past the front's most distinct filters was refused.
     Subscriptions,
+    /// A socket was closed at once: too many clients (or too many from its
+    /// address) were logging in.
+    PreLogin,
 }
 
 impl Limit {
@@ -46,6 +49,7 @@ impl Limit {
             Limit::Descriptors => "descriptors",
             Limit::AcceptError => "accept_error",
             Limit::Subscriptions => "subscriptions",
+            Limit::PreLogin => "pre_login",
         }
     }
 }

@@ -1,29 +1,38 @@
 //! The embedded broker's front door: what devices connect to.
 //!
-//! rumqttd 0.20 cannot do what a gateway's device port needs: its
-//! authentication drops a refused client without a CONNACK, its TLS listener
-//! brings a second TLS stack (tokio-rustls 0.25, rustls 0.22), and the
-//! messages it forwards do not say which connection published them, so no
-//! per-device ACL can be built on its API, and it acknowledges a device's
-//! messages however far behind Ferry is. So rumqttd listens on a loopback
-//! port only, and this front listens on `listen`, terminates TLS (rustls
-//! 0.23, like the uplinks), and reads each client's packets. (With
-//! `device_front = "auto"` and none of `tls`, `password_file` and `acl`,
-//! devices connect to rumqttd directly instead: the relay costs a second
-//! loopback connection per device and about a quarter more of Ferry's CPU
-//! per message.)
+//! rumqttd 0.20 cannot do what a gateway's device port needs: it
+//! acknowledges a device's messages as soon as they are in its memory,
+//! before Ferry has stored them; its authentication drops a refused client
+//! without a CONNACK; its TLS listener brings a second TLS stack
+//! (tokio-rustls 0.25, rustls 0.22); and the messages it forwards do not say
+//! which connection published them, so no per-device ACL can be built on its
+//! API. So rumqttd listens on a loopback port only, and this front listens
+//! on `listen`, terminates TLS (rustls 0.23, like the uplinks), reads each
+//! client's packets, and stores what devices publish itself (`relay.rs`):
+//! each PUBLISH is decoded and handed to ingest with the rest of its read,
+//! and its PUBACK or PUBREC goes out once the commit that holds it is done,
+//! in order. rumqttd gets the rest of a device's session (its SUBSCRIBEs,
+//! the acknowledgements of what it is sent) and only the publishes that a
+//! subscription or a retain flag needs (`subs.rs`). (With `device_front =
+//! "auto"` and none of `tls`, `password_file` and `acl`, devices connect to
+//! rumqttd directly instead, and lose that guarantee.)
 //!
 //! | checked here | how it is refused |
 //! | --- | --- |
-//! | `max_connections` | CONNACK 3 (server unavailable) |
+//! | `max_connections` (a slot is taken once a client has logged in) | CONNACK 3 (server unavailable) |
+//! | clients not logged in yet: 64, 16 from one address | closed as soon as accepted |
 //! | sockets past `max_connections` + [`REFUSING`] (64) | closed as soon as accepted |
+//! | no CONNECT within 5 s | the connection is closed |
 //! | `accept` failing (`EMFILE`, ...) | a back-off of 5 ms to 500 ms ([`crate::accept`]) |
 //! | `password_file` (mosquitto's format) | CONNACK 4 (bad username or password), or 5 (not authorized) without credentials |
 //! | `acl`: PUBLISH to a topic whose `{device}` is not the client's name | dropped; QoS 1 acknowledged (as mosquitto does), QoS 2 closes the connection |
 //! | `acl`: SUBSCRIBE | SUBACK 0x80 for every filter |
 //! | `acl`: a will topic outside the client's own | CONNACK 5 |
 //! | `max_topic_length` | the PUBLISH is dropped as above |
+//! | a PUBLISH topic with `+` or `#` | the connection is closed |
 //! | a packet over twice `max_payload` | the connection is closed |
+//! | nothing heard for 1.5 times the device's keep-alive (0: none) | the connection is closed |
+//! | more than 4,096 distinct subscribed filters | SUBACK 0x80 |
 //! | `tls.client_ca` | the TLS handshake fails |
 //!
 //! Payloads up to twice `max_payload` pass and become `oversize` dead
@@ -33,22 +42,18 @@
 //! id and username (the first refusal of a connection at `warn`, the rest
 //! at `debug`); a password is never logged.
 //!
-//! While more than half of `buffer` waits in rumqttd, or more than `buffer`
-//! has been relayed and not yet stored, the front stops reading from its
-//! devices (the `backlog` module): devices through the front are held back
-//! instead of losing acknowledged messages to an overrun of rumqttd's log,
-//! and what they were told is received but is not stored yet stays within
-//! `buffer`. A held-back device is still read up to 16 KiB ahead, and its
-//! PINGREQs are relayed at once, so that its keep-alive holds.
-//!
-//! The front parses only packet boundaries and the CONNECT, PUBLISH and
-//! SUBSCRIBE heads; everything else is copied, in batches, as it arrives.
+//! Memory per connection is bounded: a read of at most 64 KiB, a partial
+//! packet of at most 16 KiB (larger ones wait for room in a budget of
+//! `buffer` that all connections share), 64 KiB of publishes waiting for
+//! their commit (then the device waits: `limit="backlog"`), and 1,024 QoS 2
+//! packet ids between PUBLISH and PUBREL.
 
 mod acl;
 mod events;
 mod intake;
 mod packet;
 mod passwd;
+mod prelogin;
 mod read;
 mod relay;
 mod serve;
@@ -176,6 +181,7 @@ impl BoundFront {
             sockets: Arc::new(Semaphore::new(
                 cfg.max_connections.saturating_add(serve::REFUSING),
             )),
+            pre_login: Arc::default(),
             max_connections: cfg.max_connections,
             observer,
             intake,

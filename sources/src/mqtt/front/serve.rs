@@ -28,10 +28,11 @@ use super::packet::{self, ConnackCode, Malformed};
 use super::passwd::Passwords;
 use super::read::read_packet;
 use super::relay::{acker, downstream, AckedAt, Conn, INNER_KEEP_ALIVE, WINDOW};
+use super::prelogin::{Full, PreLogin, Waiting, PER_ADDRESS, PRE_LOGIN};
 use super::subs::Subscriptions;
 
 /// Time a client has for its TLS handshake and CONNECT.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest CONNECT read (client id, will, username, password).
 pub(super) const MAX_CONNECT: usize = 64 * 1024;
@@ -44,9 +45,9 @@ pub(super) const HOLD: usize = 16 * 1024;
 /// Batches of one connection handed to ingest and not yet acknowledged.
 const PENDING: usize = 64;
 
-/// Sockets open beyond `max_connections`: clients being refused (CONNACK 3
-/// once their CONNECT arrives) or not yet logged in.
-pub const REFUSING: usize = 64;
+/// Sockets open beyond `max_connections`: clients not yet logged in (some
+/// to be refused, CONNACK 3, once their CONNECT arrives).
+pub const REFUSING: usize = PRE_LOGIN;
 
 /// What every connection of one front shares.
 pub struct Front {
@@ -59,9 +60,12 @@ pub struct Front {
     pub policy: TopicPolicy,
     /// Largest packet relayed; a bigger one closes its connection.
     pub max_packet: usize,
+    /// `max_connections`, taken once a client has logged in.
     pub slots: Arc<Semaphore>,
     /// The sockets open: `max_connections` + [`REFUSING`].
     pub sockets: Arc<Semaphore>,
+    /// The clients not logged in yet.
+    pub pre_login: Arc<PreLogin>,
     pub max_connections: usize,
     pub observer: Arc<dyn BrokerObserver>,
     /// Where devices' publishes go.
@@ -127,8 +131,25 @@ impl Front {
                             continue;
                         };
                         over_cap = false;
-                        let permit = self.slots.clone().try_acquire_owned().ok();
-                        tokio::spawn(self.clone().serve(tcp, peer, permit, socket));
+                        let waiting = match self.pre_login.enter(peer.ip()) {
+                            Ok(waiting) => waiting,
+                            Err(full) => {
+                                self.observer
+                                    .event(&self.source, BrokerEvent::Limit(Limit::PreLogin));
+                                debug!(
+                                    source = %self.source, %peer,
+                                    "closed at once: {} (counted)",
+                                    match full {
+                                        Full::All => format!("{PRE_LOGIN} clients are logging in"),
+                                        Full::Address => format!(
+                                            "{PER_ADDRESS} clients from this address are logging in"
+                                        ),
+                                    }
+                                );
+                                continue;
+                            }
+                        };
+                        tokio::spawn(self.clone().serve(tcp, peer, waiting, socket));
                     }
                     Err(e) => {
                         let (failure, wait) = backoff.failed(&e);
@@ -168,16 +189,16 @@ impl Front {
         self: Arc<Self>,
         tcp: TcpStream,
         peer: SocketAddr,
-        slot: Option<OwnedSemaphorePermit>,
+        waiting: Waiting,
         _socket: OwnedSemaphorePermit,
     ) {
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(source = %self.source, %peer, "cannot set TCP_NODELAY: {e}");
         }
         let result = match &self.tls {
-            None => self.session(tcp, peer, slot).await,
+            None => self.session(tcp, peer, waiting).await,
             Some(acceptor) => match timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => self.session(tls, peer, slot).await,
+                Ok(Ok(tls)) => self.session(tls, peer, waiting).await,
                 Ok(Err(e)) => {
                     self.observer.event(&self.source, BrokerEvent::TlsFailed);
                     warn!(source = %self.source, %peer, "TLS handshake failed: {e}");
@@ -267,7 +288,7 @@ impl Front {
         &self,
         stream: S,
         peer: SocketAddr,
-        slot: Option<OwnedSemaphorePermit>,
+        waiting: Waiting,
     ) -> Result<(), Closed>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -287,6 +308,8 @@ impl Front {
             )));
         }
         let connect = packet::connect(packet::body(&h, &connect_bytes))?;
+        // A slot only for a valid CONNECT, and kept only after its login.
+        let slot = self.slots.clone().try_acquire_owned().ok();
         let identity = match self.admit(&connect, peer, slot.is_some()) {
             Ok(identity) => identity,
             Err((code, closed)) => {
@@ -295,6 +318,7 @@ impl Front {
                 return closed.map_or(Ok(()), Err);
             }
         };
+        drop(waiting);
         let (client, user) = (connect.client_id.as_str(), connect.username.as_deref());
         let (client_log, user_log) = (escape(client), user.map(escape));
         let inner = match TcpStream::connect(self.inner).await {
