@@ -435,36 +435,105 @@ fn validate_refuses_caps_past_the_budget_and_warns_past_the_process_limit() {
     );
 }
 
+/// A TCP connection to `to` from the loopback address `ip` (Linux answers
+/// on all of 127.0.0.0/8).
+fn connect_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::from((ip, 0))).unwrap();
+        s.connect(to).await.unwrap().into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+/// An MQTT 3.1.1 CONNECT for `client` (clean session, keep-alive 60 s).
+fn connect_packet(client: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    body.extend_from_slice(&(client.len() as u16).to_be_bytes());
+    body.extend_from_slice(client.as_bytes());
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
+/// Whether `s` is closed by the other side within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
+        _ => false,
+    }
+}
+
+/// Sockets that never send a CONNECT cannot lock devices out: they take no
+/// `max_connections` slot, at most 16 are held from one address (more are
+/// closed at once and counted, `limit="pre_login"`), and each is closed
+/// once its CONNECT is due (5 s); meanwhile `max_connections` (10) devices
+/// log in from another address, and the API answers.
 #[test]
-fn device_front_sockets_past_the_cap_and_its_refusal_room_are_closed_at_once() {
+fn silent_sockets_cannot_lock_devices_out() {
     let dir = tempfile::tempdir().unwrap();
     let a = addrs();
     let _ferry = Ferry::start(dir.path(), &config(&dir.path().join("data"), &a, "", ""));
-    // max_connections = 10, and 64 more being refused: 74 sockets held
-    // (silent ones, until their CONNECT is due); 6 more are closed at once.
-    let mut held: Vec<TcpStream> = (0..74)
-        .map(|_| TcpStream::connect(a.broker).unwrap())
-        .collect();
-    let limit = r#"ferry_source_limits_hit_total{source="local",limit="connections"}"#;
-    for i in 0..6 {
+    let attacker = [127, 0, 0, 2];
+    let opened = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..16).map(|_| connect_from(attacker, a.broker)).collect();
+    for i in 0..4 {
         let start = Instant::now();
-        let mut s = TcpStream::connect(a.broker).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = [0u8; 4];
-        match s.read(&mut buf) {
-            Ok(0) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-            other => panic!("socket {i} past the cap is not closed: {other:?}"),
-        }
+        let mut s = connect_from(attacker, a.broker);
+        assert!(
+            closed_within(&mut s, Duration::from_secs(2)),
+            "socket {i} past the address's 16 is not closed"
+        );
         assert!(
             start.elapsed() < Duration::from_millis(500),
             "{:?}",
             start.elapsed()
         );
     }
-    assert_eq!(metric(a.metrics, limit), 6.0);
-    assert!(held.iter_mut().all(|s| !closed(s)), "the 74 are held");
-    // The API and the metrics endpoint answer meanwhile.
+    let limit = r#"ferry_source_limits_hit_total{source="local",limit="pre_login"}"#;
+    assert_eq!(metric(a.metrics, limit), 4.0);
+
+    let mut devices: Vec<TcpStream> = (0..10)
+        .map(|i| {
+            let mut s = TcpStream::connect(a.broker).unwrap();
+            s.write_all(&connect_packet(&format!("dev-{i}"))).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut connack = [0u8; 4];
+            s.read_exact(&mut connack).unwrap();
+            assert_eq!(connack, [0x20, 2, 0, 0], "dev-{i} is let in");
+            s
+        })
+        .collect();
+    let mut eleventh = TcpStream::connect(a.broker).unwrap();
+    eleventh.write_all(&connect_packet("dev-10")).unwrap();
+    let mut connack = [0u8; 4];
+    eleventh.read_exact(&mut connack).unwrap();
+    assert_eq!(
+        connack,
+        [0x20, 2, 0, 3],
+        "past max_connections: server unavailable"
+    );
     let api = try_get(a.api, "/").unwrap();
     assert!(api.starts_with("HTTP/1.1 200 OK"), "{api}");
+
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(10)),
+            "silent socket {i} is held"
+        );
+    }
+    let held = opened.elapsed();
+    assert!(
+        held >= Duration::from_millis(4_500),
+        "closed after {held:?}"
+    );
+    assert!(devices.iter_mut().all(|s| !closed(s)), "the devices stay");
 }

@@ -574,11 +574,22 @@ async fn keep_alive_is_the_front_s_to_watch() {
     let started = std::time::Instant::now();
     let mut rest = Vec::new();
     let n = timeout(WAIT, silent.read_to_end(&mut rest)).await.unwrap();
-    assert_eq!((n.unwrap(), started.elapsed() >= Duration::from_millis(1400)), (0, true));
+    assert_eq!(
+        (n.unwrap(), started.elapsed() >= Duration::from_millis(1400)),
+        (0, true)
+    );
 
     let mut forever = tokio::net::TcpStream::connect(addr).await.unwrap();
-    forever.write_all(&wire::connect("forever", 0)).await.unwrap();
-    expect_bytes(&mut forever, &[0x20, 0x02, 0x00, 0x00], "a CONNACK for keep-alive 0").await;
+    forever
+        .write_all(&wire::connect("forever", 0))
+        .await
+        .unwrap();
+    expect_bytes(
+        &mut forever,
+        &[0x20, 0x02, 0x00, 0x00],
+        "a CONNACK for keep-alive 0",
+    )
+    .await;
     let mut one = [0u8; 1];
     assert!(
         timeout(Duration::from_secs(2), forever.read(&mut one))
@@ -640,7 +651,12 @@ async fn qos_2_is_stored_once_and_released() {
         let sub = ingest.next(WAIT).await;
         stored.extend(ingest.commit(sub));
     }
-    expect_bytes(&mut raw, &[0x50, 2, 0, 5, 0x50, 2, 0, 5], "a PUBREC for each").await;
+    expect_bytes(
+        &mut raw,
+        &[0x50, 2, 0, 5, 0x50, 2, 0, 5],
+        "a PUBREC for each",
+    )
+    .await;
     let mut w = bytes::BytesMut::new();
     wire::pubrel(&mut w, 5);
     wire::publish(&mut w, topic, 2, 5, r#"{"sequence": 2}"#.into());
@@ -765,7 +781,9 @@ async fn a_flooding_device_waits_within_its_window() {
 async fn subscriber(addr: SocketAddr, client: &str, filter: &str) -> rumqttc::EventLoop {
     let opts = rumqttc::MqttOptions::new(client, addr.ip().to_string(), addr.port());
     let (c, mut events) = rumqttc::AsyncClient::new(opts, 100);
-    c.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.unwrap();
+    c.subscribe(filter, rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
     timeout(WAIT, async {
         loop {
             if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a)) =
@@ -808,7 +826,9 @@ async fn devices_subscribe_to_each_other_through_the_front() {
     let mut talker = Publisher::spawn(addr, "talker");
     let topic = "sensors/talker/telemetry";
     for seq in 0..5 {
-        talker.queue(topic, format!(r#"{{"sequence": {seq}}}"#)).await;
+        talker
+            .queue(topic, format!(r#"{{"sequence": {seq}}}"#))
+            .await;
     }
     let mut stored = 0;
     while stored < 5 {
@@ -871,7 +891,10 @@ async fn a_waiting_device_asks_for_a_commit_at_once() {
         assert_eq!(ingest.commit(sub).len(), 1);
         p.wait_acked(1, WAIT).await;
     }
-    assert!(at_once > 0, "none of 20 answered publishes asked for a commit at once");
+    assert!(
+        at_once > 0,
+        "none of 20 answered publishes asked for a commit at once"
+    );
 
     // A device on its own schedule: some time after its last PUBACK.
     tokio::time::sleep(Duration::from_millis(100)).await;

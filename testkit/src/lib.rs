@@ -50,3 +50,8 @@ pub use publisher::{Publisher, PublisherBuilder};
 pub use seqs::{json_record_seqs, SeqTracker};
 pub use subscriber::{CloudSubscriber, LinkStatus, Message, SubscriberConfig};
 pub use wait::{free_port, free_ports, wait_until, wait_until_blocking, Timeout};
+
+/// The paho-mqtt flood script (`testkit/src/mqtt_flood.py`): devices that
+/// publish QoS 1 as fast as their in-flight window lets them and print each
+/// PUBACK.
+pub const MQTT_FLOOD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/mqtt_flood.py");

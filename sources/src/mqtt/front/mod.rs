@@ -21,7 +21,6 @@
 //! | --- | --- |
 //! | `max_connections` (a slot is taken once a client has logged in) | CONNACK 3 (server unavailable) |
 //! | clients not logged in yet: 64, 16 from one address | closed as soon as accepted |
-//! | sockets past `max_connections` + [`REFUSING`] (64) | closed as soon as accepted |
 //! | no CONNECT within 5 s | the connection is closed |
 //! | `accept` failing (`EMFILE`, ...) | a back-off of 5 ms to 500 ms ([`crate::accept`]) |
 //! | `password_file` (mosquitto's format) | CONNACK 4 (bad username or password), or 5 (not authorized) without credentials |
@@ -63,8 +62,8 @@ mod tls;
 pub use serve::REFUSING;
 
 pub use events::{BrokerEvent, BrokerObserver, Denied, Limit, NoBrokerObserver};
-pub use intake::Intake;
 pub(crate) use intake::observe_dead;
+pub use intake::Intake;
 pub use passwd::{LoginError, Passwords};
 
 use ferry_core::report::{problem_lines, KeyPath, Report};
@@ -178,9 +177,6 @@ impl BoundFront {
             },
             max_packet: max_packet(cfg),
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
-            sockets: Arc::new(Semaphore::new(
-                cfg.max_connections.saturating_add(serve::REFUSING),
-            )),
             pre_login: Arc::default(),
             max_connections: cfg.max_connections,
             observer,

@@ -408,7 +408,10 @@ mod tests {
         );
         let t = s("t");
         let p = publish(0x30, &t).unwrap();
-        assert_eq!((p.qos, p.retain, p.pkid, p.payload), (0, false, None, &b""[..]));
+        assert_eq!(
+            (p.qos, p.retain, p.pkid, p.payload),
+            (0, false, None, &b""[..])
+        );
         assert!(publish(0x36, &body).is_err());
         assert!(publish(0x32, &s("t")).is_err(), "QoS 1 needs a packet id");
         for wild in ["a/+", "#", "a/#/b"] {

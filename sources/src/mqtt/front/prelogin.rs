@@ -84,10 +84,7 @@ mod tests {
             let ip = IpAddr::from([10, 0, 1, (i % 250) as u8]);
             held.push(p.enter(ip).unwrap());
         }
-        assert_eq!(
-            p.enter("10.9.9.9".parse().unwrap()).unwrap_err(),
-            Full::All
-        );
+        assert_eq!(p.enter("10.9.9.9".parse().unwrap()).unwrap_err(), Full::All);
         held.swap_remove(0);
         assert!(p.enter(a).is_ok(), "a place given back is free again");
         held.clear();

@@ -374,12 +374,7 @@ impl Conn<'_> {
             // It waits in ingest for its commit: its items, not more room.
             let mut items = batch.items;
             items.shrink_to_fit();
-            let submitted = self
-                .front
-                .intake
-                .sink
-                .submit_within(items, max_delay)
-                .await;
+            let submitted = self.front.intake.sink.submit_within(items, max_delay).await;
             Some(submitted.map_err(|_| Closed::Refused("ingest is shut down".to_owned()))?)
         };
         let p = Pending {
@@ -398,7 +393,8 @@ impl Conn<'_> {
     /// connection.
     fn held_back(&mut self) {
         let f = self.front;
-        f.observer.event(&f.source, BrokerEvent::Limit(Limit::Backlog));
+        f.observer
+            .event(&f.source, BrokerEvent::Limit(Limit::Backlog));
         if !self.throttled {
             self.throttled = true;
             let (peer, client_log, user_log) =

@@ -2,8 +2,8 @@
 //! the CONNECT and its admission (protocol level, slot, login, ACL name,
 //! will topic); then the relay (`relay.rs`) takes the connection.
 
-use std::net::SocketAddr;
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -26,9 +26,9 @@ use super::events::{BrokerEvent, BrokerObserver, Denied, Limit};
 use super::intake::Intake;
 use super::packet::{self, ConnackCode, Malformed};
 use super::passwd::Passwords;
+use super::prelogin::{Full, PreLogin, Waiting, PER_ADDRESS, PRE_LOGIN};
 use super::read::read_packet;
 use super::relay::{acker, downstream, AckedAt, Conn, INNER_KEEP_ALIVE, WINDOW};
-use super::prelogin::{Full, PreLogin, Waiting, PER_ADDRESS, PRE_LOGIN};
 use super::subs::Subscriptions;
 
 /// Time a client has for its TLS handshake and CONNECT.
@@ -62,8 +62,6 @@ pub struct Front {
     pub max_packet: usize,
     /// `max_connections`, taken once a client has logged in.
     pub slots: Arc<Semaphore>,
-    /// The sockets open: `max_connections` + [`REFUSING`].
-    pub sockets: Arc<Semaphore>,
     /// The clients not logged in yet.
     pub pre_login: Arc<PreLogin>,
     pub max_connections: usize,
@@ -92,16 +90,17 @@ impl Front {
     /// Accepts devices until cancelled; SIGHUP re-reads the password file.
     ///
     /// At most `max_connections` + [`REFUSING`] sockets are open at once:
-    /// one more is closed as soon as it is accepted (counted as the
-    /// `connections` limit), so the front's descriptors stay within the
-    /// budget `ferry validate` checks. A failed accept (out of descriptors,
-    /// mostly) waits with a back-off instead of retrying at once.
+    /// a socket holds a place among those logging in (`prelogin.rs`) until
+    /// it has logged in and holds a slot; one past the places is closed as
+    /// soon as it is accepted (counted as the `pre_login` limit), so the
+    /// front's descriptors stay within the budget `ferry validate` checks.
+    /// A failed accept (out of descriptors, mostly) waits with a back-off
+    /// instead of retrying at once.
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| warn!(source = %self.source, "cannot watch SIGHUP: {e}"))
             .ok();
         let mut backoff = AcceptBackoff::new(format!("source {}", self.source));
-        let mut over_cap = false;
         loop {
             let hangup = async {
                 match hangups.as_mut() {
@@ -115,22 +114,6 @@ impl Front {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         backoff.accepted();
-                        let Ok(socket) = self.sockets.clone().try_acquire_owned() else {
-                            self.observer
-                                .event(&self.source, BrokerEvent::Limit(Limit::Connections));
-                            if !over_cap {
-                                over_cap = true;
-                                warn!(
-                                    source = %self.source, %peer,
-                                    "closing new connections at once: max_connections ({}) \
-                                     clients and {REFUSING} more are connected already (counted)",
-                                    self.max_connections
-                                );
-                            }
-                            drop(tcp);
-                            continue;
-                        };
-                        over_cap = false;
                         let waiting = match self.pre_login.enter(peer.ip()) {
                             Ok(waiting) => waiting,
                             Err(full) => {
@@ -149,7 +132,7 @@ impl Front {
                                 continue;
                             }
                         };
-                        tokio::spawn(self.clone().serve(tcp, peer, waiting, socket));
+                        tokio::spawn(self.clone().serve(tcp, peer, waiting));
                     }
                     Err(e) => {
                         let (failure, wait) = backoff.failed(&e);
@@ -185,13 +168,7 @@ impl Front {
         }
     }
 
-    pub(super) async fn serve(
-        self: Arc<Self>,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        waiting: Waiting,
-        _socket: OwnedSemaphorePermit,
-    ) {
+    pub(super) async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, waiting: Waiting) {
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(source = %self.source, %peer, "cannot set TCP_NODELAY: {e}");
         }
