@@ -647,7 +647,7 @@ async fn qos_2_is_stored_once_and_released() {
     wire::publish(&mut w, topic, 2, 5, r#"{"sequence": 1}"#.into());
     raw.write_all(&w).await.unwrap();
     let mut stored = Vec::new();
-    while stored.len() < 1 {
+    while stored.is_empty() {
         let sub = ingest.next(WAIT).await;
         stored.extend(ingest.commit(sub));
     }
