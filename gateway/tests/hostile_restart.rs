@@ -192,17 +192,19 @@ async fn ingest_runs_and_queries_say_they_are_behind_while_the_index_replays() {
     // the replay has reached them).
     let mut publisher = Publisher::connect(ports.broker, "meter").await.unwrap();
     const NEW: u64 = 50;
+    // Queued at once (not one by one: each PUBACK follows its commit, and
+    // 50 commits in a row could outlast the replay).
     for i in 0..NEW {
         publisher
-            .publish(
+            .queue(
                 "sensors/d1/telemetry",
                 format!(r#"{{"v": {}}}"#, 1_000_000 + i).into_bytes(),
             )
-            .await
-            .unwrap();
+            .await;
     }
-    // (The embedded broker acknowledges before the commit: stored within
-    // the commit interval.)
+    publisher
+        .wait_acked(NEW as usize, Duration::from_secs(30))
+        .await;
     until(Duration::from_secs(10), "the readings are stored", || {
         let head = get_json(ports.api, "/api/v1/status")["records_head"].as_u64();
         (head == Some(STORED + NEW)).then_some(())

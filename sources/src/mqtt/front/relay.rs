@@ -137,7 +137,6 @@ impl Conn<'_> {
         let mut room = ReadRoom::default();
         let mut large: Option<OwnedSemaphorePermit> = None;
         let mut ping = tokio::time::interval_at(Instant::now() + INNER_PING, INNER_PING);
-        let mut heard = Instant::now();
         loop {
             let mut batch = Batch::default();
             let mut disconnect = false;
@@ -162,13 +161,14 @@ impl Conn<'_> {
                 self.make_room(&h, &mut large).await?;
                 buf.reserve(h.total().saturating_sub(buf.len()));
             }
-            let quiet = self.silence.map(|s| heard + s);
+            // Counted while waiting for the device only: time spent here
+            // (ingest full, say) is not the device's silence.
+            let quiet = self.silence.map(|s| Instant::now() + s);
             tokio::select! {
                 more = room.read(rd, &mut buf) => {
                     if !more? {
                         return Ok(());
                     }
-                    heard = Instant::now();
                 }
                 _ = ping.tick() => inner.write_all(&packet::PINGREQ_PACKET).await?,
                 _ = until(quiet) => {
