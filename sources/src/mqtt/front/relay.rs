@@ -55,12 +55,13 @@ pub(super) const WINDOW: usize = 64 * 1024;
 pub(super) const PRESS: usize = 10;
 
 /// A publish that comes this soon after the device's last acknowledgements
-/// went out asks for a commit at once too: the device waits for each
-/// acknowledgement before it publishes again (a window of one, as
-/// `mosquitto_pub` and most scripts publish), and would otherwise get one
-/// message through per commit interval. A device that publishes on its own
-/// schedule rides the interval.
-pub(super) const ANSWERED: Duration = Duration::from_millis(20);
+/// went out, with none of its publishes unacknowledged, asks for a commit
+/// at once too: the device waits for each acknowledgement before it
+/// publishes again (a window of one, as `mosquitto_pub -l` and most scripts
+/// publish), and would otherwise get one message through per commit
+/// interval. A device that publishes on its own schedule has publishes in
+/// flight when the next comes, or comes later, and rides the interval.
+pub(super) const ANSWERED: Duration = Duration::from_millis(2);
 
 /// Most QoS 2 packet ids a device may hold between PUBLISH and PUBREL.
 pub(super) const MAX_UNRELEASED: usize = 1024;
@@ -364,8 +365,10 @@ impl Conn<'_> {
             }
         };
         let waiting = WINDOW.saturating_sub(self.window.available_permits());
-        let unacked = self.unacked.fetch_add(batch.acked, Ordering::AcqRel) + batch.acked;
-        let answered = batch.acked > 0 && self.acked_at.within(ANSWERED);
+        let before = self.unacked.fetch_add(batch.acked, Ordering::AcqRel);
+        let unacked = before + batch.acked;
+        // Waited for every acknowledgement, and published again at once.
+        let answered = batch.acked > 0 && before == 0 && self.acked_at.within(ANSWERED);
         let pressing = unacked >= PRESS || waiting >= WINDOW / 2 || answered;
         let receipt = if batch.items.is_empty() {
             None
