@@ -107,8 +107,14 @@ pub struct UplinkConfig {
     /// Default: `"512KiB"`.
     #[serde(default = "defaults::max_bytes_per_second")]
     pub max_bytes_per_second: ByteSize,
-    /// MQTT keep-alive. 5s to 1200s (IoT Core raises anything under 30s to
-    /// 30s). Default: `"30s"`.
+    /// MQTT keep-alive: a PINGREQ goes out every `keep_alive`, and one still
+    /// unanswered when the next is due ends the session, so a dead link is
+    /// noticed within twice this (10s by default). 5s to 1200s. IoT Core
+    /// keeps a session for 1.5 times the keep-alive and raises anything
+    /// under 30s to 30s for that; the gateway still pings at its own
+    /// interval. On a link too slow to carry a batch within `keep_alive`
+    /// (the PINGRESP waits behind it), raise it or lower `max_batch_bytes`.
+    /// Default: `"5s"`.
     #[serde(with = "humantime_serde", default = "defaults::keep_alive")]
     pub keep_alive: Duration,
     /// How long a TCP + TLS + MQTT connect may take. 10ms to 10m.
@@ -130,6 +136,16 @@ pub struct UplinkConfig {
     /// Default: `"2m"`.
     #[serde(with = "humantime_serde", default = "defaults::reconnect_max")]
     pub reconnect_max: Duration,
+    /// How often the endpoint is probed (a plain TCP connect to its host and
+    /// port, closed at once; no TLS, no MQTT) while the uplink waits to
+    /// reconnect. A connect starts only once a probe answers, and a probe
+    /// that answers after probes failed (the link is back) cuts the backoff
+    /// short: the connect follows within a quarter of this, at least 1s
+    /// after the last. Each interval is drawn between half and all of this.
+    /// `"0s"` (no probes: the backoff alone decides) or 100ms to 1m.
+    /// Default: `"1s"`.
+    #[serde(with = "humantime_serde", default = "defaults::probe_interval")]
+    pub probe_interval: Duration,
     /// The names of the sources whose records this uplink forwards; each must
     /// be a configured source. Default: `[]` (all sources).
     #[serde(default)]
@@ -165,6 +181,7 @@ impl UplinkConfig {
             puback_timeout: defaults::puback_timeout(),
             reconnect_min: defaults::reconnect_min(),
             reconnect_max: defaults::reconnect_max(),
+            probe_interval: defaults::probe_interval(),
             sources: Vec::new(),
             route: None,
         }
@@ -229,7 +246,7 @@ mod defaults {
         ByteSize::kib(512)
     }
     pub fn keep_alive() -> Duration {
-        Duration::from_secs(30)
+        Duration::from_secs(5)
     }
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(10)
@@ -242,5 +259,8 @@ mod defaults {
     }
     pub fn reconnect_max() -> Duration {
         Duration::from_secs(120)
+    }
+    pub fn probe_interval() -> Duration {
+        Duration::from_secs(1)
     }
 }

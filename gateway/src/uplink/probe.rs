@@ -1,0 +1,86 @@
+//! The wait before a connect: carries out the [`Reconnect`] schedule, with
+//! the endpoint's reachability probes (a plain TCP connect to `host:port`,
+//! closed at once: no TLS, nothing the broker counts as a connection
+//! attempt of the client id).
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::reconnect::{Action, Reconnect};
+use crate::metrics::{UplinkLabel, UplinkMetrics};
+
+/// Probes outstanding at once, at most (each ends within its timeout).
+const MAX_PROBES: usize = 16;
+
+/// Where and how the probes go.
+pub(crate) struct Probes<'a> {
+    pub name: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    /// How long a probe may wait for the TCP handshake.
+    pub timeout: Duration,
+    pub metrics: &'a UplinkMetrics,
+    pub label: &'a UplinkLabel,
+}
+
+impl Probes<'_> {
+    /// Waits until the schedule says connect (`true`) or `cancel` fires
+    /// (`false`), running the probes it asks for meanwhile.
+    pub(crate) async fn wait_to_connect(
+        &self,
+        schedule: &mut Reconnect,
+        rng: &mut fastrand::Rng,
+        cancel: &CancellationToken,
+    ) -> bool {
+        // Dropped on return: probes still outstanding are aborted.
+        let mut probes: JoinSet<(Instant, bool)> = JoinSet::new();
+        let mut failed_in_a_row = 0u32;
+        loop {
+            let at = match schedule.next(Instant::now(), rng.f64()) {
+                Action::Connect => return true,
+                Action::Probe => {
+                    if probes.len() < MAX_PROBES {
+                        self.metrics.probes.get_or_create(self.label).inc();
+                        probes.spawn(probe(self.host.to_owned(), self.port, self.timeout));
+                    }
+                    continue;
+                }
+                Action::WaitUntil(at) => at,
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep_until(at) => {}
+                Some(done) = probes.join_next(), if !probes.is_empty() => {
+                    // A probe task only ends by returning (aborts happen on drop).
+                    let Ok((started, ok)) = done else { continue };
+                    if ok {
+                        if failed_in_a_row > 0 {
+                            info!(uplink = %self.name, endpoint = %format!("{}:{}", self.host, self.port),
+                                  failed_probes = failed_in_a_row, "uplink endpoint answers again");
+                        }
+                        failed_in_a_row = 0;
+                    } else {
+                        failed_in_a_row += 1;
+                        self.metrics.probe_failures.get_or_create(self.label).inc();
+                        debug!(uplink = %self.name, "probe failed");
+                    }
+                    schedule.probed(started, Instant::now(), ok, rng.f64());
+                }
+            }
+        }
+    }
+}
+
+/// One probe: whether a TCP connection to `host:port` opened within
+/// `timeout`. It is closed at once. Returns when it started, and the answer.
+async fn probe(host: String, port: u16, timeout: Duration) -> (Instant, bool) {
+    let started = Instant::now();
+    let connect = TcpStream::connect((host.as_str(), port));
+    let ok = matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)));
+    (started, ok)
+}
