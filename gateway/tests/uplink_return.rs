@@ -49,13 +49,13 @@ enum Fault {
     BrokerStopped,
 }
 
-/// Settings with the backoff of a long outage; dead links noticed by the
-/// missing PINGRESP (keep-alive 5 s), not the PUBACK timeout.
+/// Settings with the backoff of a long outage and the daemon's defaults for
+/// noticing a dead link (`puback_timeout` 10 s, `keep_alive` 30 s).
 fn settings(cloud: &Cloud, addr: std::net::SocketAddr) -> Settings {
     Settings {
-        keep_alive: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(5),
-        puback_timeout: Duration::from_secs(60),
+        puback_timeout: Duration::from_secs(10),
         reconnect_min: Duration::from_secs(60),
         reconnect_max: Duration::from_secs(120),
         probe_interval: Duration::from_secs(1),

@@ -23,9 +23,10 @@
 //!   endpoint answers after probes failed (the link is back): see
 //!   [`super::reconnect`] for the schedule, [`super::probe`] for the probes.
 //!   The first connect, too, waits for a probe to answer.
-//! - A dead link is noticed by a missing PINGRESP (one PINGREQ every
-//!   `keep_alive`; one unanswered when the next is due ends the session)
-//!   or a missing PUBACK (`puback_timeout`).
+//! - A dead link is noticed by a missing PUBACK (`puback_timeout`, 10 s by
+//!   default, from the later of the oldest unacknowledged publish and the
+//!   last PUBACK) or, when idle, a missing PINGRESP (one PINGREQ every
+//!   `keep_alive`; one unanswered when the next is due ends the session).
 //! - **Draining** (on shutdown): no new publishes; waits for the PUBACKs of
 //!   those in flight up to `drain_timeout`, moves the cursor, disconnects.
 

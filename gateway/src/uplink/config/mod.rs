@@ -108,13 +108,10 @@ pub struct UplinkConfig {
     #[serde(default = "defaults::max_bytes_per_second")]
     pub max_bytes_per_second: ByteSize,
     /// MQTT keep-alive: a PINGREQ goes out every `keep_alive`, and one still
-    /// unanswered when the next is due ends the session, so a dead link is
-    /// noticed within twice this (10s by default). 5s to 1200s. IoT Core
-    /// keeps a session for 1.5 times the keep-alive and raises anything
-    /// under 30s to 30s for that; the gateway still pings at its own
-    /// interval. On a link too slow to carry a batch within `keep_alive`
-    /// (the PINGRESP waits behind it), raise it or lower `max_batch_bytes`.
-    /// Default: `"5s"`.
+    /// unanswered when the next is due ends the session (so an idle dead
+    /// link is noticed within twice this). 5s to 1200s (IoT Core raises
+    /// anything under 30s to 30s). Short values hurt slow links: the
+    /// PINGRESP waits behind every batch in flight. Default: `"30s"`.
     #[serde(with = "humantime_serde", default = "defaults::keep_alive")]
     pub keep_alive: Duration,
     /// How long a TCP + TLS + MQTT connect may take. 10ms to 10m.
@@ -123,9 +120,12 @@ pub struct UplinkConfig {
     pub connect_timeout: Duration,
     /// No PUBACK for this long while batches wait for one (counted from the
     /// later of the oldest unacknowledged publish and the last PUBACK, so a
-    /// slow link that keeps acknowledging is not given up) means the
-    /// session is broken: it is dropped and reconnected, and unacknowledged
-    /// batches are resent. 10ms to 1h. Default: `"30s"`.
+    /// slow link that keeps acknowledging is not given up) means the link
+    /// is dead: the session is dropped and reconnected, and unacknowledged
+    /// batches are resent. A reading stored while the link is dead is
+    /// published at once, so the dead link is noticed within this of it.
+    /// On a link too slow to carry one batch (`max_batch_bytes`) within
+    /// it, raise it or lower `max_batch_bytes`. 10ms to 1h. Default: `"10s"`.
     #[serde(with = "humantime_serde", default = "defaults::puback_timeout")]
     pub puback_timeout: Duration,
     /// The first reconnect delay; each failure doubles it up to
@@ -246,13 +246,13 @@ mod defaults {
         ByteSize::kib(512)
     }
     pub fn keep_alive() -> Duration {
-        Duration::from_secs(5)
+        Duration::from_secs(30)
     }
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(10)
     }
     pub fn puback_timeout() -> Duration {
-        Duration::from_secs(30)
+        Duration::from_secs(10)
     }
     pub fn reconnect_min() -> Duration {
         Duration::from_secs(1)
