@@ -103,6 +103,12 @@ async fn outage_then_back(fault: Fault) {
     })
     .await
     .unwrap();
+    // The backlog gauge follows while the uplink waits.
+    ferry_testkit::wait_until(WAIT, "the outage's readings in the backlog gauge", || {
+        metric(|m| m.backlog_records.get_or_create(&label()).get()) >= DURING - BEFORE
+    })
+    .await
+    .unwrap();
     let attempts = metric(|m| m.connect_attempts.get_or_create(&label()).get()) - attempts_before;
     let outage = down.elapsed();
 

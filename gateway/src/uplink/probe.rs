@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::reconnect::{Action, Reconnect};
 use crate::metrics::{UplinkLabel, UplinkMetrics};
@@ -26,6 +26,9 @@ pub(crate) struct Probes<'a> {
     pub timeout: Duration,
     pub metrics: &'a UplinkMetrics,
     pub label: &'a UplinkLabel,
+    /// Called every second while waiting (the backlog gauges grow while the
+    /// link is down).
+    pub every_second: &'a (dyn Fn() + Sync),
 }
 
 impl Probes<'_> {
@@ -40,6 +43,8 @@ impl Probes<'_> {
         // Dropped on return: probes still outstanding are aborted.
         let mut probes: JoinSet<(Instant, bool)> = JoinSet::new();
         let mut failed_in_a_row = 0u32;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let at = match schedule.next(Instant::now(), rng.f64()) {
                 Action::Connect => return true,
@@ -55,6 +60,7 @@ impl Probes<'_> {
             tokio::select! {
                 _ = cancel.cancelled() => return false,
                 _ = tokio::time::sleep_until(at) => {}
+                _ = tick.tick() => (self.every_second)(),
                 Some(done) = probes.join_next(), if !probes.is_empty() => {
                     // A probe task only ends by returning (aborts happen on drop).
                     let Ok((started, ok)) = done else { continue };
@@ -67,7 +73,12 @@ impl Probes<'_> {
                     } else {
                         failed_in_a_row += 1;
                         self.metrics.probe_failures.get_or_create(self.label).inc();
-                        debug!(uplink = %self.name, "probe failed");
+                        if failed_in_a_row == 1 {
+                            warn!(uplink = %self.name, endpoint = %format!("{}:{}", self.host, self.port),
+                                  "uplink endpoint does not answer a TCP connect; probing until it does");
+                        } else {
+                            debug!(uplink = %self.name, failed_probes = failed_in_a_row, "probe failed");
+                        }
                     }
                     schedule.probed(started, Instant::now(), ok, rng.f64());
                 }

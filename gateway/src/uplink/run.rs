@@ -137,6 +137,7 @@ pub async fn run(
     );
     let mut rng = fastrand::Rng::new();
     loop {
+        let gauges = || uplink.update_gauges();
         let probes = Probes {
             name: &uplink.s.name,
             host: &uplink.s.host,
@@ -144,6 +145,7 @@ pub async fn run(
             timeout: uplink.s.connect_timeout,
             metrics: &uplink.metrics,
             label: &uplink.label,
+            every_second: &gauges,
         };
         if cancel.is_cancelled()
             || !probes
