@@ -14,17 +14,18 @@
 //!   one CONNECT per second per client id), whatever the backoff draws.
 //! - With probes on, the endpoint is probed at once after a failure and then
 //!   every `probe_interval` (each interval drawn in its upper half, so a
-//!   fleet's probes do not line up). A connect starts only when the latest
-//!   probe since the failure answered: no TLS handshake is spent on a link
-//!   that does not carry a TCP connect, and none hangs in a blackhole.
+//!   fleet's probes do not line up) until one answers. A connect starts only
+//!   when the latest probe since the failure answered: no TLS handshake is
+//!   spent on a link that does not carry a TCP connect, and none hangs in a
+//!   blackhole.
 //! - A probe that answers after a probe failed (the link came back) resets
 //!   the backoff: the connect is due within a quarter of `probe_interval`
 //!   (jittered, again for the fleet), and at least [`MIN_CONNECT_GAP`] after
 //!   the last one. So the link's return is noticed within `probe_interval`
 //!   however long the outage and however far the backoff had grown.
-//! - Probes that keep answering while connects fail (a bad certificate, a
-//!   broker that refuses the client) do not reset anything: the backoff
-//!   grows as without probes.
+//! - A probe that answers without one failing before it (a bad
+//!   certificate, a broker that refuses the client) resets nothing: the
+//!   backoff grows as without probes, with one probe per connect.
 
 use std::time::Duration;
 
@@ -108,15 +109,17 @@ impl Reconnect {
         let Some(interval) = self.probe_interval else {
             return Action::WaitUntil(self.due);
         };
+        if may_connect {
+            // The endpoint answered since the failure: nothing more to learn
+            // from probing until the connect (a rejected certificate waits
+            // out its backoff with one probe, not one a second).
+            return Action::WaitUntil(self.due);
+        }
         if now >= self.next_probe {
             self.next_probe = now + interval.mul_f64(0.5 + 0.5 * rand.clamp(0.0, 1.0));
             return Action::Probe;
         }
-        if may_connect {
-            Action::WaitUntil(self.due.min(self.next_probe))
-        } else {
-            Action::WaitUntil(self.next_probe)
-        }
+        Action::WaitUntil(self.next_probe)
     }
 
     /// A probe started at `started` has answered (`ok`) or failed, at `now`;

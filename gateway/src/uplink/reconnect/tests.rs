@@ -211,7 +211,8 @@ fn connects_are_at_least_a_second_apart_whatever_the_backoff_draws() {
 #[test]
 fn probes_that_keep_answering_do_not_reset_the_backoff() {
     // TCP answers, connects are rejected: probes never saw the link down, so
-    // the backoff grows as it would without them (1, 2, 4 ... 64 s).
+    // the backoff grows as it would without them (1, 2, 4 ... 64 s), with
+    // one probe per connect.
     let t = Instant::now();
     let mut rng = fastrand::Rng::with_seed(11);
     let mut rc = Reconnect::new(S, 64 * S, S, t);
@@ -220,6 +221,12 @@ fn probes_that_keep_answering_do_not_reset_the_backoff() {
     assert!(
         run.attempts.len() <= 30,
         "{} attempts in 10 minutes",
+        run.attempts.len()
+    );
+    assert!(
+        run.probes <= run.attempts.len() + 1,
+        "{} probes for {} connects",
+        run.probes,
         run.attempts.len()
     );
     let late: Vec<Duration> = gaps(&run.attempts).skip(8).collect();
