@@ -64,25 +64,37 @@ impl Probes<'_> {
                 Some(done) = probes.join_next(), if !probes.is_empty() => {
                     // A probe task only ends by returning (aborts happen on drop).
                     let Ok((started, ok)) = done else { continue };
-                    if ok {
-                        if failed_in_a_row > 0 {
-                            info!(uplink = %self.name, endpoint = %format!("{}:{}", self.host, self.port),
-                                  failed_probes = failed_in_a_row, "uplink endpoint answers again");
-                        }
-                        failed_in_a_row = 0;
-                    } else {
-                        failed_in_a_row += 1;
+                    if !ok {
                         self.metrics.probe_failures.get_or_create(self.label).inc();
-                        if failed_in_a_row == 1 {
-                            warn!(uplink = %self.name, endpoint = %format!("{}:{}", self.host, self.port),
-                                  "uplink endpoint does not answer a TCP connect; probing until it does");
-                        } else {
-                            debug!(uplink = %self.name, failed_probes = failed_in_a_row, "probe failed");
-                        }
                     }
-                    schedule.probed(started, Instant::now(), ok, rng.f64());
+                    // A stale result (a newer probe's is in) says nothing new.
+                    if schedule.probed(started, Instant::now(), ok, rng.f64()) {
+                        self.log(ok, &mut failed_in_a_row);
+                    }
                 }
             }
+        }
+    }
+}
+
+impl Probes<'_> {
+    /// Logs the first failure of a run, and the answer that ends one.
+    fn log(&self, ok: bool, failed_in_a_row: &mut u32) {
+        let endpoint = format!("{}:{}", self.host, self.port);
+        if ok {
+            if *failed_in_a_row > 0 {
+                info!(uplink = %self.name, %endpoint, failed_probes = *failed_in_a_row,
+                      "uplink endpoint answers again");
+            }
+            *failed_in_a_row = 0;
+            return;
+        }
+        *failed_in_a_row += 1;
+        if *failed_in_a_row == 1 {
+            warn!(uplink = %self.name, %endpoint,
+                  "uplink endpoint does not answer a TCP connect; probing until it does");
+        } else {
+            debug!(uplink = %self.name, failed_probes = *failed_in_a_row, "probe failed");
         }
     }
 }

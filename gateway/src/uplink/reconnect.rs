@@ -124,12 +124,14 @@ impl Reconnect {
 
     /// A probe started at `started` has answered (`ok`) or failed, at `now`;
     /// `rand` in `[0, 1)` jitters the connect a returning link allows.
-    pub fn probed(&mut self, started: Instant, now: Instant, ok: bool, rand: f64) {
+    /// Returns whether the result was taken (`false`: a newer probe's result
+    /// is already in, or probes are off).
+    pub fn probed(&mut self, started: Instant, now: Instant, ok: bool, rand: f64) -> bool {
         let Some(interval) = self.probe_interval else {
-            return;
+            return false;
         };
         if self.link_probe.is_some_and(|newer| started < newer) {
-            return;
+            return false;
         }
         let came_back = ok && self.link == Link::Down;
         self.link = if ok { Link::Up } else { Link::Down };
@@ -139,6 +141,7 @@ impl Reconnect {
             let soon = now + (interval / 4).mul_f64(rand.clamp(0.0, 1.0));
             self.due = self.after_gap(soon);
         }
+        true
     }
 
     /// The connect last started has failed, or its connection ended, at

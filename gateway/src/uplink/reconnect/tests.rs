@@ -240,8 +240,11 @@ fn a_stale_probe_result_does_not_overturn_a_newer_one() {
     assert_eq!(rc.next(t, 0.0), Action::Probe);
     assert_eq!(rc.next(t + S, 0.0), Action::Probe);
     // The newer probe answers; the older one times out after it.
-    rc.probed(t + S, t + S + RTT, true, 0.0);
-    rc.probed(t, t + 10 * S, false, 0.0);
+    assert!(rc.probed(t + S, t + S + RTT, true, 0.0));
+    assert!(
+        !rc.probed(t, t + 10 * S, false, 0.0),
+        "a stale result taken"
+    );
     assert_eq!(rc.next(t + 10 * S, 0.0), Action::Connect);
 }
 
@@ -262,7 +265,9 @@ fn a_returning_link_connects_no_sooner_than_a_second_after_the_last_connect() {
     loop {
         match rc.next(now, 0.5) {
             Action::Connect => break,
-            Action::Probe => rc.probed(now, now + RTT, true, 0.0),
+            Action::Probe => {
+                rc.probed(now, now + RTT, true, 0.0);
+            }
             Action::WaitUntil(at) => now = at,
         }
     }
