@@ -273,6 +273,7 @@ async fn accept_loop(
             client,
             target,
             mode.clone(),
+            applied.subscribe(),
             relay,
             stats.clone(),
             stop.clone(),
@@ -372,6 +373,7 @@ async fn serve(
     mut client: TcpStream,
     target: SocketAddr,
     mut mode: watch::Receiver<Mode>,
+    mut listener: watch::Receiver<Mode>,
     relay: RelayGuard,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -385,6 +387,7 @@ async fn serve(
     if now != Mode::Forward {
         drop(relay);
         if hold(&mut mode, &stop, false).await == Some(Mode::Refuse) {
+            listener_closed(&mut listener, &stop).await;
             reset(client);
         }
         return;
@@ -413,10 +416,20 @@ async fn serve(
         Some(next)
     };
     if next == Some(Mode::Refuse) {
+        listener_closed(&mut listener, &stop).await;
         reset(client);
         reset(upstream);
     }
     // Dropping the sockets closes both connections.
+}
+
+/// Waits until the listener is closed, so that a client whose connection is reset
+/// finds its next connect refused, as when a link resets everything at once.
+async fn listener_closed(listener: &mut watch::Receiver<Mode>, stop: &CancellationToken) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = listener.wait_for(|m| *m == Mode::Refuse) => {}
+    }
 }
 
 /// Holds a connection unrelayed until the proxy is restored or refusing (or, for an
