@@ -94,6 +94,7 @@ fn settings(pki: &Pki, name: &str, addr: SocketAddr, encoding: Encoding, iot: bo
         puback_timeout: Duration::from_secs(30),
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(1),
+        probe_interval: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(5),
         sources: vec![],
         window_records: window,

@@ -186,9 +186,10 @@ fn uplink_defaults() {
     assert_eq!(u.max_bytes_per_second, ByteSize::kib(512));
     assert_eq!(u.keep_alive, Duration::from_secs(30));
     assert_eq!(u.connect_timeout, Duration::from_secs(10));
-    assert_eq!(u.puback_timeout, Duration::from_secs(30));
+    assert_eq!(u.puback_timeout, Duration::from_secs(10));
     assert_eq!(u.reconnect_min, Duration::from_secs(1));
     assert_eq!(u.reconnect_max, Duration::from_secs(120));
+    assert_eq!(u.probe_interval, Duration::from_secs(1));
     assert!(u.alpn.is_empty() && u.sources.is_empty());
     assert!(u.plaintext && u.ca.is_none() && u.cert.is_none() && u.key.is_none());
     let built = UplinkConfig {
@@ -356,6 +357,18 @@ fn durations_out_of_range() {
             "must be at least reconnect_min"
         )
     );
+    for (value, got) in [("50ms", "50ms"), ("2m", "2m")] {
+        assert_eq!(
+            problem(&with_uplink(&format!("probe_interval = \"{value}\""))),
+            p(
+                7,
+                "uplinks.cloud.probe_interval",
+                &format!("must be 0s (no probes) or between 100ms and 1m, got {got}")
+            )
+        );
+    }
+    let off = valid(&with_uplink("probe_interval = \"0s\""));
+    assert_eq!(uplink(&off).probe_interval, Duration::ZERO);
 }
 
 #[test]

@@ -42,6 +42,15 @@ async fn ping(stream: &mut TcpStream, text: &[u8]) {
     assert_eq!(echo, text);
 }
 
+/// A proxy to an echo server, and a connection through it that has relayed.
+async fn proxy_with_open_connection() -> (Proxy, TcpStream, Arc<AtomicUsize>) {
+    let (echo, echo_accepted) = echo_server().await;
+    let proxy = Proxy::start(echo).await.unwrap();
+    let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+    ping(&mut open, b"before").await;
+    (proxy, open, echo_accepted)
+}
+
 /// The connection has ended (EOF or reset) without delivering any more data.
 async fn assert_closed(stream: &mut TcpStream) {
     let mut buf = [0; 64];
@@ -78,10 +87,7 @@ async fn relays_both_ways_and_counts_bytes() {
 
 #[tokio::test]
 async fn cut_closes_open_connections_and_holds_new_ones_until_restored() {
-    let (echo, echo_accepted) = echo_server().await;
-    let proxy = Proxy::start(echo).await.unwrap();
-    let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
-    ping(&mut open, b"before").await;
+    let (proxy, mut open, echo_accepted) = proxy_with_open_connection().await;
 
     proxy.cut().await;
     assert_eq!(proxy.mode(), Mode::Cut);
@@ -178,4 +184,47 @@ async fn throttle_paces_both_directions_and_lifts() {
     let started = std::time::Instant::now();
     ping(&mut stream, &data).await;
     assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+/// Dark: open connections stay open and silent, new connects hang (their SYNs are
+/// dropped); restored, a connect goes through and relays. Refuse: open connections
+/// are reset, new connects refused; restored, the same port relays again. Only
+/// connections that carried data are listed as sessions.
+#[tokio::test]
+async fn dark_hangs_new_connects_and_refuse_refuses_them() {
+    let (proxy, mut open, _) = proxy_with_open_connection().await;
+    // A bare connect, closed at once, is no session.
+    drop(TcpStream::connect(proxy.addr()).await.unwrap());
+    assert_eq!(proxy.sessions().len(), 1);
+
+    proxy.dark().await;
+    assert_eq!(proxy.mode(), Mode::Dark);
+    let hung =
+        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(proxy.addr())).await;
+    assert!(hung.is_err(), "a connect completed through the dark proxy");
+    proxy.restore();
+    let mut fresh = TcpStream::connect(proxy.addr()).await.unwrap();
+    ping(&mut fresh, b"after dark").await;
+    assert_closed(&mut open).await;
+
+    proxy.refuse().await;
+    assert_closed(&mut fresh).await;
+    let refused = TcpStream::connect(proxy.addr()).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    proxy.restore();
+    let mut back = None;
+    wait_until(WAIT, "the proxy to listen again", || {
+        back = std::net::TcpStream::connect(proxy.addr()).ok();
+        back.is_some()
+    })
+    .await
+    .unwrap();
+    let mut back = TcpStream::from_std({
+        let s = back.unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
+    })
+    .unwrap();
+    ping(&mut back, b"after refuse").await;
+    assert_eq!(proxy.sessions().len(), 3);
 }

@@ -13,7 +13,7 @@ use crate::uplink::config::topic::{check_client_id, check_topic};
 use crate::uplink::config::{
     UplinkConfig, ENDPOINT_EXAMPLE, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MIN_BATCH_BYTES,
 };
-use ferry_core::report::{fmt_bytes, KeyPath, Report};
+use ferry_core::report::{fmt_bytes, fmt_duration, KeyPath, Report};
 use ferry_core::text::escape_to;
 
 /// The largest `max_bytes_per_second`: 1 TiB.
@@ -172,6 +172,16 @@ impl UplinkConfig {
         report.duration_in(at.key("reconnect_max"), self.reconnect_max, ms(1), s(3600));
         if self.reconnect_max < self.reconnect_min && valid(report, &["reconnect_min"]) {
             report.error(at.key("reconnect_max"), "must be at least reconnect_min");
+        }
+        let probe = self.probe_interval;
+        if !probe.is_zero() && !(ms(100)..=s(60)).contains(&probe) {
+            report.error(
+                at.key("probe_interval"),
+                format!(
+                    "must be 0s (no probes) or between 100ms and 1m, got {}",
+                    fmt_duration(probe)
+                ),
+            );
         }
     }
 

@@ -25,6 +25,12 @@ metric_set! {
                 => "connects", "Successful connections (CONNACK accepted)";
             connect_errors: Family<UplinkLabel, Counter>
                 => "connect_errors", "Connection attempts or sessions that failed";
+            connect_attempts: Family<UplinkLabel, Counter>
+                => "connect_attempts", "Connects started (TCP, TLS and MQTT CONNECT)";
+            probes: Family<UplinkLabel, Counter>
+                => "probes", "Reachability probes of the endpoint (a TCP connect, closed at once)";
+            probe_failures: Family<UplinkLabel, Counter>
+                => "probe_failures", "Probes refused, unreachable or unanswered";
             publishes: Family<UplinkLabel, Counter>
                 => "publishes", "Batches published";
             publish_bytes: Family<UplinkLabel, Counter>

@@ -5,6 +5,8 @@ pub mod batch;
 pub mod config;
 pub mod flight;
 pub mod limiter;
+mod probe;
+pub mod reconnect;
 mod run;
 pub mod tls;
 

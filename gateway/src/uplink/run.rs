@@ -18,7 +18,15 @@
 //!   A partial batch waits up to `max_batch_age` for more records.
 //! - **Backoff**: everything in flight is forgotten and reading rewinds to
 //!   the cursor (so unacknowledged batches are sent again: at-least-once);
-//!   the next attempt waits a capped exponential delay with full jitter.
+//!   the next attempt waits a capped exponential delay with full jitter, at
+//!   least a second after the last, and cut short when a probe of the
+//!   endpoint answers after probes failed (the link is back): see
+//!   [`super::reconnect`] for the schedule, [`super::probe`] for the probes.
+//!   The first connect, too, waits for a probe to answer.
+//! - A dead link is noticed by a missing PUBACK (`puback_timeout`, 10 s by
+//!   default, from the later of the oldest unacknowledged publish and the
+//!   last PUBACK) or, when idle, a missing PINGRESP (one PINGREQ every
+//!   `keep_alive`; one unanswered when the next is due ends the session).
 //! - **Draining** (on shutdown): no new publishes; waits for the PUBACKs of
 //!   those in flight up to `drain_timeout`, moves the cursor, disconnects.
 
@@ -40,9 +48,10 @@ use tracing::{debug, info, warn};
 use super::batch::{encoder, Encoding, Topic};
 use super::flight::Flight;
 use super::limiter::Limits;
+use super::probe::Probes;
+use super::reconnect::Reconnect;
 use crate::metrics::{UplinkLabel, UplinkMetrics};
 use crate::store::{Cursors, Store, StoredRecord, Stream};
-use ferry_core::backoff::Backoff;
 
 /// Everything an uplink needs to run, resolved from its config.
 #[derive(Clone)]
@@ -69,6 +78,9 @@ pub struct Settings {
     pub puback_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// How often the endpoint is probed while waiting to reconnect (zero:
+    /// never; the backoff alone decides).
+    pub probe_interval: Duration,
     pub drain_timeout: Duration,
     /// Source names to forward; empty = all.
     pub sources: Vec<String>,
@@ -117,12 +129,36 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut uplink = Uplink::new(settings, store, cursors, metrics);
-    let mut backoff = Backoff::new(uplink.s.reconnect_min, uplink.s.reconnect_max);
+    let mut schedule = Reconnect::new(
+        uplink.s.reconnect_min,
+        uplink.s.reconnect_max,
+        uplink.s.probe_interval,
+        Instant::now(),
+    );
     let mut rng = fastrand::Rng::new();
     loop {
-        if cancel.is_cancelled() {
+        let gauges = || uplink.update_gauges();
+        let probes = Probes {
+            name: &uplink.s.name,
+            host: &uplink.s.host,
+            port: uplink.s.port,
+            timeout: uplink.s.connect_timeout,
+            metrics: &uplink.metrics,
+            label: &uplink.label,
+            every_second: &gauges,
+        };
+        if cancel.is_cancelled()
+            || !probes
+                .wait_to_connect(&mut schedule, &mut rng, &cancel)
+                .await
+        {
             break;
         }
+        uplink
+            .metrics
+            .connect_attempts
+            .get_or_create(&uplink.label)
+            .inc();
         match uplink.session(&cancel).await {
             Ok(()) => break,
             Err(e) => {
@@ -134,16 +170,9 @@ pub async fn run(
                 uplink.metrics.connected.get_or_create(&uplink.label).set(0);
                 // The backlog grows while the link is down: keep it current.
                 uplink.update_gauges();
-                if uplink.was_connected {
-                    backoff.reset();
-                }
-                let delay = backoff.next_delay(&mut rng);
+                let delay = schedule.failed(Instant::now(), uplink.was_connected, rng.f64());
                 warn!(uplink = %uplink.s.name, endpoint = %format!("{}:{}", uplink.s.host, uplink.s.port),
-                      error = %e, retry_in = ?delay, "uplink connection failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => break,
-                }
+                      error = %e, retry_in = ?delay, probing = schedule.probing(), "uplink connection failed");
             }
         }
     }

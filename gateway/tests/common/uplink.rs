@@ -147,6 +147,7 @@ pub fn uplink_settings(
         puback_timeout: Duration::from_secs(10),
         reconnect_min: Duration::from_millis(50),
         reconnect_max: Duration::from_millis(500),
+        probe_interval: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(5),
         sources: vec![],
         window_records: 2048,

@@ -107,8 +107,11 @@ pub struct UplinkConfig {
     /// Default: `"512KiB"`.
     #[serde(default = "defaults::max_bytes_per_second")]
     pub max_bytes_per_second: ByteSize,
-    /// MQTT keep-alive. 5s to 1200s (IoT Core raises anything under 30s to
-    /// 30s). Default: `"30s"`.
+    /// MQTT keep-alive: a PINGREQ goes out every `keep_alive`, and one still
+    /// unanswered when the next is due ends the session (so an idle dead
+    /// link is noticed within twice this). 5s to 1200s (IoT Core raises
+    /// anything under 30s to 30s). Short values hurt slow links: the
+    /// PINGRESP waits behind every batch in flight. Default: `"30s"`.
     #[serde(with = "humantime_serde", default = "defaults::keep_alive")]
     pub keep_alive: Duration,
     /// How long a TCP + TLS + MQTT connect may take. 10ms to 10m.
@@ -117,9 +120,12 @@ pub struct UplinkConfig {
     pub connect_timeout: Duration,
     /// No PUBACK for this long while batches wait for one (counted from the
     /// later of the oldest unacknowledged publish and the last PUBACK, so a
-    /// slow link that keeps acknowledging is not given up) means the
-    /// session is broken: it is dropped and reconnected, and unacknowledged
-    /// batches are resent. 10ms to 1h. Default: `"30s"`.
+    /// slow link that keeps acknowledging is not given up) means the link
+    /// is dead: the session is dropped and reconnected, and unacknowledged
+    /// batches are resent. A reading stored while the link is dead is
+    /// published at once, so the dead link is noticed within this of it.
+    /// On a link too slow to carry one batch (`max_batch_bytes`) within
+    /// it, raise it or lower `max_batch_bytes`. 10ms to 1h. Default: `"10s"`.
     #[serde(with = "humantime_serde", default = "defaults::puback_timeout")]
     pub puback_timeout: Duration,
     /// The first reconnect delay; each failure doubles it up to
@@ -130,6 +136,16 @@ pub struct UplinkConfig {
     /// Default: `"2m"`.
     #[serde(with = "humantime_serde", default = "defaults::reconnect_max")]
     pub reconnect_max: Duration,
+    /// How often the endpoint is probed (a plain TCP connect to its host and
+    /// port, closed at once; no TLS, no MQTT) while the uplink waits to
+    /// reconnect. A connect starts only once a probe answers, and a probe
+    /// that answers after probes failed (the link is back) cuts the backoff
+    /// short: the connect follows within a quarter of this, at least 1s
+    /// after the last. Each interval is drawn between half and all of this.
+    /// `"0s"` (no probes: the backoff alone decides) or 100ms to 1m.
+    /// Default: `"1s"`.
+    #[serde(with = "humantime_serde", default = "defaults::probe_interval")]
+    pub probe_interval: Duration,
     /// The names of the sources whose records this uplink forwards; each must
     /// be a configured source. Default: `[]` (all sources).
     #[serde(default)]
@@ -165,6 +181,7 @@ impl UplinkConfig {
             puback_timeout: defaults::puback_timeout(),
             reconnect_min: defaults::reconnect_min(),
             reconnect_max: defaults::reconnect_max(),
+            probe_interval: defaults::probe_interval(),
             sources: Vec::new(),
             route: None,
         }
@@ -235,12 +252,15 @@ mod defaults {
         Duration::from_secs(10)
     }
     pub fn puback_timeout() -> Duration {
-        Duration::from_secs(30)
+        Duration::from_secs(10)
     }
     pub fn reconnect_min() -> Duration {
         Duration::from_secs(1)
     }
     pub fn reconnect_max() -> Duration {
         Duration::from_secs(120)
+    }
+    pub fn probe_interval() -> Duration {
+        Duration::from_secs(1)
     }
 }

@@ -59,6 +59,7 @@ impl Settings {
             puback_timeout: u.puback_timeout,
             reconnect_min: u.reconnect_min,
             reconnect_max: u.reconnect_max,
+            probe_interval: u.probe_interval,
             drain_timeout: DRAIN_TIMEOUT,
             sources: u.sources.clone(),
             window_records: WINDOW_RECORDS,
