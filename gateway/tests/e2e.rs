@@ -137,32 +137,31 @@ async fn broker_mode_kill9_loses_nothing_acknowledged() {
     let seed = ferry_core::record::now_millis() as u64;
     for round in 0..ROUNDS {
         let kill_after = 200 + (seed / (round + 1)) % 1_800;
-        let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+        // One connection, up to 100 in flight: its PUBACKs come in order,
+        // so the first `acked()` readings queued are the acknowledged ones.
+        let mut p = Publisher::connect(broker, &format!("device-{round}"))
+            .await
+            .unwrap();
+        let first = round * 100_000;
+        let client = p.client().clone();
         let publishing = tokio::spawn(async move {
-            let mut p = Publisher::connect(broker, &format!("device-{round}"))
-                .await
-                .unwrap();
-            for i in round * 100_000..(round + 1) * 100_000 {
-                match p.publish(&seed_topic(i), seed_payload(i)).await {
-                    Ok(_) => acked_tx.send(i).unwrap(),
-                    Err(_) => return,
+            for i in first..first + 100_000 {
+                let publish = client.publish(
+                    seed_topic(i),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    seed_payload(i),
+                );
+                if publish.await.is_err() {
+                    return;
                 }
             }
-            panic!("the daemon was not killed");
         });
-        let mut n = 0;
-        while let Some(i) = acked_rx.recv().await {
-            acked.push(i);
-            n += 1;
-            if n == kill_after {
-                break;
-            }
-        }
+        p.wait_acked(kill_after as usize, WAIT).await;
         tokio::task::block_in_place(|| ferry.kill9());
-        publishing.await.unwrap();
-        while let Ok(i) = acked_rx.try_recv() {
-            acked.push(i);
-        }
+        let n = p.acked();
+        publishing.abort();
+        acked.extend(first..first + n);
         eprintln!("round {round}: killed after {n} acknowledged (seed {seed})");
         ferry = tokio::task::block_in_place(|| Ferry::start_file(&ferry.config));
     }
