@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use common::{init_tracing, Ingest};
 use ferry_core::record::{now_millis, Value};
-use ferry_core::sink::Item;
+use ferry_core::sink::{Item, Submission};
 use ferry_sources::mqtt::{
     run_broker, run_broker_observed, BrokerEvent, BrokerObserver, BrokerSourceConfig, DeviceFront,
     Limit, Reject, SourceError,
@@ -601,6 +601,41 @@ async fn keep_alive_is_the_front_s_to_watch() {
     timeout(WAIT, source).await.unwrap().unwrap().unwrap();
 }
 
+/// How long a test waits to see that nothing more comes.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// Takes submissions until `n` publishes are in, and then an ask for a
+/// commit at once if none came with them and one comes within [`QUIET`];
+/// commits them all. An ask is an empty submission once the device
+/// waits, or publishes that ask once its window is known.
+async fn take(ingest: &mut Ingest, n: usize) -> (usize, bool) {
+    let mut held = Vec::new();
+    let (mut got, mut asked) = (0, false);
+    let is_ask = |sub: &Submission| {
+        if sub.items.is_empty() {
+            assert_eq!(sub.max_delay, Some(Duration::ZERO), "an empty submission");
+        }
+        sub.max_delay == Some(Duration::ZERO)
+    };
+    while got < n {
+        let sub = ingest.next(WAIT).await;
+        asked |= is_ask(&sub);
+        got += sub.items.len();
+        held.push(sub);
+    }
+    if !asked {
+        if let Ok(Some(sub)) = timeout(QUIET, ingest.rx.recv()).await {
+            assert!(sub.items.is_empty(), "{} more publishes", sub.items.len());
+            asked = is_ask(&sub);
+            held.push(sub);
+        }
+    }
+    for sub in held {
+        ingest.commit(sub);
+    }
+    (got, asked)
+}
+
 /// A broker source through the front on 127.0.0.1:0, its ingest, its token
 /// and its task.
 async fn front_source(
@@ -866,62 +901,75 @@ async fn devices_subscribe_to_each_other_through_the_front() {
 }
 
 /// A lone publish rides the commit interval; a device that publishes again
-/// as soon as it is acknowledged (a window of one) asks for a commit at
-/// once; and once ten of a device's publishes wait for their PUBACK, so
-/// does it (a client's in-flight window would otherwise wait out each
-/// interval).
+/// as soon as it is acknowledged and then goes quiet, waiting for its
+/// acknowledgements (a window of one, or a full in-flight window), asks
+/// for a commit at once (and then with half its window); a device on its
+/// own schedule does not, however many of its publishes wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_device_asks_for_a_commit_at_once() {
     let (addr, mut ingest, cancel, source) = front_source(ByteSize::kib(512)).await;
     let mut p = Publisher::spawn(addr, "dev-0");
     let topic = "sensors/dev-0/telemetry";
-    p.queue(topic, r#"{"sequence": 0}"#).await;
+    let reading = |seq: usize| format!(r#"{{"sequence": {seq}}}"#);
+    p.queue(topic, reading(0)).await;
     let sub = ingest.next(WAIT).await;
     assert_eq!(sub.max_delay, None, "one publish waits");
     assert_eq!(ingest.commit(sub).len(), 1);
     p.wait_acked(1, WAIT).await;
 
-    // One at a time, each as soon as the last is acknowledged: within
-    // 20 ms of it (on a loaded machine some may take longer).
-    let mut at_once = 0;
+    // One at a time, each as soon as the last is acknowledged (within 2 ms
+    // of it: on a loaded machine some take longer and ride the interval).
+    let mut asked = 0;
     for seq in 1..=20 {
-        p.queue(topic, format!(r#"{{"sequence": {seq}}}"#)).await;
-        let sub = ingest.next(WAIT).await;
-        at_once += usize::from(sub.max_delay == Some(Duration::ZERO));
-        assert_eq!(ingest.commit(sub).len(), 1);
+        p.queue(topic, reading(seq)).await;
+        let (stored, ask) = take(&mut ingest, 1).await;
+        assert_eq!(stored, 1);
+        asked += usize::from(ask);
         p.wait_acked(1, WAIT).await;
     }
     assert!(
-        at_once > 0,
-        "none of 20 answered publishes asked for a commit at once"
+        asked > 0,
+        "none of 20 answered publishes asked for a commit"
     );
 
-    // A device on its own schedule: some time after its last PUBACK.
+    // A device on its own schedule: it publishes some time after its last
+    // PUBACK, 50 readings wait, and no commit is asked for.
     tokio::time::sleep(Duration::from_millis(100)).await;
     for seq in 21..=70 {
-        p.queue(topic, format!(r#"{{"sequence": {seq}}}"#)).await;
+        p.queue(topic, reading(seq)).await;
     }
-    let (mut held, mut waiting) = (Vec::new(), 0);
-    loop {
+    let mut held = Vec::new();
+    let mut waiting = 0;
+    while waiting < 50 {
         let sub = ingest.next(WAIT).await;
+        assert_eq!(sub.max_delay, None, "asked at once with {waiting} waiting");
+        assert!(!sub.items.is_empty(), "an ask with {waiting} waiting");
         waiting += sub.items.len();
-        let now = sub.max_delay == Some(Duration::ZERO);
         held.push(sub);
-        if now {
-            assert!(waiting >= 10, "at once with {waiting} waiting");
-            break;
-        }
-        assert!(waiting < 10, "{waiting} wait, and the commit may wait");
     }
-    let mut stored = 0;
     for sub in held {
-        stored += ingest.commit(sub).len();
-    }
-    while stored < 50 {
-        let sub = ingest.next(WAIT).await;
-        stored += ingest.commit(sub).len();
+        ingest.commit(sub);
     }
     p.wait_acked(50, WAIT).await;
+    assert!(
+        timeout(QUIET, ingest.rx.recv()).await.is_err(),
+        "a commit asked for after all was acknowledged"
+    );
+
+    // A full in-flight window (the publisher's is 100): the first waits
+    // for the interval; the next ones are sent as soon as the last are
+    // acknowledged and ask for their commit once the window is full.
+    for seq in 71..571 {
+        p.queue(topic, reading(seq)).await;
+    }
+    let mut asked = 0;
+    for round in 0..5 {
+        let (stored, ask) = take(&mut ingest, 100).await;
+        assert_eq!(stored, 100, "window {round}");
+        asked += usize::from(ask && round > 0);
+    }
+    assert!(asked > 0, "no full window asked for its commit");
+    p.wait_acked(500, WAIT).await;
     cancel.cancel();
     timeout(WAIT, source).await.unwrap().unwrap().unwrap();
 }

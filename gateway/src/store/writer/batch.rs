@@ -103,6 +103,16 @@ impl Batch {
         self.acks.is_empty() && self.cursors.is_empty() && self.routes.is_empty()
     }
 
+    /// Only empty submissions (a source asking for a commit of what it
+    /// submitted before, already committed): their receipts need no
+    /// transaction.
+    pub(super) fn writes_nothing(&self) -> bool {
+        self.records.is_empty()
+            && self.dead.is_empty()
+            && self.cursors.is_empty()
+            && self.routes.is_empty()
+    }
+
     pub(super) fn deadline(&self, cfg: &WriterSettings) -> Option<Instant> {
         let items = match self.retry_at {
             Some(retry) => Some(retry),

@@ -94,7 +94,7 @@ impl WriterState {
             Some(index) => index.finish(&tx, self.usage.first_record)?,
             None => false,
         };
-        if batch.is_empty() && !evicted_any && !index_wrote {
+        if batch.writes_nothing() && !evicted_any && !index_wrote {
             tx.abort()?;
         } else {
             tx.commit()?;

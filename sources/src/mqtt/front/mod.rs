@@ -50,6 +50,7 @@
 mod acl;
 mod events;
 mod intake;
+mod pace;
 mod packet;
 mod passwd;
 mod prelogin;

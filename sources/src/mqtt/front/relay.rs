@@ -39,6 +39,7 @@ use ferry_core::text::escape;
 
 use super::acl::TopicRefusal;
 use super::events::{BrokerEvent, Denied, Limit};
+use super::pace::Pace;
 use super::packet::{self, Header};
 use super::read::ReadRoom;
 use super::serve::{Closed, Front, HOLD};
@@ -47,21 +48,6 @@ use crate::mqtt::broker::MAX_BATCH;
 /// Bytes of a connection's publishes that may wait for their commit; more
 /// waits in the device (its TCP window) until the acknowledgements go out.
 pub(super) const WINDOW: usize = 64 * 1024;
-
-/// A connection with this many QoS 1 and 2 publishes unacknowledged (or
-/// half of [`WINDOW`]) asks ingest to commit at once rather than at the
-/// commit interval: a device's in-flight window (20 for mosquitto's and
-/// paho's clients) would otherwise wait out each interval.
-pub(super) const PRESS: usize = 10;
-
-/// A publish that comes this soon after the device's last acknowledgements
-/// went out, with none of its publishes unacknowledged, asks for a commit
-/// at once too: the device waits for each acknowledgement before it
-/// publishes again (a window of one, as `mosquitto_pub -l` and most scripts
-/// publish), and would otherwise get one message through per commit
-/// interval. A device that publishes on its own schedule has publishes in
-/// flight when the next comes, or comes later, and rides the interval.
-pub(super) const ANSWERED: Duration = Duration::from_millis(2);
 
 /// Most QoS 2 packet ids a device may hold between PUBLISH and PUBREL.
 pub(super) const MAX_UNRELEASED: usize = 1024;
@@ -94,6 +80,10 @@ pub(super) struct Conn<'a> {
     pub(super) unacked: Arc<AtomicUsize>,
     /// When the acker last sent acknowledgements.
     pub(super) acked_at: Arc<AckedAt>,
+    /// The device's publishing pace: when it waits for a commit.
+    pub(super) pace: Pace,
+    /// The last quiet time a commit was asked for (or found needless).
+    pub(super) stalled: Option<Instant>,
     /// The device has waited for its window.
     pub(super) throttled: bool,
     /// Ends the upstream: the front is cancelled, or the downstream ended.
@@ -165,6 +155,7 @@ impl Conn<'_> {
             // Counted while waiting for the device only: time spent here
             // (ingest full, say) is not the device's silence.
             let quiet = self.silence.map(|s| Instant::now() + s);
+            let stall = self.pace.stalls_at().filter(|&at| self.stalled != Some(at));
             tokio::select! {
                 more = room.read(rd, &mut buf) => {
                     if !more? {
@@ -172,6 +163,7 @@ impl Conn<'_> {
                     }
                 }
                 _ = ping.tick() => inner.write_all(&packet::PINGREQ_PACKET).await?,
+                _ = until(stall) => self.waiting_for_us(stall).await?,
                 _ = until(quiet) => {
                     return Err(Closed::Refused(
                         "nothing heard from the device for 1.5 times its keep-alive".to_owned(),
@@ -180,6 +172,26 @@ impl Conn<'_> {
                 _ = self.stop.cancelled() => return Ok(()),
             }
         }
+    }
+
+    /// The device has gone quiet waiting for its acknowledgements
+    /// ([`Pace`]): ingest is asked to commit what it holds at once.
+    async fn waiting_for_us(&mut self, at: Option<Instant>) -> Result<(), Closed> {
+        self.stalled = at;
+        let unacked = self.unacked.load(Ordering::Acquire);
+        if unacked == 0 {
+            return Ok(());
+        }
+        self.pace.waited(unacked);
+        let asked = self
+            .front
+            .intake
+            .sink
+            .submit_within(Vec::new(), Some(Duration::ZERO));
+        asked
+            .await
+            .map(drop)
+            .map_err(|_| Closed::Refused("ingest is shut down".to_owned()))
     }
 
     /// Checks the size of the packet at the head of the buffer; one over
@@ -365,11 +377,11 @@ impl Conn<'_> {
             }
         };
         let waiting = WINDOW.saturating_sub(self.window.available_permits());
-        let before = self.unacked.fetch_add(batch.acked, Ordering::AcqRel);
-        let unacked = before + batch.acked;
-        // Waited for every acknowledgement, and published again at once.
-        let answered = batch.acked > 0 && before == 0 && self.acked_at.within(ANSWERED);
-        let pressing = unacked >= PRESS || waiting >= WINDOW / 2 || answered;
+        let unacked = self.unacked.fetch_add(batch.acked, Ordering::AcqRel) + batch.acked;
+        if batch.acked > 0 {
+            self.pace.published(Instant::now(), self.acked_at.last());
+        }
+        let pressing = waiting >= WINDOW / 2 || self.pace.presses(unacked);
         let receipt = if batch.items.is_empty() {
             None
         } else {
@@ -463,10 +475,12 @@ impl AckedAt {
         self.at.store(self.now(), Ordering::Release);
     }
 
-    /// Whether acknowledgements went out within `d`.
-    fn within(&self, d: Duration) -> bool {
-        let at = self.at.load(Ordering::Acquire);
-        at > 0 && self.now().saturating_sub(at) <= u64::try_from(d.as_micros()).unwrap_or(0)
+    /// When acknowledgements last went out.
+    fn last(&self) -> Option<Instant> {
+        match self.at.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(self.epoch + Duration::from_micros(at - 1)),
+        }
     }
 }
 

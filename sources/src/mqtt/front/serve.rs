@@ -339,6 +339,8 @@ impl Front {
             window: Arc::new(Semaphore::new(WINDOW)),
             unacked: unacked.clone(),
             acked_at: acked_at.clone(),
+            pace: Default::default(),
+            stalled: None,
             throttled: false,
             stop: self.cancel.child_token(),
         };
