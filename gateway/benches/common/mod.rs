@@ -267,6 +267,11 @@ pub const WIRE_INFLIGHT: usize = 100;
 impl WirePublisher {
     /// Connects to `addr` as `id` (clean session); returns after CONNACK.
     pub async fn connect(addr: SocketAddr, id: &str) -> WirePublisher {
+        Self::with_window(addr, id, WIRE_INFLIGHT).await
+    }
+
+    /// The same, with at most `window` publishes unacknowledged.
+    pub async fn with_window(addr: SocketAddr, id: &str, window: usize) -> WirePublisher {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let stream = tokio::time::timeout(
             Duration::from_secs(20),
@@ -292,7 +297,7 @@ impl WirePublisher {
             .expect("read CONNACK");
         assert_eq!(connack, [0x20, 2, 0, 0], "publisher {id}: CONNACK refused");
         let acked = Arc::new(AtomicU64::new(0));
-        let window = Arc::new(tokio::sync::Semaphore::new(WIRE_INFLIGHT));
+        let window = Arc::new(tokio::sync::Semaphore::new(window));
         let (count, permits, id) = (acked.clone(), window.clone(), id.to_owned());
         let task = tokio::spawn(async move {
             let mut rd = tokio::io::BufReader::with_capacity(16 << 10, rd);
