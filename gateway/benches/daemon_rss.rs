@@ -18,10 +18,14 @@
 //! stores nothing costs): acknowledged, stored, throughput, peak RSS
 //! (`VmHWM`) and CPU of the broker's process.
 //!
+//! Last, memory per device connection: 500 devices connect and publish 5
+//! readings each, and the broker's anonymous RSS (`RssAnon`) before and
+//! after is divided by 500, ferry's beside mosquitto's.
+//!
 //! `cargo bench -p ferry-gateway --bench daemon_rss`; `FERRY_BENCH_SCALE=0.1`
 //! shortens the run (at least 3 s), `FERRY_BENCH_SECS` sets it (600 for the
 //! 10-minute figure). For experiments: `FERRY_BENCH_ONLY=uplink`
-//! (or `no_uplink`, or `flood`) runs one part; `FERRY_BENCH_SOURCE_EXTRA` adds TOML
+//! (or `no_uplink`, `flood`, `connections`) runs one part; `FERRY_BENCH_SOURCE_EXTRA` adds TOML
 //! lines to `[sources.local]`, `FERRY_BENCH_CONFIG_EXTRA` appends tables
 //! (e.g. `[store]`); the daemon inherits the environment (`MALLOC_ARENA_MAX`);
 //! `FERRY_BENCH_SMAPS=PATH` keeps the daemon's `/proc/PID/smaps` at the end
@@ -77,6 +81,9 @@ fn main() {
         for connections in FLOOD_CONNECTIONS {
             rt.block_on(flood(&bin, connections, total));
         }
+    }
+    if only.is_empty() || only == "connections" {
+        rt.block_on(connections(&bin, scaled(500.0, scale, 20)));
     }
     rt.shutdown_background();
 }
@@ -522,4 +529,76 @@ async fn flood_devices(
         "us/reading (the broker's process)",
     );
     acked
+}
+
+/// `n` devices connect and publish 5 readings each: the broker's
+/// anonymous memory per connection, ferry's and then mosquitto's.
+async fn connections(bin: &Path, n: u64) {
+    section(&format!(
+        "connections: {n} devices connect and publish 5 QoS 1 readings each; RssAnon per connection, ferry (device front) beside mosquitto"
+    ));
+    let dir = common::tempdir("ferry-bench-conns-");
+    let broker = free_port().expect("free port");
+    let metrics = free_port().expect("free port");
+    let config_path = dir.path().join("ferry.toml");
+    std::fs::write(&config_path, config(dir.path(), broker, metrics, None)).expect("config");
+    let mut daemon = Daemon::start(bin, &config_path);
+    let addr = format!("127.0.0.1:{broker}").parse().expect("addr");
+    let listening = common::poll_until(Duration::from_secs(30), Duration::from_millis(10), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    assert!(
+        listening,
+        "ferry's broker is not listening; its log:\n{}",
+        daemon.tail()
+    );
+    // One device first, so that what every broker allocates once is not
+    // counted per connection.
+    let first = common::WirePublisher::with_window(addr, "warm-up", FLOOD_WINDOW).await;
+    first.publish(&common::seed_topic(0), b"{}", true).await;
+    connected_devices(addr, &daemon.pid(), n, "connections.ferry").await;
+    drop(first);
+    daemon.stop();
+
+    let mut mosquitto = Mosquitto::plain().expect("mosquitto (needs mosquitto installed)");
+    let pid = mosquitto.pid().expect("mosquitto's pid").to_string();
+    let first = common::WirePublisher::with_window(mosquitto.plain_addr(), "warm-up", 20).await;
+    first.publish(&common::seed_topic(0), b"{}", true).await;
+    connected_devices(mosquitto.plain_addr(), &pid, n, "connections.mosquitto").await;
+    drop(first);
+    let _ = mosquitto.stop();
+}
+
+async fn connected_devices(addr: std::net::SocketAddr, pid: &str, n: u64, name: &str) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = status_kib(pid, "RssAnon:");
+    let mut devices = Vec::new();
+    for d in 0..n {
+        let p = common::WirePublisher::with_window(addr, &format!("dev-{d}"), FLOOD_WINDOW).await;
+        let topic = common::seed_topic(d);
+        for i in 0..5 {
+            p.publish(&topic, common::seed_payload(d, i, 0).as_bytes(), i == 4)
+                .await;
+        }
+        devices.push(p);
+    }
+    let want = n * 5;
+    let all = common::poll_until(Duration::from_secs(60), Duration::from_millis(10), || {
+        devices
+            .iter()
+            .map(|p| p.acked.load(Ordering::Relaxed))
+            .sum::<u64>()
+            == want
+    })
+    .await;
+    assert!(all, "{name}: not every reading acknowledged within 60 s");
+    let after = status_kib(pid, "RssAnon:");
+    fig(&format!("{name}.rss_anon_before"), before, "KiB");
+    fig(&format!("{name}.rss_anon_after"), after, "KiB");
+    fig1(
+        &format!("{name}.per_connection"),
+        after.saturating_sub(before) as f64 / n as f64,
+        "KiB per connected device",
+    );
 }
