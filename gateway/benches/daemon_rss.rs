@@ -18,9 +18,11 @@
 //! stores nothing costs): acknowledged, stored, throughput, peak RSS
 //! (`VmHWM`) and CPU of the broker's process.
 //!
-//! Last, memory per device connection: 500 devices connect and publish 5
-//! readings each, and the broker's anonymous RSS (`RssAnon`) before and
-//! after is divided by 500, ferry's beside mosquitto's.
+//! Last, memory per device connection: 400 connections publish 5 readings
+//! each as one device, then 400 more each as a device of its own; the
+//! growth of the broker's anonymous RSS (`RssAnon`) in each step, divided by
+//! 400, is the cost of a connection, and of a connection with a device's
+//! names and series; ferry's beside mosquitto's.
 //!
 //! `cargo bench -p ferry-gateway --bench daemon_rss`; `FERRY_BENCH_SCALE=0.1`
 //! shortens the run (at least 3 s), `FERRY_BENCH_SECS` sets it (600 for the
@@ -83,7 +85,7 @@ fn main() {
         }
     }
     if only.is_empty() || only == "connections" {
-        rt.block_on(connections(&bin, scaled(500.0, scale, 20)));
+        rt.block_on(connections(&bin, scaled(400.0, scale, 20)));
     }
     rt.shutdown_background();
 }
@@ -535,7 +537,7 @@ async fn flood_devices(
 /// anonymous memory per connection, ferry's and then mosquitto's.
 async fn connections(bin: &Path, n: u64) {
     section(&format!(
-        "connections: {n} devices connect and publish 5 QoS 1 readings each; RssAnon per connection, ferry (device front) beside mosquitto"
+        "connections: 2 x {n} devices publish 5 QoS 1 readings each as one device, then as devices of their own; RssAnon per connection, ferry (device front) beside mosquitto"
     ));
     let dir = common::tempdir("ferry-bench-conns-");
     let broker = free_port().expect("free port");
@@ -557,7 +559,7 @@ async fn connections(bin: &Path, n: u64) {
     // counted per connection.
     let first = common::WirePublisher::with_window(addr, "warm-up", FLOOD_WINDOW).await;
     first.publish(&common::seed_topic(0), b"{}", true).await;
-    connected_devices(addr, &daemon.pid(), n, "connections.ferry").await;
+    per_connection(addr, &daemon.pid(), n, "connections.ferry").await;
     drop(first);
     daemon.stop();
 
@@ -565,40 +567,68 @@ async fn connections(bin: &Path, n: u64) {
     let pid = mosquitto.pid().expect("mosquitto's pid").to_string();
     let first = common::WirePublisher::with_window(mosquitto.plain_addr(), "warm-up", 20).await;
     first.publish(&common::seed_topic(0), b"{}", true).await;
-    connected_devices(mosquitto.plain_addr(), &pid, n, "connections.mosquitto").await;
+    per_connection(mosquitto.plain_addr(), &pid, n, "connections.mosquitto").await;
     drop(first);
     let _ = mosquitto.stop();
 }
 
-async fn connected_devices(addr: std::net::SocketAddr, pid: &str, n: u64, name: &str) {
-    tokio::time::sleep(Duration::from_millis(500)).await;
+/// `n` more devices connect and publish 5 readings each, as one device
+/// name (`distinct` false: what a connection costs) or each as its own
+/// (what a device costs, with its names and series); returns the growth of
+/// the broker's anonymous memory, in KiB, and keeps them connected.
+async fn connected_devices(
+    addr: std::net::SocketAddr,
+    pid: &str,
+    n: u64,
+    distinct: bool,
+    kept: &mut Vec<common::WirePublisher>,
+) -> u64 {
     let before = status_kib(pid, "RssAnon:");
-    let mut devices = Vec::new();
-    for d in 0..n {
+    let first = kept.len() as u64;
+    for d in first..first + n {
         let p = common::WirePublisher::with_window(addr, &format!("dev-{d}"), FLOOD_WINDOW).await;
-        let topic = common::seed_topic(d);
+        let device = if distinct { d } else { 0 };
+        let topic = common::seed_topic(device);
         for i in 0..5 {
-            p.publish(&topic, common::seed_payload(d, i, 0).as_bytes(), i == 4)
-                .await;
+            p.publish(
+                &topic,
+                common::seed_payload(device, i, 0).as_bytes(),
+                i == 4,
+            )
+            .await;
         }
-        devices.push(p);
+        kept.push(p);
     }
-    let want = n * 5;
+    let want = kept.len() as u64 * 5;
     let all = common::poll_until(Duration::from_secs(60), Duration::from_millis(10), || {
-        devices
-            .iter()
+        kept.iter()
             .map(|p| p.acked.load(Ordering::Relaxed))
             .sum::<u64>()
             == want
     })
     .await;
-    assert!(all, "{name}: not every reading acknowledged within 60 s");
-    let after = status_kib(pid, "RssAnon:");
-    fig(&format!("{name}.rss_anon_before"), before, "KiB");
-    fig(&format!("{name}.rss_anon_after"), after, "KiB");
+    assert!(all, "not every reading acknowledged within 60 s");
+    status_kib(pid, "RssAnon:").saturating_sub(before)
+}
+
+/// Memory per connection and per device of the broker `pid`.
+async fn per_connection(addr: std::net::SocketAddr, pid: &str, n: u64, name: &str) {
+    let mut kept = Vec::new();
+    let connections = connected_devices(addr, pid, n, false, &mut kept).await;
+    let devices = connected_devices(addr, pid, n, true, &mut kept).await;
     fig1(
         &format!("{name}.per_connection"),
-        after.saturating_sub(before) as f64 / n as f64,
-        "KiB per connected device",
+        connections as f64 / n as f64,
+        "KiB per connection (all publishing as one device)",
+    );
+    fig1(
+        &format!("{name}.per_device"),
+        devices as f64 / n as f64,
+        "KiB per connection of a device of its own (with its names and series)",
+    );
+    fig(
+        &format!("{name}.rss_anon"),
+        status_kib(pid, "RssAnon:"),
+        "KiB (at the end)",
     );
 }

@@ -973,3 +973,132 @@ async fn a_waiting_device_asks_for_a_commit_at_once() {
     cancel.cancel();
     timeout(WAIT, source).await.unwrap().unwrap().unwrap();
 }
+
+/// A client connecting under the id of a connected one ends the older
+/// session (MQTT 3.1.1, 3.1.4-2), also for devices that only publish
+/// (the front's own sessions: they have no connection to rumqttd); the
+/// newer one publishes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_under_one_client_id_ends_the_first() {
+    use tokio::io::AsyncReadExt;
+    let (addr, mut ingest, cancel, source) = front_source(ByteSize::kib(512)).await;
+    let acks = [0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3];
+    // Each sends three publishes with its CONNECT.
+    let mut first = raw_device(addr, "dev-1", 60).await;
+    let mut stored = 0;
+    while stored < 3 {
+        let sub = ingest.next(WAIT).await;
+        stored += ingest.commit(sub).len();
+    }
+    expect_bytes(&mut first, &acks, "the first session's PUBACKs").await;
+
+    let mut second = raw_device(addr, "dev-1", 60).await;
+    let mut rest = Vec::new();
+    timeout(WAIT, first.read_to_end(&mut rest))
+        .await
+        .expect("the first session closed")
+        .unwrap();
+    assert!(rest.is_empty(), "closed without more packets: {rest:02x?}");
+    let mut stored = 0;
+    while stored < 3 {
+        let sub = ingest.next(WAIT).await;
+        stored += ingest.commit(sub).len();
+    }
+    expect_bytes(&mut second, &acks, "the second session's PUBACKs").await;
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+}
+
+/// A device with a will: rumqttd publishes it to subscribers when the
+/// device's connection is lost, not when it says DISCONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_device_s_will_reaches_its_subscribers() {
+    let (addr, _ingest, cancel, source) = front_source(ByteSize::kib(512)).await;
+    let mut watcher = subscriber(addr, "watcher", "status/+").await;
+    for (client, goodbye) in [("polite", true), ("lost", false)] {
+        let mut opts = rumqttc::MqttOptions::new(client, addr.ip().to_string(), addr.port());
+        opts.set_last_will(rumqttc::LastWill::new(
+            format!("status/{client}"),
+            "gone",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+        ));
+        let (c, mut events) = rumqttc::AsyncClient::new(opts, 10);
+        timeout(WAIT, async {
+            while !matches!(
+                events.poll().await.unwrap(),
+                rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))
+            ) {}
+        })
+        .await
+        .expect("CONNACK");
+        if goodbye {
+            c.disconnect().await.unwrap();
+            // Polled until the DISCONNECT is out and the connection ends.
+            let _ = timeout(WAIT, async { while events.poll().await.is_ok() {} }).await;
+        }
+        // The lost device's connection just ends.
+        drop((c, events));
+    }
+    assert_eq!(
+        received(&mut watcher, 1).await,
+        vec![("status/lost".to_owned(), "gone".to_owned())],
+        "only the lost device's will"
+    );
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+}
+
+/// A persistent session (clean session 0) is rumqttd's: what is published
+/// to its filter while the device is away is delivered when it returns,
+/// with the session-present flag in its CONNACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_gets_what_came_while_it_was_away() {
+    let (addr, mut ingest, cancel, source) = front_source(ByteSize::kib(512)).await;
+    let session = |clean: bool| {
+        let mut opts = rumqttc::MqttOptions::new("keeper", addr.ip().to_string(), addr.port());
+        opts.set_clean_session(clean);
+        rumqttc::AsyncClient::new(opts, 10)
+    };
+    let (c, mut events) = session(false);
+    c.subscribe("commands/keeper", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    timeout(WAIT, async {
+        while !matches!(
+            events.poll().await.unwrap(),
+            rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))
+        ) {}
+    })
+    .await
+    .expect("SUBACK");
+    c.disconnect().await.unwrap();
+    let _ = timeout(WAIT, async { while events.poll().await.is_ok() {} }).await;
+    drop((c, events));
+
+    let mut sender = Publisher::spawn(addr, "sender");
+    sender.queue("commands/keeper", r#"{"open": 1}"#).await;
+    let sub = ingest.next(WAIT).await;
+    assert_eq!(ingest.commit(sub).len(), 1);
+    sender.wait_acked(1, WAIT).await;
+
+    let (_c, mut events) = session(false);
+    let present = timeout(WAIT, async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) =
+                events.poll().await.unwrap()
+            {
+                return a.session_present;
+            }
+        }
+    })
+    .await
+    .expect("CONNACK");
+    assert!(present, "the session was kept");
+    assert_eq!(
+        received(&mut events, 1).await,
+        vec![("commands/keeper".to_owned(), r#"{"open": 1}"#.to_owned())]
+    );
+    cancel.cancel();
+    timeout(WAIT, source).await.unwrap().unwrap().unwrap();
+}

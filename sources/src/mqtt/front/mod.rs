@@ -13,7 +13,12 @@
 //! and its PUBACK or PUBREC goes out once the commit that holds it is done,
 //! in order. rumqttd gets the rest of a device's session (its SUBSCRIBEs,
 //! the acknowledgements of what it is sent) and only the publishes that a
-//! subscription or a retain flag needs (`subs.rs`). (With `device_front =
+//! subscription or a retain flag needs (`subs.rs`). A device with a clean
+//! session and no will gets its CONNACK from the front and a connection to
+//! rumqttd only once it needs one (`inner.rs`): a device that only
+//! publishes costs rumqttd nothing, and the front keeps one session per
+//! client id itself (`takeover.rs`). When a commit is asked for before
+//! the commit interval is in `pace.rs`. (With `device_front =
 //! "auto"` and none of `tls`, `password_file` and `acl`, devices connect to
 //! rumqttd directly instead, and lose that guarantee.)
 //!
@@ -49,6 +54,7 @@
 
 mod acl;
 mod events;
+mod inner;
 mod intake;
 mod pace;
 mod packet;
@@ -58,6 +64,7 @@ mod read;
 mod relay;
 mod serve;
 mod subs;
+mod takeover;
 mod tls;
 
 pub use serve::REFUSING;
@@ -183,6 +190,7 @@ impl BoundFront {
             observer,
             intake,
             subs: Subscriptions::default(),
+            sessions: Default::default(),
             large: Arc::new(Semaphore::new(large_budget(cfg))),
             cancel,
         };

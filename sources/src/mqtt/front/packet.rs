@@ -26,6 +26,7 @@ pub const PINGRESP_PACKET: [u8; 2] = [0xd0, 0x00];
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ConnackCode {
+    Accepted = 0,
     BadProtocolVersion = 1,
     IdentifierRejected = 2,
     ServerUnavailable = 3,
@@ -277,9 +278,28 @@ pub fn pubcomp(pkid: u16) -> [u8; 4] {
 
 /// A SUBACK that refuses `count` filters (return code 0x80).
 pub fn suback_refused(pkid: u16, count: usize, out: &mut BytesMut) {
-    let remaining = 2 + count;
     out.extend_from_slice(&[0x90]);
-    let mut n = remaining;
+    put_remaining_length(out, 2 + count);
+    out.extend_from_slice(&pkid.to_be_bytes());
+    out.extend(std::iter::repeat_n(0x80, count));
+}
+
+/// An MQTT 3.1.1 CONNECT for a clean session as `client` (at most 65,535
+/// bytes: it came in a CONNECT), no will, no login.
+pub fn clean_connect(client: &str, keep_alive: u16) -> Vec<u8> {
+    let id = &client.as_bytes()[..client.len().min(usize::from(u16::MAX))];
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id);
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    out.extend_from_slice(&[0x10]);
+    put_remaining_length(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out.to_vec()
+}
+
+fn put_remaining_length(out: &mut BytesMut, mut n: usize) {
     loop {
         let mut b = (n % 128) as u8;
         n /= 128;
@@ -288,11 +308,9 @@ pub fn suback_refused(pkid: u16, count: usize, out: &mut BytesMut) {
         }
         out.extend_from_slice(&[b]);
         if n == 0 {
-            break;
+            return;
         }
     }
-    out.extend_from_slice(&pkid.to_be_bytes());
-    out.extend(std::iter::repeat_n(0x80, count));
 }
 
 /// Splits whole packets off the front of `buf`; `None` until one is
@@ -352,6 +370,32 @@ mod tests {
         assert_eq!(h.remaining, 268_435_455, "MQTT's largest");
         assert_eq!(header(&[0x30, 0xff, 0xff, 0xff]).unwrap(), None);
         assert!(header(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+    }
+
+    #[test]
+    fn a_clean_connect_reads_back() {
+        let mut wire = BytesMut::from(&clean_connect("dev-7", 65535)[..]);
+        let (h, pkt) = split_packet(&mut wire).unwrap().unwrap();
+        assert!(wire.is_empty());
+        assert_eq!(h.kind(), CONNECT);
+        let c = connect(body(&h, &pkt)).unwrap();
+        assert_eq!(
+            c,
+            Connect {
+                level: 4,
+                client_id: "dev-7".into(),
+                username: None,
+                password: None,
+                will_topic: None,
+                keep_alive: 65535,
+                clean_session: true,
+                keep_alive_at: 8,
+            }
+        );
+        let long = "d".repeat(300);
+        let mut wire = BytesMut::from(&clean_connect(&long, 1)[..]);
+        let (h, pkt) = split_packet(&mut wire).unwrap().unwrap();
+        assert_eq!(connect(body(&h, &pkt)).unwrap().client_id, long);
     }
 
     #[test]

@@ -31,7 +31,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ferry_core::sink::{Item, Receipt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -39,6 +40,7 @@ use ferry_core::text::escape;
 
 use super::acl::TopicRefusal;
 use super::events::{BrokerEvent, Denied, Limit};
+use super::inner::Inner;
 use super::pace::Pace;
 use super::packet::{self, Header};
 use super::read::ReadRoom;
@@ -112,17 +114,16 @@ pub(super) struct Pending {
 impl Conn<'_> {
     /// Device to front, until the device closes or the front is
     /// cancelled; every batch goes to `pending` once handed to ingest.
-    pub(super) async fn upstream<R, W>(
+    pub(super) async fn upstream<R>(
         &mut self,
         rd: &mut R,
         mut buf: BytesMut,
-        inner: &mut W,
+        inner: &mut Inner,
         pending: mpsc::Sender<Pending>,
         inject: mpsc::Sender<Vec<u8>>,
     ) -> Result<(), Closed>
     where
         R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
     {
         let mut out = BytesMut::new();
         let mut room = ReadRoom::default();
@@ -134,14 +135,17 @@ impl Conn<'_> {
             while let Some((h, pkt)) = packet::split_packet(&mut buf)? {
                 // The packet the budget's room was for is whole now.
                 large = None;
-                disconnect |= self.packet(h, pkt, &mut batch, &mut out, &inject).await?;
+                let open = inner.is_open();
+                disconnect |= self
+                    .packet(h, pkt, &mut batch, &mut out, &inject, open)
+                    .await?;
                 if batch.items.len() >= MAX_BATCH {
                     self.hand_over(std::mem::take(&mut batch), &pending).await?;
                 }
             }
             self.hand_over(batch, &pending).await?;
             if !out.is_empty() {
-                inner.write_all(&out).await?;
+                inner.write(&out).await?;
                 out.clear();
             }
             if disconnect {
@@ -162,7 +166,7 @@ impl Conn<'_> {
                         return Ok(());
                     }
                 }
-                _ = ping.tick() => inner.write_all(&packet::PINGREQ_PACKET).await?,
+                _ = ping.tick() => inner.ping().await?,
                 _ = until(stall) => self.waiting_for_us(stall).await?,
                 _ = until(quiet) => {
                     return Err(Closed::Refused(
@@ -218,7 +222,8 @@ impl Conn<'_> {
         Ok(())
     }
 
-    /// One packet from the device. `true` for a DISCONNECT.
+    /// One packet from the device (`inner_open`: its connection to
+    /// rumqttd is). `true` for a DISCONNECT.
     async fn packet(
         &mut self,
         h: Header,
@@ -226,6 +231,7 @@ impl Conn<'_> {
         batch: &mut Batch,
         out: &mut BytesMut,
         inject: &mpsc::Sender<Vec<u8>>,
+        inner_open: bool,
     ) -> Result<bool, Closed> {
         match h.kind() {
             packet::PUBLISH => self.publish(h, &pkt, batch, out)?,
@@ -247,10 +253,16 @@ impl Conn<'_> {
             }
             packet::CONNECT => return Err(Closed::Refused("a second CONNECT".to_owned())),
             packet::DISCONNECT => {
-                out.extend_from_slice(&pkt);
+                // To rumqttd too, if connected: it then drops the will.
+                if inner_open {
+                    out.extend_from_slice(&pkt);
+                }
                 return Ok(true);
             }
-            _ => out.extend_from_slice(&pkt),
+            // Acknowledgements of what rumqttd delivered: none without
+            // a connection to it.
+            _ if inner_open => out.extend_from_slice(&pkt),
+            _ => {}
         }
         Ok(false)
     }
@@ -556,21 +568,28 @@ async fn flush(
 /// Broker to client: whole packets, less the broker's PUBACKs and
 /// PINGRESPs (see the module's docs), with the front's own packets between
 /// them.
-pub(super) async fn downstream<R, W>(
-    mut inner: R,
+pub(super) async fn downstream<W>(
+    opened: oneshot::Receiver<OwnedReadHalf>,
     client: &mut W,
     mut inject: mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), Closed>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     let mut room = ReadRoom::default();
+    // Until the client's connection to rumqttd opens (if ever), only the
+    // front's own packets go to the client.
+    let mut opened = Some(opened);
+    let mut inner: Option<OwnedReadHalf> = None;
     loop {
         tokio::select! {
-            more = room.read(&mut inner, &mut buf) => {
+            rd = async { opened.as_mut().expect("guarded").await }, if opened.is_some() => {
+                opened = None;
+                inner = rd.ok();
+            }
+            more = async { room.read(inner.as_mut().expect("guarded"), &mut buf).await }, if inner.is_some() => {
                 if !more? {
                     return Ok(());
                 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,7 @@ use ferry_core::text::escape;
 
 use super::acl::{TopicPolicy, TopicRefusal};
 use super::events::{BrokerEvent, BrokerObserver, Denied, Limit};
+use super::inner::Inner;
 use super::intake::Intake;
 use super::packet::{self, ConnackCode, Malformed};
 use super::passwd::Passwords;
@@ -30,6 +31,7 @@ use super::prelogin::{Full, PreLogin, Waiting, PER_ADDRESS, PRE_LOGIN};
 use super::read::read_packet;
 use super::relay::{acker, downstream, AckedAt, Conn, INNER_KEEP_ALIVE, WINDOW};
 use super::subs::Subscriptions;
+use super::takeover::Sessions;
 
 /// Time a client has for its TLS handshake and CONNECT.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,6 +72,8 @@ pub struct Front {
     pub intake: Intake,
     /// What devices subscribed to (publishes that match go to rumqttd).
     pub subs: Subscriptions,
+    /// The sessions by client id: one each.
+    pub sessions: Sessions,
     /// Room for partial packets over [`HOLD`], in bytes.
     pub large: Arc<Semaphore>,
     pub cancel: CancellationToken,
@@ -298,27 +302,39 @@ impl Front {
         drop(waiting);
         let (client, user) = (connect.client_id.as_str(), connect.username.as_deref());
         let (client_log, user_log) = (escape(client), user.map(escape));
-        let inner = match TcpStream::connect(self.inner).await {
-            Ok(inner) => inner,
-            Err(e) => {
-                error!(source = %self.source, inner = %self.inner, "cannot reach the embedded broker: {e}");
-                wr.write_all(&packet::connack(ConnackCode::ServerUnavailable))
-                    .await?;
-                wr.flush().await?;
-                return Err(e.into());
+        let stop = self.cancel.child_token();
+        let _session = self.sessions.begin(client, stop.clone());
+        let (opened_tx, opened_rx) = oneshot::channel();
+        let mut inner = if connect.clean_session && connect.will_topic.is_none() {
+            // Connected to rumqttd only once it needs it (`inner.rs`).
+            wr.write_all(&packet::connack(ConnackCode::Accepted))
+                .await?;
+            wr.flush().await?;
+            Inner::lazy(self.inner, client, INNER_KEEP_ALIVE, opened_tx)
+        } else {
+            // The device's keep-alive is the front's to watch (0 is valid:
+            // none); rumqttd refuses 0 and only hears the front's pings.
+            let mut connect_bytes = connect_bytes;
+            let at = h.header_len + connect.keep_alive_at;
+            connect_bytes[at..at + 2].copy_from_slice(&INNER_KEEP_ALIVE.to_be_bytes());
+            let opened = Inner::open_with(self.inner, &connect_bytes, opened_tx).await;
+            let (inner, connack) = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    error!(source = %self.source, inner = %self.inner, "cannot reach the embedded broker: {e}");
+                    wr.write_all(&packet::connack(ConnackCode::ServerUnavailable))
+                        .await?;
+                    wr.flush().await?;
+                    return Err(e);
+                }
+            };
+            wr.write_all(&connack).await?;
+            wr.flush().await?;
+            if connack[3] != 0 {
+                return Ok(());
             }
+            inner
         };
-        if let Err(e) = inner.set_nodelay(true) {
-            debug!(source = %self.source, "cannot set TCP_NODELAY: {e}");
-        }
-        let (inner_rd, mut inner_wr) = inner.into_split();
-        // The device's keep-alive is the front's to watch (0 is valid:
-        // none); rumqttd refuses 0 and only hears the front's pings.
-        let mut connect_bytes = connect_bytes;
-        let at = h.header_len + connect.keep_alive_at;
-        connect_bytes[at..at + 2].copy_from_slice(&INNER_KEEP_ALIVE.to_be_bytes());
-        inner_wr.write_all(&connect_bytes).await?;
-        drop(connect_bytes);
 
         self.observer.event(&self.source, BrokerEvent::Connected);
         let (inject_tx, inject_rx) = mpsc::channel(64);
@@ -342,16 +358,15 @@ impl Front {
             pace: Default::default(),
             stalled: None,
             throttled: false,
-            stop: self.cancel.child_token(),
+            stop: stop.clone(),
         };
-        let stop = conn.stop.clone();
         // Once the device is done (or the front cancelled), what it sent
         // is still acknowledged as it is committed: the downstream ends
         // when the upstream and the acker have, and it stops them when the
         // device or the broker closes.
         let from_device = async {
             let (up, acks) = tokio::join!(
-                conn.upstream(&mut rd, buf, &mut inner_wr, pending_tx, inject_tx.clone()),
+                conn.upstream(&mut rd, buf, &mut inner, pending_tx, inject_tx.clone()),
                 async {
                     let r = acker(pending_rx, inject_tx, unacked, acked_at).await;
                     if r.is_err() {
@@ -363,7 +378,7 @@ impl Front {
             up.and(acks)
         };
         let to_device = async {
-            let r = downstream(inner_rd, &mut wr, inject_rx).await;
+            let r = downstream(opened_rx, &mut wr, inject_rx).await;
             stop.cancel();
             r
         };
