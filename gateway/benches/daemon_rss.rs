@@ -11,7 +11,7 @@
 //! CPU it used. After SIGTERM the store is opened to check every record
 //! (and, with the uplink, its cursor).
 //!
-//! Then floods: 1, 4 and 50 connections, each publishing QoS 1 as fast as
+//! Then floods: 1, 4, 10 and 50 connections, each publishing QoS 1 as fast as
 //! a window of 20 in flight lets it (paho's and mosquitto's clients'
 //! default), to a fresh `ferry` (its default: the device front) and, in the
 //! same run, to mosquitto (Debian's, no persistence: what a broker that
@@ -50,7 +50,7 @@ const DEVICES: u64 = 10;
 const PER_DEVICE_PER_S: u64 = 100;
 const GATEWAY: &str = "pi-line-7";
 /// Connections of the floods, and each one's window of publishes in flight.
-const FLOOD_CONNECTIONS: [u64; 3] = [1, 4, 50];
+const FLOOD_CONNECTIONS: [u64; 4] = [1, 4, 10, 50];
 const FLOOD_WINDOW: usize = 20;
 
 fn main() {
