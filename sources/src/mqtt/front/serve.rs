@@ -176,21 +176,25 @@ impl Front {
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(source = %self.source, %peer, "cannot set TCP_NODELAY: {e}");
         }
+        // A TLS session's state (rustls' connection, its buffers) is boxed:
+        // inline, every plain connection's task would be as large.
         let result = match &self.tls {
             None => self.session(tcp, peer, waiting).await,
-            Some(acceptor) => match timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => self.session(tls, peer, waiting).await,
-                Ok(Err(e)) => {
-                    self.observer.event(&self.source, BrokerEvent::TlsFailed);
-                    warn!(source = %self.source, %peer, "TLS handshake failed: {e}");
-                    return;
+            Some(acceptor) => {
+                match timeout(CONNECT_TIMEOUT, Box::pin(acceptor.accept(tcp))).await {
+                    Ok(Ok(tls)) => Box::pin(self.session(Box::new(tls), peer, waiting)).await,
+                    Ok(Err(e)) => {
+                        self.observer.event(&self.source, BrokerEvent::TlsFailed);
+                        warn!(source = %self.source, %peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        self.observer.event(&self.source, BrokerEvent::TlsFailed);
+                        warn!(source = %self.source, %peer, "no TLS handshake within {CONNECT_TIMEOUT:?}");
+                        return;
+                    }
                 }
-                Err(_) => {
-                    self.observer.event(&self.source, BrokerEvent::TlsFailed);
-                    warn!(source = %self.source, %peer, "no TLS handshake within {CONNECT_TIMEOUT:?}");
-                    return;
-                }
-            },
+            }
         };
         if let Err(e) = result {
             debug!(source = %self.source, %peer, "connection closed: {e}");
