@@ -272,3 +272,43 @@ async fn a_blackholed_link_is_detected_by_the_puback_timeout_and_recovers() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+/// `max_batch_age = 0s`: a record goes out at once when nothing is in
+/// flight; records stored while a batch crosses a slow link wait for its
+/// PUBACK and share the next publish, instead of one publish each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_age_uplink_sends_at_once_when_idle_and_batches_behind_a_publish_in_flight() {
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let link = Proxy::start(cloud.tls_addr()).await.unwrap();
+    let gw = Gateway::new(seed_reading, 1);
+    let mut s = settings(&pki, link.addr(), &pki.ca, &pki.client);
+    s.max_batch_age = Duration::ZERO;
+    let (cancel, task) = gw.start(s);
+    ferry_testkit::wait_until(WAIT, "connected", || {
+        gw.metrics.connected.get_or_create(&label()).get() == 1
+    })
+    .await
+    .unwrap();
+    // Idle: each record is its own publish, at once.
+    for i in 0..5 {
+        gw.store(i..i + 1).await;
+        sub.wait_for_seqs(0..i + 1, WAIT, seqs).await.unwrap();
+    }
+    assert_eq!(sub.len(), 5);
+    // A slow link (about 0.1 s per one-record batch): 60 records stored one
+    // commit each, 10 ms apart, go out in few publishes.
+    link.throttle(2_000);
+    gw.store(5..65).await;
+    let seen = sub.wait_for_seqs(0..65, WAIT, seqs).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    assert_eq!(seen.duplicates(), 0, "{seen}");
+    let publishes = sub.len() - 5;
+    eprintln!("60 records stored one by one behind a slow link: {publishes} publishes");
+    assert!(publishes <= 20, "{publishes} publishes for 60 records");
+    cancel.cancel();
+    task.await.unwrap();
+}

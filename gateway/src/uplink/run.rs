@@ -15,7 +15,10 @@
 //!   encodes them into batches, publishes QoS 1 within the inflight window
 //!   and the token buckets, and moves the cursor over acknowledged windows
 //!   (with one topic, each batch is a window: the cursor moves batch by batch).
-//!   A partial batch waits up to `max_batch_age` for more records.
+//!   A partial batch waits up to `max_batch_age` for more records; with
+//!   `max_batch_age = 0s` it goes at once when nothing is in flight, and
+//!   otherwise waits until what is in flight is acknowledged (records that
+//!   come meanwhile share one publish).
 //! - **Backoff**: everything in flight is forgotten and reading rewinds to
 //!   the cursor (so unacknowledged batches are sent again: at-least-once);
 //!   the next attempt waits a capped exponential delay with full jitter, at
@@ -248,6 +251,9 @@ impl Uplink {
             AsyncClient::new(self.mqtt_options(), self.s.max_inflight + 8);
         let mut net = eventloop.network_options();
         net.set_connection_timeout(self.s.connect_timeout.as_secs().max(1));
+        // Each publish is written whole: no Nagle delay behind a segment
+        // not yet acknowledged.
+        net.set_tcp_nodelay(true);
         eventloop.set_network_options(net);
         // CONNECT / CONNACK.
         match tokio::time::timeout(self.s.connect_timeout, eventloop.poll()).await {
@@ -438,11 +444,19 @@ impl Uplink {
         let per_batch = (self.s.max_batch_bytes as f64 / self.bytes_per_record)
             .min(self.s.max_batch_records as f64)
             .max(1.0) as u64;
-        if available < per_batch && !self.s.max_batch_age.is_zero() {
-            let since = *self.partial_since.get_or_insert(now);
-            let due = since + self.s.max_batch_age;
-            if now < due {
-                return Ok(Some(due));
+        if available < per_batch {
+            if self.s.max_batch_age.is_zero() {
+                // At once when nothing is in flight; otherwise what comes
+                // meanwhile waits for the next PUBACK and goes as one batch.
+                if self.flight.inflight() > 0 {
+                    return Ok(None);
+                }
+            } else {
+                let since = *self.partial_since.get_or_insert(now);
+                let due = since + self.s.max_batch_age;
+                if now < due {
+                    return Ok(Some(due));
+                }
             }
         }
         self.partial_since = None;

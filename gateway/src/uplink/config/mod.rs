@@ -87,6 +87,8 @@ pub struct UplinkConfig {
     #[serde(default)]
     pub max_batch_records: Option<std::num::NonZeroUsize>,
     /// How long a partial batch waits for more records before it is sent.
+    /// `"0s"`: at once when nothing is in flight (records stored while a
+    /// publish is in flight wait for its PUBACK and share the next one).
     /// 0s to 1h. Default: `"1s"`.
     #[serde(with = "humantime_serde", default = "defaults::max_batch_age")]
     pub max_batch_age: Duration,
