@@ -72,21 +72,27 @@ async fn json_batches_hold_at_most_max_batch_records() {
         mosquitto: cloud,
         sub,
     } = Cloud::start().await;
-    let gw = Gateway::new(seed_reading, 100);
-    gw.store(0..1_200).await;
+    // Each store() is one commit.
+    let gw = Gateway::new(seed_reading, 1_200);
     let mut s = settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client);
     s.max_batch_records = ferry_gateway::uplink::config::JSON_BATCH_RECORDS;
     let (cancel, task) = gw.start(s);
-    let seen = sub.wait_for_seqs(0..1_200, WAIT, seqs).await.unwrap();
+    // A first delivery measures the link (until then batches start small).
+    gw.store(0..300).await;
+    sub.wait_for_seqs(0..300, WAIT, seqs).await.unwrap();
+    let warm_up = sub.len();
+    gw.store(300..1_500).await;
+    let seen = sub.wait_for_seqs(0..1_500, WAIT, seqs).await.unwrap();
     assert!(seen.is_complete(), "{seen}");
     assert_eq!(seen.outside(), 0);
     // 1,200 records of ~170 bytes would fill two 128 KiB batches (819 and
     // 381); by records they are 500, 500 and 200, in order.
     let batches: Vec<Vec<u64>> = sub.messages().iter().map(|m| seqs(m).unwrap()).collect();
-    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    let sizes: Vec<usize> = batches[warm_up..].iter().map(Vec::len).collect();
     assert_eq!(sizes, [500, 500, 200], "{sizes:?}");
+    assert!(batches[..warm_up].iter().all(|b| b.len() <= 500));
     let all: Vec<u64> = batches.concat();
-    assert_eq!(all, (0..1_200).collect::<Vec<u64>>());
+    assert_eq!(all, (0..1_500).collect::<Vec<u64>>());
     cancel.cancel();
     task.await.unwrap();
 }

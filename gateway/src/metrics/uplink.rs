@@ -52,6 +52,11 @@ metric_set! {
                 => "oldest_unsent_age" in Seconds, "Age of the oldest record not yet acknowledged";
             acked_seq: Family<UplinkLabel, Gauge<u64, AtomicU64>>
                 => "acked_seq", "Highest record sequence number acknowledged by the cloud";
+            link_rate: Family<UplinkLabel, Gauge<f64, AtomicU64>>
+                => "link_bytes_per_second",
+                "The link's throughput measured from recent PUBACKs (0: not measured yet)";
+            batch_target: Family<UplinkLabel, Gauge<u64, AtomicU64>>
+                => "batch_target" in Bytes, "The batch size the link's throughput calls for";
         }
     }
 }

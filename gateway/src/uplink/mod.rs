@@ -5,6 +5,7 @@ pub mod batch;
 pub mod config;
 pub mod flight;
 pub mod limiter;
+pub mod pace;
 mod probe;
 pub mod reconnect;
 mod run;

@@ -15,6 +15,8 @@
 //!   encodes them into batches, publishes QoS 1 within the inflight window
 //!   and the token buckets, and moves the cursor over acknowledged windows
 //!   (with one topic, each batch is a window: the cursor moves batch by batch).
+//!   Batches are sized to the link and the bytes in flight bounded by it
+//!   ([`super::pace`]).
 //!   A partial batch waits up to `max_batch_age` for more records; with
 //!   `max_batch_age = 0s` it goes at once when nothing is in flight, and
 //!   otherwise waits until what is in flight is acknowledged (records that
@@ -51,6 +53,7 @@ use tracing::{debug, info, warn};
 use super::batch::{encoder, Encoding, Topic};
 use super::flight::Flight;
 use super::limiter::Limits;
+use super::pace::LinkPace;
 use super::probe::Probes;
 use super::reconnect::Reconnect;
 use crate::metrics::{UplinkLabel, UplinkMetrics};
@@ -191,6 +194,8 @@ struct Uplink {
     metrics: UplinkMetrics,
     label: UplinkLabel,
     flight: Flight,
+    /// The link's measured throughput, and the batch size it calls for.
+    pace: LinkPace,
     queue: VecDeque<Ready>,
     /// Average encoded bytes per record, to judge when a batch would be full.
     bytes_per_record: f64,
@@ -213,6 +218,7 @@ impl Uplink {
             cursor_name,
             label,
             flight: Flight::new(acked),
+            pace: LinkPace::new(),
             queue: VecDeque::new(),
             bytes_per_record: 100.0,
             partial_since: None,
@@ -245,6 +251,7 @@ impl Uplink {
     async fn session(&mut self, cancel: &CancellationToken) -> Result<(), LinkError> {
         self.was_connected = false;
         self.flight.reset();
+        self.pace.reconnected();
         self.queue.clear();
         self.partial_since = None;
         let (client, mut eventloop) =
@@ -355,8 +362,10 @@ impl Uplink {
         match ev {
             Event::Outgoing(Outgoing::Publish(pkid)) => self.flight.assigned(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
-                let (acked, moved) = self.flight.ack(ack.pkid, Instant::now());
+                let now = Instant::now();
+                let (acked, moved) = self.flight.ack(ack.pkid, now);
                 if let Some(a) = acked {
+                    self.pace.acked(a.bytes, a.sent, now);
                     self.metrics
                         .puback_latency
                         .get_or_create(&self.label)
@@ -410,6 +419,13 @@ impl Uplink {
                 }
             }
             let next = self.queue.front().expect("filled above");
+            // At most a few seconds of the link in flight (always one batch).
+            if self.flight.inflight() > 0
+                && self.flight.inflight_bytes() + next.payload.len()
+                    > self.pace.inflight_bytes(self.s.max_batch_bytes)
+            {
+                return Ok(None);
+            }
             let wait = limits.wait_for(next.payload.len(), now);
             if !wait.is_zero() {
                 return Ok(Some(now + wait));
@@ -425,8 +441,9 @@ impl Uplink {
                 .records_sent
                 .get_or_create(&self.label)
                 .inc_by(b.records as u64);
+            let bytes = b.payload.len();
             client.try_publish(b.topic, QoS::AtLeastOnce, false, b.payload)?;
-            self.flight.published(b.window_end, b.records, now);
+            self.flight.published(b.window_end, b.records, bytes, now);
         }
         Ok(None)
     }
@@ -441,7 +458,8 @@ impl Uplink {
             return Ok(None);
         }
         let available = head - from;
-        let per_batch = (self.s.max_batch_bytes as f64 / self.bytes_per_record)
+        let batch_bytes = self.pace.batch_bytes(self.s.max_batch_bytes);
+        let per_batch = (batch_bytes as f64 / self.bytes_per_record)
             .min(self.s.max_batch_records as f64)
             .max(1.0) as u64;
         if available < per_batch {
@@ -461,7 +479,13 @@ impl Uplink {
         }
         self.partial_since = None;
         let store = self.store.clone();
-        let max = self.s.window_records;
+        // Until a PUBACK has measured the link, read only what the first
+        // batches in flight hold.
+        let max = if self.pace.measured() {
+            self.s.window_records
+        } else {
+            self.s.window_records.min(per_batch.saturating_mul(2) as usize)
+        };
         let stream = self.s.stream.clone();
         let mut buf = std::mem::take(&mut self.read_buf);
         let (buf, stats) = tokio::task::spawn_blocking(move || {
@@ -506,6 +530,8 @@ impl Uplink {
         let mut bytes = 0usize;
         let mut n = 0usize;
         let static_topic = self.s.topic.is_static();
+        // Batches close at the link's pace; each holds at least one record.
+        let batch_bytes = self.pace.batch_bytes(self.s.max_batch_bytes);
         for r in records {
             if !self.s.sources.is_empty() && !self.s.sources.iter().any(|s| **s == *r.record.source)
             {
@@ -520,16 +546,20 @@ impl Uplink {
                 order.push(topic.clone());
                 encoder(self.s.encoding, &self.s.gateway, self.s.max_batch_bytes)
             });
-            if e.len() < self.s.max_batch_records && e.push(r) {
+            let pushed = if e.len() < self.s.max_batch_records && e.push(r) {
+                true
+            } else {
+                // Full: close this topic's batch and start the next with `r`.
+                if !e.is_empty() {
+                    done.push((topic.clone(), e.len(), e.finish(), last_pushed));
+                }
+                e.push(r)
+            };
+            if pushed {
                 last_pushed = r.seq;
-                continue;
-            }
-            // Full: close this topic's batch and start the next with `r`.
-            if !e.is_empty() {
-                done.push((topic.clone(), e.len(), e.finish(), last_pushed));
-            }
-            if e.push(r) {
-                last_pushed = r.seq;
+                if e.size() >= batch_bytes {
+                    done.push((topic.clone(), e.len(), e.finish(), last_pushed));
+                }
             } else {
                 warn!(uplink = %self.s.name, seq = r.seq, "record larger than max_batch_bytes; skipped (it stays in the store)");
                 self.metrics
@@ -587,6 +617,14 @@ impl Uplink {
             .oldest_unsent_age
             .get_or_create(&self.label)
             .set(age);
+        self.metrics
+            .link_rate
+            .get_or_create(&self.label)
+            .set(self.pace.bytes_per_second().unwrap_or(0.0));
+        self.metrics
+            .batch_target
+            .get_or_create(&self.label)
+            .set(self.pace.batch_bytes(self.s.max_batch_bytes) as u64);
     }
 }
 

@@ -77,6 +77,8 @@ pub struct UplinkConfig {
     #[serde(default)]
     pub encoding: Encoding,
     /// The largest payload published: 1KiB to 128KiB (IoT Core's limit).
+    /// Batches are smaller on a slow link: about 2 s of its measured
+    /// throughput, at least 5 KiB ([`crate::uplink::pace`]).
     /// Default: `"128KiB"`.
     #[serde(default = "defaults::max_batch_bytes")]
     pub max_batch_bytes: ByteSize,
@@ -126,8 +128,9 @@ pub struct UplinkConfig {
     /// is dead: the session is dropped and reconnected, and unacknowledged
     /// batches are resent. A reading stored while the link is dead is
     /// published at once, so the dead link is noticed within this of it.
-    /// On a link too slow to carry one batch (`max_batch_bytes`) within
-    /// it, raise it or lower `max_batch_bytes`. 10ms to 1h. Default: `"10s"`.
+    /// Batches are sized to cross the link in about 2 s (see
+    /// [`crate::uplink::pace`]); on a link too slow to carry even a 5 KiB
+    /// batch within it, raise it. 10ms to 1h. Default: `"10s"`.
     #[serde(with = "humantime_serde", default = "defaults::puback_timeout")]
     pub puback_timeout: Duration,
     /// The first reconnect delay; each failure doubles it up to
