@@ -143,7 +143,12 @@ async fn a_20_kb_per_s_link_with_the_uplink_killed_every_3_s_moves_the_cursor_ev
         .unwrap();
     assert!(seen.is_complete(), "{seen}");
     assert_eq!(seen.outside(), 0);
-    let largest = sub.messages().iter().map(|m| m.payload.len()).max().unwrap();
+    let largest = sub
+        .messages()
+        .iter()
+        .map(|m| m.payload.len())
+        .max()
+        .unwrap();
     eprintln!(
         "{RECORDS} records over {} lives of {LIFE:?} at {RATE} B/s: cursors {cursors:?}; \
          measured {rates:.0?} B/s; \

@@ -30,7 +30,12 @@ fn readings() -> u64 {
 }
 const EVERY: Duration = Duration::from_millis(100);
 
-fn config(data: &std::path::Path, broker: SocketAddr, cloud: &Cloud, metrics: SocketAddr) -> String {
+fn config(
+    data: &std::path::Path,
+    broker: SocketAddr,
+    cloud: &Cloud,
+    metrics: SocketAddr,
+) -> String {
     let pki = &cloud.pki;
     let tls = format!(
         "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
@@ -104,7 +109,12 @@ async fn a_zero_age_uplink_delivers_within_tens_of_milliseconds_of_the_puback() 
             tick.tick().await;
             sent.push(Instant::now());
             client
-                .publish(seed_topic(i), rumqttc::QoS::AtLeastOnce, false, seed_payload(i))
+                .publish(
+                    seed_topic(i),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    seed_payload(i),
+                )
                 .await
                 .unwrap();
         }
@@ -123,7 +133,9 @@ async fn a_zero_age_uplink_delivers_within_tens_of_milliseconds_of_the_puback() 
             let lane = lanes.iter().find(|l| m.topic.ends_with(*l)).unwrap();
             *got.entry(lane).or_default() += sequences(&m).unwrap().len();
         }
-        lanes.iter().all(|l| got.get(l).copied().unwrap_or(0) as u64 >= n)
+        lanes
+            .iter()
+            .all(|l| got.get(l).copied().unwrap_or(0) as u64 >= n)
     })
     .await
     .unwrap();
@@ -145,7 +157,12 @@ async fn a_zero_age_uplink_delivers_within_tens_of_milliseconds_of_the_puback() 
         // Reading -> when the cloud got it (first copy).
         let mut arrived: HashMap<u64, Instant> = HashMap::new();
         let mut publishes = 0;
-        for m in cloud.sub.messages().iter().filter(|m| m.topic.ends_with(lane)) {
+        for m in cloud
+            .sub
+            .messages()
+            .iter()
+            .filter(|m| m.topic.ends_with(lane))
+        {
             publishes += 1;
             for s in sequences(m).unwrap() {
                 arrived.entry(s).or_insert(m.received);
@@ -163,10 +180,7 @@ async fn a_zero_age_uplink_delivers_within_tens_of_milliseconds_of_the_puback() 
         let mut from_publish: Vec<f64> = (0..n)
             .map(|i| ms(signed(arrived[&i], sent[i as usize])))
             .collect();
-        let (p50, p99) = (
-            quantile(&mut from_ack, 0.5),
-            quantile(&mut from_ack, 0.99),
-        );
+        let (p50, p99) = (quantile(&mut from_ack, 0.5), quantile(&mut from_ack, 0.99));
         report.push_str(&format!(
             "\n{lane}: {publishes} publishes; PUBACK -> cloud p50 {p50:.1} ms, p99 {p99:.1} ms, max {:.1} ms; \
              publish -> cloud p50 {:.1} ms, p99 {:.1} ms",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{seed_reading, uplink_settings as settings, Cloud, Gateway};
 use ferry_gateway::metrics::UplinkMetrics;
@@ -315,6 +315,78 @@ async fn a_zero_age_uplink_sends_at_once_when_idle_and_batches_behind_a_publish_
     let publishes = sub.len() - 5;
     eprintln!("60 records stored one by one behind a slow link: {publishes} publishes");
     assert!(publishes <= 20, "{publishes} publishes for 60 records");
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// The drain gauges, through an outage and a drain over a 50 kB/s link:
+/// while the link is down the backlog is exact, nothing is sent and there
+/// is no estimate; while draining, the estimate is the backlog over the send
+/// rate (nothing new comes in) and the drain ends near it; then zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_gauges_follow_an_outage_and_a_drain() {
+    const RECORDS: u64 = 2_000;
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let link = Proxy::start(cloud.tls_addr()).await.unwrap();
+    link.refuse().await;
+    let gw = Gateway::new(seed_reading, 500);
+    gw.store(0..RECORDS).await;
+    let (cancel, task) = gw.start(settings(&pki, link.addr(), &pki.ca, &pki.client));
+    let m = gw.metrics.clone();
+    let gauges = move || {
+        let l = label();
+        (
+            m.backlog_records.get_or_create(&l).get(),
+            m.send_rate.get_or_create(&l).get(),
+            m.drain_eta.get_or_create(&l).get(),
+        )
+    };
+    ferry_testkit::wait_until(WAIT, "the outage's backlog in the gauges", || {
+        gauges().0 == RECORDS && gauges().2.is_infinite()
+    })
+    .await
+    .unwrap();
+    assert_eq!(gauges(), (RECORDS, 0.0, f64::INFINITY));
+
+    link.throttle(50_000);
+    link.restore();
+    // An estimate once the drain is under way (a third of the backlog sent:
+    // the rates then cover more than the connect and the first small batches).
+    let mut first = None;
+    ferry_testkit::wait_until(WAIT, "an estimate consistent with the backlog", || {
+        let (backlog, rate, eta) = gauges();
+        let ok =
+            backlog > 0 && backlog <= RECORDS * 2 / 3 && eta.is_finite() && eta > 0.0 && rate > 0.0;
+        if ok && (eta * rate - backlog as f64).abs() <= 1.0 {
+            first = Some((Instant::now(), backlog, rate, eta));
+            return true;
+        }
+        false
+    })
+    .await
+    .unwrap();
+    let (at, backlog, rate, eta) = first.unwrap();
+    let seen = sub.wait_for_seqs(0..RECORDS, WAIT, seqs).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    ferry_testkit::wait_until(WAIT, "drained: backlog and estimate zero", || {
+        gauges().0 == 0 && gauges().2 == 0.0
+    })
+    .await
+    .unwrap();
+    let took = at.elapsed().as_secs_f64();
+    eprintln!(
+        "estimate: backlog {backlog} at {rate:.1} records/s, {eta:.1} s to go; drained in {took:.1} s"
+    );
+    // About 170 bytes a record at 50 kB/s: 290 records/s.
+    assert!((100.0..=600.0).contains(&rate), "{rate} records/s");
+    assert!(
+        took >= eta / 2.0 && took <= eta * 2.0 + 1.0,
+        "estimated {eta:.1} s, took {took:.1} s"
+    );
     cancel.cancel();
     task.await.unwrap();
 }

@@ -109,7 +109,9 @@ impl LinkPace {
         let floor = FLOOR.min(max);
         match self.bytes_per_second() {
             None => floor,
-            Some(rate) => (rate * CROSS_TIME.as_secs_f64()).clamp(floor as f64, max as f64) as usize,
+            Some(rate) => {
+                (rate * CROSS_TIME.as_secs_f64()).clamp(floor as f64, max as f64) as usize
+            }
         }
     }
 

@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{encoder, Encoding, Topic};
+use super::drain::DrainRate;
 use super::flight::Flight;
 use super::limiter::Limits;
 use super::pace::LinkPace;
@@ -196,6 +197,8 @@ struct Uplink {
     flight: Flight,
     /// The link's measured throughput, and the batch size it calls for.
     pace: LinkPace,
+    /// The backlog's drain, sampled with the gauges.
+    drain: std::sync::Mutex<DrainRate>,
     queue: VecDeque<Ready>,
     /// Average encoded bytes per record, to judge when a batch would be full.
     bytes_per_record: f64,
@@ -219,6 +222,7 @@ impl Uplink {
             label,
             flight: Flight::new(acked),
             pace: LinkPace::new(),
+            drain: std::sync::Mutex::new(DrainRate::new()),
             queue: VecDeque::new(),
             bytes_per_record: 100.0,
             partial_since: None,
@@ -270,6 +274,7 @@ impl Uplink {
             Ok(Ok(other)) => debug!(?other, "unexpected first event"),
         }
         self.was_connected = true;
+        self.drain.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.metrics.connects.get_or_create(&self.label).inc();
         self.metrics.connected.get_or_create(&self.label).set(1);
         info!(uplink = %self.s.name, endpoint = %format!("{}:{}", self.s.host, self.s.port),
@@ -484,7 +489,9 @@ impl Uplink {
         let max = if self.pace.measured() {
             self.s.window_records
         } else {
-            self.s.window_records.min(per_batch.saturating_mul(2) as usize)
+            self.s
+                .window_records
+                .min(per_batch.saturating_mul(2) as usize)
         };
         let stream = self.s.stream.clone();
         let mut buf = std::mem::take(&mut self.read_buf);
@@ -605,10 +612,23 @@ impl Uplink {
     fn update_gauges(&self) {
         let acked = self.flight.acked();
         let head = self.store.stream_head(&self.s.stream).unwrap_or(acked);
+        let drain = self.drain.lock().unwrap_or_else(|e| e.into_inner()).sample(
+            Instant::now(),
+            acked,
+            head,
+        );
         self.metrics
             .backlog_records
             .get_or_create(&self.label)
-            .set(head.saturating_sub(acked));
+            .set(drain.backlog);
+        self.metrics
+            .send_rate
+            .get_or_create(&self.label)
+            .set(drain.send_rate);
+        self.metrics
+            .drain_eta
+            .get_or_create(&self.label)
+            .set(drain.eta.map_or(f64::INFINITY, |d| d.as_secs_f64()));
         let age = match self.store.first_ts_in(&self.s.stream, acked) {
             Ok(Some(ts)) => ((now_millis() - ts).max(0) as f64) / 1000.0,
             _ => 0.0,
