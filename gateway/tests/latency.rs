@@ -30,31 +30,24 @@ fn readings() -> u64 {
 }
 const EVERY: Duration = Duration::from_millis(100);
 
+/// The embedded broker on `broker`, and two uplinks to the cloud in place
+/// of the usual one: `bulk` with every default, `alarms` with
+/// `max_batch_age = "0s"`.
 fn config(
     data: &std::path::Path,
     broker: SocketAddr,
     cloud: &Cloud,
     metrics: SocketAddr,
 ) -> String {
-    let pki = &cloud.pki;
+    let (pki, endpoint) = (&cloud.pki, cloud.mosquitto.tls_addr());
     let tls = format!(
         "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
         pki.ca.display(),
         pki.client.cert.display(),
         pki.client.key.display()
     );
-    let endpoint = cloud.mosquitto.tls_addr();
-    format!(
+    let lanes = format!(
         r#"
-[gateway]
-id = "{id}"
-data_dir = "{data}"
-
-[sources.local]
-type = "mqtt_broker"
-listen = "{broker}"
-topics = ["sensors/{{device}}/telemetry"]
-
 [uplinks.bulk]
 endpoint = "{endpoint}"
 {tls}
@@ -66,13 +59,10 @@ endpoint = "{endpoint}"
 client_id = "{{gateway}}-alarms"
 topic = "dt/ferry/{{gateway}}/alarms"
 max_batch_age = "0s"
-
-[metrics]
-listen = "{metrics}"
-"#,
-        id = pki.client_id,
-        data = data.display(),
-    )
+"#
+    );
+    broker_config(data, broker, endpoint, pki, metrics)
+        .replace(&uplink_section(endpoint, pki), &lanes)
 }
 
 /// The `q` quantile (0..=1) of `v`, sorted in place.

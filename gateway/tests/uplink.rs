@@ -390,3 +390,51 @@ async fn the_drain_gauges_follow_an_outage_and_a_drain() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+/// `max_send_age`: records older than it when their turn comes stay in the
+/// store, are counted and not sent; the cursor moves past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_older_than_max_send_age_are_counted_and_not_sent() {
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let gw = Gateway::new(seed_reading, 100);
+    let now = ferry_core::record::now_millis();
+    // 100 readings of two hours ago, then 50 of now.
+    let items = (0..150)
+        .map(|i| {
+            let mut r = seed_reading(i);
+            r.ts = if i < 100 { now - 7_200_000 } else { now };
+            ferry_core::sink::Item::Record(r)
+        })
+        .collect();
+    let ingest = gw.ingest.as_ref().unwrap();
+    ingest.sink.submit_and_wait(items).await.unwrap();
+    let mut s = settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client);
+    s.max_send_age = Some(Duration::from_secs(3600));
+    let (cancel, task) = gw.start(s);
+    let seen = sub.wait_for_seqs(100..150, WAIT, seqs).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    ferry_testkit::wait_until(WAIT, "the cursor at the head", || {
+        gw.metric(|m| m.acked_seq.get_or_create(&label()).get()) == 150
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.outside(), 0, "nothing older was sent: {seen}");
+    assert_eq!(
+        gw.metric(|m| m.records_expired.get_or_create(&label()).get()),
+        100
+    );
+    assert_eq!(
+        gw.metric(|m| m.records_sent.get_or_create(&label()).get()),
+        50
+    );
+    // They stay in the store.
+    let mut out = Vec::new();
+    gw.store.read_records(0, 200, &mut out).unwrap();
+    assert_eq!(out.len(), 150);
+    cancel.cancel();
+    task.await.unwrap();
+}

@@ -42,6 +42,9 @@ metric_set! {
             records_skipped: Family<UplinkLabel, Counter>
                 => "records_skipped",
                 "Records skipped because they cannot be sent (undecodable, larger than a batch)";
+            records_expired: Family<UplinkLabel, Counter>
+                => "records_expired",
+                "Records not sent because they were older than max_send_age when their turn came (kept in the store)";
             puback_latency: HistogramFamily<UplinkLabel> = Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
             })

@@ -88,6 +88,9 @@ pub struct Settings {
     /// How often the endpoint is probed while waiting to reconnect (zero:
     /// never; the backoff alone decides).
     pub probe_interval: Duration,
+    /// Records older than this when their turn comes are skipped (counted,
+    /// kept in the store); `None`: everything is sent.
+    pub max_send_age: Option<Duration>,
     pub drain_timeout: Duration,
     /// Source names to forward; empty = all.
     pub sources: Vec<String>,
@@ -539,9 +542,17 @@ impl Uplink {
         let static_topic = self.s.topic.is_static();
         // Batches close at the link's pace; each holds at least one record.
         let batch_bytes = self.pace.batch_bytes(self.s.max_batch_bytes);
+        let oldest_sent = self.s.max_send_age.map(|age| {
+            now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+        });
+        let mut expired = 0u64;
         for r in records {
             if !self.s.sources.is_empty() && !self.s.sources.iter().any(|s| **s == *r.record.source)
             {
+                continue;
+            }
+            if oldest_sent.is_some_and(|oldest| r.record.ts < oldest) {
+                expired += 1;
                 continue;
             }
             let topic = if static_topic && !order.is_empty() {
@@ -574,6 +585,12 @@ impl Uplink {
                     .get_or_create(&self.label)
                     .inc();
             }
+        }
+        if expired > 0 {
+            self.metrics
+                .records_expired
+                .get_or_create(&self.label)
+                .inc_by(expired);
         }
         for topic in order {
             let mut e = encoders.remove(&topic).expect("every topic has an encoder");

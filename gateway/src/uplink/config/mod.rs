@@ -151,6 +151,15 @@ pub struct UplinkConfig {
     /// Default: `"1s"`.
     #[serde(with = "humantime_serde", default = "defaults::probe_interval")]
     pub probe_interval: Duration,
+    /// Records older than this (by their timestamp) when their turn to be
+    /// sent comes are not sent: they stay in the store (queries, routes and
+    /// other uplinks still have them), are counted
+    /// (`ferry_uplink_records_expired_total`), and the cursor moves past
+    /// them. After a long outage the cloud gets what is still worth having
+    /// and the link is not spent on the rest. 1s to 10 years. Default: none
+    /// (everything is sent).
+    #[serde(with = "humantime_serde", default)]
+    pub max_send_age: Option<Duration>,
     /// The names of the sources whose records this uplink forwards; each must
     /// be a configured source. Default: `[]` (all sources).
     #[serde(default)]
@@ -187,6 +196,7 @@ impl UplinkConfig {
             reconnect_min: defaults::reconnect_min(),
             reconnect_max: defaults::reconnect_max(),
             probe_interval: defaults::probe_interval(),
+            max_send_age: None,
             sources: Vec::new(),
             route: None,
         }
