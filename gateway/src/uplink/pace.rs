@@ -22,7 +22,7 @@
 //! [`INFLIGHT_TIME`] of the link is in flight (at least two batches), so what
 //! a dropped connection sends again, and what waits ahead of a PINGREQ, stays
 //! bounded. Before the first PUBACK nothing is known: batches start at the
-//! floor, two in flight, and the first reads are small
+//! floor, two in flight, and only two are encoded from a read
 //! ([`LinkPace::measured`]), like TCP's slow start.
 
 use std::collections::VecDeque;

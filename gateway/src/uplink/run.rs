@@ -487,15 +487,7 @@ impl Uplink {
         }
         self.partial_since = None;
         let store = self.store.clone();
-        // Until a PUBACK has measured the link, read only what the first
-        // batches in flight hold.
-        let max = if self.pace.measured() {
-            self.s.window_records
-        } else {
-            self.s
-                .window_records
-                .min(per_batch.saturating_mul(2) as usize)
-        };
+        let max = self.s.window_records;
         let stream = self.s.stream.clone();
         let mut buf = std::mem::take(&mut self.read_buf);
         let (buf, stats) = tokio::task::spawn_blocking(move || {
@@ -514,6 +506,8 @@ impl Uplink {
         }
         let windows = self.encode(&buf, stats.last_seq);
         self.read_buf = buf;
+        // (A slow start may have taken only the front of the read: the
+        // windows end where it stopped, and the next read starts there.)
         if stats.last_seq > from {
             let mut moved = None;
             for (end, batches) in windows {
@@ -531,7 +525,13 @@ impl Uplink {
     /// one topic each batch is a window of its own (its records are a
     /// contiguous run), so the cursor moves batch by batch; with topics per
     /// device or source, batches interleave and the read is one window.
-    fn encode(&mut self, records: &[StoredRecord], window_end: u64) -> Vec<(u64, usize)> {
+    ///
+    /// Until a PUBACK has measured the link, only the first two batches of
+    /// a read are taken (the window ends at the last record they consumed):
+    /// a slow start, so a slow link is not handed a whole window of batches
+    /// sized without a measure. Records this uplink skips (other sources,
+    /// too old) do not count, so they are passed over a window at a time.
+    fn encode(&mut self, records: &[StoredRecord], mut window_end: u64) -> Vec<(u64, usize)> {
         let mut encoders: HashMap<String, Box<dyn super::batch::Encoder + Send>> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         // (topic, records, payload, the last seq in it)
@@ -542,6 +542,7 @@ impl Uplink {
         let static_topic = self.s.topic.is_static();
         // Batches close at the link's pace; each holds at least one record.
         let batch_bytes = self.pace.batch_bytes(self.s.max_batch_bytes);
+        let slow_start = !self.pace.measured();
         let oldest_sent = self.s.max_send_age.map(|age| {
             now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
         });
@@ -584,6 +585,10 @@ impl Uplink {
                     .records_skipped
                     .get_or_create(&self.label)
                     .inc();
+            }
+            if slow_start && done.len() >= 2 {
+                window_end = r.seq;
+                break;
             }
         }
         if expired > 0 {
