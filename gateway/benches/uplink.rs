@@ -95,6 +95,7 @@ fn settings(pki: &Pki, name: &str, addr: SocketAddr, encoding: Encoding, iot: bo
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(1),
         probe_interval: Duration::from_secs(1),
+        max_send_age: None,
         drain_timeout: Duration::from_secs(5),
         sources: vec![],
         window_records: window,

@@ -30,6 +30,8 @@ struct Api {
     ingest: Writer,
     addr: String,
     cancel: CancellationToken,
+    /// The uplinks' metrics the API reads (no uplink runs: a test sets them).
+    uplinks: UplinkMetrics,
 }
 
 fn reading(i: i64) -> Record {
@@ -110,6 +112,7 @@ async fn start() -> Api {
         tokio::sync::watch::channel(vec![Arc::from("cloud"), Arc::from("summary")]);
     std::mem::forget(_names_tx);
     let store_for_test = store.clone();
+    let uplinks = UplinkMetrics::new();
     let ctx = ApiContext {
         engine: Engine::new(store, index),
         gateway: "test-gw".into(),
@@ -117,7 +120,7 @@ async fn start() -> Api {
         max_points: 1000,
         sources: vec![("local".into(), "mqtt_broker")],
         ingest: IngestMetrics::new(),
-        uplinks: UplinkMetrics::new(),
+        uplinks: uplinks.clone(),
         uplink_names: names,
         uplink_streams: HashMap::from([("summary".to_owned(), route)]),
         limits: RequestLimits::new(256, 32 * 1024, 4),
@@ -132,7 +135,23 @@ async fn start() -> Api {
         ingest,
         addr,
         cancel,
+        uplinks,
     }
+}
+
+/// The drain gauges of a sending uplink `cloud` (123.5 records/s, 42 s to
+/// go, a 19.5 kB/s link) and a stalled `summary` (an infinite estimate).
+fn set_drain(api: &Api) {
+    let (cloud, summary) = (
+        UplinkMetrics::label("cloud"),
+        UplinkMetrics::label("summary"),
+    );
+    let m = &api.uplinks;
+    m.send_rate.get_or_create(&cloud).set(123.5);
+    m.drain_eta.get_or_create(&cloud).set(42.0);
+    m.link_rate.get_or_create(&cloud).set(19_512.0);
+    m.batch_target.get_or_create(&cloud).set(39_024);
+    m.drain_eta.get_or_create(&summary).set(f64::INFINITY);
 }
 
 async fn get_with(addr: &str, token: Option<&str>, path: &str) -> Response {
@@ -344,6 +363,34 @@ async fn the_api_answers_exactly_on_known_data() {
         (Some("cloud"), Some(120), Some(0))
     );
     assert_eq!(u["oldest_unsent_ts"], json!(T0));
+    // The drain as the uplink's gauges last had it: nothing sampled yet.
+    assert_eq!(
+        (
+            &u["send_rate"],
+            &u["drain_eta_s"],
+            &u["link_bytes_per_second"]
+        ),
+        (&json!(0.0), &J::Null, &J::Null)
+    );
+    set_drain(&api);
+    let (_, body) = get(&api, "/api/v1/uplinks").await;
+    let u = &body["uplinks"][0];
+    assert_eq!(
+        (
+            &u["send_rate"],
+            &u["drain_eta_s"],
+            &u["link_bytes_per_second"],
+            &u["batch_target_bytes"]
+        ),
+        (
+            &json!(123.5),
+            &json!(42.0),
+            &json!(19_512.0),
+            &json!(39_024)
+        )
+    );
+    // Not shrinking: no estimate.
+    assert_eq!(body["uplinks"][1]["drain_eta_s"], J::Null);
     // An uplink fed by a route: its backlog is the route's output, not the
     // raw records.
     let u = &body["uplinks"][1];
@@ -480,10 +527,33 @@ async fn the_cli_reads_the_api() {
         json!([[T0 + 1000, 1], [T0 + 2000, 2]])
     );
 
+    set_drain(&api);
     let out = run(args(&["status"])).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("gateway test-gw"), "{text}");
     assert!(text.contains("cloud") && text.contains("120"), "{text}");
+    // Each uplink's drain: its send rate and the time to go.
+    let row = |name: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}: {text}"));
+        line.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let header = row("uplink");
+    assert_eq!(
+        header[header.len() - 2..],
+        ["send rate".to_owned(), "drains in".to_owned()],
+        "{text}"
+    );
+    let cloud = row("cloud");
+    assert_eq!(cloud[cloud.len() - 2..], ["123.5/s", "42s"], "{text}");
+    let summary = row("summary");
+    assert_eq!(summary[summary.len() - 2..], ["0.0/s", "-"], "{text}");
 
     let out = run(args(&["tail", "-n", "2", "--no-follow"]))
         .await
@@ -569,6 +639,11 @@ async fn the_status_page_shows_stored_values_and_updates() {
         dom.contains("<td>cloud</td><td class=\"bad\">disconnected</td><td class=\"n\">180</td>"),
         "{dom}"
     );
+    // The drain: nothing sampled yet, then as the gauges say.
+    assert!(
+        dom.contains("<td class=\"n\">0.0/s</td><td class=\"n\">not draining</td></tr>"),
+        "{dom}"
+    );
     let refreshes: u32 = dom
         .split("data-refreshes=\"")
         .nth(1)
@@ -582,9 +657,14 @@ async fn the_status_page_shows_stored_values_and_updates() {
         .submit_and_wait(vec![Item::Record(live(60, 777))])
         .await
         .unwrap();
+    set_drain(&api);
     let dom = dump(url).await.unwrap();
     assert!(
         dom.contains("<td>flow</td><td class=\"n\">777</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<td class=\"n\">123.5/s</td><td class=\"n\">42 s</td></tr>"),
         "{dom}"
     );
     api.cancel.cancel();

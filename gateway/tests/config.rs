@@ -190,6 +190,7 @@ fn uplink_defaults() {
     assert_eq!(u.reconnect_min, Duration::from_secs(1));
     assert_eq!(u.reconnect_max, Duration::from_secs(120));
     assert_eq!(u.probe_interval, Duration::from_secs(1));
+    assert_eq!(u.max_send_age, None);
     assert!(u.alpn.is_empty() && u.sources.is_empty());
     assert!(u.plaintext && u.ca.is_none() && u.cert.is_none() && u.key.is_none());
     let built = UplinkConfig {
@@ -369,6 +370,16 @@ fn durations_out_of_range() {
     }
     let off = valid(&with_uplink("probe_interval = \"0s\""));
     assert_eq!(uplink(&off).probe_interval, Duration::ZERO);
+    assert_eq!(
+        problem(&with_uplink("max_send_age = \"0s\"")),
+        p(
+            7,
+            "uplinks.cloud.max_send_age",
+            "must be between 1s and 10years, got 0s"
+        )
+    );
+    let day = valid(&with_uplink("max_send_age = \"1day\""));
+    assert_eq!(uplink(&day).max_send_age, Some(Duration::from_secs(86_400)));
 }
 
 #[test]

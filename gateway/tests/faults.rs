@@ -91,6 +91,83 @@ async fn a_link_throttled_to_10_kb_per_s_delivers_each_record_once_without_resen
     task.await.unwrap();
 }
 
+/// A 20 kB/s link and an uplink killed every 3 s (its task aborted: no
+/// drain, what is in flight is lost, like `kill -9`), restarted on the same
+/// store: every life moves the durable cursor, and every record arrives.
+/// A 128 KiB batch takes 6.5 s to cross such a link; batches sized to the
+/// link's measured throughput (2 s of it) are acknowledged within a life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20_kb_per_s_link_with_the_uplink_killed_every_3_s_moves_the_cursor_every_life() {
+    const RECORDS: u64 = 1_500;
+    const RATE: u64 = 20_000;
+    const LIFE: Duration = Duration::from_secs(3);
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let link = Proxy::start(cloud.tls_addr()).await.unwrap();
+    link.throttle(RATE);
+    let gw = Gateway::new(seed_reading, 500);
+    gw.store(0..RECORDS).await;
+    let label = UplinkMetrics::label("cloud");
+    let mut cursors = vec![0u64];
+    // The link's throughput as the uplink measured it, each life.
+    let mut rates = Vec::new();
+    while *cursors.last().unwrap() < RECORDS {
+        assert!(cursors.len() <= 40, "no end in sight: cursors {cursors:?}");
+        let (_cancel, task) = gw.start(settings(&pki, link.addr()));
+        // The life's length: a schedule of kills, not a wait for an event.
+        tokio::time::sleep(LIFE).await;
+        rates.push(gw.metrics.link_rate.get_or_create(&label).get());
+        task.abort();
+        let _ = task.await;
+        // What the uplink advanced is committed within the writer's interval.
+        let advanced = gw.metric(|m| m.acked_seq.get_or_create(&label).get());
+        ferry_testkit::wait_until(WAIT, "the last cursor move committed", || {
+            gw.store.cursor("uplink.cloud").unwrap() == advanced
+        })
+        .await
+        .unwrap();
+        let before = *cursors.last().unwrap();
+        cursors.push(advanced);
+        assert!(
+            advanced > before,
+            "life {} moved nothing: cursors {cursors:?}",
+            cursors.len() - 1
+        );
+    }
+    let seen = sub
+        .wait_for_seqs(1..RECORDS + 1, WAIT, |m| json_record_seqs(&m.payload))
+        .await
+        .unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    assert_eq!(seen.outside(), 0);
+    let largest = sub
+        .messages()
+        .iter()
+        .map(|m| m.payload.len())
+        .max()
+        .unwrap();
+    eprintln!(
+        "{RECORDS} records over {} lives of {LIFE:?} at {RATE} B/s: cursors {cursors:?}; \
+         measured {rates:.0?} B/s; \
+         {} publishes, the largest {largest} bytes; {} duplicates",
+        cursors.len() - 1,
+        sub.len(),
+        seen.duplicates()
+    );
+    // About two seconds of the link (the measure is of a proxy that slices
+    // its pacing), never the 6.5 s of a full batch.
+    assert!(largest <= 3 * RATE as usize, "a {largest}-byte batch");
+    for r in &rates {
+        assert!(
+            (RATE as f64 / 2.0..=RATE as f64 * 2.0).contains(r),
+            "measured {rates:?} B/s of a {RATE} B/s link"
+        );
+    }
+}
+
 /// How long the CPU is measured while offline, and the bound: 2% of one core.
 const OFFLINE_WINDOW: Duration = Duration::from_secs(6);
 const OFFLINE_CPU_SHARE: f64 = 0.02;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{seed_reading, uplink_settings as settings, Cloud, Gateway};
 use ferry_gateway::metrics::UplinkMetrics;
@@ -72,21 +72,27 @@ async fn json_batches_hold_at_most_max_batch_records() {
         mosquitto: cloud,
         sub,
     } = Cloud::start().await;
-    let gw = Gateway::new(seed_reading, 100);
-    gw.store(0..1_200).await;
+    // Each store() is one commit.
+    let gw = Gateway::new(seed_reading, 1_200);
     let mut s = settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client);
     s.max_batch_records = ferry_gateway::uplink::config::JSON_BATCH_RECORDS;
     let (cancel, task) = gw.start(s);
-    let seen = sub.wait_for_seqs(0..1_200, WAIT, seqs).await.unwrap();
+    // A first delivery measures the link (until then batches start small).
+    gw.store(0..300).await;
+    sub.wait_for_seqs(0..300, WAIT, seqs).await.unwrap();
+    let warm_up = sub.len();
+    gw.store(300..1_500).await;
+    let seen = sub.wait_for_seqs(0..1_500, WAIT, seqs).await.unwrap();
     assert!(seen.is_complete(), "{seen}");
     assert_eq!(seen.outside(), 0);
     // 1,200 records of ~170 bytes would fill two 128 KiB batches (819 and
     // 381); by records they are 500, 500 and 200, in order.
     let batches: Vec<Vec<u64>> = sub.messages().iter().map(|m| seqs(m).unwrap()).collect();
-    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    let sizes: Vec<usize> = batches[warm_up..].iter().map(Vec::len).collect();
     assert_eq!(sizes, [500, 500, 200], "{sizes:?}");
+    assert!(batches[..warm_up].iter().all(|b| b.len() <= 500));
     let all: Vec<u64> = batches.concat();
-    assert_eq!(all, (0..1_200).collect::<Vec<u64>>());
+    assert_eq!(all, (0..1_500).collect::<Vec<u64>>());
     cancel.cancel();
     task.await.unwrap();
 }
@@ -269,6 +275,166 @@ async fn a_blackholed_link_is_detected_by_the_puback_timeout_and_recovers() {
     link.restore();
     let seen = sub.wait_for_seqs(0..200, WAIT, seqs).await.unwrap();
     assert!(seen.is_complete(), "{seen}");
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// `max_batch_age = 0s`: a record goes out at once when nothing is in
+/// flight; records stored while a batch crosses a slow link wait for its
+/// PUBACK and share the next publish, instead of one publish each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_age_uplink_sends_at_once_when_idle_and_batches_behind_a_publish_in_flight() {
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let link = Proxy::start(cloud.tls_addr()).await.unwrap();
+    let gw = Gateway::new(seed_reading, 1);
+    let mut s = settings(&pki, link.addr(), &pki.ca, &pki.client);
+    s.max_batch_age = Duration::ZERO;
+    let (cancel, task) = gw.start(s);
+    ferry_testkit::wait_until(WAIT, "connected", || {
+        gw.metrics.connected.get_or_create(&label()).get() == 1
+    })
+    .await
+    .unwrap();
+    // Idle: each record is its own publish, at once.
+    for i in 0..5 {
+        gw.store(i..i + 1).await;
+        sub.wait_for_seqs(0..i + 1, WAIT, seqs).await.unwrap();
+    }
+    assert_eq!(sub.len(), 5);
+    // A slow link (about 0.1 s per one-record batch): 60 records stored one
+    // commit each, 10 ms apart, go out in few publishes.
+    link.throttle(2_000);
+    gw.store(5..65).await;
+    let seen = sub.wait_for_seqs(0..65, WAIT, seqs).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    assert_eq!(seen.duplicates(), 0, "{seen}");
+    let publishes = sub.len() - 5;
+    eprintln!("60 records stored one by one behind a slow link: {publishes} publishes");
+    assert!(publishes <= 20, "{publishes} publishes for 60 records");
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// The drain gauges, through an outage and a drain over a 50 kB/s link:
+/// while the link is down the backlog is exact, nothing is sent and there
+/// is no estimate; while draining, the estimate is the backlog over the send
+/// rate (nothing new comes in) and the drain ends near it; then zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_gauges_follow_an_outage_and_a_drain() {
+    const RECORDS: u64 = 2_000;
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let link = Proxy::start(cloud.tls_addr()).await.unwrap();
+    link.refuse().await;
+    let gw = Gateway::new(seed_reading, 500);
+    gw.store(0..RECORDS).await;
+    let (cancel, task) = gw.start(settings(&pki, link.addr(), &pki.ca, &pki.client));
+    let m = gw.metrics.clone();
+    let gauges = move || {
+        let l = label();
+        (
+            m.backlog_records.get_or_create(&l).get(),
+            m.send_rate.get_or_create(&l).get(),
+            m.drain_eta.get_or_create(&l).get(),
+        )
+    };
+    ferry_testkit::wait_until(WAIT, "the outage's backlog in the gauges", || {
+        gauges().0 == RECORDS && gauges().2.is_infinite()
+    })
+    .await
+    .unwrap();
+    assert_eq!(gauges(), (RECORDS, 0.0, f64::INFINITY));
+
+    link.throttle(50_000);
+    link.restore();
+    // An estimate once the drain is under way (a third of the backlog sent:
+    // the rates then cover more than the connect and the first small batches).
+    let mut first = None;
+    ferry_testkit::wait_until(WAIT, "an estimate consistent with the backlog", || {
+        let (backlog, rate, eta) = gauges();
+        let ok =
+            backlog > 0 && backlog <= RECORDS * 2 / 3 && eta.is_finite() && eta > 0.0 && rate > 0.0;
+        if ok && (eta * rate - backlog as f64).abs() <= 1.0 {
+            first = Some((Instant::now(), backlog, rate, eta));
+            return true;
+        }
+        false
+    })
+    .await
+    .unwrap();
+    let (at, backlog, rate, eta) = first.unwrap();
+    let seen = sub.wait_for_seqs(0..RECORDS, WAIT, seqs).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    ferry_testkit::wait_until(WAIT, "drained: backlog and estimate zero", || {
+        gauges().0 == 0 && gauges().2 == 0.0
+    })
+    .await
+    .unwrap();
+    let took = at.elapsed().as_secs_f64();
+    eprintln!(
+        "estimate: backlog {backlog} at {rate:.1} records/s, {eta:.1} s to go; drained in {took:.1} s"
+    );
+    // About 170 bytes a record at 50 kB/s: 290 records/s.
+    assert!((100.0..=600.0).contains(&rate), "{rate} records/s");
+    assert!(
+        took >= eta / 2.0 && took <= eta * 2.0 + 1.0,
+        "estimated {eta:.1} s, took {took:.1} s"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// `max_send_age`: records older than it when their turn comes stay in the
+/// store, are counted and not sent; the cursor moves past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_older_than_max_send_age_are_counted_and_not_sent() {
+    let Cloud {
+        pki,
+        mosquitto: cloud,
+        sub,
+    } = Cloud::start().await;
+    let gw = Gateway::new(seed_reading, 100);
+    let now = ferry_core::record::now_millis();
+    // 100 readings of two hours ago, then 50 of now.
+    let items = (0..150)
+        .map(|i| {
+            let mut r = seed_reading(i);
+            r.ts = if i < 100 { now - 7_200_000 } else { now };
+            ferry_core::sink::Item::Record(r)
+        })
+        .collect();
+    let ingest = gw.ingest.as_ref().unwrap();
+    ingest.sink.submit_and_wait(items).await.unwrap();
+    let mut s = settings(&pki, cloud.tls_addr(), &pki.ca, &pki.client);
+    s.max_send_age = Some(Duration::from_secs(3600));
+    let (cancel, task) = gw.start(s);
+    let seen = sub.wait_for_seqs(100..150, WAIT, seqs).await.unwrap();
+    assert!(seen.is_complete(), "{seen}");
+    ferry_testkit::wait_until(WAIT, "the cursor at the head", || {
+        gw.metric(|m| m.acked_seq.get_or_create(&label()).get()) == 150
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.outside(), 0, "nothing older was sent: {seen}");
+    assert_eq!(
+        gw.metric(|m| m.records_expired.get_or_create(&label()).get()),
+        100
+    );
+    assert_eq!(
+        gw.metric(|m| m.records_sent.get_or_create(&label()).get()),
+        50
+    );
+    // They stay in the store.
+    let mut out = Vec::new();
+    gw.store.read_records(0, 200, &mut out).unwrap();
+    assert_eq!(out.len(), 150);
     cancel.cancel();
     task.await.unwrap();
 }

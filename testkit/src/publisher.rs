@@ -6,7 +6,8 @@
 //! PUBACK (it knows exactly which messages the broker acknowledged, and when; a lost
 //! connection is an error), and [`Publisher::queue`] only queues it, for a stream of
 //! messages whose PUBACKs [`Publisher::wait_acked`] counts afterwards (connection
-//! errors there are retried, as a device would). [`Publisher::acked`] is the number of
+//! errors there are retried, as a device would), or [`Publisher::next_ack`] times one
+//! by one. [`Publisher::acked`] is the number of
 //! PUBACKs so far, from any thread.
 
 use std::net::SocketAddr;
@@ -204,6 +205,19 @@ impl Publisher {
         tokio::time::timeout(within, wait)
             .await
             .unwrap_or_else(|_| panic!("{n} PUBACKs not received within {within:?}"));
+    }
+
+    /// Waits for the next PUBACK (10 s at most) and returns when it came; a connection
+    /// error meanwhile fails it. With messages [`Publisher::queue`]d, the n-th call
+    /// answers the n-th of them (QoS 1 acknowledgements come in order).
+    pub async fn next_ack(&mut self) -> Result<Instant> {
+        loop {
+            match self.next_note().await? {
+                Note::PubAck(at) => return Ok(at),
+                Note::ConnAck => continue,
+                Note::Error(e) => return Err(anyhow!("waiting for a PUBACK: {e}")),
+            }
+        }
     }
 
     async fn next_note(&mut self) -> Result<Note> {

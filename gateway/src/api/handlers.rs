@@ -285,6 +285,16 @@ fn uplink_state(ctx: &ApiContext, name: &str, now_ms: i64) -> Result<Json_, ApiE
     let backlog = first
         .first()
         .map_or(0, |r| head.saturating_add(1).saturating_sub(r.seq));
+    // The drain as the uplink last sampled it (about once a second): none
+    // while the backlog does not shrink (an infinite estimate) or before
+    // the first sample.
+    let eta = ctx.uplinks.drain_eta.get_or_create(&label).get();
+    let drain_eta_s = if backlog == 0 {
+        Some(0.0)
+    } else {
+        (eta.is_finite() && eta > 0.0).then_some(eta)
+    };
+    let link = ctx.uplinks.link_rate.get_or_create(&label).get();
     Ok(json!({
         "name": name,
         "stream": match stream {
@@ -298,6 +308,10 @@ fn uplink_state(ctx: &ApiContext, name: &str, now_ms: i64) -> Result<Json_, ApiE
         "acked_seq": acked,
         "cursor": cursor,
         "records_sent": ctx.uplinks.records_sent.get_or_create(&label).get(),
+        "send_rate": ctx.uplinks.send_rate.get_or_create(&label).get(),
+        "drain_eta_s": drain_eta_s,
+        "link_bytes_per_second": (link > 0.0).then_some(link),
+        "batch_target_bytes": ctx.uplinks.batch_target.get_or_create(&label).get(),
     }))
 }
 

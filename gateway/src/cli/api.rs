@@ -259,6 +259,10 @@ pub fn status(args: ApiArgs) -> ExitCode {
                 num(&u["backlog"]),
                 age(&u["oldest_unsent_age_ms"]),
                 num(&u["acked_seq"]),
+                u["send_rate"]
+                    .as_f64()
+                    .map_or("-".into(), |r| format!("{r:.1}/s")),
+                drains_in(&u["drain_eta_s"]),
             ]
         })
         .collect();
@@ -268,12 +272,31 @@ pub fn status(args: ApiArgs) -> ExitCode {
         print!(
             "\n{}",
             table(
-                &["uplink", "state", "backlog", "oldest unsent", "acked seq"],
+                &[
+                    "uplink",
+                    "state",
+                    "backlog",
+                    "oldest unsent",
+                    "acked seq",
+                    "send rate",
+                    "drains in"
+                ],
                 &uplinks
             )
         );
     }
     ExitCode::SUCCESS
+}
+
+/// An uplink's estimated time to drain: whole seconds, `-` when the
+/// backlog does not shrink.
+fn drains_in(eta: &Value) -> String {
+    match eta.as_f64() {
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            humantime::format_duration(std::time::Duration::from_secs(s.round() as u64)).to_string()
+        }
+        _ => "-".into(),
+    }
 }
 
 fn print_record(r: &Value, json: bool) {

@@ -173,6 +173,9 @@ impl UplinkConfig {
         if self.reconnect_max < self.reconnect_min && valid(report, &["reconnect_min"]) {
             report.error(at.key("reconnect_max"), "must be at least reconnect_min");
         }
+        if let Some(age) = self.max_send_age {
+            report.duration_in(at.key("max_send_age"), age, s(1), s(315_576_000));
+        }
         let probe = self.probe_interval;
         if !probe.is_zero() && !(ms(100)..=s(60)).contains(&probe) {
             report.error(

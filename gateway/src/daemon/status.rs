@@ -5,7 +5,9 @@
 //! metrics do not: records stored (the head sequence number), then each
 //! uplink's state and backlog, e.g.
 //! `12840 records stored; uplink iot_core connected, backlog 0` or
-//! `12840 records stored; uplink iot_core disconnected, backlog 5120 (oldest 3m 12s)`.
+//! `12840 records stored; uplink iot_core disconnected, backlog 5120 (oldest 3m 12s)`
+//! or, while a backlog drains,
+//! `...; uplink iot_core connected, backlog 5120 (oldest 3m 12s), sending 120.0/s, drains in 43s`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +47,15 @@ impl StatusSource {
                 let age = Duration::from_secs(age as u64);
                 line.push_str(&format!(" (oldest {})", humantime::format_duration(age)));
             }
+            let rate = self.uplinks.send_rate.get_or_create(&label).get();
+            let eta = self.uplinks.drain_eta.get_or_create(&label).get();
+            if backlog > 0 && rate > 0.0 && eta.is_finite() && eta > 0.0 {
+                let eta = Duration::from_secs(eta.round() as u64);
+                line.push_str(&format!(
+                    ", sending {rate:.1}/s, drains in {}",
+                    humantime::format_duration(eta)
+                ));
+            }
         }
         line
     }
@@ -78,6 +89,26 @@ mod tests {
             source.line(),
             "12840 records stored; uplink a connected, backlog 0; \
              uplink b disconnected, backlog 5120 (oldest 3m 12s)"
+        );
+        // Draining: the rate and the time to go.
+        source.uplinks.connected.get_or_create(&b).set(1);
+        source.uplinks.send_rate.get_or_create(&b).set(120.04);
+        source.uplinks.drain_eta.get_or_create(&b).set(42.6);
+        assert_eq!(
+            source.line(),
+            "12840 records stored; uplink a connected, backlog 0; \
+             uplink b connected, backlog 5120 (oldest 3m 12s), sending 120.0/s, drains in 43s"
+        );
+        // Not shrinking: no estimate.
+        source
+            .uplinks
+            .drain_eta
+            .get_or_create(&b)
+            .set(f64::INFINITY);
+        assert!(
+            source.line().ends_with("(oldest 3m 12s)"),
+            "{}",
+            source.line()
         );
     }
 }

@@ -42,6 +42,9 @@ metric_set! {
             records_skipped: Family<UplinkLabel, Counter>
                 => "records_skipped",
                 "Records skipped because they cannot be sent (undecodable, larger than a batch)";
+            records_expired: Family<UplinkLabel, Counter>
+                => "records_expired",
+                "Records not sent because they were older than max_send_age when their turn came (kept in the store)";
             puback_latency: HistogramFamily<UplinkLabel> = Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
             })
@@ -52,6 +55,17 @@ metric_set! {
                 => "oldest_unsent_age" in Seconds, "Age of the oldest record not yet acknowledged";
             acked_seq: Family<UplinkLabel, Gauge<u64, AtomicU64>>
                 => "acked_seq", "Highest record sequence number acknowledged by the cloud";
+            send_rate: Family<UplinkLabel, Gauge<f64, AtomicU64>>
+                => "send_rate",
+                "Records per second the cloud acknowledged (the cursor's pace) over the last 10 s";
+            drain_eta: Family<UplinkLabel, Gauge<f64, AtomicU64>>
+                => "drain_eta" in Seconds,
+                "Estimated time until the backlog is sent at the last 10 s's rates (+Inf: not shrinking)";
+            link_rate: Family<UplinkLabel, Gauge<f64, AtomicU64>>
+                => "link_bytes_per_second",
+                "The link's throughput measured from recent PUBACKs (0: not measured yet)";
+            batch_target: Family<UplinkLabel, Gauge<u64, AtomicU64>>
+                => "batch_target" in Bytes, "The batch size the link's throughput calls for";
         }
     }
 }

@@ -23,13 +23,18 @@ struct Sent {
     window_end: u64,
     at: Instant,
     records: usize,
+    bytes: usize,
 }
 
 /// An acknowledged batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Acked {
+    /// When it was published.
+    pub sent: Instant,
     pub latency: Duration,
     pub records: usize,
+    /// Its payload's size.
+    pub bytes: usize,
 }
 
 /// In-flight bookkeeping of one connection.
@@ -42,6 +47,8 @@ pub struct Flight {
     acked: u64,
     /// When the broker last acknowledged a publish on this connection.
     last_ack: Option<Instant>,
+    /// Payload bytes published and not yet acknowledged.
+    inflight_bytes: usize,
 }
 
 impl Flight {
@@ -53,6 +60,7 @@ impl Flight {
             by_pkid: HashMap::new(),
             acked,
             last_ack: None,
+            inflight_bytes: 0,
         }
     }
 
@@ -78,13 +86,15 @@ impl Flight {
         self.advance()
     }
 
-    /// A batch of `window_end`'s window carrying `records` records was handed
-    /// to the MQTT client.
-    pub fn published(&mut self, window_end: u64, records: usize, now: Instant) {
+    /// A batch of `window_end`'s window carrying `records` records in
+    /// `bytes` of payload was handed to the MQTT client.
+    pub fn published(&mut self, window_end: u64, records: usize, bytes: usize, now: Instant) {
+        self.inflight_bytes += bytes;
         self.unassigned.push_back(Sent {
             window_end,
             at: now,
             records,
+            bytes,
         });
     }
 
@@ -105,9 +115,12 @@ impl Flight {
             w.outstanding = w.outstanding.saturating_sub(1);
         }
         self.last_ack = Some(now);
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(sent.bytes);
         let acked = Acked {
+            sent: sent.at,
             latency: now.saturating_duration_since(sent.at),
             records: sent.records,
+            bytes: sent.bytes,
         };
         (Some(acked), self.advance())
     }
@@ -127,6 +140,11 @@ impl Flight {
     /// Publishes not yet acknowledged.
     pub fn inflight(&self) -> usize {
         self.unassigned.len() + self.by_pkid.len()
+    }
+
+    /// Payload bytes of the publishes not yet acknowledged.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight_bytes
     }
 
     /// When the oldest unacknowledged publish was sent.
@@ -154,6 +172,7 @@ impl Flight {
         self.unassigned.clear();
         self.by_pkid.clear();
         self.last_ack = None;
+        self.inflight_bytes = 0;
     }
 }
 
@@ -167,21 +186,24 @@ mod tests {
         let mut f = Flight::new(10);
         assert_eq!(f.add_window(20, 2), None);
         assert_eq!(f.add_window(30, 1), None);
-        f.published(20, 5, t);
-        f.published(20, 5, t);
-        f.published(30, 5, t);
+        f.published(20, 5, 100, t);
+        f.published(20, 5, 100, t);
+        f.published(30, 5, 100, t);
         f.assigned(1);
         f.assigned(2);
         f.assigned(3);
         assert_eq!(f.inflight(), 3);
+        assert_eq!(f.inflight_bytes(), 300);
         // The second window's batch is acknowledged first: no move.
         let later = t + Duration::from_millis(7);
         assert_eq!(
             f.ack(3, later),
             (
                 Some(Acked {
+                    sent: t,
                     latency: Duration::from_millis(7),
-                    records: 5
+                    records: 5,
+                    bytes: 100,
                 }),
                 None
             )
@@ -190,6 +212,7 @@ mod tests {
         assert_eq!(f.ack(2, later).1, Some(30));
         assert_eq!(f.acked(), 30);
         assert_eq!(f.inflight(), 0);
+        assert_eq!(f.inflight_bytes(), 0);
         assert_eq!(
             f.ack(2, later),
             (None, None),
@@ -203,7 +226,7 @@ mod tests {
         let mut f = Flight::new(0);
         assert_eq!(f.add_window(5, 0), Some(5));
         f.add_window(9, 1);
-        f.published(9, 4, t);
+        f.published(9, 4, 100, t);
         assert_eq!(f.add_window(12, 0), None, "behind an unacknowledged window");
         f.assigned(7);
         assert_eq!(f.ack(7, t).1, Some(12));
@@ -217,8 +240,8 @@ mod tests {
         assert_eq!(f.stalled_since(), None, "nothing in flight");
         f.add_window(10, 1);
         f.add_window(20, 1);
-        f.published(10, 10, t);
-        f.published(20, 10, t);
+        f.published(10, 10, 100, t);
+        f.published(20, 10, 100, t);
         f.assigned(1);
         f.assigned(2);
         assert_eq!(f.stalled_since(), Some(t));
@@ -227,7 +250,7 @@ mod tests {
         f.ack(1, t + s(13));
         assert_eq!(f.stalled_since(), Some(t + s(13)));
         f.add_window(30, 1);
-        f.published(30, 10, t + s(20));
+        f.published(30, 10, 100, t + s(20));
         f.assigned(3);
         assert_eq!(f.stalled_since(), Some(t + s(13)));
         f.ack(2, t + s(26));
@@ -235,7 +258,7 @@ mod tests {
         f.ack(3, t + s(27));
         assert_eq!(f.stalled_since(), None);
         f.reset();
-        f.published(40, 1, t + s(30));
+        f.published(40, 1, 100, t + s(30));
         assert_eq!(f.stalled_since(), Some(t + s(30)));
     }
 
@@ -244,11 +267,12 @@ mod tests {
         let t = Instant::now();
         let mut f = Flight::new(3);
         f.add_window(8, 1);
-        f.published(8, 5, t);
+        f.published(8, 5, 100, t);
         assert_eq!(f.oldest(), Some(t));
         f.reset();
         assert_eq!(f.read_to(), 3);
         assert_eq!(f.inflight(), 0);
+        assert_eq!(f.inflight_bytes(), 0);
         assert_eq!(f.oldest(), None);
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod batch;
 pub mod config;
+pub mod drain;
 pub mod flight;
 pub mod limiter;
+pub mod pace;
 mod probe;
 pub mod reconnect;
 mod run;

@@ -15,7 +15,12 @@
 //!   encodes them into batches, publishes QoS 1 within the inflight window
 //!   and the token buckets, and moves the cursor over acknowledged windows
 //!   (with one topic, each batch is a window: the cursor moves batch by batch).
-//!   A partial batch waits up to `max_batch_age` for more records.
+//!   Batches are sized to the link and the bytes in flight bounded by it
+//!   ([`super::pace`]).
+//!   A partial batch waits up to `max_batch_age` for more records; with
+//!   `max_batch_age = 0s` it goes at once when nothing is in flight, and
+//!   otherwise waits until what is in flight is acknowledged (records that
+//!   come meanwhile share one publish).
 //! - **Backoff**: everything in flight is forgotten and reading rewinds to
 //!   the cursor (so unacknowledged batches are sent again: at-least-once);
 //!   the next attempt waits a capped exponential delay with full jitter, at
@@ -46,8 +51,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{encoder, Encoding, Topic};
+use super::drain::DrainRate;
 use super::flight::Flight;
 use super::limiter::Limits;
+use super::pace::LinkPace;
 use super::probe::Probes;
 use super::reconnect::Reconnect;
 use crate::metrics::{UplinkLabel, UplinkMetrics};
@@ -81,6 +88,9 @@ pub struct Settings {
     /// How often the endpoint is probed while waiting to reconnect (zero:
     /// never; the backoff alone decides).
     pub probe_interval: Duration,
+    /// Records older than this when their turn comes are skipped (counted,
+    /// kept in the store); `None`: everything is sent.
+    pub max_send_age: Option<Duration>,
     pub drain_timeout: Duration,
     /// Source names to forward; empty = all.
     pub sources: Vec<String>,
@@ -188,6 +198,10 @@ struct Uplink {
     metrics: UplinkMetrics,
     label: UplinkLabel,
     flight: Flight,
+    /// The link's measured throughput, and the batch size it calls for.
+    pace: LinkPace,
+    /// The backlog's drain, sampled with the gauges.
+    drain: std::sync::Mutex<DrainRate>,
     queue: VecDeque<Ready>,
     /// Average encoded bytes per record, to judge when a batch would be full.
     bytes_per_record: f64,
@@ -210,6 +224,8 @@ impl Uplink {
             cursor_name,
             label,
             flight: Flight::new(acked),
+            pace: LinkPace::new(),
+            drain: std::sync::Mutex::new(DrainRate::new()),
             queue: VecDeque::new(),
             bytes_per_record: 100.0,
             partial_since: None,
@@ -242,12 +258,16 @@ impl Uplink {
     async fn session(&mut self, cancel: &CancellationToken) -> Result<(), LinkError> {
         self.was_connected = false;
         self.flight.reset();
+        self.pace.reconnected();
         self.queue.clear();
         self.partial_since = None;
         let (client, mut eventloop) =
             AsyncClient::new(self.mqtt_options(), self.s.max_inflight + 8);
         let mut net = eventloop.network_options();
         net.set_connection_timeout(self.s.connect_timeout.as_secs().max(1));
+        // Each publish is written whole: no Nagle delay behind a segment
+        // not yet acknowledged.
+        net.set_tcp_nodelay(true);
         eventloop.set_network_options(net);
         // CONNECT / CONNACK.
         match tokio::time::timeout(self.s.connect_timeout, eventloop.poll()).await {
@@ -257,6 +277,7 @@ impl Uplink {
             Ok(Ok(other)) => debug!(?other, "unexpected first event"),
         }
         self.was_connected = true;
+        self.drain.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.metrics.connects.get_or_create(&self.label).inc();
         self.metrics.connected.get_or_create(&self.label).set(1);
         info!(uplink = %self.s.name, endpoint = %format!("{}:{}", self.s.host, self.s.port),
@@ -349,8 +370,10 @@ impl Uplink {
         match ev {
             Event::Outgoing(Outgoing::Publish(pkid)) => self.flight.assigned(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
-                let (acked, moved) = self.flight.ack(ack.pkid, Instant::now());
+                let now = Instant::now();
+                let (acked, moved) = self.flight.ack(ack.pkid, now);
                 if let Some(a) = acked {
+                    self.pace.acked(a.bytes, a.sent, now);
                     self.metrics
                         .puback_latency
                         .get_or_create(&self.label)
@@ -404,6 +427,13 @@ impl Uplink {
                 }
             }
             let next = self.queue.front().expect("filled above");
+            // At most a few seconds of the link in flight (always one batch).
+            if self.flight.inflight() > 0
+                && self.flight.inflight_bytes() + next.payload.len()
+                    > self.pace.inflight_bytes(self.s.max_batch_bytes)
+            {
+                return Ok(None);
+            }
             let wait = limits.wait_for(next.payload.len(), now);
             if !wait.is_zero() {
                 return Ok(Some(now + wait));
@@ -419,8 +449,9 @@ impl Uplink {
                 .records_sent
                 .get_or_create(&self.label)
                 .inc_by(b.records as u64);
+            let bytes = b.payload.len();
             client.try_publish(b.topic, QoS::AtLeastOnce, false, b.payload)?;
-            self.flight.published(b.window_end, b.records, now);
+            self.flight.published(b.window_end, b.records, bytes, now);
         }
         Ok(None)
     }
@@ -435,14 +466,23 @@ impl Uplink {
             return Ok(None);
         }
         let available = head - from;
-        let per_batch = (self.s.max_batch_bytes as f64 / self.bytes_per_record)
+        let batch_bytes = self.pace.batch_bytes(self.s.max_batch_bytes);
+        let per_batch = (batch_bytes as f64 / self.bytes_per_record)
             .min(self.s.max_batch_records as f64)
             .max(1.0) as u64;
-        if available < per_batch && !self.s.max_batch_age.is_zero() {
-            let since = *self.partial_since.get_or_insert(now);
-            let due = since + self.s.max_batch_age;
-            if now < due {
-                return Ok(Some(due));
+        if available < per_batch {
+            if self.s.max_batch_age.is_zero() {
+                // At once when nothing is in flight; otherwise what comes
+                // meanwhile waits for the next PUBACK and goes as one batch.
+                if self.flight.inflight() > 0 {
+                    return Ok(None);
+                }
+            } else {
+                let since = *self.partial_since.get_or_insert(now);
+                let due = since + self.s.max_batch_age;
+                if now < due {
+                    return Ok(Some(due));
+                }
             }
         }
         self.partial_since = None;
@@ -466,6 +506,8 @@ impl Uplink {
         }
         let windows = self.encode(&buf, stats.last_seq);
         self.read_buf = buf;
+        // (A slow start may have taken only the front of the read: the
+        // windows end where it stopped, and the next read starts there.)
         if stats.last_seq > from {
             let mut moved = None;
             for (end, batches) in windows {
@@ -483,7 +525,13 @@ impl Uplink {
     /// one topic each batch is a window of its own (its records are a
     /// contiguous run), so the cursor moves batch by batch; with topics per
     /// device or source, batches interleave and the read is one window.
-    fn encode(&mut self, records: &[StoredRecord], window_end: u64) -> Vec<(u64, usize)> {
+    ///
+    /// Until a PUBACK has measured the link, only the first two batches of
+    /// a read are taken (the window ends at the last record they consumed):
+    /// a slow start, so a slow link is not handed a whole window of batches
+    /// sized without a measure. Records this uplink skips (other sources,
+    /// too old) do not count, so they are passed over a window at a time.
+    fn encode(&mut self, records: &[StoredRecord], mut window_end: u64) -> Vec<(u64, usize)> {
         let mut encoders: HashMap<String, Box<dyn super::batch::Encoder + Send>> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         // (topic, records, payload, the last seq in it)
@@ -492,9 +540,20 @@ impl Uplink {
         let mut bytes = 0usize;
         let mut n = 0usize;
         let static_topic = self.s.topic.is_static();
+        // Batches close at the link's pace; each holds at least one record.
+        let batch_bytes = self.pace.batch_bytes(self.s.max_batch_bytes);
+        let slow_start = !self.pace.measured();
+        let oldest_sent = self.s.max_send_age.map(|age| {
+            now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+        });
+        let mut expired = 0u64;
         for r in records {
             if !self.s.sources.is_empty() && !self.s.sources.iter().any(|s| **s == *r.record.source)
             {
+                continue;
+            }
+            if oldest_sent.is_some_and(|oldest| r.record.ts < oldest) {
+                expired += 1;
                 continue;
             }
             let topic = if static_topic && !order.is_empty() {
@@ -506,16 +565,20 @@ impl Uplink {
                 order.push(topic.clone());
                 encoder(self.s.encoding, &self.s.gateway, self.s.max_batch_bytes)
             });
-            if e.len() < self.s.max_batch_records && e.push(r) {
+            let pushed = if e.len() < self.s.max_batch_records && e.push(r) {
+                true
+            } else {
+                // Full: close this topic's batch and start the next with `r`.
+                if !e.is_empty() {
+                    done.push((topic.clone(), e.len(), e.finish(), last_pushed));
+                }
+                e.push(r)
+            };
+            if pushed {
                 last_pushed = r.seq;
-                continue;
-            }
-            // Full: close this topic's batch and start the next with `r`.
-            if !e.is_empty() {
-                done.push((topic.clone(), e.len(), e.finish(), last_pushed));
-            }
-            if e.push(r) {
-                last_pushed = r.seq;
+                if e.size() >= batch_bytes {
+                    done.push((topic.clone(), e.len(), e.finish(), last_pushed));
+                }
             } else {
                 warn!(uplink = %self.s.name, seq = r.seq, "record larger than max_batch_bytes; skipped (it stays in the store)");
                 self.metrics
@@ -523,6 +586,16 @@ impl Uplink {
                     .get_or_create(&self.label)
                     .inc();
             }
+            if slow_start && done.len() >= 2 {
+                window_end = r.seq;
+                break;
+            }
+        }
+        if expired > 0 {
+            self.metrics
+                .records_expired
+                .get_or_create(&self.label)
+                .inc_by(expired);
         }
         for topic in order {
             let mut e = encoders.remove(&topic).expect("every topic has an encoder");
@@ -561,10 +634,23 @@ impl Uplink {
     fn update_gauges(&self) {
         let acked = self.flight.acked();
         let head = self.store.stream_head(&self.s.stream).unwrap_or(acked);
+        let drain = self.drain.lock().unwrap_or_else(|e| e.into_inner()).sample(
+            Instant::now(),
+            acked,
+            head,
+        );
         self.metrics
             .backlog_records
             .get_or_create(&self.label)
-            .set(head.saturating_sub(acked));
+            .set(drain.backlog);
+        self.metrics
+            .send_rate
+            .get_or_create(&self.label)
+            .set(drain.send_rate);
+        self.metrics
+            .drain_eta
+            .get_or_create(&self.label)
+            .set(drain.eta.map_or(f64::INFINITY, |d| d.as_secs_f64()));
         let age = match self.store.first_ts_in(&self.s.stream, acked) {
             Ok(Some(ts)) => ((now_millis() - ts).max(0) as f64) / 1000.0,
             _ => 0.0,
@@ -573,6 +659,14 @@ impl Uplink {
             .oldest_unsent_age
             .get_or_create(&self.label)
             .set(age);
+        self.metrics
+            .link_rate
+            .get_or_create(&self.label)
+            .set(self.pace.bytes_per_second().unwrap_or(0.0));
+        self.metrics
+            .batch_target
+            .get_or_create(&self.label)
+            .set(self.pace.batch_bytes(self.s.max_batch_bytes) as u64);
     }
 }
 

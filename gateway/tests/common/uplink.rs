@@ -148,6 +148,7 @@ pub fn uplink_settings(
         reconnect_min: Duration::from_millis(50),
         reconnect_max: Duration::from_millis(500),
         probe_interval: Duration::from_secs(1),
+        max_send_age: None,
         drain_timeout: Duration::from_secs(5),
         sources: vec![],
         window_records: 2048,

@@ -77,6 +77,8 @@ pub struct UplinkConfig {
     #[serde(default)]
     pub encoding: Encoding,
     /// The largest payload published: 1KiB to 128KiB (IoT Core's limit).
+    /// Batches are smaller on a slow link: about 2 s of its measured
+    /// throughput, at least 5 KiB ([`crate::uplink::pace`]).
     /// Default: `"128KiB"`.
     #[serde(default = "defaults::max_batch_bytes")]
     pub max_batch_bytes: ByteSize,
@@ -87,6 +89,8 @@ pub struct UplinkConfig {
     #[serde(default)]
     pub max_batch_records: Option<std::num::NonZeroUsize>,
     /// How long a partial batch waits for more records before it is sent.
+    /// `"0s"`: at once when nothing is in flight (records stored while a
+    /// publish is in flight wait for its PUBACK and share the next one).
     /// 0s to 1h. Default: `"1s"`.
     #[serde(with = "humantime_serde", default = "defaults::max_batch_age")]
     pub max_batch_age: Duration,
@@ -124,8 +128,9 @@ pub struct UplinkConfig {
     /// is dead: the session is dropped and reconnected, and unacknowledged
     /// batches are resent. A reading stored while the link is dead is
     /// published at once, so the dead link is noticed within this of it.
-    /// On a link too slow to carry one batch (`max_batch_bytes`) within
-    /// it, raise it or lower `max_batch_bytes`. 10ms to 1h. Default: `"10s"`.
+    /// Batches are sized to cross the link in about 2 s (see
+    /// [`crate::uplink::pace`]); on a link too slow to carry even a 5 KiB
+    /// batch within it, raise it. 10ms to 1h. Default: `"10s"`.
     #[serde(with = "humantime_serde", default = "defaults::puback_timeout")]
     pub puback_timeout: Duration,
     /// The first reconnect delay; each failure doubles it up to
@@ -146,6 +151,15 @@ pub struct UplinkConfig {
     /// Default: `"1s"`.
     #[serde(with = "humantime_serde", default = "defaults::probe_interval")]
     pub probe_interval: Duration,
+    /// Records older than this (by their timestamp) when their turn to be
+    /// sent comes are not sent: they stay in the store (queries, routes and
+    /// other uplinks still have them), are counted
+    /// (`ferry_uplink_records_expired_total`), and the cursor moves past
+    /// them. After a long outage the cloud gets what is still worth having
+    /// and the link is not spent on the rest. 1s to 10 years. Default: none
+    /// (everything is sent).
+    #[serde(with = "humantime_serde", default)]
+    pub max_send_age: Option<Duration>,
     /// The names of the sources whose records this uplink forwards; each must
     /// be a configured source. Default: `[]` (all sources).
     #[serde(default)]
@@ -182,6 +196,7 @@ impl UplinkConfig {
             reconnect_min: defaults::reconnect_min(),
             reconnect_max: defaults::reconnect_max(),
             probe_interval: defaults::probe_interval(),
+            max_send_age: None,
             sources: Vec::new(),
             route: None,
         }

@@ -60,6 +60,7 @@ impl Settings {
             reconnect_min: u.reconnect_min,
             reconnect_max: u.reconnect_max,
             probe_interval: u.probe_interval,
+            max_send_age: u.max_send_age,
             drain_timeout: DRAIN_TIMEOUT,
             sources: u.sources.clone(),
             window_records: WINDOW_RECORDS,
