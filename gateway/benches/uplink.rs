@@ -104,6 +104,7 @@ fn settings(pki: &Pki, name: &str, addr: SocketAddr, encoding: Encoding, iot: bo
             Encoding::Columnar => usize::MAX,
         },
         stream: ferry_gateway::store::Stream::Raw,
+        control: None,
     }
 }
 

@@ -218,6 +218,8 @@ fn run_daemon(config: Config, path: Option<PathBuf>) -> ExitCode {
     limit_malloc_arenas();
     crate::contain::install_hook();
     let log = init_tracing(config.gateway.log_level);
+    // With [fleet], the fleet's config over the local file (logged).
+    let config = crate::fleet::at_start(config, path.as_deref());
     let reload = crate::daemon::reload::ReloadContext { path, log };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{encoder, Encoding, Topic};
+use super::control::{ControlLink, Inbound, Track};
 use super::flight::Flight;
 use super::limiter::Limits;
 use super::probe::Probes;
@@ -88,6 +89,9 @@ pub struct Settings {
     pub window_records: usize,
     /// The stream sent: the stored records, or a route's output.
     pub stream: Stream,
+    /// What else this connection carries (the device shadow): see
+    /// [`super::control`]. `None` for an uplink that only publishes.
+    pub control: Option<ControlLink>,
 }
 
 /// Why a connection ended.
@@ -159,7 +163,11 @@ pub async fn run(
             .connect_attempts
             .get_or_create(&uplink.label)
             .inc();
-        match uplink.session(&cancel).await {
+        let ended = uplink.session(&cancel).await;
+        if let Some(c) = &uplink.s.control {
+            c.tell(Inbound::Disconnected);
+        }
+        match ended {
             Ok(()) => break,
             Err(e) => {
                 uplink
@@ -195,6 +203,8 @@ struct Uplink {
     partial_since: Option<Instant>,
     was_connected: bool,
     read_buf: Vec<StoredRecord>,
+    /// Which packet ids are control publishes.
+    track: Track,
 }
 
 impl Uplink {
@@ -215,6 +225,7 @@ impl Uplink {
             partial_since: None,
             was_connected: false,
             read_buf: Vec::new(),
+            track: Track::default(),
             s,
             store,
             cursors,
@@ -242,6 +253,7 @@ impl Uplink {
     async fn session(&mut self, cancel: &CancellationToken) -> Result<(), LinkError> {
         self.was_connected = false;
         self.flight.reset();
+        self.track.reset();
         self.queue.clear();
         self.partial_since = None;
         let (client, mut eventloop) =
@@ -262,6 +274,9 @@ impl Uplink {
         info!(uplink = %self.s.name, endpoint = %format!("{}:{}", self.s.host, self.s.port),
               client_id = %self.s.client_id, acked = self.flight.acked(), "uplink connected");
 
+        if let Some(c) = &self.s.control {
+            super::control::subscribe(&client, c)?;
+        }
         // The event loop runs in its own task, so that nothing here cancels a
         // half-written packet; its events come through a channel.
         let (etx, mut erx) = mpsc::channel(256);
@@ -299,9 +314,13 @@ impl Uplink {
         );
         let mut draining: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let control = self.s.control.clone();
         loop {
             let now = Instant::now();
             let mut wake: Option<Instant> = None;
+            if let Some(c) = &control {
+                super::control::send_queued(client, c, &mut self.track, &mut limits, now);
+            }
             if draining.is_none() {
                 wake = self.publish_ready(client, &mut limits, now).await?;
             }
@@ -340,6 +359,7 @@ impl Uplink {
                     self.queue.clear();
                 }
                 _ = tick.tick() => self.update_gauges(),
+                _ = control_queued(control.as_ref()) => {}
                 _ = sleep_until_opt(wake) => {}
             }
         }
@@ -347,7 +367,29 @@ impl Uplink {
 
     async fn on_event(&mut self, ev: Event) -> Result<(), LinkError> {
         match ev {
-            Event::Outgoing(Outgoing::Publish(pkid)) => self.flight.assigned(pkid),
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if !self.track.assigned(pkid) {
+                    self.flight.assigned(pkid);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) if self.track.acked(ack.pkid) => {
+                if let Some(c) = &self.s.control {
+                    c.tell(Inbound::Acked);
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                if let Some(c) = &self.s.control {
+                    c.tell(Inbound::Publish {
+                        topic: p.topic,
+                        payload: p.payload.to_vec(),
+                    });
+                }
+            }
+            Event::Incoming(Packet::SubAck(_)) => {
+                if let Some(c) = &self.s.control {
+                    c.tell(Inbound::Subscribed);
+                }
+            }
             Event::Incoming(Packet::PubAck(ack)) => {
                 let (acked, moved) = self.flight.ack(ack.pkid, Instant::now());
                 if let Some(a) = acked {
@@ -420,6 +462,7 @@ impl Uplink {
                 .get_or_create(&self.label)
                 .inc_by(b.records as u64);
             client.try_publish(b.topic, QoS::AtLeastOnce, false, b.payload)?;
+            self.track.sent(false);
             self.flight.published(b.window_end, b.records, now);
         }
         Ok(None)
@@ -573,6 +616,14 @@ impl Uplink {
             .oldest_unsent_age
             .get_or_create(&self.label)
             .set(age);
+    }
+}
+
+/// Resolves when `control` has a publish queued; never without a link.
+async fn control_queued(control: Option<&ControlLink>) {
+    match control {
+        Some(c) => c.queued().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,420 @@
+//! Configuration from the fleet through the device shadow, end to end: the
+//! real `ferry` binary, the TLS mosquitto standing in for IoT Core (reached
+//! through a proxy that can cut the link), and the Device Shadow stand-in
+//! (moto's shadow rules on the reserved topics). The fleet's side sets
+//! `state.desired.config` as UpdateThingShadow would, and reads
+//! `state.reported` as GetThingShadow would.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use ferry_testkit::{
+    free_port, mosquitto_pub, wait_until_blocking, CloudSubscriber, Mosquitto, Pki, Proxy,
+    ShadowService,
+};
+use serde_json::{json, Value};
+
+const THING: &str = "pi-line-7";
+const SHADOW: &str = "ferry";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The cloud (TLS mosquitto, shadow service, a subscriber on `dt/#`), a
+/// proxy in front of it, and a gateway directory.
+struct Fleet {
+    rt: tokio::runtime::Runtime,
+    pki: Pki,
+    _mosquitto: Mosquitto,
+    shadow: ShadowService,
+    proxy: Proxy,
+    sub: CloudSubscriber,
+    dir: tempfile::TempDir,
+    broker: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let pki = Pki::generate(THING).unwrap();
+        let mosquitto = Mosquitto::tls(&pki).unwrap();
+        let shadow = ShadowService::start(&pki, mosquitto.tls_addr()).unwrap();
+        let proxy = rt.block_on(Proxy::start(mosquitto.tls_addr())).unwrap();
+        let sub = rt
+            .block_on(CloudSubscriber::connect(&pki, mosquitto.tls_addr(), "dt/#"))
+            .unwrap();
+        Fleet {
+            rt,
+            pki,
+            _mosquitto: mosquitto,
+            shadow,
+            proxy,
+            sub,
+            dir: tempfile::tempdir().unwrap(),
+            broker: loopback(free_port().unwrap()),
+            metrics: loopback(free_port().unwrap()),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The operator's file: identity, data directory, certificates, [fleet].
+    fn local_config(&self) -> String {
+        format!(
+            r#"
+[gateway]
+id = "{THING}"
+data_dir = "{data}"
+
+[sources.local]
+type = "mqtt_broker"
+listen = "{broker}"
+topics = ["sensors/{{device}}/telemetry"]
+
+[uplinks.cloud]
+endpoint = "{cloud}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+topic = "dt/ferry/{{gateway}}/telemetry"
+max_batch_age = "50ms"
+reconnect_min = "100ms"
+reconnect_max = "500ms"
+probe_interval = "0s"
+
+[metrics]
+listen = "{metrics}"
+
+[fleet]
+uplink = "cloud"
+probation = "3s"
+report_interval = "1s"
+"#,
+            data = self.data().display(),
+            broker = self.broker,
+            cloud = self.proxy.addr(),
+            ca = self.pki.ca.display(),
+            cert = self.pki.client.cert.display(),
+            key = self.pki.client.key.display(),
+            metrics = self.metrics,
+        )
+    }
+
+    /// A config the fleet sends: the local one without the local keys, the
+    /// uplink's `topic` and `endpoint` as given.
+    fn fleet_config(&self, topic: &str, endpoint: std::net::SocketAddr) -> String {
+        format!(
+            r#"
+[gateway]
+log_level = "info"
+
+[sources.local]
+type = "mqtt_broker"
+listen = "{broker}"
+topics = ["sensors/{{device}}/telemetry"]
+
+[uplinks.cloud]
+endpoint = "{endpoint}"
+topic = "{topic}"
+max_batch_age = "50ms"
+reconnect_min = "100ms"
+reconnect_max = "500ms"
+probe_interval = "0s"
+
+[metrics]
+listen = "{metrics}"
+"#,
+            broker = self.broker,
+            metrics = self.metrics,
+        )
+    }
+
+    fn start_ferry(&self) -> Ferry {
+        Ferry::start(self.dir.path(), &self.local_config())
+    }
+
+    fn set_desired(&self, config: &str) -> u64 {
+        self.shadow
+            .set_desired(THING, SHADOW, json!({ "config": config }))
+            .unwrap()
+    }
+
+    fn reported(&self) -> Value {
+        self.shadow
+            .get(THING, SHADOW)
+            .unwrap()
+            .and_then(|d| d.pointer("/state/reported").cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until `state.reported.applied` is `state` for `config`.
+    fn wait_reported(&self, state: &str, config: &str) -> Value {
+        let sha = sha256(config);
+        let mut last = Value::Null;
+        let waited = wait_until_blocking(WAIT, &format!("reported {state}"), || {
+            last = self.reported();
+            last.pointer("/applied/state") == Some(&json!(state))
+                && last.pointer("/applied/sha256") == Some(&json!(sha))
+        });
+        if let Err(e) = waited {
+            panic!("{e}; last reported: {last:#}");
+        }
+        last
+    }
+
+    /// Publishes reading `i` to the embedded broker and waits until the
+    /// cloud got it on `topic`.
+    fn deliver(&self, i: u64, topic: &str) {
+        mosquitto_pub(
+            self.broker,
+            None,
+            &format!("sensors/{}/telemetry", i % 10),
+            &seed_payload(i),
+        )
+        .unwrap();
+        wait_until_blocking(WAIT, &format!("reading {i} on {topic}"), || {
+            self.sub
+                .messages()
+                .iter()
+                .any(|m| m.topic == topic && sequences(m).is_ok_and(|s| s.contains(&i)))
+        })
+        .unwrap();
+    }
+
+    fn metric(&self, sample: &str) -> f64 {
+        metric_sample(self.metrics, sample).unwrap_or(0.0)
+    }
+
+    fn fleet_file(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.data().join("fleet").join(name)).ok()
+    }
+}
+
+fn sha256(text: &str) -> String {
+    ferry_gateway::fleet::state::sha256_hex(text.as_bytes())
+}
+
+fn applies(result: &str) -> String {
+    format!("ferry_fleet_applies_total{{result=\"{result}\"}}")
+}
+
+fn wait_log(ferry: &Ferry, needle: &str) {
+    ferry.wait_log(needle, WAIT);
+}
+
+#[test]
+fn a_valid_config_is_applied_and_reported_within_seconds() {
+    let f = Fleet::start();
+    let ferry = f.start_ferry();
+    // The first report: Ferry's build and status, nothing applied yet.
+    wait_until_blocking(WAIT, "the first report", || {
+        f.reported().pointer("/ferry/arch") == Some(&json!(std::env::consts::ARCH))
+    })
+    .unwrap();
+    f.deliver(1, "dt/ferry/pi-line-7/telemetry");
+
+    let config = f.fleet_config("dt/fleet/{gateway}/v2", f.proxy.addr());
+    let asked = std::time::Instant::now();
+    let version = f.set_desired(&config);
+    let reported = f.wait_reported("applied", &config);
+    let took = asked.elapsed();
+    // Probation 3 s, then the report (report_interval 1 s).
+    assert!(
+        took < Duration::from_secs(10),
+        "applied and reported after {took:?}"
+    );
+    assert_eq!(reported["applied"]["version"].as_u64(), Some(version));
+    assert_eq!(reported["applied"]["errors"], json!([]));
+    assert_eq!(
+        reported["ferry"]["version"],
+        json!(env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        reported["status"]["uplinks"]["cloud"]["connected"],
+        json!(true)
+    );
+    assert!(
+        reported["status"]["records"].as_u64() >= Some(1),
+        "{reported}"
+    );
+    // The new topic is in effect, and the config is kept beside the store.
+    f.deliver(2, "dt/fleet/pi-line-7/v2");
+    assert_eq!(
+        f.fleet_file("config.toml").as_deref(),
+        Some(config.as_str())
+    );
+    assert_eq!(f.fleet_file("good.toml").as_deref(), Some(config.as_str()));
+    assert_eq!(f.metric(&applies("applied")), 1.0);
+    assert_eq!(f.metric(&applies("rejected")), 0.0);
+    drop(ferry);
+
+    // A restart runs the fleet's config, not just the local file.
+    let ferry = f.start_ferry();
+    wait_log(
+        &ferry,
+        "running the config from the fleet over the local file",
+    );
+    f.deliver(3, "dt/fleet/pi-line-7/v2");
+}
+
+#[test]
+fn an_invalid_config_is_refused_with_every_key_path_and_nothing_changes() {
+    let f = Fleet::start();
+    let _ferry = f.start_ferry();
+    f.deliver(1, "dt/ferry/pi-line-7/telemetry");
+    let bad = f.fleet_config("dt/ferry/+/bad", f.proxy.addr()).replace(
+        "max_batch_age = \"50ms\"",
+        "max_batch_age = \"50ms\"\nmax_inflight = 1000",
+    );
+    f.set_desired(&bad);
+    let reported = f.wait_reported("rejected", &bad);
+    let mut errors: Vec<&str> = reported["applied"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    errors.sort();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with("uplinks.cloud.max_inflight: "),
+        "{errors:?}"
+    );
+    assert!(errors[1].starts_with("uplinks.cloud.topic: "), "{errors:?}");
+    // Keys that stay local are refused by name too.
+    let local = format!(
+        "[gateway]\ndata_dir = \"/tmp\"\n{}",
+        f.fleet_config("t", f.proxy.addr())
+            .replace("[gateway]\n", "")
+    );
+    f.set_desired(&local);
+    let reported = f.wait_reported("rejected", &local);
+    assert_eq!(
+        reported["applied"]["errors"],
+        json!(["gateway.data_dir: is set in the local config only (/etc/ferry/ferry.toml), never by the fleet"])
+    );
+    // Nothing changed: no fleet config, readings still on the old topic.
+    assert_eq!(f.fleet_file("config.toml"), None);
+    f.deliver(2, "dt/ferry/pi-line-7/telemetry");
+    assert_eq!(f.metric(&applies("rejected")), 2.0);
+    assert_eq!(f.metric(&applies("applied")), 0.0);
+}
+
+#[test]
+fn a_config_that_cuts_the_uplink_off_is_rolled_back_and_reported_after_reconnect() {
+    let f = Fleet::start();
+    let ferry = f.start_ferry();
+    f.deliver(1, "dt/ferry/pi-line-7/telemetry");
+    // Nothing listens there: the uplink cannot connect with this config.
+    let nowhere = loopback(free_port().unwrap());
+    let breaking = f.fleet_config("dt/ferry/{gateway}/telemetry", nowhere);
+    let asked = std::time::Instant::now();
+    f.set_desired(&breaking);
+    wait_log(&ferry, "fleet: config applied; in probation");
+    let reported = f.wait_reported("rolled_back", &breaking);
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "rolled back and reported after {took:?}"
+    );
+    assert_eq!(
+        reported["applied"]["errors"],
+        json!([
+            "uplinks.cloud: not connected within the probation of 3s; the last good config runs"
+        ])
+    );
+    assert_eq!(
+        f.fleet_file("config.toml"),
+        None,
+        "back to the local file alone"
+    );
+    assert_eq!(f.metric(&applies("rolled_back")), 1.0);
+    f.deliver(2, "dt/ferry/pi-line-7/telemetry");
+    // The same config again (a later version) is not tried again.
+    f.set_desired(&breaking.replace("log_level = \"info\"", "log_level = \"info\"\n"));
+    f.deliver(3, "dt/ferry/pi-line-7/telemetry");
+}
+
+#[test]
+fn a_change_made_while_offline_is_applied_on_reconnect() {
+    let f = Fleet::start();
+    let ferry = f.start_ferry();
+    f.deliver(1, "dt/ferry/pi-line-7/telemetry");
+    f.rt.block_on(f.proxy.cut());
+    wait_log(&ferry, "uplink connection failed");
+    let config = f.fleet_config("dt/fleet/{gateway}/offline", f.proxy.addr());
+    f.set_desired(&config);
+    assert_eq!(f.fleet_file("config.toml"), None);
+    f.proxy.restore();
+    f.wait_reported("applied", &config);
+    f.deliver(2, "dt/fleet/pi-line-7/offline");
+}
+
+#[test]
+fn a_kill_during_apply_leaves_the_old_config_or_the_new_one() {
+    let f = Fleet::start();
+    let mut configs = vec![];
+    let mut good_topic = "dt/ferry/pi-line-7/telemetry".to_owned();
+    for round in 0..4u64 {
+        let mut ferry = f.start_ferry();
+        let config = f.fleet_config(&format!("dt/fleet/{{gateway}}/r{round}"), f.proxy.addr());
+        configs.push(config.clone());
+        f.set_desired(&config);
+        // At a different moment of the apply each round: at once, as it
+        // starts, once it is applied, in the middle of the probation.
+        match round {
+            0 => {}
+            1 => wait_log(&ferry, "fleet: applying a config from the shadow"),
+            _ => wait_log(&ferry, "fleet: config applied; in probation"),
+        }
+        if round == 3 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        ferry.kill9();
+        // On disk: a whole config the fleet sent, or none; a whole status.
+        if let Some(c) = f.fleet_file("config.toml") {
+            assert!(configs.contains(&c), "a config that was never sent: {c}");
+        }
+        if let Some(s) = f.fleet_file("status.json") {
+            serde_json::from_str::<Value>(&s).expect("status.json is whole");
+        }
+        // After the restart the gateway settles: the config applied (it was
+        // not yet, or passed its probation), or rolled back (the kill came
+        // in its probation) and not tried again.
+        let ferry = f.start_ferry();
+        let sha = sha256(&config);
+        let mut state = Value::Null;
+        let mut errors = Value::Null;
+        wait_until_blocking(WAIT, "the config applied or rolled back", || {
+            let r = f.reported();
+            state = r.pointer("/applied/state").cloned().unwrap_or(Value::Null);
+            errors = r.pointer("/applied/errors").cloned().unwrap_or(Value::Null);
+            r.pointer("/applied/sha256") == Some(&json!(sha))
+                && (state == json!("applied") || state == json!("rolled_back"))
+        })
+        .unwrap();
+        if state == json!("applied") {
+            good_topic = format!("dt/fleet/pi-line-7/r{round}");
+            assert_eq!(
+                f.fleet_file("config.toml").as_deref(),
+                Some(config.as_str())
+            );
+        } else {
+            // Only a kill after the apply began rolls back, and says so.
+            assert_eq!(
+                errors,
+                json!(["the gateway stopped during the probation (crash, kill or power loss); the last good config runs"])
+            );
+        }
+        f.deliver(100 + round, &good_topic);
+        drop(ferry);
+    }
+}
