@@ -337,6 +337,25 @@ fn a_config_that_cuts_the_uplink_off_is_rolled_back_and_reported_after_reconnect
         "back to the local file alone"
     );
     assert_eq!(f.metric(&applies("rolled_back")), 1.0);
+    // Locally: what was asked, what runs, and why they differ.
+    let out = std::process::Command::new(ferry_bin())
+        .args(["fleet", "status", "--config"])
+        .arg(&ferry.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text,
+        format!(
+            "fleet: thing pi-line-7, shadow ferry, over uplink cloud\n\
+             asked: shadow version {version}, sha256 {sha}: rolled_back\n  \
+             uplinks.cloud: not connected within the probation of 3s; the last good config runs\n\
+             runs: the local file alone\n",
+            version = reported["applied"]["version"],
+            sha = sha256(&breaking),
+        )
+    );
     f.deliver(2, "dt/ferry/pi-line-7/telemetry");
     // The same config again (a later version) is not tried again.
     f.set_desired(&breaking.replace("log_level = \"info\"", "log_level = \"info\"\n"));

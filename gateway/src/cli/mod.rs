@@ -85,6 +85,22 @@ pub enum Command {
         #[command(subcommand)]
         command: ModbusCommand,
     },
+    /// Fleet management through the device shadow.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// What the fleet asked last, what runs, and why they differ (read from
+    /// the state directory; the daemon need not run).
+    Status {
+        /// The local config file (with its [fleet] table).
+        #[arg(long, short, value_name = "PATH")]
+        config: PathBuf,
+    },
 }
 
 /// Parses the command line and runs it; what `main` calls.
@@ -124,6 +140,15 @@ pub fn run_command(command: Command) -> ExitCode {
         Command::Modbus {
             command: ModbusCommand::Probe(args),
         } => modbus_probe(args),
+        Command::Fleet {
+            command: FleetCommand::Status { config },
+        } => match load(Some(&config)) {
+            Ok(config) => {
+                print!("{}", crate::fleet::status_text(&config));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
         Command::Fsck { config, repair } => match load(config.as_deref()) {
             Ok(config) => fsck(&config, repair),
             Err(code) => code,

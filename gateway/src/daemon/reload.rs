@@ -12,7 +12,11 @@
 //! | `[[pipeline]]` and `[devices.NAME]` | applied together, as one: every submission after the reload goes through the new steps with the new registry, none through a mix |
 //! | an existing `[routes.NAME]`: `sources`, `devices`, `fields`, `batch_records`, the `deadband` (added, removed or changed: its state is the last reported values, valid under any threshold), the window's `aggregates` and `grace` | applied from the route's next batch; its state is kept |
 //! | a route's `window` added or removed, or its `size` changed | not applied (the route's other changes are): the open windows in the stored state are intervals of the old size, and the route's stream would change meaning under its uplink; logged as needing a restart |
-//! | an uplink or a route added or removed, an uplink's `route`, `gateway.id`, `gateway.data_dir`, `[store]`, `[sources]`, `[metrics]`, `[api]` | not applied: logged as needing a restart, the running value is kept |
+//! | an uplink or a route added or removed, an uplink's `route`, `gateway.id`, `gateway.data_dir`, `[store]`, `[sources]`, `[metrics]`, `[api]`, `[fleet]` | not applied: logged as needing a restart, the running value is kept |
+//!
+//! With `[fleet]`, the config read is the local file with the fleet's config
+//! from the state directory over it ([`crate::fleet::load_effective`]), and a
+//! config from the fleet is applied through [`apply_config`] like a reload.
 //!
 //! Why the others need a restart: the embedded broker cannot release its
 //! port while the process lives; the store and its retention are opened with

@@ -100,6 +100,7 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
     let mut last_report: Option<Instant> = None;
     let mut tokens = Tokens::new(a.config.max_messages_per_second);
     let mut requests_sent = 0u64;
+    let mut dropped = (0, 0);
     info!(thing = %a.thing, shadow = %a.config.shadow, uplink = %a.config.uplink, "fleet agent running");
     loop {
         let report_at = if report_due && connected {
@@ -122,13 +123,20 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
                             payload: json!({"clientToken": token}).to_string().into_bytes(),
                         });
                     }
-                    Inbound::Disconnected => connected = false,
+                    Inbound::Disconnected => {
+                        connected = false;
+                        // Acknowledgements of an earlier session do not count.
+                        if let Some(p) = &mut probation {
+                            p.acked = false;
+                        }
+                    }
                     Inbound::Acked => {
                         if let Some(p) = &mut probation {
                             p.acked = true;
                         }
                     }
                     Inbound::Publish { topic, payload } => {
+                        dropped = count_dropped(&a, dropped);
                         if !tokens.take(Instant::now()) {
                             a.metrics.message("rate_limited");
                             continue;
@@ -178,6 +186,7 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
                 report_due = true;
             }
             _ = sleep_until_opt(report_at) => {
+                dropped = count_dropped(&a, dropped);
                 let report = reported(&a, machine.status());
                 let token = format!("ferry-report-{requests_sent}");
                 requests_sent += 1;
@@ -234,6 +243,21 @@ async fn handle(
             true
         }
     }
+}
+
+/// Counts what the connection dropped since `before` (too large, or a
+/// flood); returns the new totals.
+fn count_dropped(a: &Agent, before: (u64, u64)) -> (u64, u64) {
+    let now = a.link.dropped();
+    for (result, n) in [("too_large", now.0 - before.0), ("flood", now.1 - before.1)] {
+        if n > 0 {
+            a.metrics
+                .messages
+                .get_or_create(&crate::metrics::ResultLabel { result })
+                .inc_by(n);
+        }
+    }
+    now
 }
 
 fn pending_status(d: &Desired) -> Status {

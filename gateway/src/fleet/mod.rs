@@ -176,6 +176,52 @@ pub fn recover(local: &Config) -> Option<Status> {
     }
 }
 
+/// `ferry fleet status`: what the fleet asked last, what runs, and why
+/// they differ, from the state directory of `local`.
+pub fn status_text(local: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let Some(f) = &local.fleet else {
+        return "fleet: not managed from a fleet (no [fleet] table in the config)\n".to_owned();
+    };
+    let dir = StateDir::new(&local.gateway.data_dir);
+    let _ = writeln!(
+        out,
+        "fleet: thing {}, shadow {}, over uplink {}",
+        f.thing(&local.uplinks, &local.gateway.id),
+        f.shadow,
+        f.uplink
+    );
+    match dir.status() {
+        None => {
+            let _ = writeln!(out, "asked: nothing yet");
+        }
+        Some(s) => {
+            let _ = writeln!(
+                out,
+                "asked: shadow version {}, sha256 {}: {}",
+                s.version,
+                s.sha256,
+                s.state.as_str()
+            );
+            for e in &s.errors {
+                let _ = writeln!(out, "  {e}");
+            }
+        }
+    }
+    let runs = match dir.config() {
+        Ok(Some(c)) => format!(
+            "the local file with the fleet's config over it (sha256 {}, {})",
+            state::sha256_hex(c.as_bytes()),
+            dir.path().join("config.toml").display()
+        ),
+        Ok(None) => "the local file alone".to_owned(),
+        Err(e) => format!("the local file alone ({}: {e})", dir.path().display()),
+    };
+    let _ = writeln!(out, "runs: {runs}");
+    out
+}
+
 /// Serves one of the agent's requests on the daemon's side.
 pub async fn serve(
     request: Request,

@@ -18,10 +18,12 @@ metric_set! {
                 "Configs from the fleet by result: applied, rejected (nothing changed), rolled_back";
             /// Shadow messages by what became of them: `taken`, `ignored`
             /// (a duplicate or out-of-order version, or a config already
-            /// refused), `invalid` (not a shadow document), `rate_limited`.
+            /// refused), `invalid` (not a shadow document), `rate_limited`
+            /// (over `fleet.max_messages_per_second`), `too_large` (over
+            /// 64 KiB), `flood` (the agent's queue was full).
             messages: Family<ResultLabel, Counter>
                 => "messages",
-                "Shadow messages received by result: taken, ignored, invalid, rate_limited";
+                "Shadow messages received by result: taken, ignored, invalid, rate_limited, too_large, flood";
             reports: Counter
                 => "reports", "Reports published to the shadow (state.reported)";
             /// 1 while a config from the fleet is in its probation.

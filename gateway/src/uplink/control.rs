@@ -27,6 +27,9 @@ use tokio::sync::{mpsc, Notify};
 /// The most control publishes queued; a newer one replaces the oldest.
 pub const MAX_QUEUED: usize = 16;
 
+/// Places of the inbound channel that publishes never take.
+const RESERVED: usize = 4;
+
 /// What the connection tells the link's owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
@@ -66,13 +69,13 @@ struct Inner {
 impl ControlLink {
     /// A link subscribing to `filters`, taking publishes of at most
     /// `max_inbound_bytes`; the receiver gets what arrives, up to
-    /// `capacity` queued.
+    /// `capacity` publishes queued.
     pub fn new(
         filters: Vec<String>,
         max_inbound_bytes: usize,
         capacity: usize,
     ) -> (ControlLink, mpsc::Receiver<Inbound>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let (tx, rx) = mpsc::channel(capacity + RESERVED);
         let link = ControlLink {
             inner: Arc::new(Inner {
                 filters,
@@ -140,6 +143,13 @@ impl ControlLink {
         if let Inbound::Publish { payload, .. } = &event {
             if payload.len() > self.inner.max_inbound_bytes {
                 self.inner.dropped_large.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            // The last places are kept for what the connection itself says
+            // (subscribed, acknowledged, disconnected): a flood of publishes
+            // never hides those.
+            if self.inner.inbound.capacity() <= RESERVED {
+                self.inner.dropped_full.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
@@ -260,7 +270,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_and_overflowing_publishes_are_dropped_and_counted() {
+    async fn oversized_and_flooding_publishes_are_dropped_and_counted() {
         let (link, mut rx) = ControlLink::new(vec!["t".into()], 4, 1);
         let publish = |n: usize| Inbound::Publish {
             topic: "t".into(),
@@ -270,7 +280,10 @@ mod tests {
         link.tell(publish(4));
         link.tell(publish(1));
         assert_eq!(link.dropped(), (1, 1));
+        // What the connection says still gets through.
+        link.tell(Inbound::Subscribed);
         assert_eq!(rx.recv().await, Some(publish(4)));
+        assert_eq!(rx.recv().await, Some(Inbound::Subscribed));
     }
 
     #[test]

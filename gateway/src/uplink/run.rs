@@ -367,10 +367,8 @@ impl Uplink {
 
     async fn on_event(&mut self, ev: Event) -> Result<(), LinkError> {
         match ev {
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if !self.track.assigned(pkid) {
-                    self.flight.assigned(pkid);
-                }
+            Event::Outgoing(Outgoing::Publish(pkid)) if !self.track.assigned(pkid) => {
+                self.flight.assigned(pkid);
             }
             Event::Incoming(Packet::PubAck(ack)) if self.track.acked(ack.pkid) => {
                 if let Some(c) = &self.s.control {
