@@ -437,3 +437,88 @@ fn a_kill_during_apply_leaves_the_old_config_or_the_new_one() {
         drop(ferry);
     }
 }
+
+/// Many gateways, each its own thing, against one shadow service: the fleet
+/// sets one config on every shadow and every gateway applies it and reports
+/// it. `FERRY_FLEET_GATEWAYS` sets how many (default 50).
+#[test]
+fn fifty_gateways_converge_on_one_shadow_service() {
+    let n: usize = std::env::var("FERRY_FLEET_GATEWAYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let pki = Pki::generate("fleet").unwrap();
+    let mosquitto = Mosquitto::tls(&pki).unwrap();
+    let shadow = ShadowService::start(&pki, mosquitto.tls_addr()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |i: usize, broker: std::net::SocketAddr, topic: &str| {
+        format!(
+            r#"
+[sources.local]
+type = "mqtt_broker"
+listen = "{broker}"
+
+[uplinks.cloud]
+endpoint = "{cloud}"
+topic = "{topic}"
+reconnect_min = "200ms"
+reconnect_max = "2s"
+probe_interval = "0s"
+{local}"#,
+            cloud = mosquitto.tls_addr(),
+            local = if i == usize::MAX {
+                String::new()
+            } else {
+                format!(
+                    "ca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+                     [gateway]\nid = \"pi-{i}\"\ndata_dir = \"{data}\"\n\n\
+                     [fleet]\nuplink = \"cloud\"\nprobation = \"2s\"\nreport_interval = \"1s\"\n",
+                    ca = pki.ca.display(),
+                    cert = pki.client.cert.display(),
+                    key = pki.client.key.display(),
+                    data = dir.path().join(format!("data-{i}")).display(),
+                )
+            }
+        )
+    };
+    let mut gateways = Vec::new();
+    for i in 0..n {
+        let broker = loopback(free_port().unwrap());
+        let gdir = dir.path().join(format!("g{i}"));
+        std::fs::create_dir_all(&gdir).unwrap();
+        let local = config(i, broker, "dt/ferry/{gateway}/telemetry");
+        gateways.push((Ferry::start(&gdir, &local), broker));
+    }
+    // The fleet: one config for all (each keeps its own broker port).
+    let mut shas = Vec::new();
+    for (i, (_, broker)) in gateways.iter().enumerate() {
+        let c = config(usize::MAX, *broker, "dt/fleet/{gateway}/v2");
+        shas.push(sha256(&c));
+        shadow
+            .set_desired(&format!("pi-{i}"), SHADOW, json!({ "config": c }))
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let mut pending: Vec<usize> = (0..n).collect();
+    wait_until_blocking(
+        Duration::from_secs(120),
+        "every gateway to report applied",
+        || {
+            pending.retain(|&i| {
+                let doc = shadow.get(&format!("pi-{i}"), SHADOW).unwrap();
+                let applied = doc
+                    .as_ref()
+                    .and_then(|d| d.pointer("/state/reported/applied"));
+                !(applied.and_then(|a| a.get("state")) == Some(&json!("applied"))
+                    && applied.and_then(|a| a.get("sha256")) == Some(&json!(shas[i])))
+            });
+            pending.is_empty()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {} not applied: {pending:?}", pending.len()));
+    eprintln!(
+        "{n} gateways applied and reported in {:?}",
+        started.elapsed()
+    );
+    drop(gateways);
+}
