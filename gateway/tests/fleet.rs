@@ -363,6 +363,39 @@ fn a_config_that_cuts_the_uplink_off_is_rolled_back_and_reported_after_reconnect
 }
 
 #[test]
+fn a_config_that_cannot_change_in_place_is_applied_by_a_restart() {
+    let f = Fleet::start();
+    let mut ferry = f.start_ferry();
+    f.deliver(1, "dt/ferry/pi-line-7/telemetry");
+    // A second source: an embedded broker binds its port only at start.
+    let second = loopback(free_port().unwrap());
+    let config = format!(
+        "{}\n[sources.second]\ntype = \"mqtt_broker\"\nlisten = \"{second}\"\nmax_connections = 100\n\
+         topics = [\"sensors/{{device}}/telemetry\"]\n",
+        f.fleet_config("dt/fleet/{gateway}/restarted", f.proxy.addr())
+    );
+    f.set_desired(&config);
+    // Ferry stops by itself, asking to be started again (systemd does it:
+    // Restart=on-failure; here the test does).
+    let status = ferry.wait_exit(WAIT).expect("ferry restarts itself");
+    assert_eq!(status.code(), Some(75), "{}", ferry.log().join("\n"));
+    let ferry = f.start_ferry();
+    wait_log(
+        &ferry,
+        "fleet: restarted to apply the config whole; in probation again",
+    );
+    let reported = f.wait_reported("applied", &config);
+    assert_eq!(reported["applied"]["errors"], json!([]));
+    mosquitto_pub(second, None, "sensors/3/telemetry", &seed_payload(3)).unwrap();
+    wait_until_blocking(WAIT, "reading 3 through the second source", || {
+        f.sub.messages().iter().any(|m| {
+            m.topic == "dt/fleet/pi-line-7/restarted" && sequences(m).is_ok_and(|s| s.contains(&3))
+        })
+    })
+    .unwrap();
+}
+
+#[test]
 fn a_change_made_while_offline_is_applied_on_reconnect() {
     let f = Fleet::start();
     let ferry = f.start_ferry();

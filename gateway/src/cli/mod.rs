@@ -257,6 +257,10 @@ fn run_daemon(config: Config, path: Option<PathBuf>) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<crate::fleet::RestartRequested>() => {
+            eprintln!("ferry: {e}; exit {}", crate::fleet::EXIT_RESTART);
+            ExitCode::from(crate::fleet::EXIT_RESTART)
+        }
         Err(e) => {
             eprintln!("ferry: error: {e:#}");
             ExitCode::from(if store_unwritable(&e) {

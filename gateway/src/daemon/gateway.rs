@@ -128,9 +128,12 @@ impl Gateway {
             &store,
             &families,
             uplink_names.clone(),
-            &tracker,
-            &fleet_cancel,
-        );
+            ingest.heartbeat.clone(),
+        )
+        .map(|(fleet, requests, agent)| {
+            crate::fleet::spawn(agent, &tracker, fleet_cancel.child_token());
+            (fleet, requests)
+        });
         for (settings, digest) in uplinks {
             running_uplinks.start(settings, digest);
         }
@@ -219,8 +222,10 @@ impl Gateway {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(request) = next_request(&mut fleet_requests) => {
-                    if let Some(f) = &fleet {
-                        crate::fleet::serve(request, f, &self.reload, &mut self.config, &mut self.live).await;
+                    let Some(f) = &fleet else { continue };
+                    if crate::fleet::serve(request, f, &self.reload, &mut self.config, &mut self.live).await {
+                        self.failure = Some(crate::fleet::RestartRequested.into());
+                        break;
                     }
                 }
                 Some(()) = reloads.recv() => {
@@ -305,17 +310,20 @@ impl Gateway {
 }
 
 /// With `[fleet]`: the fleet uplink's control link (its connection
-/// subscribes to the shadow's topics) and the agent, started. Returns what
-/// the run loop needs to serve the agent.
+/// subscribes to the shadow's topics) and the agent to start. Returns what
+/// the run loop needs to serve the agent, and the agent.
 fn start_fleet(
     config: &Config,
     uplinks: &mut Uplinks,
     store: &Store,
     families: &Families,
     uplink_names: watch::Receiver<Vec<Arc<str>>>,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> Option<(crate::fleet::Fleet, mpsc::Receiver<crate::fleet::Request>)> {
+    ingest_heartbeat: watch::Receiver<tokio::time::Instant>,
+) -> Option<(
+    crate::fleet::Fleet,
+    mpsc::Receiver<crate::fleet::Request>,
+    crate::fleet::Agent,
+)> {
     use crate::fleet;
     let f = config.fleet.as_ref()?;
     let thing = f.thing(&config.uplinks, &config.gateway.id);
@@ -327,29 +335,27 @@ fn start_fleet(
     uplinks.set_control(&f.uplink, link.clone());
     let dir = fleet::StateDir::new(&config.gateway.data_dir);
     let (requests, requests_rx) = mpsc::channel(4);
-    fleet::spawn(
-        fleet::Agent {
-            config: f.clone(),
-            thing,
-            link,
-            inbound,
-            requests,
-            status: dir.status(),
-            store: store.clone(),
-            data_dir: config.gateway.data_dir.clone(),
-            uplink_metrics: families.uplink.clone(),
-            uplink_names,
-            metrics: families.fleet.clone(),
-        },
-        tracker,
-        cancel.child_token(),
-    );
+    let agent = fleet::Agent {
+        config: f.clone(),
+        thing,
+        link,
+        inbound,
+        requests,
+        status: dir.status(),
+        store: store.clone(),
+        data_dir: config.gateway.data_dir.clone(),
+        uplink_metrics: families.uplink.clone(),
+        uplink_names,
+        ingest_heartbeat,
+        metrics: families.fleet.clone(),
+    };
     Some((
         fleet::Fleet {
             dir,
             metrics: families.fleet.clone(),
         },
         requests_rx,
+        agent,
     ))
 }
 

@@ -9,7 +9,10 @@
 //!   version; both go through [`Machine::on_desired`].
 //! - Probation: after an apply, the fleet uplink must be connected when the
 //!   probation ends and have had a publish acknowledged since the apply (the
-//!   `pending` report is one: it goes out as soon as the new session is up).
+//!   `pending` report is one: it goes out as soon as the new session is up),
+//!   and the ingest writer's heartbeat must be at most 3 s old. A probation
+//!   a restart of the daemon interrupted to apply the config whole starts
+//!   again after it.
 //!   Otherwise the daemon returns to the last good config, and the agent
 //!   reports `rolled_back` with the reason once the connection is back.
 //! - Reports (`state.reported`) go out on change, at most one per
@@ -52,8 +55,14 @@ pub struct Agent {
     pub data_dir: std::path::PathBuf,
     pub uplink_metrics: UplinkMetrics,
     pub uplink_names: watch::Receiver<Vec<Arc<str>>>,
+    /// The ingest writer's heartbeat (at least one a second while it runs).
+    pub ingest_heartbeat: watch::Receiver<Instant>,
     pub metrics: FleetMetrics,
 }
+
+/// The oldest the ingest writer's heartbeat may be for a probation to pass:
+/// three of its idle heartbeats, as the watchdog judges it.
+const INGEST_STALL: Duration = Duration::from_secs(3);
 
 /// The topic prefix of a named shadow.
 pub fn prefix(thing: &str, shadow: &str) -> String {
@@ -101,6 +110,27 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
     let mut tokens = Tokens::new(a.config.max_messages_per_second);
     let mut requests_sent = 0u64;
     let mut dropped = (0, 0);
+    // A probation that a restart of the daemon interrupted (to apply a
+    // config whole) starts again.
+    if let Some(s) = a.status.as_ref().filter(|s| s.state == ApplyState::Pending) {
+        let dir = super::StateDir::new(&a.data_dir);
+        if let Ok(Some(config)) = dir.config() {
+            let desired = Desired::new(s.version, config);
+            if desired.sha256 == s.sha256 {
+                machine.resume();
+                a.metrics.probation.set(1);
+                info!(
+                    version = s.version,
+                    "fleet: restarted to apply the config whole; in probation again"
+                );
+                probation = Some(Probation {
+                    until: Instant::now() + a.config.probation,
+                    desired,
+                    acked: false,
+                });
+            }
+        }
+    }
     info!(thing = %a.thing, shadow = %a.config.shadow, uplink = %a.config.uplink, "fleet agent running");
     loop {
         let report_at = if report_due && connected {
@@ -165,18 +195,26 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
                 let Some(p) = probation.take() else { continue };
                 a.metrics.probation.set(0);
                 let mut status = machine.status().cloned().unwrap_or_else(|| pending_status(&p.desired));
-                let reply = if connected && p.acked {
+                let ingest_age = a.ingest_heartbeat.borrow().elapsed();
+                let reply = if connected && p.acked && ingest_age <= INGEST_STALL {
                     status.state = ApplyState::Applied;
                     status.good_sha256 = Some(p.desired.sha256.clone());
                     ask(&a.requests, |reply| Request::Commit { status: status.clone(), config: p.desired.config.clone(), reply }).await
                 } else {
                     status.state = ApplyState::RolledBack;
-                    status.errors = vec![format!(
-                        "uplinks.{}: {} within the probation of {}; the last good config runs",
-                        a.config.uplink,
-                        if connected { "no publish acknowledged" } else { "not connected" },
-                        humantime::format_duration(a.config.probation)
-                    )];
+                    let probation = humantime::format_duration(a.config.probation);
+                    status.errors = vec![if connected && p.acked {
+                        format!(
+                            "ingest: the writer has not committed for {}s at the end of the probation of {probation}; the last good config runs",
+                            ingest_age.as_secs()
+                        )
+                    } else {
+                        format!(
+                            "uplinks.{}: {} within the probation of {probation}; the last good config runs",
+                            a.config.uplink,
+                            if connected { "no publish acknowledged" } else { "not connected" },
+                        )
+                    }];
                     ask(&a.requests, |reply| Request::RollBack { status: status.clone(), reply }).await
                 };
                 let next = machine.finished(reply.unwrap_or(status));
@@ -267,6 +305,7 @@ fn pending_status(d: &Desired) -> Status {
         state: ApplyState::Pending,
         errors: vec![],
         good_sha256: None,
+        restart: false,
     }
 }
 

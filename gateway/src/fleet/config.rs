@@ -36,7 +36,8 @@ pub struct FleetConfig {
     pub shadow: String,
     /// How long a config from the fleet is watched after it is applied: the
     /// fleet uplink must be connected at the end and have had a publish
-    /// acknowledged since the apply, or the last good config comes back.
+    /// acknowledged since the apply, and the ingest writer must be turning,
+    /// or the last good config comes back.
     /// 1s to 1h. Default: `"60s"`.
     #[serde(with = "humantime_serde", default = "defaults::probation")]
     pub probation: Duration,

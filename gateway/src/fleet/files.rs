@@ -114,7 +114,8 @@ impl StateDir {
     }
 
     /// At start: an apply that was still `pending` did not pass its
-    /// probation in a process that lived through it. If its config became
+    /// probation in a process that lived through it (unless the daemon
+    /// restarted itself to apply it whole: then its probation starts again). If its config became
     /// the good one (the process died between the two writes of
     /// [`StateDir::commit`]), it is applied; otherwise the last good config
     /// comes back and the status says `rolled_back`. Returns the status.
@@ -123,6 +124,14 @@ impl StateDir {
             return Ok(None);
         };
         if status.state != ApplyState::Pending {
+            return Ok(Some(status));
+        }
+        if status.restart {
+            // The daemon restarted itself to apply the config whole: it runs
+            // now, and its probation starts again.
+            status.restart = false;
+            status.errors.clear();
+            self.set_status(&status)?;
             return Ok(Some(status));
         }
         let good = self.read("good.toml")?.map(|g| sha256_hex(g.as_bytes()));
@@ -153,6 +162,7 @@ mod tests {
             state: ApplyState::Pending,
             errors: vec![],
             good_sha256: None,
+            restart: false,
         }
     }
 
@@ -172,6 +182,25 @@ mod tests {
         assert_eq!(after.good_sha256, Some(sha256_hex(b"a")));
         assert_eq!(dir.config().unwrap().as_deref(), Some("a"));
         assert_eq!(dir.status(), Some(after));
+    }
+
+    #[test]
+    fn a_restart_the_daemon_asked_for_keeps_the_new_config_in_probation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        let mut s = pending("b");
+        dir.begin(&s, "b").unwrap();
+        s.restart = true;
+        s.errors = vec!["sources.second (added): changed".into()];
+        dir.set_status(&s).unwrap();
+        let after = dir.recover().unwrap().unwrap();
+        assert_eq!((after.state, after.restart), (ApplyState::Pending, false));
+        assert!(after.errors.is_empty());
+        assert_eq!(dir.config().unwrap().as_deref(), Some("b"));
+        // Killed in that probation: back to the local file.
+        let after = dir.recover().unwrap().unwrap();
+        assert_eq!(after.state, ApplyState::RolledBack);
+        assert_eq!(dir.config().unwrap(), None);
     }
 
     #[test]

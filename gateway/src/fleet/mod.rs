@@ -222,18 +222,31 @@ pub fn status_text(local: &Config) -> String {
     out
 }
 
-/// Serves one of the agent's requests on the daemon's side.
+/// The daemon stops to start again: a config from the fleet changed what
+/// cannot change in place. `ferry run` exits with [`EXIT_RESTART`] and
+/// systemd starts it again (`Restart=on-failure`).
+#[derive(Debug, thiserror::Error)]
+#[error("restarting to apply the fleet's config (what changed cannot change in place)")]
+pub struct RestartRequested;
+
+/// The exit code of a restart the daemon asks for (`EX_TEMPFAIL`).
+pub const EXIT_RESTART: u8 = 75;
+
+/// Serves one of the agent's requests on the daemon's side. Returns whether
+/// the daemon must restart to apply what it was asked.
 pub async fn serve(
     request: Request,
     fleet: &Fleet,
     ctx: &ReloadContext,
     running: &mut Config,
     live: &mut Live,
-) {
+) -> bool {
     match request {
         Request::Apply { desired, reply } => {
             let status = apply(desired, fleet, ctx, running, live).await;
+            let restart = status.restart;
             let _ = reply.send(status);
+            return restart;
         }
         Request::Commit {
             status,
@@ -276,6 +289,7 @@ pub async fn serve(
             let _ = reply.send(status);
         }
     }
+    false
 }
 
 async fn apply(
@@ -292,6 +306,7 @@ async fn apply(
         state: ApplyState::Rejected,
         errors: Vec::new(),
         good_sha256: good,
+        restart: false,
     };
     let reject = |mut status: Status, errors: Vec<String>| {
         for e in &errors {
@@ -329,10 +344,20 @@ async fn apply(
     }
     match apply_config(ctx, running, live, new).await {
         Ok(kept) => {
-            status.errors = kept
-                .into_iter()
-                .map(|k| format!("{k}: changed, takes effect at the next restart"))
-                .collect();
+            if !kept.is_empty() {
+                // The rest after a restart, with the probation again.
+                status.restart = true;
+                status.errors = kept
+                    .into_iter()
+                    .map(|k| format!("{k}: changed, applied by a restart of Ferry"))
+                    .collect();
+                if let Err(e) = fleet.dir.set_status(&status) {
+                    error!(error = %e, "fleet: cannot record the restart; not restarting");
+                    status.restart = false;
+                }
+                warn!(version = status.version, needs_restart = ?status.errors, "fleet: config applied in part; restarting to apply the rest");
+                return status;
+            }
             info!(version = status.version, sha256 = %status.sha256, "fleet: config applied; in probation");
             fleet.metrics.probation.set(1);
             status

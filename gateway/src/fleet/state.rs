@@ -54,6 +54,10 @@ pub struct Status {
     /// a probation); `None`: the local file alone.
     #[serde(default)]
     pub good_sha256: Option<String>,
+    /// Applied in part: the daemon restarts itself to apply the rest, and
+    /// the probation starts again after the restart.
+    #[serde(default)]
+    pub restart: bool,
 }
 
 /// A desired config, as the shadow sent it.
@@ -178,6 +182,15 @@ impl Machine {
         Some(self.decide(next))
     }
 
+    /// A restart in the probation of `status` (the daemon restarted itself
+    /// to apply it whole): the apply is under way again.
+    pub fn resume(&mut self) {
+        self.busy = self
+            .status
+            .as_ref()
+            .is_some_and(|s| s.state == ApplyState::Pending);
+    }
+
     /// Whether an apply is under way.
     pub fn busy(&self) -> bool {
         self.busy
@@ -204,6 +217,7 @@ mod tests {
             state,
             errors: vec![],
             good_sha256: None,
+            restart: false,
         }
     }
 
