@@ -66,45 +66,30 @@ impl Fleet {
         self.dir.path().join("data")
     }
 
-    /// The operator's file: identity, data directory, certificates, [fleet].
+    /// The operator's file: what the fleet may send (the uplink to the
+    /// proxy, the default topic) plus the keys that stay local: identity,
+    /// data directory, certificates, [fleet].
     fn local_config(&self) -> String {
+        let shared = self.fleet_config("dt/ferry/{gateway}/telemetry", self.proxy.addr());
+        let shared = shared
+            .replace(
+                "[gateway]\n",
+                &format!(
+                    "[gateway]\nid = \"{THING}\"\ndata_dir = \"{}\"\n",
+                    self.data().display()
+                ),
+            )
+            .replace(
+                "[uplinks.cloud]\n",
+                &format!(
+                    "[uplinks.cloud]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                    self.pki.ca.display(),
+                    self.pki.client.cert.display(),
+                    self.pki.client.key.display()
+                ),
+            );
         format!(
-            r#"
-[gateway]
-id = "{THING}"
-data_dir = "{data}"
-
-[sources.local]
-type = "mqtt_broker"
-listen = "{broker}"
-topics = ["sensors/{{device}}/telemetry"]
-
-[uplinks.cloud]
-endpoint = "{cloud}"
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-topic = "dt/ferry/{{gateway}}/telemetry"
-max_batch_age = "50ms"
-reconnect_min = "100ms"
-reconnect_max = "500ms"
-probe_interval = "0s"
-
-[metrics]
-listen = "{metrics}"
-
-[fleet]
-uplink = "cloud"
-probation = "3s"
-report_interval = "1s"
-"#,
-            data = self.data().display(),
-            broker = self.broker,
-            cloud = self.proxy.addr(),
-            ca = self.pki.ca.display(),
-            cert = self.pki.client.cert.display(),
-            key = self.pki.client.key.display(),
-            metrics = self.metrics,
+            "{shared}\n[fleet]\nuplink = \"cloud\"\nprobation = \"3s\"\nreport_interval = \"1s\"\n"
         )
     }
 

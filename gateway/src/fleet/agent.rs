@@ -133,8 +133,14 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
     }
     info!(thing = %a.thing, shadow = %a.config.shadow, uplink = %a.config.uplink, "fleet agent running");
     loop {
+        // In a probation the report goes at once: its acknowledgement is
+        // what the probation waits for.
         let report_at = if report_due && connected {
-            Some(last_report.map_or_else(Instant::now, |t| t + a.config.report_interval))
+            match (&probation, last_report) {
+                (Some(p), _) if !p.acked => Some(Instant::now()),
+                (_, Some(t)) => Some(t + a.config.report_interval),
+                (_, None) => Some(Instant::now()),
+            }
         } else {
             None
         };
@@ -146,6 +152,9 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
                 match ev {
                     Inbound::Subscribed => {
                         connected = true;
+                        if probation.is_some() {
+                            report_due = true;
+                        }
                         requests_sent += 1;
                         let token = format!("ferry-get-{requests_sent}");
                         a.link.send(Outbound {
