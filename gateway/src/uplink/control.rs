@@ -30,6 +30,12 @@ pub const MAX_QUEUED: usize = 16;
 /// Places of the inbound channel that publishes never take.
 const RESERVED: usize = 4;
 
+/// Control publishes unacknowledged at once, at most: within the MQTT
+/// client's request channel (it has 8 places beyond the batches' window)
+/// and well under the shadow service's 10 requests in flight per
+/// connection.
+pub const MAX_CONTROL_INFLIGHT: usize = 4;
+
 /// What the connection tells the link's owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
@@ -182,7 +188,8 @@ pub(crate) fn subscribe(
     client.try_subscribe_many(filters)
 }
 
-/// Publishes every queued control message, ahead of batches, taking their
+/// Publishes the queued control messages (at most [`MAX_CONTROL_INFLIGHT`]
+/// unacknowledged), ahead of batches, taking their
 /// share of the rate limits (they go even when the limits are spent: there
 /// are few, and a batch then waits for them). A message the client cannot
 /// take now is put back for the next turn.
@@ -193,7 +200,8 @@ pub(crate) fn send_queued(
     limits: &mut super::limiter::Limits,
     now: tokio::time::Instant,
 ) {
-    while let Some(m) = link.next() {
+    while track.control_outstanding() < MAX_CONTROL_INFLIGHT {
+        let Some(m) = link.next() else { return };
         let len = m.payload.len();
         match client.try_publish(
             m.topic.clone(),
@@ -218,6 +226,8 @@ pub(crate) fn send_queued(
 pub struct Track {
     /// Publishes handed to the client, oldest first: `true` for control.
     order: VecDeque<bool>,
+    /// Control publishes in `order`.
+    unassigned_control: usize,
     control: HashSet<u16>,
 }
 
@@ -225,6 +235,7 @@ impl Track {
     /// A publish was handed to the MQTT client.
     pub fn sent(&mut self, control: bool) {
         self.order.push_back(control);
+        self.unassigned_control += usize::from(control);
     }
 
     /// The client sent the oldest publish with `pkid`; true if it was a
@@ -233,6 +244,7 @@ impl Track {
     pub fn assigned(&mut self, pkid: u16) -> bool {
         let control = self.order.pop_front().unwrap_or(false);
         if control {
+            self.unassigned_control -= 1;
             self.control.insert(pkid);
         }
         control
@@ -243,9 +255,15 @@ impl Track {
         self.control.remove(&pkid)
     }
 
+    /// Control publishes handed to the client and not acknowledged yet.
+    pub fn control_outstanding(&self) -> usize {
+        self.control.len() + self.unassigned_control
+    }
+
     /// A new connection: nothing is in flight.
     pub fn reset(&mut self) {
         self.order.clear();
+        self.unassigned_control = 0;
         self.control.clear();
     }
 }
@@ -267,6 +285,14 @@ mod tests {
         assert!(t.acked(2));
         assert!(!t.acked(2), "acknowledged once");
         assert!(!t.acked(3));
+        assert_eq!(t.control_outstanding(), 0);
+        t.sent(true);
+        t.sent(false);
+        assert_eq!(t.control_outstanding(), 1);
+        assert!(t.assigned(4));
+        assert_eq!(t.control_outstanding(), 1);
+        t.reset();
+        assert_eq!(t.control_outstanding(), 0);
     }
 
     #[tokio::test]
