@@ -150,8 +150,11 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
             ev = a.inbound.recv() => {
                 let Some(ev) = ev else { break };
                 match ev {
-                    Inbound::Subscribed => {
+                    Inbound::Subscribed { refused } => {
                         connected = true;
+                        if refused > 0 {
+                            warn!(refused, thing = %a.thing, "fleet: the broker refused shadow subscriptions; the thing's policy must allow them (README, \"Managing a fleet\")");
+                        }
                         if probation.is_some() {
                             report_due = true;
                         }

@@ -39,8 +39,9 @@ pub const MAX_CONTROL_INFLIGHT: usize = 4;
 /// What the connection tells the link's owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    /// Connected and subscribed (the SUBACK arrived).
-    Subscribed,
+    /// Connected and subscribed (the SUBACK arrived); `refused` filters the
+    /// broker would not grant (IoT Core refuses what the policy does not allow).
+    Subscribed { refused: usize },
     /// A publish on one of the link's filters.
     Publish { topic: String, payload: Vec<u8> },
     /// A control publish was acknowledged (PUBACK).
@@ -188,6 +189,16 @@ pub(crate) fn subscribe(
     client.try_subscribe_many(filters)
 }
 
+/// What a SUBACK says to the link's owner.
+pub(crate) fn subscribed(ack: &rumqttc::SubAck) -> Inbound {
+    let refused = ack
+        .return_codes
+        .iter()
+        .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+        .count();
+    Inbound::Subscribed { refused }
+}
+
 /// Publishes the queued control messages (at most [`MAX_CONTROL_INFLIGHT`]
 /// unacknowledged), ahead of batches, taking their
 /// share of the rate limits (they go even when the limits are spent: there
@@ -307,9 +318,9 @@ mod tests {
         link.tell(publish(1));
         assert_eq!(link.dropped(), (1, 1));
         // What the connection says still gets through.
-        link.tell(Inbound::Subscribed);
+        link.tell(Inbound::Subscribed { refused: 0 });
         assert_eq!(rx.recv().await, Some(publish(4)));
-        assert_eq!(rx.recv().await, Some(Inbound::Subscribed));
+        assert_eq!(rx.recv().await, Some(Inbound::Subscribed { refused: 0 }));
     }
 
     #[test]

@@ -383,9 +383,9 @@ impl Uplink {
                     });
                 }
             }
-            Event::Incoming(Packet::SubAck(_)) => {
+            Event::Incoming(Packet::SubAck(ack)) => {
                 if let Some(c) = &self.s.control {
-                    c.tell(Inbound::Subscribed);
+                    c.tell(super::control::subscribed(&ack));
                 }
             }
             Event::Incoming(Packet::PubAck(ack)) => {
