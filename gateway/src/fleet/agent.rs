@@ -330,9 +330,10 @@ async fn ask(
     rx.await.ok()
 }
 
-/// The desired config a shadow message carries, as (version, config), or
-/// `None` for a message that carries none (an answer to a report).
-fn shadow_message(kind: &str, payload: &[u8]) -> Result<Option<(u64, Option<String>)>, String> {
+/// The desired config a shadow message on `PREFIX/kind` carries, as
+/// (version, config), or `None` for a message that carries none (an answer
+/// to a report). An error says why the message is not what it should be.
+pub fn shadow_message(kind: &str, payload: &[u8]) -> Result<Option<(u64, Option<String>)>, String> {
     let doc: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
     let version = || {
         doc.get("version")
