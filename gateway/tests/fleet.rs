@@ -381,6 +381,47 @@ fn a_config_that_cannot_change_in_place_is_applied_by_a_restart() {
 }
 
 #[test]
+fn a_config_change_gets_through_while_a_backlog_drains() {
+    let f = Fleet::start();
+    let ferry = f.start_ferry();
+    f.deliver(0, "dt/ferry/pi-line-7/telemetry");
+    // A backlog stored while the link is down, then drained through a slow
+    // link (50 KB/s: about 10 s for 3,000 readings, a batch of 500 every
+    // 1.6 s, so the 3 s probation sees a batch acknowledged).
+    f.rt.block_on(f.proxy.cut());
+    wait_log(&ferry, "uplink connection failed");
+    let n = 3000u64;
+    f.rt.block_on(async {
+        let mut p = Publisher::connect(f.broker, "device-pub").await.unwrap();
+        for i in 1..=n {
+            p.publish(&seed_topic(i), seed_payload(i)).await.unwrap();
+        }
+    });
+    f.proxy.throttle(50_000);
+    f.proxy.restore();
+    let all = |f: &Fleet| {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in f.sub.messages() {
+            seen.extend(sequences(&m).unwrap_or_default());
+        }
+        (1..=n).all(|i| seen.contains(&i))
+    };
+    // A change that leaves the uplink running (it keeps draining).
+    let config = f
+        .fleet_config("dt/ferry/{gateway}/telemetry", f.proxy.addr())
+        .replace("log_level = \"info\"", "log_level = \"warn\"");
+    f.set_desired(&config);
+    wait_log(&ferry, "fleet: config passed its probation");
+    assert!(
+        !all(&f),
+        "the backlog drained before the probation ended: the test proves nothing"
+    );
+    f.proxy.unthrottle();
+    f.wait_reported("applied", &config);
+    wait_until_blocking(WAIT, "the whole backlog", || all(&f)).unwrap();
+}
+
+#[test]
 fn a_change_made_while_offline_is_applied_on_reconnect() {
     let f = Fleet::start();
     let ferry = f.start_ferry();

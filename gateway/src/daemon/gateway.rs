@@ -327,8 +327,9 @@ fn start_fleet(
     use crate::fleet;
     let f = config.fleet.as_ref()?;
     let thing = f.thing(&config.uplinks, &config.gateway.id);
-    let (link, inbound) = crate::uplink::control::ControlLink::new(
+    let (link, inbound) = crate::uplink::control::ControlLink::with_on_subscribed(
         fleet::filters(&thing, &f.shadow),
+        vec![fleet::get_on_connect(&thing, &f.shadow)],
         fleet::MAX_MESSAGE_BYTES as usize,
         64,
     );

@@ -3,8 +3,9 @@
 //! [`Machine`], has the daemon apply, commit or roll back ([`Request`]),
 //! watches the probation, and reports.
 //!
-//! - On every connect (once subscribed) it publishes `/get`: a change made
-//!   while the gateway was offline arrives in the answer.
+//! - On every connect the connection publishes `/get` as soon as the
+//!   SUBACK is in, before any batch ([`get_on_connect`]): a change made while
+//!   the gateway was offline arrives in the answer, even behind a backlog.
 //! - `/get/accepted` and `/update/delta` carry the desired config and the
 //!   version; both go through [`Machine::on_desired`].
 //! - Probation: after an apply, the fleet uplink must be connected when the
@@ -64,6 +65,15 @@ pub struct Agent {
 /// three of its idle heartbeats, as the watchdog judges it.
 const INGEST_STALL: Duration = Duration::from_secs(3);
 
+/// The `/get` the fleet uplink publishes on every connect, before any
+/// batch: a change made while the gateway was offline comes in its answer.
+pub fn get_on_connect(thing: &str, shadow: &str) -> Outbound {
+    Outbound {
+        topic: format!("{}get", prefix(thing, shadow)),
+        payload: json!({"clientToken": "ferry-get"}).to_string().into_bytes(),
+    }
+}
+
 /// The topic prefix of a named shadow.
 pub fn prefix(thing: &str, shadow: &str) -> String {
     format!("$aws/things/{thing}/shadow/name/{shadow}/")
@@ -89,6 +99,26 @@ struct Probation {
     until: Instant,
     desired: Desired,
     acked: bool,
+    /// Batch acknowledgements before the probation (or the last reconnect
+    /// in it): more at its end count as publishes acknowledged too.
+    batch_acks: u64,
+}
+
+impl Probation {
+    fn new(until: Instant, desired: Desired, link: &ControlLink) -> Probation {
+        Probation {
+            until,
+            desired,
+            acked: false,
+            batch_acks: link.batch_acks(),
+        }
+    }
+
+    /// A publish was acknowledged since the probation began (since the last
+    /// reconnect in it): a control publish, or a batch.
+    fn acknowledged(&self, link: &ControlLink) -> bool {
+        self.acked || link.batch_acks() > self.batch_acks
+    }
 }
 
 /// Starts the agent; it ends with `cancel`.
@@ -123,11 +153,11 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
                     version = s.version,
                     "fleet: restarted to apply the config whole; in probation again"
                 );
-                probation = Some(Probation {
-                    until: Instant::now() + a.config.probation,
+                probation = Some(Probation::new(
+                    Instant::now() + a.config.probation,
                     desired,
-                    acked: false,
-                });
+                    &a.link,
+                ));
             }
         }
     }
@@ -151,6 +181,8 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
                 let Some(ev) = ev else { break };
                 match ev {
                     Inbound::Subscribed { refused } => {
+                        // The connection has sent the /get already
+                        // (`get_on_connect`).
                         connected = true;
                         if refused > 0 {
                             warn!(refused, thing = %a.thing, "fleet: the broker refused shadow subscriptions; the thing's policy must allow them (README, \"Managing a fleet\")");
@@ -158,18 +190,13 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
                         if probation.is_some() {
                             report_due = true;
                         }
-                        requests_sent += 1;
-                        let token = format!("ferry-get-{requests_sent}");
-                        a.link.send(Outbound {
-                            topic: format!("{prefix}get"),
-                            payload: json!({"clientToken": token}).to_string().into_bytes(),
-                        });
                     }
                     Inbound::Disconnected => {
                         connected = false;
                         // Acknowledgements of an earlier session do not count.
                         if let Some(p) = &mut probation {
                             p.acked = false;
+                            p.batch_acks = a.link.batch_acks();
                         }
                     }
                     Inbound::Acked => {
@@ -208,14 +235,15 @@ async fn run(mut a: Agent, cancel: CancellationToken) {
                 a.metrics.probation.set(0);
                 let mut status = machine.status().cloned().unwrap_or_else(|| pending_status(&p.desired));
                 let ingest_age = a.ingest_heartbeat.borrow().elapsed();
-                let reply = if connected && p.acked && ingest_age <= INGEST_STALL {
+                let acknowledged = p.acknowledged(&a.link);
+                let reply = if connected && acknowledged && ingest_age <= INGEST_STALL {
                     status.state = ApplyState::Applied;
                     status.good_sha256 = Some(p.desired.sha256.clone());
                     ask(&a.requests, |reply| Request::Commit { status: status.clone(), config: p.desired.config.clone(), reply }).await
                 } else {
                     status.state = ApplyState::RolledBack;
                     let probation = humantime::format_duration(a.config.probation);
-                    status.errors = vec![if connected && p.acked {
+                    status.errors = vec![if connected && acknowledged {
                         format!(
                             "ingest: the writer has not committed for {}s at the end of the probation of {probation}; the last good config runs",
                             ingest_age.as_secs()
@@ -282,11 +310,11 @@ async fn handle(
             let pending = status.state == ApplyState::Pending;
             machine.applying(status);
             if pending {
-                *probation = Some(Probation {
-                    until: Instant::now() + a.config.probation,
-                    desired: d,
-                    acked: false,
-                });
+                *probation = Some(Probation::new(
+                    Instant::now() + a.config.probation,
+                    d,
+                    &a.link,
+                ));
             } else if let Some(next) = machine.take_next() {
                 Box::pin(handle(a, machine, next, probation)).await;
             }

@@ -27,7 +27,7 @@ use std::path::Path;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-pub use agent::{filters, prefix, shadow_message, spawn, Agent};
+pub use agent::{filters, get_on_connect, prefix, shadow_message, spawn, Agent};
 pub use config::FleetConfig;
 pub use config::MAX_MESSAGE_BYTES;
 pub use files::StateDir;

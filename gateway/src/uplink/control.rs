@@ -65,12 +65,17 @@ pub struct ControlLink {
 
 struct Inner {
     filters: Vec<String>,
+    /// Published as soon as each SUBACK is in, before any batch.
+    on_subscribed: Vec<Outbound>,
     max_inbound_bytes: usize,
     inbound: mpsc::Sender<Inbound>,
     outbound: Mutex<VecDeque<Outbound>>,
     wake: Notify,
     dropped_large: AtomicU64,
     dropped_full: AtomicU64,
+    /// Batch PUBACKs on the connection: a draining link that acknowledges
+    /// batches is alive even while a control publish waits behind them.
+    batch_acks: AtomicU64,
 }
 
 impl ControlLink {
@@ -82,16 +87,31 @@ impl ControlLink {
         max_inbound_bytes: usize,
         capacity: usize,
     ) -> (ControlLink, mpsc::Receiver<Inbound>) {
+        ControlLink::with_on_subscribed(filters, Vec::new(), max_inbound_bytes, capacity)
+    }
+
+    /// Like [`ControlLink::new`], with messages published on every connect
+    /// as soon as the SUBACK is in, ahead of every batch (a request for
+    /// state that changed while offline: behind a backlog on a slow link
+    /// it would wait for the whole backlog).
+    pub fn with_on_subscribed(
+        filters: Vec<String>,
+        on_subscribed: Vec<Outbound>,
+        max_inbound_bytes: usize,
+        capacity: usize,
+    ) -> (ControlLink, mpsc::Receiver<Inbound>) {
         let (tx, rx) = mpsc::channel(capacity + RESERVED);
         let link = ControlLink {
             inner: Arc::new(Inner {
                 filters,
+                on_subscribed,
                 max_inbound_bytes,
                 inbound: tx,
                 outbound: Mutex::new(VecDeque::new()),
                 wake: Notify::new(),
                 dropped_large: AtomicU64::new(0),
                 dropped_full: AtomicU64::new(0),
+                batch_acks: AtomicU64::new(0),
             }),
         };
         (link, rx)
@@ -165,6 +185,16 @@ impl ControlLink {
         }
     }
 
+    /// A batch was acknowledged on the connection.
+    pub(crate) fn count_ack(&self) {
+        self.inner.batch_acks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Batch PUBACKs so far, over every connection.
+    pub fn batch_acks(&self) -> u64 {
+        self.inner.batch_acks.load(Ordering::Relaxed)
+    }
+
     /// Publishes dropped: (larger than the limit, the channel full).
     pub fn dropped(&self) -> (u64, u64) {
         (
@@ -189,8 +219,27 @@ pub(crate) fn subscribe(
     client.try_subscribe_many(filters)
 }
 
+/// How long batches wait for the SUBACK after a connect, at most.
+pub const SUBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A SUBACK arrived: queues the link's on-subscribed messages first, and
+/// says so to the link's owner.
+pub(crate) fn on_suback(link: &ControlLink, ack: &rumqttc::SubAck) {
+    {
+        let mut q = link
+            .inner
+            .outbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for m in link.inner.on_subscribed.iter().rev() {
+            q.push_front(m.clone());
+        }
+    }
+    link.tell(subscribed(ack));
+}
+
 /// What a SUBACK says to the link's owner.
-pub(crate) fn subscribed(ack: &rumqttc::SubAck) -> Inbound {
+fn subscribed(ack: &rumqttc::SubAck) -> Inbound {
     let refused = ack
         .return_codes
         .iter()

@@ -205,6 +205,8 @@ struct Uplink {
     read_buf: Vec<StoredRecord>,
     /// Which packet ids are control publishes.
     track: Track,
+    /// The control plane's SUBACK arrived on this connection.
+    subscribed: bool,
 }
 
 impl Uplink {
@@ -226,6 +228,7 @@ impl Uplink {
             was_connected: false,
             read_buf: Vec::new(),
             track: Track::default(),
+            subscribed: false,
             s,
             store,
             cursors,
@@ -254,6 +257,7 @@ impl Uplink {
         self.was_connected = false;
         self.flight.reset();
         self.track.reset();
+        self.subscribed = false;
         self.queue.clear();
         self.partial_since = None;
         let (client, mut eventloop) =
@@ -315,15 +319,22 @@ impl Uplink {
         let mut draining: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let control = self.s.control.clone();
+        // With a control plane, batches wait for its SUBACK (and what goes
+        // out on it), at most SUBACK_WAIT.
+        let gate = control
+            .as_ref()
+            .map(|_| Instant::now() + super::control::SUBACK_WAIT);
         loop {
             let now = Instant::now();
             let mut wake: Option<Instant> = None;
             if let Some(c) = &control {
                 super::control::send_queued(client, c, &mut self.track, &mut limits, now);
             }
-            if draining.is_none() {
+            let gated = gate.filter(|g| !self.subscribed && now < *g);
+            if draining.is_none() && gated.is_none() {
                 wake = self.publish_ready(client, &mut limits, now).await?;
             }
+            wake = wake.or(gated);
             // No PUBACK for `puback_timeout` while publishes wait: a dead
             // link. A slow one that keeps acknowledging is not given up.
             if let Some(since) = self.flight.stalled_since() {
@@ -385,10 +396,14 @@ impl Uplink {
             }
             Event::Incoming(Packet::SubAck(ack)) => {
                 if let Some(c) = &self.s.control {
-                    c.tell(super::control::subscribed(&ack));
+                    super::control::on_suback(c, &ack);
+                    self.subscribed = true;
                 }
             }
             Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(c) = &self.s.control {
+                    c.count_ack();
+                }
                 let (acked, moved) = self.flight.ack(ack.pkid, Instant::now());
                 if let Some(a) = acked {
                     self.metrics
