@@ -4,15 +4,19 @@
 //!
 //! - subscribe to the link's topic filters on every connect (one SUBSCRIBE,
 //!   QoS 1; IoT Core takes at most 8 filters in one and 50 per connection),
-//!   and say so once the SUBACK is in ([`Inbound::Subscribed`]: the moment to
-//!   ask for state that changed while offline);
+//!   hold batches until the SUBACK is in (at most [`SUBACK_WAIT`]), then
+//!   publish the link's on-subscribed messages first (a request for state
+//!   that changed while offline, which behind a backlog on a slow link would
+//!   wait for all of it) and say so ([`Inbound::Subscribed`]);
 //! - hand what arrives on them to the link's owner through a bounded channel
 //!   (a publish larger than the link's limit, or one that finds the channel
 //!   full, is dropped and counted: a flood never queues in memory);
 //! - send the link's queued control publishes (QoS 1) before any batch, and
 //!   during a drain too, so a control message is never stuck behind a
 //!   backlog; they take their share of the uplink's rate limits, so the two
-//!   together stay within the connection's limits.
+//!   together stay within the connection's limits (at most
+//!   [`MAX_CONTROL_INFLIGHT`] unacknowledged); batch acknowledgements are
+//!   counted for the owner ([`ControlLink::batch_acks`]).
 //!
 //! [`Track`] tells the acknowledgements of control publishes from those of
 //! batches (the MQTT client reports packet ids in the order it was given the
