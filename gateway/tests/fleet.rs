@@ -158,8 +158,13 @@ listen = "{metrics}"
     /// Publishes reading `i` to the embedded broker and waits until the
     /// cloud got it on `topic`.
     fn deliver(&self, i: u64, topic: &str) {
+        self.deliver_via(self.broker, i, topic);
+    }
+
+    /// [`Fleet::deliver`] through the embedded broker at `broker`.
+    fn deliver_via(&self, broker: std::net::SocketAddr, i: u64, topic: &str) {
         mosquitto_pub(
-            self.broker,
+            broker,
             None,
             &format!("sensors/{}/telemetry", i % 10),
             &seed_payload(i),
@@ -371,13 +376,7 @@ fn a_config_that_cannot_change_in_place_is_applied_by_a_restart() {
     );
     let reported = f.wait_reported("applied", &config);
     assert_eq!(reported["applied"]["errors"], json!([]));
-    mosquitto_pub(second, None, "sensors/3/telemetry", &seed_payload(3)).unwrap();
-    wait_until_blocking(WAIT, "reading 3 through the second source", || {
-        f.sub.messages().iter().any(|m| {
-            m.topic == "dt/fleet/pi-line-7/restarted" && sequences(m).is_ok_and(|s| s.contains(&3))
-        })
-    })
-    .unwrap();
+    f.deliver_via(second, 3, "dt/fleet/pi-line-7/restarted");
 }
 
 #[test]
