@@ -29,6 +29,7 @@ use ferry_core::sink::Item;
 use ferry_gateway::metrics::{IngestMetrics, UplinkMetrics};
 use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
 use ferry_gateway::uplink::batch::{Encoding, Topic};
+use ferry_gateway::uplink::control::{ControlLink, Outbound};
 use ferry_gateway::uplink::{self, tls, Settings};
 use ferry_testkit::{json_record_seqs, CloudSubscriber, Message, Mosquitto, Pki, Proxy};
 use tokio_util::sync::CancellationToken;
@@ -105,6 +106,7 @@ fn settings(pki: &Pki, name: &str, addr: SocketAddr, encoding: Encoding, iot: bo
             Encoding::Columnar => usize::MAX,
         },
         stream: ferry_gateway::store::Stream::Raw,
+        control: None,
     }
 }
 
@@ -188,12 +190,40 @@ async fn bench(scale: f64) {
     );
 
     let metrics = UplinkMetrics::new();
-    for (label, encoding) in [("json", Encoding::Json), ("columnar", Encoding::Columnar)] {
+    // `json_control`: json again with the fleet's control plane on the
+    // connection (the shadow's 5 subscriptions, and a 300-byte report
+    // published every 50 ms ahead of the batches), against `json` as the
+    // baseline of the same run.
+    for (label, encoding, control) in [
+        ("json", Encoding::Json, false),
+        ("columnar", Encoding::Columnar, false),
+        ("json_control", Encoding::Json, true),
+    ] {
         section(&format!(
             "{label}: drain {n} records to TLS mosquitto, unthrottled, through a byte-counting proxy"
         ));
         let proxy = Proxy::start(cloud.tls_addr()).await.expect("proxy");
-        let s = settings(&pki, label, proxy.addr(), encoding, false);
+        let mut s = settings(&pki, label, proxy.addr(), encoding, false);
+        let reports = control.then(|| {
+            let (link, inbound) = ControlLink::new(
+                ferry_gateway::fleet::filters(GATEWAY, "ferry"),
+                64 * 1024,
+                64,
+            );
+            s.control = Some(link.clone());
+            let topic = format!("{}update", ferry_gateway::fleet::prefix(GATEWAY, "ferry"));
+            tokio::spawn(async move {
+                let _inbound = inbound;
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    tick.tick().await;
+                    link.send(Outbound {
+                        topic: topic.clone(),
+                        payload: vec![b' '; 300],
+                    });
+                }
+            })
+        });
         let l = UplinkMetrics::label(label);
         let (rss0, _) = common::rss_kib("self").expect("VmRSS");
         common::reset_peak_rss();
@@ -226,6 +256,9 @@ async fn bench(scale: f64) {
         let (rss1, hwm) = common::rss_kib("self").expect("VmRSS");
         cancel.cancel();
         let _ = task.await;
+        if let Some(r) = reports {
+            r.abort();
+        }
         if !done {
             println!("# {label}: only {} of {head} acknowledged in time", acked());
         }

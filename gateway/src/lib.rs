@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod contain;
 pub mod daemon;
+pub mod fleet;
 mod http;
 mod listen;
 pub mod metrics;

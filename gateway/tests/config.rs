@@ -239,7 +239,7 @@ fn unknown_key_at_the_top() {
         p(
             4,
             "storage",
-            "unknown key `storage`, expected one of the sections `gateway`, `store`, `sources`, `uplinks`, `metrics`, `pipeline`, `devices`, `routes`, `api`"
+            "unknown key `storage`, expected one of the sections `gateway`, `store`, `sources`, `uplinks`, `metrics`, `pipeline`, `devices`, `routes`, `api`, `fleet`"
         )
     );
 }
@@ -862,5 +862,61 @@ fn a_build_without_the_embedded_broker_refuses_its_sources() {
             "`mqtt_broker`: this build of ferry has no embedded broker (cargo feature \
              `embedded-broker`); use `mqtt_subscribe` with an external broker"
         )
+    );
+}
+
+#[test]
+fn the_commented_fleet_table_in_the_default_is_valid_with_the_documented_defaults() {
+    let block: Vec<&str> = DEFAULT_TOML
+        .lines()
+        .skip_while(|l| *l != "# [fleet]")
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect();
+    assert!(block.len() > 8, "the example [fleet] is missing: {block:?}");
+    let full = valid(&with_uplink(&block.join("\n").replace("iot_core", "cloud")));
+    let minimal = valid(&with_uplink("[fleet]\nuplink = \"cloud\"\n"));
+    assert_eq!(full.fleet, minimal.fleet);
+    let f = minimal.fleet.unwrap();
+    assert_eq!(
+        (
+            f.shadow.as_str(),
+            f.probation,
+            f.report_interval,
+            f.max_messages_per_second
+        ),
+        (
+            "ferry",
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+            10
+        )
+    );
+    // The thing is the uplink's client id unless named.
+    assert_eq!(f.thing(&minimal.uplinks, &minimal.gateway.id), "ferry");
+}
+
+#[test]
+fn fleet_problems_name_their_keys() {
+    assert_eq!(
+        problems(&with_uplink(
+            "[fleet]\nuplink = \"nope\"\nshadow = \"a/b\"\nprobation = \"0s\"\n\
+             report_interval = \"2d\"\nmax_messages_per_second = 0\n"
+        )),
+        [
+            p(8, "fleet.uplink", "no uplink named \"nope\"; name the [uplinks.NAME] that connects with the thing's certificate"),
+            p(9, "fleet.shadow", "\"a/b\" is not a valid shadow name (1 to 64 of A-Z a-z 0-9 _ : -)"),
+            p(10, "fleet.probation", "must be between 1s and 1h, got 0s"),
+            p(11, "fleet.report_interval", "must be between 1s and 1day, got 2days"),
+            p(12, "fleet.max_messages_per_second", "must be between 1 and 100, got 0"),
+        ]
+    );
+    assert_eq!(
+        problem(&with_uplink("[fleet]\nuplink = \"cloud\"\nthing_name = \"has space\"\n")),
+        p(9, "fleet.thing_name", "the thing name \"has space\" is not a valid AWS IoT thing name (1 to 128 of A-Z a-z 0-9 _ : -)")
+    );
+    assert_eq!(
+        problem(&with_uplink("[fleet]\nuplink = \"cloud\"\nprobe = 1\n")).1,
+        "fleet.probe"
     );
 }

@@ -3,7 +3,8 @@
 //! ([`Mosquitto`]), a cloud-side subscriber that records what arrives
 //! ([`CloudSubscriber`]), a TCP proxy that cuts the link on demand ([`Proxy`]), a device
 //! publishing at QoS 1 ([`Publisher`]), Modbus devices (the pymodbus simulator and a
-//! socat pty pair, [`modbus`]), and helpers to wait without sleeping ([`wait_until`],
+//! socat pty pair, [`modbus`]), the Device Shadow service
+//! ([`ShadowService`], moto's shadow rules on the reserved topics), and helpers to wait without sleeping ([`wait_until`],
 //! [`free_port`]).
 //!
 //! Needs on the machine: `openssl` (3.x) and `mosquitto` (`apt-get install -y openssl
@@ -39,6 +40,7 @@ mod pki;
 mod proxy;
 mod publisher;
 mod seqs;
+mod shadow;
 mod subscriber;
 pub mod tls;
 mod wait;
@@ -48,6 +50,7 @@ pub use pki::{Identity, Pki, CLOUD_CLIENT_CN};
 pub use proxy::{Mode, Proxy};
 pub use publisher::{Publisher, PublisherBuilder};
 pub use seqs::{json_record_seqs, SeqTracker};
+pub use shadow::{ShadowService, SHADOW_SELFTEST, SHADOW_SERVICE};
 pub use subscriber::{CloudSubscriber, LinkStatus, Message, SubscriberConfig};
 pub use wait::{free_port, free_ports, wait_until, wait_until_blocking, Timeout};
 

@@ -85,6 +85,22 @@ pub enum Command {
         #[command(subcommand)]
         command: ModbusCommand,
     },
+    /// Fleet management through the device shadow.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// What the fleet asked last, what runs, and why they differ (read from
+    /// the state directory; the daemon need not run).
+    Status {
+        /// The local config file (with its [fleet] table).
+        #[arg(long, short, value_name = "PATH")]
+        config: PathBuf,
+    },
 }
 
 /// Parses the command line and runs it; what `main` calls.
@@ -124,6 +140,15 @@ pub fn run_command(command: Command) -> ExitCode {
         Command::Modbus {
             command: ModbusCommand::Probe(args),
         } => modbus_probe(args),
+        Command::Fleet {
+            command: FleetCommand::Status { config },
+        } => match load(Some(&config)) {
+            Ok(config) => {
+                print!("{}", crate::fleet::status_text(&config));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
         Command::Fsck { config, repair } => match load(config.as_deref()) {
             Ok(config) => fsck(&config, repair),
             Err(code) => code,
@@ -218,6 +243,8 @@ fn run_daemon(config: Config, path: Option<PathBuf>) -> ExitCode {
     limit_malloc_arenas();
     crate::contain::install_hook();
     let log = init_tracing(config.gateway.log_level);
+    // With [fleet], the fleet's config over the local file (logged).
+    let config = crate::fleet::at_start(config, path.as_deref());
     let reload = crate::daemon::reload::ReloadContext { path, log };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -230,6 +257,10 @@ fn run_daemon(config: Config, path: Option<PathBuf>) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<crate::fleet::RestartRequested>() => {
+            eprintln!("ferry: {e}; exit {}", crate::fleet::EXIT_RESTART);
+            ExitCode::from(crate::fleet::EXIT_RESTART)
+        }
         Err(e) => {
             eprintln!("ferry: error: {e:#}");
             ExitCode::from(if store_unwritable(&e) {

@@ -17,8 +17,9 @@ use super::{
 use ferry_core::report::{check_name, one_line, typed, KeyPath, Problem, Report};
 
 /// The top-level sections.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "gateway", "store", "sources", "uplinks", "metrics", "pipeline", "devices", "routes", "api",
+    "fleet",
 ];
 
 /// Parses and checks a config; on success also returns the warnings.
@@ -80,7 +81,7 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
                 format!(
                     "unknown key `{key}`, expected one of the sections \
                      `gateway`, `store`, `sources`, `uplinks`, `metrics`, \
-                     `pipeline`, `devices`, `routes`, `api`"
+                     `pipeline`, `devices`, `routes`, `api`, `fleet`"
                 ),
             );
         }
@@ -136,6 +137,15 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
     };
     let uplinks = build_uplinks(value, &at, &cx, report);
 
+    let (value, at) = section("fleet");
+    let fleet = match value {
+        None => Some(None),
+        Some(v) => typed::<crate::fleet::FleetConfig>(v, &at, report).map(|f| {
+            f.check(&at, uplinks.as_ref(), &gateway_id, report);
+            Some(f)
+        }),
+    };
+
     let (value, at) = section("devices");
     let devices = crate::pipeline::config::build_devices(value, &at, report);
     let (value, at) = section("pipeline");
@@ -162,6 +172,7 @@ fn build(mut table: toml::Table, report: &mut Report) -> Option<Config> {
         pipeline: super::PipelineConfig { steps, devices },
         routes: routes?,
         api: api?,
+        fleet: fleet?,
     })
 }
 

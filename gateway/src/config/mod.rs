@@ -19,7 +19,7 @@
 //!
 //! Shape: `[gateway]`, `[store]`, `[sources.NAME]` (at least one), optional
 //! `[uplinks.NAME]`, `[metrics]`, `[[pipeline]]`, `[devices.NAME]`,
-//! `[routes.NAME]`, `[api]`.
+//! `[routes.NAME]`, `[api]`, `[fleet]`.
 
 mod budget;
 mod check;
@@ -80,6 +80,8 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     /// `[api]`: the local query API and status page.
     pub api: ApiConfig,
+    /// `[fleet]`: configuration through the device shadow; none without it.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 impl Config {

@@ -8,8 +8,8 @@ use prometheus_client::registry::Registry;
 use crate::store::{salvage::Check, Opened};
 
 use crate::metrics::{
-    self, ApiMetrics, BrokerMetrics, ConfigMetrics, DataLabel, IngestMetrics, ListenerMetrics,
-    ModbusMetrics, PipelineMetrics, QueryMetrics, UplinkMetrics,
+    self, ApiMetrics, BrokerMetrics, ConfigMetrics, DataLabel, FleetMetrics, IngestMetrics,
+    ListenerMetrics, ModbusMetrics, PipelineMetrics, QueryMetrics, UplinkMetrics,
 };
 
 /// One handle per component; each is cheap to clone and shares its
@@ -23,6 +23,7 @@ pub struct Families {
     pub api: ApiMetrics,
     pub listener: ListenerMetrics,
     pub config: ConfigMetrics,
+    pub fleet: FleetMetrics,
 }
 
 impl Families {
@@ -48,6 +49,8 @@ impl Families {
         listener.register(&mut registry);
         let config = ConfigMetrics::new();
         config.register(&mut registry);
+        let fleet = FleetMetrics::new();
+        fleet.register(&mut registry);
         let families = Families {
             ingest,
             uplink,
@@ -57,6 +60,7 @@ impl Families {
             api,
             listener,
             config,
+            fleet,
         };
         (registry, families)
     }

@@ -65,6 +65,9 @@ pub struct Gateway {
     supervisor: JoinHandle<()>,
     /// Why the run ended, if it was not asked to.
     failure: Option<anyhow::Error>,
+    /// With `[fleet]`: the agent's requests, and what serving them needs.
+    fleet: Option<(crate::fleet::Fleet, mpsc::Receiver<crate::fleet::Request>)>,
+    fleet_cancel: CancellationToken,
 }
 
 impl Gateway {
@@ -118,6 +121,19 @@ impl Gateway {
             tracker.clone(),
             root.child_token(),
         );
+        let fleet_cancel = root.child_token();
+        let fleet = start_fleet(
+            &config,
+            &mut running_uplinks,
+            &store,
+            &families,
+            uplink_names.clone(),
+            ingest.heartbeat.clone(),
+        )
+        .map(|(fleet, requests, agent)| {
+            crate::fleet::spawn(agent, &tracker, fleet_cancel.child_token());
+            (fleet, requests)
+        });
         for (settings, digest) in uplinks {
             running_uplinks.start(settings, digest);
         }
@@ -185,6 +201,8 @@ impl Gateway {
             ingest: ingest.task,
             supervisor,
             failure: None,
+            fleet,
+            fleet_cancel,
         })
     }
 
@@ -196,9 +214,20 @@ impl Gateway {
     /// Serves until `shutdown` is cancelled or a source fails for good;
     /// each message on `reloads` reloads the config.
     pub async fn run(&mut self, shutdown: CancellationToken, mut reloads: mpsc::Receiver<()>) {
+        let (fleet, mut fleet_requests) = match self.fleet.take() {
+            Some((f, rx)) => (Some(f), Some(rx)),
+            None => (None, None),
+        };
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                Some(request) = next_request(&mut fleet_requests) => {
+                    let Some(f) = &fleet else { continue };
+                    if crate::fleet::serve(request, f, &self.reload, &mut self.config, &mut self.live).await {
+                        self.failure = Some(crate::fleet::RestartRequested.into());
+                        break;
+                    }
+                }
                 Some(()) = reloads.recv() => {
                     self.notify(&[State::Reloading]);
                     reload::apply(&self.reload, &mut self.config, &mut self.live).await;
@@ -226,6 +255,7 @@ impl Gateway {
     /// failure that ended the run, if any.
     pub async fn drain(mut self) -> anyhow::Result<()> {
         self.notify(&[State::Stopping, State::Status("stopping")]);
+        self.fleet_cancel.cancel();
         self.supervisor_cancel.cancel();
         let _ = self.supervisor.await;
 
@@ -276,6 +306,66 @@ impl Gateway {
         if let Some(n) = &self.notifier {
             n.notify(states);
         }
+    }
+}
+
+/// With `[fleet]`: the fleet uplink's control link (its connection
+/// subscribes to the shadow's topics) and the agent to start. Returns what
+/// the run loop needs to serve the agent, and the agent.
+fn start_fleet(
+    config: &Config,
+    uplinks: &mut Uplinks,
+    store: &Store,
+    families: &Families,
+    uplink_names: watch::Receiver<Vec<Arc<str>>>,
+    ingest_heartbeat: watch::Receiver<tokio::time::Instant>,
+) -> Option<(
+    crate::fleet::Fleet,
+    mpsc::Receiver<crate::fleet::Request>,
+    crate::fleet::Agent,
+)> {
+    use crate::fleet;
+    let f = config.fleet.as_ref()?;
+    let thing = f.thing(&config.uplinks, &config.gateway.id);
+    let (link, inbound) = crate::uplink::control::ControlLink::with_on_subscribed(
+        fleet::filters(&thing, &f.shadow),
+        vec![fleet::get_on_connect(&thing, &f.shadow)],
+        fleet::MAX_MESSAGE_BYTES as usize,
+        64,
+    );
+    uplinks.set_control(&f.uplink, link.clone());
+    let dir = fleet::StateDir::new(&config.gateway.data_dir);
+    let (requests, requests_rx) = mpsc::channel(4);
+    let agent = fleet::Agent {
+        config: f.clone(),
+        thing,
+        link,
+        inbound,
+        requests,
+        status: dir.status(),
+        store: store.clone(),
+        data_dir: config.gateway.data_dir.clone(),
+        uplink_metrics: families.uplink.clone(),
+        uplink_names,
+        ingest_heartbeat,
+        metrics: families.fleet.clone(),
+    };
+    Some((
+        fleet::Fleet {
+            dir,
+            metrics: families.fleet.clone(),
+        },
+        requests_rx,
+        agent,
+    ))
+}
+
+async fn next_request(
+    rx: &mut Option<mpsc::Receiver<crate::fleet::Request>>,
+) -> Option<crate::fleet::Request> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -41,7 +41,7 @@ pub mod notify;
 pub mod reload;
 mod sources;
 pub(crate) mod status;
-mod uplinks;
+pub(crate) mod uplinks;
 pub mod watchdog;
 
 use tokio_util::sync::CancellationToken;

@@ -12,7 +12,11 @@
 //! | `[[pipeline]]` and `[devices.NAME]` | applied together, as one: every submission after the reload goes through the new steps with the new registry, none through a mix |
 //! | an existing `[routes.NAME]`: `sources`, `devices`, `fields`, `batch_records`, the `deadband` (added, removed or changed: its state is the last reported values, valid under any threshold), the window's `aggregates` and `grace` | applied from the route's next batch; its state is kept |
 //! | a route's `window` added or removed, or its `size` changed | not applied (the route's other changes are): the open windows in the stored state are intervals of the old size, and the route's stream would change meaning under its uplink; logged as needing a restart |
-//! | an uplink or a route added or removed, an uplink's `route`, `gateway.id`, `gateway.data_dir`, `[store]`, `[sources]`, `[metrics]`, `[api]` | not applied: logged as needing a restart, the running value is kept |
+//! | an uplink or a route added or removed, an uplink's `route`, `gateway.id`, `gateway.data_dir`, `[store]`, `[sources]`, `[metrics]`, `[api]`, `[fleet]` | not applied: logged as needing a restart, the running value is kept |
+//!
+//! With `[fleet]`, the config read is the local file with the fleet's config
+//! from the state directory over it ([`crate::fleet::load_effective`]), and a
+//! config from the fleet is applied through [`apply_config`] like a reload.
 //!
 //! Why the others need a restart: the embedded broker cannot release its
 //! port while the process lives; the store and its retention are opened with
@@ -135,6 +139,9 @@ pub fn plan(running: &Config, new: Config) -> Plan {
     if new.api != running.api {
         kept.push("[api]".to_owned());
     }
+    if new.fleet != running.fleet {
+        kept.push("[fleet]".to_owned());
+    }
     let pipeline = new.pipeline != running.pipeline;
     if pipeline {
         config.pipeline = new.pipeline.clone();
@@ -250,7 +257,7 @@ pub async fn apply(ctx: &ReloadContext, running: &mut Config, live: &mut Live) {
         return;
     };
     info!(config = %path.display(), "reloading the config");
-    let new = match Config::load_with_warnings(path) {
+    let new = match crate::fleet::load_effective(path) {
         Ok((new, warnings)) => {
             for line in warnings.to_string().lines() {
                 warn!("reload: {}", line.trim_start_matches("ferry: "));
@@ -267,6 +274,24 @@ pub async fn apply(ctx: &ReloadContext, running: &mut Config, live: &mut Live) {
             return;
         }
     };
+    let result = if apply_config(ctx, running, live, new).await.is_ok() {
+        "applied"
+    } else {
+        "refused"
+    };
+    live.config_metrics.reloaded(result);
+}
+
+/// Applies a new, valid config to the running daemon as a reload does (what
+/// can change in place, see the module doc). Returns what changed but needs
+/// a restart, or, if an uplink to restart cannot be loaded, why nothing
+/// changed.
+pub async fn apply_config(
+    ctx: &ReloadContext,
+    running: &mut Config,
+    live: &mut Live,
+    new: Config,
+) -> Result<Vec<String>, String> {
     let plan = plan(running, new);
     // Load every uplink to restart before stopping any: all or nothing.
     let mut restarts = Vec::new();
@@ -279,8 +304,7 @@ pub async fn apply(ctx: &ReloadContext, running: &mut Config, live: &mut Live) {
             Ok(s) => restarts.push((s, digest)),
             Err(e) => {
                 error!(uplink = %name, error = %format!("{e:#}"), "reload: cannot load the uplink; still running with the previous config");
-                live.config_metrics.reloaded("refused");
-                return;
+                return Err(format!("uplinks.{name}: {e:#}"));
             }
         }
     }
@@ -318,8 +342,8 @@ pub async fn apply(ctx: &ReloadContext, running: &mut Config, live: &mut Live) {
     }
     let routes: Vec<&String> = plan.routes.keys().collect();
     info!(restarted_uplinks = ?restarted, pipeline_replaced = plan.pipeline, routes_changed = ?routes, needs_restart = ?plan.kept, "config reloaded");
-    live.config_metrics.reloaded("applied");
     *running = plan.config;
+    Ok(plan.kept)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use super::reload::tls_files_digest;
 use crate::config::Config;
 use crate::metrics::UplinkMetrics;
 use crate::store::{Cursors, Store};
+use crate::uplink::control::ControlLink;
 use crate::uplink::{self, Settings};
 
 /// Resolves every uplink's config into run settings, loading TLS material,
@@ -39,6 +40,8 @@ pub struct Uplinks {
     names: watch::Sender<Vec<Arc<str>>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// The uplink whose connection also carries the control plane, and its link.
+    control: Option<(String, ControlLink)>,
 }
 
 struct Running {
@@ -66,12 +69,23 @@ impl Uplinks {
             names,
             tracker,
             cancel,
+            control: None,
         };
         (uplinks, names_rx)
     }
 
+    /// The uplink `name`'s connection carries `link` from its next start.
+    pub fn set_control(&mut self, name: &str, link: ControlLink) {
+        self.control = Some((name.to_owned(), link));
+    }
+
     /// Starts an uplink; `digest` is its [`tls_files_digest`].
-    pub fn start(&mut self, settings: Settings, digest: u64) {
+    pub fn start(&mut self, mut settings: Settings, digest: u64) {
+        if let Some((name, link)) = &self.control {
+            if *name == settings.name {
+                settings.control = Some(link.clone());
+            }
+        }
         let name = settings.name.clone();
         info!(uplink = %name, endpoint = %format!("{}:{}", settings.host, settings.port), "starting uplink");
         let cancel = self.cancel.child_token();

@@ -94,6 +94,7 @@ macro_rules! metric_set {
 
 mod api;
 mod broker;
+mod fleet;
 mod http;
 mod ingest;
 mod modbus;
@@ -104,6 +105,7 @@ mod uplink;
 
 pub use api::ApiMetrics;
 pub use broker::{BrokerMetrics, DeniedLabels, LimitLabels, LoginLabels};
+pub use fleet::FleetMetrics;
 pub use http::{ListenerLabel, ListenerMetrics, ListenerReasonLabels};
 pub use ingest::{DataLabel, IngestMetrics, RejectLabels};
 pub use modbus::{DeviceErrorLabels, DeviceExceptionLabels, DeviceLabels, ModbusMetrics};

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod flight;
 pub mod limiter;

@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{encoder, Encoding, Topic};
+use super::control::{ControlLink, Inbound, Track};
 use super::drain::DrainRate;
 use super::flight::Flight;
 use super::limiter::Limits;
@@ -98,6 +99,9 @@ pub struct Settings {
     pub window_records: usize,
     /// The stream sent: the stored records, or a route's output.
     pub stream: Stream,
+    /// What else this connection carries (the device shadow): see
+    /// [`super::control`]. `None` for an uplink that only publishes.
+    pub control: Option<ControlLink>,
 }
 
 /// Why a connection ended.
@@ -169,7 +173,11 @@ pub async fn run(
             .connect_attempts
             .get_or_create(&uplink.label)
             .inc();
-        match uplink.session(&cancel).await {
+        let ended = uplink.session(&cancel).await;
+        if let Some(c) = &uplink.s.control {
+            c.tell(Inbound::Disconnected);
+        }
+        match ended {
             Ok(()) => break,
             Err(e) => {
                 uplink
@@ -209,6 +217,10 @@ struct Uplink {
     partial_since: Option<Instant>,
     was_connected: bool,
     read_buf: Vec<StoredRecord>,
+    /// Which packet ids are control publishes.
+    track: Track,
+    /// The control plane's SUBACK arrived on this connection.
+    subscribed: bool,
 }
 
 impl Uplink {
@@ -231,6 +243,8 @@ impl Uplink {
             partial_since: None,
             was_connected: false,
             read_buf: Vec::new(),
+            track: Track::default(),
+            subscribed: false,
             s,
             store,
             cursors,
@@ -259,6 +273,8 @@ impl Uplink {
         self.was_connected = false;
         self.flight.reset();
         self.pace.reconnected();
+        self.track.reset();
+        self.subscribed = false;
         self.queue.clear();
         self.partial_since = None;
         let (client, mut eventloop) =
@@ -283,6 +299,9 @@ impl Uplink {
         info!(uplink = %self.s.name, endpoint = %format!("{}:{}", self.s.host, self.s.port),
               client_id = %self.s.client_id, acked = self.flight.acked(), "uplink connected");
 
+        if let Some(c) = &self.s.control {
+            super::control::subscribe(&client, c)?;
+        }
         // The event loop runs in its own task, so that nothing here cancels a
         // half-written packet; its events come through a channel.
         let (etx, mut erx) = mpsc::channel(256);
@@ -320,12 +339,23 @@ impl Uplink {
         );
         let mut draining: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let control = self.s.control.clone();
+        // With a control plane, batches wait for its SUBACK (and what goes
+        // out on it), at most SUBACK_WAIT.
+        let gate = control
+            .as_ref()
+            .map(|_| Instant::now() + super::control::SUBACK_WAIT);
         loop {
             let now = Instant::now();
             let mut wake: Option<Instant> = None;
-            if draining.is_none() {
+            if let Some(c) = &control {
+                super::control::send_queued(client, c, &mut self.track, &mut limits, now);
+            }
+            let gated = gate.filter(|g| !self.subscribed && now < *g);
+            if draining.is_none() && gated.is_none() {
                 wake = self.publish_ready(client, &mut limits, now).await?;
             }
+            wake = wake.or(gated);
             // No PUBACK for `puback_timeout` while publishes wait: a dead
             // link. A slow one that keeps acknowledging is not given up.
             if let Some(since) = self.flight.stalled_since() {
@@ -361,6 +391,7 @@ impl Uplink {
                     self.queue.clear();
                 }
                 _ = tick.tick() => self.update_gauges(),
+                _ = control_queued(control.as_ref()) => {}
                 _ = sleep_until_opt(wake) => {}
             }
         }
@@ -368,8 +399,32 @@ impl Uplink {
 
     async fn on_event(&mut self, ev: Event) -> Result<(), LinkError> {
         match ev {
-            Event::Outgoing(Outgoing::Publish(pkid)) => self.flight.assigned(pkid),
+            Event::Outgoing(Outgoing::Publish(pkid)) if !self.track.assigned(pkid) => {
+                self.flight.assigned(pkid);
+            }
+            Event::Incoming(Packet::PubAck(ack)) if self.track.acked(ack.pkid) => {
+                if let Some(c) = &self.s.control {
+                    c.tell(Inbound::Acked);
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                if let Some(c) = &self.s.control {
+                    c.tell(Inbound::Publish {
+                        topic: p.topic,
+                        payload: p.payload.to_vec(),
+                    });
+                }
+            }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                if let Some(c) = &self.s.control {
+                    super::control::on_suback(c, &ack);
+                    self.subscribed = true;
+                }
+            }
             Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(c) = &self.s.control {
+                    c.count_ack();
+                }
                 let now = Instant::now();
                 let (acked, moved) = self.flight.ack(ack.pkid, now);
                 if let Some(a) = acked {
@@ -451,6 +506,7 @@ impl Uplink {
                 .inc_by(b.records as u64);
             let bytes = b.payload.len();
             client.try_publish(b.topic, QoS::AtLeastOnce, false, b.payload)?;
+            self.track.sent(false);
             self.flight.published(b.window_end, b.records, bytes, now);
         }
         Ok(None)
@@ -667,6 +723,14 @@ impl Uplink {
             .batch_target
             .get_or_create(&self.label)
             .set(self.pace.batch_bytes(self.s.max_batch_bytes) as u64);
+    }
+}
+
+/// Resolves when `control` has a publish queued; never without a link.
+async fn control_queued(control: Option<&ControlLink>) {
+    match control {
+        Some(c) => c.queued().await,
+        None => std::future::pending().await,
     }
 }
 

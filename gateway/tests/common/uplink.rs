@@ -154,5 +154,6 @@ pub fn uplink_settings(
         window_records: 2048,
         max_batch_records: usize::MAX,
         stream: ferry_gateway::store::Stream::Raw,
+        control: None,
     }
 }

@@ -68,6 +68,7 @@ impl Settings {
                 Some(r) => Stream::Route(r.as_str().into()),
                 None => Stream::Raw,
             },
+            control: None,
         })
     }
 }
