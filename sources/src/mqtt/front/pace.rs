@@ -3,8 +3,9 @@
 //!
 //! A device that waits for its acknowledgements before it publishes more
 //! (its in-flight window is full: one message for `mosquitto_pub -l` and
-//! most scripts, 20 for paho's and mosquitto's clients) would get one
-//! window through per commit interval, 80 messages a second at 250 ms. A
+//! most scripts, 10 or 20 for MQTT libraries) would get one window through
+//! per commit interval, 4 to 80 messages a second at 250 ms. (A full window
+//! of 20 asks for a commit by its count alone: `relay.rs`, `FULL_WINDOW`.) A
 //! device that publishes on its own schedule (a reading every 10 ms, or a
 //! burst of fields every second) is not held by the interval and should
 //! ride it: every commit asked for early is another ~30 KB written to the
@@ -16,32 +17,24 @@
 //! acknowledgements go out (for [`STALL`] or three times its own gap
 //! between publishes, whichever is longer), publishes again right after
 //! them ([`ANSWERED`]), and goes quiet again once its window is full. Such
-//! a device is *ack-clocked* for as long as it answers its
-//! acknowledgements that fast; once it has been quiet that long again, it
-//! is waiting for us, and a commit is asked for. A device on its own
-//! schedule was publishing at its pace when its acknowledgements went out,
-//! or publishes later than [`ANSWERED`] after them, and is never asked for.
+//! a device is *ack-clocked* until its next acknowledgements; once it has
+//! been quiet that long again, it is waiting for us, and a commit is asked
+//! for. A device on its own schedule was publishing at its pace when its
+//! acknowledgements went out, or publishes later than [`ANSWERED`] after
+//! them, and is not asked for; one misjudged (it published by chance right
+//! after its acknowledgements) costs one early commit, judged again at the
+//! next acknowledgements.
 //!
-//! The first time it is, the publishes it left unacknowledged are taken
-//! for its window; from then on, while it is ack-clocked, a commit is asked
-//! for as soon as half of that window waits, so the device sends the rest
-//! of its window while the commit runs (as the subscriber source does with
-//! half its broker's `broker_inflight`). A window of one asks with every
-//! publish.
-//!
-//! Gaps that span acknowledgements going out are the front's time, not
-//! the device's, and do not count towards its pace.
+//! A gap ended by a publish that answered acknowledgements is the front's
+//! time, not the device's, and does not count towards its pace.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 /// A publish this soon after the device's acknowledgements went out came
-/// in answer to them: a round trip over Wi-Fi, or a busy client's event
-/// loop. (A device must also have been quiet before them to become
-/// ack-clocked, so a periodic device publishing by chance soon after its
-/// acknowledgements is not taken for one.)
-pub(super) const ANSWERED: Duration = Duration::from_millis(20);
+/// in answer to them: a round trip on a LAN, a client's event loop.
+pub(super) const ANSWERED: Duration = Duration::from_millis(5);
 
 /// The shortest quiet time after which an ack-clocked device is taken to
 /// wait for its acknowledgements.
@@ -52,39 +45,31 @@ pub(super) const STALL: Duration = Duration::from_millis(2);
 pub(super) struct Pace {
     /// When the device last published (QoS 1 or 2).
     last: Option<Instant>,
-    /// A moving average of its gaps between publishes, acknowledgements
-    /// not between them.
+    /// A moving average of its own gaps between publishes.
     gap: Option<Duration>,
     /// The acknowledgements the device's clocking was last judged by.
     judged: Option<Instant>,
     clocked: bool,
-    /// The publishes unacknowledged when it last waited for us.
-    window: Option<usize>,
 }
 
 impl Pace {
     /// QoS 1 or 2 publishes read at `now`; the device's acknowledgements
     /// last went out at `acked` (`None`: never).
     pub(super) fn published(&mut self, now: Instant, acked: Option<Instant>) {
-        let since_ack = acked.filter(|&a| self.last.is_some_and(|l| a >= l));
-        if let (Some(last), None) = (self.last, since_ack) {
+        // Acknowledgements since its last publish, and whether this
+        // publish answered them.
+        let fresh = acked.filter(|&a| self.last.is_some_and(|l| a >= l));
+        let answered = fresh.is_some_and(|a| now.saturating_duration_since(a) <= ANSWERED);
+        if let Some(a) = fresh.filter(|&a| self.judged != Some(a)) {
+            self.judged = Some(a);
+            let waited = self
+                .last
+                .is_some_and(|l| a.saturating_duration_since(l) >= self.quiet());
+            self.clocked = waited && answered;
+        }
+        if let (Some(last), false) = (self.last, answered) {
             let g = now.saturating_duration_since(last);
             self.gap = Some(self.gap.map_or(g, |avg| (avg * 7 + g) / 8));
-        }
-        if let Some(a) = acked {
-            if self.judged != Some(a) {
-                // The first publish since these acknowledgements: clocked
-                // if it answered them, and the device was quiet before
-                // them (or clocked already: one that keeps half its
-                // window in flight is still publishing when the first half
-                // is acknowledged).
-                self.judged = Some(a);
-                let waited = self
-                    .last
-                    .is_some_and(|l| a.saturating_duration_since(l) >= self.quiet());
-                let answered = now.saturating_duration_since(a) <= ANSWERED;
-                self.clocked = answered && (waited || self.clocked);
-            }
         }
         self.last = Some(now);
     }
@@ -93,17 +78,6 @@ impl Pace {
     /// or three of its gaps if longer.
     fn quiet(&self) -> Duration {
         self.gap.map_or(STALL, |g| (g * 3).max(STALL))
-    }
-
-    /// The device waited for us with `unacked` publishes unacknowledged.
-    pub(super) fn waited(&mut self, unacked: usize) {
-        self.window = Some(unacked);
-    }
-
-    /// Whether `unacked` publishes of an ack-clocked device are half its
-    /// window: a commit is asked for with them.
-    pub(super) fn presses(&self, unacked: usize) -> bool {
-        self.clocked && self.window.is_some_and(|w| unacked >= (w / 2).max(1))
     }
 
     /// When, if it stays quiet with publishes unacknowledged, the device is
@@ -178,27 +152,6 @@ mod tests {
     }
 
     #[test]
-    fn once_a_window_is_known_half_of_it_presses() {
-        let mut pace = Pace::default();
-        let t = Instant::now();
-        pace.published(t, None);
-        assert!(!pace.presses(20), "not clocked");
-        pace.published(t + ms(6), Some(t + ms(5)));
-        assert!(!pace.presses(20), "no window known");
-        pace.waited(20);
-        assert!(!pace.presses(9));
-        assert!(pace.presses(10));
-        // Publishes late after its next acknowledgements: on its own again.
-        let late = t + ms(30) + ANSWERED + ms(1);
-        pace.published(late, Some(t + ms(30)));
-        assert!(!pace.presses(20));
-        // A window of one presses with every publish.
-        pace.published(late + ms(11), Some(late + ms(10)));
-        pace.waited(1);
-        assert!(pace.presses(1));
-    }
-
-    #[test]
     fn a_periodic_device_is_not_waiting_even_right_after_an_acknowledgement() {
         let t = Instant::now();
         // 100 Hz, commits every 250 ms.
@@ -213,7 +166,17 @@ mod tests {
         let last = t + ms(990);
         pace.published(last + ms(10), Some(last + ms(9)));
         assert_eq!(pace.stalls_at(), None, "it was not waiting for them");
-        assert!(!pace.presses(100));
+
+        // Commits as often as it publishes (10 ms): its gaps are its own
+        // whenever its publish comes later than ANSWERED after them, and
+        // once one is known it is not taken for waiting (before, one may
+        // be: an early commit, judged again at the next acknowledgements).
+        let mut pace = Pace::default();
+        for i in 0..200u64 {
+            let acked = (i > 0).then(|| t + ms(10 * i - 1 - i % 9));
+            pace.published(t + ms(10 * i), acked);
+            assert!(i < 10 || pace.stalls_at().is_none(), "publish {i}");
+        }
     }
 
     #[test]

@@ -51,6 +51,13 @@ use crate::mqtt::broker::MAX_BATCH;
 /// waits in the device (its TCP window) until the acknowledgements go out.
 pub(super) const WINDOW: usize = 64 * 1024;
 
+/// A connection with this many publishes unacknowledged asks for a commit
+/// at once: the in-flight window of paho's and mosquitto's clients (20),
+/// full, whether or not the device is seen waiting ([`super::pace`]). A
+/// device that pipelines more than 20 readings within one commit interval
+/// (100 Hz at 250 ms) commits every 20 of them instead.
+pub(super) const FULL_WINDOW: usize = 20;
+
 /// Most QoS 2 packet ids a device may hold between PUBLISH and PUBREL.
 pub(super) const MAX_UNRELEASED: usize = 1024;
 
@@ -182,11 +189,9 @@ impl Conn<'_> {
     /// ([`Pace`]): ingest is asked to commit what it holds at once.
     async fn waiting_for_us(&mut self, at: Option<Instant>) -> Result<(), Closed> {
         self.stalled = at;
-        let unacked = self.unacked.load(Ordering::Acquire);
-        if unacked == 0 {
+        if self.unacked.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
-        self.pace.waited(unacked);
         let asked = self
             .front
             .intake
@@ -393,7 +398,7 @@ impl Conn<'_> {
         if batch.acked > 0 {
             self.pace.published(Instant::now(), self.acked_at.last());
         }
-        let pressing = waiting >= WINDOW / 2 || self.pace.presses(unacked);
+        let pressing = unacked >= FULL_WINDOW || waiting >= WINDOW / 2;
         let receipt = if batch.items.is_empty() {
             None
         } else {
