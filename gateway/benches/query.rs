@@ -27,7 +27,7 @@ use ferry_gateway::api::client::Client;
 use ferry_gateway::api::{serve, ApiContext, RequestLimits};
 use ferry_gateway::metrics::{ApiMetrics, IngestMetrics, UplinkMetrics};
 use ferry_gateway::query::{Engine, Index, IndexOptions, Series};
-use ferry_gateway::store::{Store, StoreOptions, Writer, WriterSettings};
+use ferry_gateway::store::{Cancel, Store, StoreOptions, Writer, WriterSettings};
 use tokio_util::sync::CancellationToken;
 
 const DEVICES: i64 = 10;
@@ -345,26 +345,35 @@ fn main() {
         (from, from + 3_600_000)
     };
 
-    // 3. In process.
+    // 3. In process; each query also through an engine with a cancel flag
+    //    (what the API's requests use: one look at it per hour and block),
+    //    alternating, so both see the same machine.
+    let cancellable = engine.cancellable(Cancel::new());
     let (mut bucketed, mut raw) = (Vec::new(), Vec::new());
+    let (mut bucketed_c, mut raw_c) = (Vec::new(), Vec::new());
     for i in 0..QUERIES {
         let key = keys[i % keys.len()];
-        let t = Instant::now();
-        let r = engine
-            .range(&[key], T0, end, Some(60_000), 100_000)
-            .expect("query");
-        bucketed.push(t.elapsed());
-        assert_eq!(r[0].len() as i64, (seconds + 59) / 60);
         let (from, to) = raw_window(&mut rng);
-        let t = Instant::now();
-        let r = engine
-            .range(&[key], from, to, None, 100_000)
-            .expect("query");
-        raw.push(t.elapsed());
-        assert!(matches!(&r[0], Series::Raw(p) if p.len() == 3600));
+        for (e, b, r) in [
+            (&engine, &mut bucketed, &mut raw),
+            (&cancellable, &mut bucketed_c, &mut raw_c),
+        ] {
+            let t = Instant::now();
+            let got = e
+                .range(&[key], T0, end, Some(60_000), 100_000)
+                .expect("query");
+            b.push(t.elapsed());
+            assert_eq!(got[0].len() as i64, (seconds + 59) / 60);
+            let t = Instant::now();
+            let got = e.range(&[key], from, to, None, 100_000).expect("query");
+            r.push(t.elapsed());
+            assert!(matches!(&got[0], Series::Raw(p) if p.len() == 3600));
+        }
     }
     let ours_bucketed = report("inprocess_24h_1m_buckets", bucketed);
     let ours_raw = report("inprocess_1h_raw", raw);
+    report("inprocess_24h_1m_buckets_cancellable", bucketed_c);
+    report("inprocess_1h_raw_cancellable", raw_c);
 
     // 4. Through the HTTP API: a new connection per request (as curl does),
     //    then one kept-alive connection (as a dashboard does).

@@ -22,6 +22,7 @@ const MAX_TIME: i64 = 253_402_300_800_000;
 
 struct Daemon {
     ferry: Ferry,
+    broker: SocketAddr,
     api: SocketAddr,
     metrics: SocketAddr,
     /// The timestamp of the stored reading `D/F = 42`.
@@ -33,6 +34,11 @@ struct Daemon {
 /// (with `hooks`, the debug build's test hooks on), and one reading stored:
 /// device `D`, field `F`, value 42.
 fn start(extra: &str, hooks: bool) -> Daemon {
+    start_with("", extra, hooks)
+}
+
+/// [`start`], `source` added to the broker source's table.
+fn start_with(source: &str, extra: &str, hooks: bool) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let p = free_ports(3).unwrap();
     let (broker, api, metrics) = (loopback(p[0]), loopback(p[1]), loopback(p[2]));
@@ -46,6 +52,7 @@ data_dir = "{data}"
 type = "mqtt_broker"
 listen = "{broker}"
 topics = ["sensors/{{device}}/telemetry"]
+{source}
 
 [api]
 listen = "{api}"
@@ -64,18 +71,7 @@ listen = "{metrics}"
         &[]
     };
     let ferry = Ferry::start_file_env(&path, env);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut p = common::Publisher::connect(broker, "hostile-api")
-            .await
-            .unwrap();
-        p.publish("sensors/D/telemetry", br#"{"F": 42}"#.to_vec())
-            .await
-            .unwrap();
-    });
+    publish(broker, &[("D", r#"{"F": 42}"#)]);
     let mut ts = 0;
     wait_until_blocking(WAIT, "the reading D/F is stored", || {
         let (status, _, body) = get(api, "/api/v1/devices/D/latest");
@@ -87,11 +83,31 @@ listen = "{metrics}"
     .unwrap();
     Daemon {
         ferry,
+        broker,
         api,
         metrics,
         ts,
         _dir: dir,
     }
+}
+
+/// Publishes each `(device, payload)` to the embedded broker at `broker`,
+/// in order, waiting for each PUBACK.
+fn publish(broker: SocketAddr, readings: &[(&str, &str)]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut p = common::Publisher::connect(broker, "hostile-api")
+            .await
+            .unwrap();
+        for (device, payload) in readings {
+            p.publish(&format!("sensors/{device}/telemetry"), payload.as_bytes())
+                .await
+                .unwrap();
+        }
+    });
 }
 
 /// GET `path` from the API: status, head (lowercase), body as JSON (a
@@ -597,6 +613,102 @@ fn queries_beyond_the_concurrent_cap_are_503_with_retry_after_and_counted() {
         assert_eq!((status, body), (200, json!({ "released": true })));
     }
     assert_eq!(metric(&d, "ferry_api_queries_running"), 0.0);
+    assert_serving(&mut d);
+}
+
+/// A daemon whose device `S` stamped its own times (`timestamp_field`):
+/// one reading at 1970-01-01 and two in the last minutes of 9999, so a raw
+/// query of `S/F` over the whole range of times looks in each of some 70
+/// million hours (a lookup or sixty each: minutes of CPU) for three
+/// points. `extra` is added to `[api]`.
+fn start_with_a_millennium_series(extra: &str) -> Daemon {
+    let d = start_with(r#"timestamp_field = "ts""#, extra, false);
+    publish(
+        d.broker,
+        &[
+            ("S", r#"{"ts": 0, "F": 1}"#),
+            ("S", r#"{"ts": 253402300680000, "F": 2}"#),
+            ("S", r#"{"ts": 253402300799000, "F": 3}"#),
+        ],
+    );
+    // The transaction that stores a reading also writes the block its
+    // series has moved on from: once the third is committed, the blocks of
+    // the first two are (the series' extent spans the millennia).
+    wait_until_blocking(WAIT, "S's third reading is stored", || {
+        let (status, _, body) = get(d.api, "/api/v1/devices/S/latest");
+        status == 200 && body["fields"]["F"]["value"] == json!(3)
+    })
+    .unwrap();
+    d
+}
+
+/// The path of the slow query of [`start_with_a_millennium_series`].
+fn millennium_query() -> String {
+    format!("/api/v1/query?series=S/F&from=0&to={MAX_TIME}")
+}
+
+#[test]
+fn a_query_past_request_timeout_stops_its_reads_and_frees_its_slot() {
+    let mut d =
+        start_with_a_millennium_series("max_concurrent_queries = 1\nrequest_timeout = \"300ms\"");
+    let asked = Instant::now();
+    let (status, _, body) = get(d.api, &millennium_query());
+    assert_eq!(
+        (status, body),
+        (
+            503,
+            json!({
+                "error": "the request was not answered within api.request_timeout (300ms)",
+                "code": "request_timeout"
+            })
+        )
+    );
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+    // The only slot is free within a bounded time of the timeout (the read
+    // ends within one hour's lookups of its cancel), not minutes later when
+    // the read would have ended: a query that follows is answered.
+    let timed_out = Instant::now();
+    wait_until_blocking(
+        Duration::from_secs(2),
+        "the query slot is free again",
+        || metric(&d, "ferry_api_queries_running") == 0.0,
+    )
+    .unwrap();
+    let freed = timed_out.elapsed();
+    let (status, _, body) = get(d.api, "/api/v1/devices/S/latest");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["fields"]["F"]["value"], json!(3), "{body}");
+    assert_eq!(metric(&d, "ferry_api_queries_cancelled_total"), 1.0);
+    assert_eq!(
+        metric(&d, "ferry_api_requests_failed_total{reason=\"busy\"}"),
+        0.0
+    );
+    // The hours are visited lazily: 70 million of them cost no memory.
+    let peak = common::peak_rss_kib(d.ferry.pid());
+    assert!(peak < 150 * 1024, "peak RSS {peak} KiB");
+    eprintln!("slot free {freed:?} after the timeout; peak RSS {peak} KiB");
+    assert_serving(&mut d);
+}
+
+#[test]
+fn a_query_whose_client_goes_away_stops_its_reads_and_frees_its_slot() {
+    use std::io::Write;
+    let mut d = start_with_a_millennium_series("max_concurrent_queries = 1");
+    let mut s = std::net::TcpStream::connect(d.api).unwrap();
+    write!(s, "GET {} HTTP/1.1\r\nHost: x\r\n\r\n", millennium_query()).unwrap();
+    wait_until_blocking(WAIT, "the query is running", || {
+        metric(&d, "ferry_api_queries_running") == 1.0
+    })
+    .unwrap();
+    drop(s);
+    // Well before `request_timeout` (30 s by default).
+    wait_until_blocking(
+        Duration::from_secs(2),
+        "the query slot is free again",
+        || metric(&d, "ferry_api_queries_running") == 0.0,
+    )
+    .unwrap();
+    assert_eq!(metric(&d, "ferry_api_queries_cancelled_total"), 1.0);
     assert_serving(&mut d);
 }
 

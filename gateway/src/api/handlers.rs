@@ -15,11 +15,11 @@ use serde_json::{json, Map, Value as Json_};
 
 use super::json::{Body, DeviceOut, DevicesOut, FieldOut, Latest, LatestOut, QueryOut, SeriesOut};
 use super::params::{known, now, one, parse_count, parse_duration_ms, parse_pairs, parse_query};
-use super::{ApiContext, ApiError, PanicAnswer};
+use super::{ApiContext, ApiError, PanicAnswer, CANCELLED};
 use crate::contain;
 use crate::metrics::UplinkMetrics;
 use crate::query::QueryError;
-use crate::store::{StoreError, Stream};
+use crate::store::{Cancel, StoreError, Stream};
 use crate::uplink::cursor_name;
 
 type Ctx = State<Arc<ApiContext>>;
@@ -55,13 +55,19 @@ const MAX_SCAN: usize = 200_000;
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal(e)
+        match e {
+            StoreError::Cancelled => ApiError::cancelled(),
+            e => ApiError::internal(e),
+        }
     }
 }
 
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         match e {
+            QueryError::Cancelled | QueryError::Store(StoreError::Cancelled) => {
+                ApiError::cancelled()
+            }
             QueryError::TooManyPoints { .. } => ApiError {
                 status: axum::http::StatusCode::BAD_REQUEST,
                 code: "too_many_points",
@@ -84,11 +90,15 @@ impl Drop for Running {
 
 /// Runs `f` on the blocking pool holding a query slot (all taken: a 503
 /// `busy`), as a contained scope: a panic in `f` is a 500 `internal`,
-/// counted as `panic`. The slot is held until `f` ends, also when the
-/// request is gone before.
+/// counted as `panic`. The slot is held until `f` ends. `f` is given a
+/// cancel flag raised when the request is gone (answered 503
+/// `request_timeout` after `[api] request_timeout`, or its connection
+/// closed): the engine's and the store's reads made with it end soon after
+/// with a `cancelled` error, which frees the slot, and are counted in
+/// `ferry_api_queries_cancelled_total`.
 pub(super) async fn blocking<T: Send + 'static>(
     ctx: &ApiContext,
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&Cancel) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, axum::response::Response> {
     use axum::response::IntoResponse;
     let slot = ctx
@@ -100,11 +110,20 @@ pub(super) async fn blocking<T: Send + 'static>(
     let gauge = ctx.metrics.queries_running.clone();
     gauge.inc();
     let running = Running(gauge);
+    let cancel = Cancel::new();
+    // Dropped with this future when the request is gone: cancels `f`'s reads.
+    let gone = cancel.on_drop();
+    let cancelled = ctx.metrics.queries_cancelled.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let _held = (slot, running);
-        contain::contained(f)
+        let result = contain::contained(|| f(&cancel));
+        if matches!(&result, Ok(Err(e)) if e.code == CANCELLED) {
+            cancelled.inc();
+        }
+        result
     })
     .await;
+    gone.disarm();
     match joined {
         Ok(Ok(result)) => result.map_err(IntoResponse::into_response),
         Ok(Err(p)) => Err(PanicAnswer(ApiError::panicked(&p)).into_response()),
@@ -149,10 +168,13 @@ pub async fn devices(State(ctx): Ctx, Params(params): Params) -> Reply<Body> {
         }
     };
     let c = ctx.clone();
-    blocking(&c, move || {
-        let page =
-            ctx.engine
-                .devices_page(after.as_deref(), limit, with_fields, MAX_PAGE_FIELDS)?;
+    blocking(&c, move |cancel| {
+        let page = ctx.engine.cancellable(cancel.clone()).devices_page(
+            after.as_deref(),
+            limit,
+            with_fields,
+            MAX_PAGE_FIELDS,
+        )?;
         let devices = page
             .devices
             .iter()
@@ -182,8 +204,9 @@ pub async fn latest(
     let Path(device) = device.map_err(|e| reply(path_error(e)))?;
     known(&params, &[]).map_err(reply)?;
     let c = ctx.clone();
-    blocking(&c, move || {
-        let (list, lag) = ctx.engine.device_fields(&device)?;
+    blocking(&c, move |cancel| {
+        let engine = ctx.engine.cancellable(cancel.clone());
+        let (list, lag) = engine.device_fields(&device)?;
         if list.is_empty() {
             return Err(ApiError::not_found(format!(
                 "no readings of device `{device}`"
@@ -225,12 +248,13 @@ pub async fn query(State(ctx): Ctx, RawQuery(raw): RawQuery) -> Reply<Body> {
     let c = ctx.clone();
     // The lookups, the query and the body's serialization all run off the
     // runtime's threads (a 24 h query reads ~1,500 blocks).
-    blocking(&c, move || {
+    blocking(&c, move |cancel| {
+        let engine = ctx.engine.cancellable(cancel.clone());
         // A series asked for twice is read once (and answered twice).
         let mut keys = Vec::with_capacity(q.series.len());
         let mut slots = Vec::with_capacity(q.series.len());
         for (device, field) in &q.series {
-            let key = ctx.engine.series_key(device, field).ok_or_else(|| {
+            let key = engine.series_key(device, field).ok_or_else(|| {
                 ApiError::not_found(format!(
                     "no series `{device}/{field}`: device or field never stored"
                 ))
@@ -242,7 +266,7 @@ pub async fn query(State(ctx): Ctx, RawQuery(raw): RawQuery) -> Reply<Body> {
             slots.push(slot);
         }
         let (from, to, step) = (q.from, q.to, q.step);
-        let (result, lag) = ctx.engine.range_with_lag(&keys, from, to, step, q.limit)?;
+        let (result, lag) = engine.range_with_lag(&keys, from, to, step, q.limit)?;
         let series = q
             .series
             .iter()
@@ -325,7 +349,7 @@ fn uplinks_json(ctx: &ApiContext) -> Result<Vec<Json_>, ApiError> {
 pub async fn uplinks(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json_>> {
     known(&params, &[]).map_err(reply)?;
     let c = ctx.clone();
-    let uplinks = blocking(&c, move || uplinks_json(&ctx)).await?;
+    let uplinks = blocking(&c, move |_| uplinks_json(&ctx)).await?;
     Ok(Json(json!({ "uplinks": uplinks })))
 }
 
@@ -333,7 +357,7 @@ pub async fn uplinks(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json
 pub async fn status(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json_>> {
     known(&params, &[]).map_err(reply)?;
     let c = ctx.clone();
-    blocking(&c, move || {
+    blocking(&c, move |_| {
         let store = ctx.engine.store();
         let heads = store.heads();
         let now = now();
@@ -401,7 +425,7 @@ pub async fn dead(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json_>>
     })()
     .map_err(reply)?;
     let c = ctx.clone();
-    blocking(&c, move || {
+    blocking(&c, move |_| {
         let store = ctx.engine.store();
         let after = after.unwrap_or_else(|| store.heads().dead.saturating_sub(limit as u64));
         let letters = store.read_dead(after, limit)?;
@@ -457,9 +481,9 @@ pub async fn records(State(ctx): Ctx, Params(params): Params) -> Reply<Json<Json
         let _ = tokio::time::timeout(wait, heads.wait_for(|h| h.records > after)).await;
     }
     let c = ctx.clone();
-    blocking(&c, move || {
+    blocking(&c, move |cancel| {
         let (out, next) = match &device {
-            Some(d) => store.read_device(d, after, limit, MAX_SCAN)?,
+            Some(d) => store.read_device(d, after, limit, MAX_SCAN, cancel)?,
             None => {
                 let after =
                     after.unwrap_or_else(|| store.heads().records.saturating_sub(limit as u64));

@@ -17,7 +17,11 @@
 //! ([`crate::query::bounds`]), steps of 1 ms to `i64::MAX` ms, and a
 //! bucketed query's series × buckets within `limit`. At most
 //! `max_concurrent_queries` requests read the store at once (on the
-//! blocking pool); one more is a 503 `busy` with `Retry-After`.
+//! blocking pool); one more is a 503 `busy` with `Retry-After`. A request
+//! that is gone (timed out after `request_timeout`, or its connection
+//! closed) cancels its reads: each runs with a flag the engine and the
+//! store ask before every series, hour and block, so its slot frees soon
+//! after, counted in `ferry_api_queries_cancelled_total`.
 //!
 //! # Panics
 //! A bug in one request's handling costs that request only: the whole
@@ -170,6 +174,9 @@ impl ApiContext {
     }
 }
 
+/// The code of [`ApiError::cancelled`].
+const CANCELLED: &str = "cancelled";
+
 /// An error answer: status and message, as `{"error": ..., "code": ...}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -262,6 +269,17 @@ impl ApiError {
                 "{max} queries are running already ([api] max_concurrent_queries); retry in a \
                  second"
             ),
+        )
+    }
+
+    /// The request is gone (timed out, or its connection closed) and its
+    /// reads stopped: an answer no one reads, counted apart
+    /// (`ferry_api_queries_cancelled_total`).
+    pub fn cancelled() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            CANCELLED,
+            "the request is gone (api.request_timeout, or its connection closed): its reads stopped",
         )
     }
 

@@ -48,7 +48,7 @@ async fn panic(State(ctx): State<Arc<ApiContext>>, Params(params): Params) -> Re
         Ok(Some("handler")) => panic!("test hook: a panic in a request handler"),
         Ok(Some("blocking")) => {
             let r: Result<(), _> =
-                blocking(&ctx, || panic!("test hook: a panic on the blocking pool")).await;
+                blocking(&ctx, |_| panic!("test hook: a panic on the blocking pool")).await;
             r.err()
                 .unwrap_or_else(|| ApiError::internal("did not panic").into_response())
         }
@@ -64,7 +64,7 @@ async fn panic(State(ctx): State<Arc<ApiContext>>, Params(params): Params) -> Re
 static RELEASED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
 async fn hold(State(ctx): State<Arc<ApiContext>>) -> Response {
-    let r = blocking(&ctx, || {
+    let r = blocking(&ctx, |_| {
         let deadline = Instant::now() + Duration::from_secs(30);
         let (lock, signal) = &RELEASED;
         let mut released = lock.lock().unwrap_or_else(|e| e.into_inner());

@@ -12,7 +12,15 @@
 //! | `[api]` | `max_connections` + [`HTTP_REFUSING`] (over the cap, being answered 503) |
 //! | `[metrics]` | `max_connections` + [`HTTP_REFUSING`] |
 //! | `mqtt_broker`, through the device front | 3 × `max_connections` (device, front to broker, broker side) + 64 (being refused) |
-//! | `mqtt_broker`, devices connected directly | `max_connections` |
+//! | `mqtt_broker`, devices connected directly | `max_connections` + [`DIRECT_PENDING`] (accepted by rumqttd, not past CONNECT yet) |
+//!
+//! Devices connected directly hold rumqttd's sockets, and rumqttd's own
+//! accept loop retries at once on `EMFILE` (spinning a core while the
+//! process is out of descriptors: Ferry's loops back off, rumqttd's cannot
+//! be made to): counting every socket it may hold keeps that out of reach
+//! within the budget. rumqttd refuses a connection over its cap only after
+//! the CONNECT, so besides its connections it may hold those it accepted
+//! within its CONNECT timeout, at its accept rate.
 //!
 //! Their sum is an error past [`FD_BUDGET`], and a warning past the
 //! process's `RLIMIT_NOFILE` less [`FD_RESERVE`] (checked where the config
@@ -38,6 +46,14 @@ pub const FRONT_REFUSING: u64 = 64;
 
 #[cfg(feature = "embedded-broker")]
 const _: () = assert!(FRONT_REFUSING == ferry_sources::mqtt::FRONT_REFUSING as u64);
+
+/// Sockets rumqttd may hold beyond `max_connections` with devices connected
+/// directly: accepted at most one a millisecond, each closed if no CONNECT
+/// comes within 5 s.
+pub const DIRECT_PENDING: u64 = 5_000;
+
+#[cfg(feature = "embedded-broker")]
+const _: () = assert!(DIRECT_PENDING == ferry_sources::mqtt::DIRECT_PENDING as u64);
 
 /// One listener's share: the key that sets it, and its descriptors.
 struct Share {
@@ -77,8 +93,8 @@ fn shares(
             }
         } else {
             Share {
-                what: format!("sources.{name}.max_connections {max}"),
-                fds: max,
+                what: format!("sources.{name}.max_connections {max} + {DIRECT_PENDING}"),
+                fds: max.saturating_add(DIRECT_PENDING),
                 key,
             }
         });
@@ -178,6 +194,16 @@ mod tests {
         BTreeMap::from([("local".to_owned(), SourceConfig::MqttBroker(b))])
     }
 
+    fn direct_broker(max: usize) -> BTreeMap<String, SourceConfig> {
+        let b = ferry_sources::mqtt::BrokerSourceConfig {
+            max_connections: max,
+            device_front: ferry_sources::mqtt::DeviceFront::Auto,
+            ..Default::default()
+        };
+        assert!(!b.uses_front());
+        BTreeMap::from([("local".to_owned(), SourceConfig::MqttBroker(b))])
+    }
+
     fn problems(report: &Report) -> (Vec<String>, Vec<String>) {
         let show = |p: &Vec<ferry_core::report::Problem>| {
             p.iter()
@@ -213,6 +239,39 @@ mod tests {
               sources.local.max_connections 3 x 1000 + 64), more than the budget of 6144 \
               (of LimitNOFILE=8192 in ferry.service, the rest kept for the store, uplinks \
               and Modbus): lower these max_connections"
+            ]
+        );
+    }
+
+    /// Devices connected to rumqttd directly: its sockets not past their
+    /// CONNECT count too (rumqttd spins on `EMFILE`), so the default cap
+    /// fits once, and a second such broker passes the budget.
+    #[test]
+    fn devices_connected_directly_count_rumqttd_s_unconnected_sockets() {
+        let mut report = Report::default();
+        check_against(
+            &api(64),
+            &metrics(16),
+            &direct_broker(1000),
+            Some(8192),
+            &mut report,
+        );
+        assert_eq!(problems(&report), (vec![], vec![]));
+        let mut two = direct_broker(1000);
+        two.insert(
+            "other".to_owned(),
+            direct_broker(100).remove("local").unwrap(),
+        );
+        let mut report = Report::default();
+        check_against(&api(64), &metrics(16), &two, Some(8192), &mut report);
+        assert_eq!(
+            problems(&report).0,
+            [
+                "sources.local.max_connections: the listeners may hold 11212 file descriptors \
+              (api.max_connections 64 + 16 + metrics.max_connections 16 + 16 + \
+              sources.local.max_connections 1000 + 5000 + sources.other.max_connections 100 \
+              + 5000), more than the budget of 6144 (of LimitNOFILE=8192 in ferry.service, \
+              the rest kept for the store, uplinks and Modbus): lower these max_connections"
             ]
         );
     }

@@ -22,6 +22,13 @@ metric_set! {
             queries_running: Gauge
                 => "queries_running",
                 "API requests reading the store now (at most [api] max_concurrent_queries)";
+            /// API requests whose reads of the store were stopped early because
+            /// the request was gone (answered 503 `request_timeout`, or its
+            /// connection closed): their query slot freed then, not when the
+            /// whole read would have ended.
+            queries_cancelled: Counter
+                => "queries_cancelled",
+                "API requests whose store reads stopped early because the request was gone (timed out or closed)";
         }
     }
 }

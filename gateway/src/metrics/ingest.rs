@@ -82,6 +82,15 @@ metric_set! {
             series: Gauge
                 => "series",
                 "Series (device and field) with stored records (at most store.max_series)";
+            /// Series the store's name limits forgot once retention had evicted
+            /// every record of them (see `store::limits`).
+            series_forgotten: Counter
+                => "series_forgotten",
+                "Series forgotten by the name limits once retention had evicted all their records";
+            /// Devices forgotten with their last series.
+            devices_forgotten: Counter
+                => "devices_forgotten",
+                "Devices forgotten by the name limits once retention had evicted all their records";
             /// Records in the store.
             store_records: Gauge<u64, AtomicU64>
                 => "records", "Records in the store";

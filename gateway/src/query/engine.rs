@@ -17,7 +17,7 @@ use super::layout::{series_ids, series_key, SeriesKey};
 use super::range::{RangeQuery, Series};
 use super::scan::{scan, Piece, Tables};
 use crate::store::codec::DecodeError;
-use crate::store::{Store, StoreError};
+use crate::store::{Cancel, Store, StoreError};
 
 /// An error answering a query.
 #[derive(Debug, Error)]
@@ -32,6 +32,10 @@ pub enum QueryError {
     Step { step: i64 },
     #[error("a bucket of {step} ms does not fit the range of times")]
     Overflow { step: i64 },
+    /// The engine's cancel flag was raised (its request is gone)
+    /// before the answer was complete.
+    #[error("cancelled: the request is gone")]
+    Cancelled,
 }
 
 impl From<redb::StorageError> for QueryError {
@@ -60,11 +64,33 @@ pub struct SeriesInfo {
 pub struct Engine {
     store: Store,
     index: Arc<Index>,
+    /// Cancels every read of this engine (see [`Engine::cancellable`]).
+    cancel: Option<Cancel>,
 }
 
 impl Engine {
     pub fn new(store: Store, index: Arc<Index>) -> Engine {
-        Engine { store, index }
+        Engine {
+            store,
+            index,
+            cancel: None,
+        }
+    }
+
+    /// This engine, its reads ending with [`QueryError::Cancelled`] once
+    /// `cancel` is: every loop over series, hours and blocks asks before
+    /// each step, so a read ends within one block's decoding (or one hour's
+    /// lookups) of the cancel, however much it had left to read. What the
+    /// API gives each request, cancelled when the request is gone.
+    pub fn cancellable(&self, cancel: Cancel) -> Engine {
+        Engine {
+            cancel: Some(cancel),
+            ..self.clone()
+        }
+    }
+
+    fn tables(&self, view: &View) -> Result<Tables, QueryError> {
+        Tables::open(&view.tx, self.cancel.as_ref())
     }
 
     pub fn store(&self) -> &Store {
@@ -101,7 +127,7 @@ impl Engine {
             None => None,
         };
         let view = self.index.view(&self.store, None)?;
-        let t = Tables::open(&view.tx)?;
+        let t = self.tables(&view)?;
         let (lo, hi) = match device_id {
             Some(d) => (series_key(d, 0), series_key(d, u32::MAX)),
             None => (0, u64::MAX),
@@ -114,6 +140,7 @@ impl Engine {
         let names = self.store.names().snapshot();
         let mut out = Vec::new();
         for s in keys {
+            t.check()?;
             let (d, f) = series_ids(s);
             let (Some(device), Some(field)) = (names.get(d as usize), names.get(f as usize)) else {
                 continue;
@@ -158,7 +185,7 @@ impl Engine {
         // Within the query range, no bucket computation below overflows.
         let (from, to) = (clamp_time(from), clamp_time(to));
         let view = self.index.view(&self.store, Some(series))?;
-        let blocks = Tables::open(&view.tx)?;
+        let blocks = self.tables(&view)?;
         let mut out = Vec::with_capacity(series.len());
         let mut query = RangeQuery {
             view: &view,
@@ -169,6 +196,7 @@ impl Engine {
             total: 0,
         };
         for &s in series {
+            blocks.check()?;
             if from >= to {
                 out.push(match step {
                     Some(_) => Series::Buckets(Vec::new()),
@@ -288,7 +316,7 @@ impl Engine {
             let ids: Vec<u32> = page.iter().map(|(_, e)| e.id).collect();
             let view = self.index.view_devices(&self.store, &ids)?;
             lag = view.lag;
-            let t = Tables::open(&view.tx)?;
+            let t = self.tables(&view)?;
             let names = self.store.names().snapshot();
             for (out, (_, e)) in devices.iter_mut().zip(&page) {
                 out.fields = fields_of(&view, &t, &names, e.id, &out.device)?;
@@ -305,7 +333,7 @@ impl Engine {
             return Ok((Vec::new(), self.index.lag(&self.store)));
         };
         let view = self.index.view_devices(&self.store, &[entry.id])?;
-        let t = Tables::open(&view.tx)?;
+        let t = self.tables(&view)?;
         let names = self.store.names().snapshot();
         let fields = fields_of(&view, &t, &names, entry.id, &Arc::from(device))?;
         Ok((fields, view.lag))
@@ -351,6 +379,7 @@ fn fields_of(
     keys.extend(view.memory.keys().filter(|k| (lo..=hi).contains(*k)));
     let mut out = Vec::with_capacity(keys.len());
     for s in keys {
+        t.check()?;
         let Some(field) = names.get(series_ids(s).1 as usize) else {
             continue;
         };

@@ -72,7 +72,11 @@
 //!
 //! # Reading
 //! A query reads the persisted blocks in one read transaction and merges
-//! the in-memory minutes of its series by sequence number.
+//! the in-memory minutes of its series by sequence number. A series'
+//! hours are walked lazily within its extent (a reading in 1970 and one
+//! in 9999 cost a query time, never memory), and an engine made
+//! [`Engine::cancellable`] asks its token before each series, hour and
+//! block: the API cancels it when the request is gone.
 //!
 //! # Files
 //! | file | what |

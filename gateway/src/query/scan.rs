@@ -3,34 +3,52 @@
 //! merged with the in-memory buckets, each given as a rollup or as its
 //! visible points.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use ferry_core::record::Millis;
 use redb::{AccessGuard, ReadOnlyTable, ReadTransaction};
 
 use super::block::{union_by_seq, Block, Header, Point, Rollup};
+use super::bounds::clamp_time;
 use super::engine::QueryError;
 use super::index::View;
 use super::layout::{
     bucket_of, hour_of, Directory, SeriesKey, BLOCKS, BUCKET_MS, HOURS, HOUR_MS, SERIES,
 };
 use super::memory::OpenBucket;
+use crate::store::Cancel;
 
-/// The index tables in a read transaction.
+/// The index tables in a read transaction, and the flag that cancels
+/// the reads made through them (its request is gone).
 pub(super) struct Tables {
     pub(super) blocks: ReadOnlyTable<(i64, u64), &'static [u8]>,
     pub(super) hours: ReadOnlyTable<(u64, i64), &'static [u8]>,
     pub(super) series: ReadOnlyTable<u64, (i64, i64)>,
+    cancel: Option<Cancel>,
 }
 
 impl Tables {
-    pub(super) fn open(tx: &ReadTransaction) -> Result<Tables, QueryError> {
+    pub(super) fn open(
+        tx: &ReadTransaction,
+        cancel: Option<&Cancel>,
+    ) -> Result<Tables, QueryError> {
         Ok(Tables {
             blocks: tx.open_table(BLOCKS)?,
             hours: tx.open_table(HOURS)?,
             series: tx.open_table(SERIES)?,
+            cancel: cancel.cloned(),
         })
+    }
+
+    /// `Err(Cancelled)` once the flag is raised: every loop over
+    /// blocks, hours or series asks before each step, so a cancelled read
+    /// ends within one step (one block decoded, or one hour's lookups).
+    pub(super) fn check(&self) -> Result<(), QueryError> {
+        match &self.cancel {
+            Some(c) if c.is_cancelled() => Err(QueryError::Cancelled),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -63,7 +81,10 @@ enum Slot<'a> {
 ///
 /// Persisted blocks are looked for only within the series' extent, an hour
 /// at a time: through the hour's directory when it is sealed (one read for
-/// up to 60 blocks), else minute by minute.
+/// up to 60 blocks), else minute by minute. The hours are visited lazily
+/// (an extent of millennia, one reading in 1970 and one in 9999, costs
+/// time, never memory), and `t`'s cancel flag is asked before each hour and each
+/// block (`QueryError::Cancelled`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn scan(
     view: &View,
@@ -89,22 +110,16 @@ pub(super) fn scan(
     };
     let empty = Default::default();
     let memory = view.memory.get(&s).unwrap_or(&empty);
+    // The index holds minutes within the query range only: clamped, a
+    // damaged extent cannot overflow the hour arithmetic below.
     let extent = t
         .series
         .get(s)?
         .map(|v| v.value())
-        .map(|(a, z)| (a.max(b0), z.min(b1)))
+        .map(|(a, z)| (clamp_time(a).max(b0), clamp_time(z).min(b1)))
         .filter(|(a, z)| a <= z);
-    let mut hours: BTreeSet<Millis> = memory.range(b0..=b1).map(|(b, _)| hour_of(*b)).collect();
-    if let Some((a, z)) = extent {
-        hours.extend((hour_of(a)..=z).step_by(HOUR_MS as usize));
-    }
-    let ordered: Box<dyn Iterator<Item = &Millis>> = if rev {
-        Box::new(hours.iter().rev())
-    } else {
-        Box::new(hours.iter())
-    };
-    for &h in ordered {
+    for h in hours(memory, b0, b1, extent, rev) {
+        t.check()?;
         let (lo, hi) = (h.max(b0), h.saturating_add(HOUR_MS - BUCKET_MS).min(b1));
         if lo > hi {
             continue;
@@ -118,6 +133,7 @@ pub(super) fn scan(
             slots.reverse();
         }
         for (b, slot) in slots {
+            t.check()?;
             let Some(piece) = series.piece(b, slot, &need_points)? else {
                 continue;
             };
@@ -130,6 +146,45 @@ pub(super) fn scan(
         }
     }
     Ok(())
+}
+
+/// The hours that may hold buckets of a series in `b0..=b1`, in order
+/// (reversed with `rev`), each once: those of its in-memory buckets and
+/// every hour of its persisted `extent` (minutes, within `b0..=b1` and
+/// the query range). Lazy: only the memory's hours are collected.
+fn hours(
+    memory: &BTreeMap<Millis, OpenBucket>,
+    b0: Millis,
+    b1: Millis,
+    extent: Option<(Millis, Millis)>,
+    rev: bool,
+) -> impl Iterator<Item = Millis> {
+    let mut mem: Vec<Millis> = memory.range(b0..=b1).map(|(b, _)| hour_of(*b)).collect();
+    mem.dedup();
+    if rev {
+        mem.reverse();
+    }
+    // Within the query range, the hours' arithmetic fits an i64.
+    let (first, last) = extent.map_or((0, -HOUR_MS), |(a, z)| (hour_of(a), hour_of(z)));
+    let n = (last - first) / HOUR_MS + 1;
+    let disk = (0..n).map(move |i| {
+        if rev {
+            last - i * HOUR_MS
+        } else {
+            first + i * HOUR_MS
+        }
+    });
+    let before = move |x: Millis, y: Millis| if rev { x > y } else { x < y };
+    let (mut mem, mut disk) = (mem.into_iter().peekable(), disk.peekable());
+    std::iter::from_fn(move || match (mem.peek().copied(), disk.peek().copied()) {
+        (None, None) => None,
+        (Some(m), Some(d)) if m == d => {
+            mem.next();
+            disk.next()
+        }
+        (Some(m), d) if d.is_none_or(|d| before(m, d)) => mem.next(),
+        _ => disk.next(),
+    })
 }
 
 /// Merges the memory's buckets `lo..=hi` with the persisted blocks of the

@@ -666,3 +666,73 @@ async fn a_record_stamped_outside_the_query_range_is_skipped_by_the_index() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A cancelled engine stops every read with `Cancelled`, and a read
+/// cancelled from another thread while it walks a series of millennia
+/// (one reading in 1970, two in 9999: some 70 million hours to look in)
+/// ends within a bounded time of the cancel, not when the walk would.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_read_ends_soon_with_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, index) = open(&dir);
+    let ingest = start(
+        &store,
+        &index,
+        WriterSettings::default().with_commit_interval(Duration::from_millis(10)),
+    );
+    let mut recs = records(3);
+    for (r, ts) in recs
+        .iter_mut()
+        .zip([0, 253_402_300_680_000, 253_402_300_799_000])
+    {
+        r.ts = ts;
+        r.device = "a".into();
+    }
+    write(&ingest, recs).await;
+    stop(ingest).await;
+    let engine = Engine::new(store.clone(), index.clone());
+    let a = engine.series_key("a", "v").unwrap();
+    // Uncancelled, the edges are found at once (the hours are walked lazily).
+    let (fields, _) = engine.device_fields("a").unwrap();
+    assert_eq!(fields.len(), 5);
+    assert_eq!(fields[0].first_ts, 0);
+
+    let cancel = crate::store::Cancel::new();
+    cancel.cancel();
+    let cancelled = engine.cancellable(cancel.clone());
+    let is_cancelled = |r: Result<_, QueryError>| matches!(r, Err(QueryError::Cancelled));
+    assert!(is_cancelled(
+        cancelled.range(&[a], 0, 1, None, 100).map(drop)
+    ));
+    assert!(is_cancelled(cancelled.list(None).map(drop)));
+    assert!(is_cancelled(cancelled.device_fields("a").map(drop)));
+    assert!(is_cancelled(
+        cancelled.devices_page(None, 10, true, 100).map(drop)
+    ));
+    assert!(matches!(
+        store.read_device("a", None, 10, 100, &cancel),
+        Err(crate::store::StoreError::Cancelled)
+    ));
+    // Not cancelled, the same engine's reads answer.
+    assert_eq!(engine.list(None).unwrap().len(), 5);
+
+    let cancel = crate::store::Cancel::new();
+    let walker = engine.cancellable(cancel.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        walker.range(&[a], 0, bounds::MAX_TIME, None, 100).map(drop)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !read.is_finished(),
+        "the walk of 70 million hours ended in 200 ms"
+    );
+    let at = std::time::Instant::now();
+    cancel.cancel();
+    let r = read.await.unwrap();
+    assert!(is_cancelled(r));
+    assert!(
+        at.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        at.elapsed()
+    );
+}

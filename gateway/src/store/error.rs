@@ -24,6 +24,9 @@ pub enum StoreError {
     Redb(#[from] redb::Error),
     #[error("the store is being reopened after an I/O error")]
     Reopening,
+    /// A read's cancel token was cancelled (its request is gone).
+    #[error("cancelled: the request is gone")]
+    Cancelled,
     #[error("store {path} is corrupt ({error}) and cannot be moved aside: {source}")]
     SetAside {
         path: PathBuf,

@@ -8,6 +8,26 @@
 //! `too_many_device_fields`), counted in
 //! `ferry_ingest_records_rejected_total{source,reason}`, and each episode
 //! is logged once, naming the device.
+//!
+//! # When a name is forgotten
+//! A series is forgotten — its slot under `max_series` and its device's
+//! `max_fields_per_device` freed, and the device's under `max_devices`
+//! with its last series — when a record would be refused for want of room
+//! and retention (disk budget or `max_age`) has evicted every record
+//! that holds the series. The writer keeps, per series, an upper bound on
+//! the sequence number of its last record: exact for records stored since
+//! the daemon started, and the log's head at the start for the others (the
+//! store keeps no per-series position, which would cost a write per series
+//! per commit). So a series not written since the last start is forgotten
+//! once every record stored before that start is evicted. Never earlier
+//! than its last record: a forgotten device has nothing to show (the
+//! index drops the blocks of evicted records, and `/api/v1/devices` lists
+//! the registry, which no longer holds it). Forgetting removes the series
+//! from `known_series` in the transaction that stores the record it made
+//! room for, so a restart sees the same registry; counted in
+//! `ferry_store_series_forgotten_total` and `_devices_forgotten_total`.
+//! The device's and fields' names stay interned (the `names` table; ids are
+//! never reused): a name that comes back keeps its id.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
@@ -36,26 +56,37 @@ pub struct Limits {
 }
 
 /// The writer's registry: the known series (committed, and added by the
-/// transaction under way), fields per device, and the refusal episodes.
+/// transaction under way) with an upper bound on the sequence number of
+/// each one's last record, fields per device, and the refusal episodes.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     pub limits: Limits,
-    series: HashSet<u64>,
+    series: HashMap<u64, u64>,
     fields: HashMap<u32, u32>,
     /// Added by the transaction under way (undone if it fails).
     pending: Vec<u64>,
+    /// Forgotten by the transaction under way, with their bounds (restored
+    /// if it fails).
+    forgotten: Vec<(u64, u64)>,
+    /// Devices forgotten by the transaction under way.
+    devices_forgotten: u64,
+    /// The first stored record when the registry was last swept for
+    /// series without records (and before the transaction under way).
+    swept: (u64, u64),
     /// Per kind: the refusal episode under way (records refused so far).
     episodes: HashMap<&'static str, u64>,
 }
 
 impl Registry {
-    pub fn new(limits: Limits, series: &[u64]) -> Registry {
+    /// The registry of the committed `series`, whose records are all at
+    /// or below `head`.
+    pub fn new(limits: Limits, series: &[u64], head: u64) -> Registry {
         let mut r = Registry {
             limits,
             ..Registry::default()
         };
         for &s in series {
-            if r.series.insert(s) {
+            if r.series.insert(s, head).is_none() {
                 *r.fields.entry((s >> 32) as u32).or_default() += 1;
             }
         }
@@ -71,9 +102,76 @@ impl Registry {
     }
 
     /// Whether `r` may be stored: its device id (`None`: not interned) and
-    /// its fields' ids. The refusal's kind and reason if not.
+    /// its fields' ids. The refusal's kind and reason if not. Before a
+    /// refusal, the series without a record left (every one before
+    /// `first_record` evicted) are forgotten, once per value of it.
     pub fn check(
         &mut self,
+        r: &Record,
+        device: Option<u32>,
+        field_ids: impl Iterator<Item = Option<u32>> + Clone,
+        first_record: u64,
+    ) -> Option<(&'static str, String)> {
+        let mut refusal = self.refusal(r, device, field_ids.clone());
+        if refusal.is_some() && self.sweep(first_record) {
+            refusal = self.refusal(r, device, field_ids);
+        }
+        if let Some((kind, reason)) = &refusal {
+            let n = self.episodes.entry(kind).or_insert(0);
+            if *n == 0 {
+                warn!(
+                    kind,
+                    device = %r.device,
+                    "{reason}: its records are refused (dead letters `{kind}`, counted in ferry_ingest_records_rejected_total) until the limit is raised or retention evicts every record of some series; logged once per episode"
+                );
+            }
+            *n += 1;
+        }
+        refusal
+    }
+
+    /// Forgets the series whose every record is evicted (their bound is
+    /// below `first_record`), unless the registry was swept at this
+    /// `first_record` already. Whether any was forgotten.
+    fn sweep(&mut self, first_record: u64) -> bool {
+        if first_record <= self.swept.1 {
+            return false;
+        }
+        self.swept.1 = first_record;
+        let before = self.forgotten.len();
+        let (series, fields) = (&mut self.series, &mut self.fields);
+        let mut devices = 0;
+        series.retain(|&s, &mut last| {
+            if last >= first_record {
+                return true;
+            }
+            self.forgotten.push((s, last));
+            let d = (s >> 32) as u32;
+            if let Some(n) = fields.get_mut(&d) {
+                *n -= 1;
+                if *n == 0 {
+                    fields.remove(&d);
+                    devices += 1;
+                }
+            }
+            false
+        });
+        self.devices_forgotten += devices;
+        let n = self.forgotten.len() - before;
+        if n > 0 {
+            info!(
+                series = n,
+                devices,
+                first_record,
+                "forgot the series (and devices) whose every record retention has evicted: their slots under the store's name limits are free"
+            );
+        }
+        n > 0
+    }
+
+    /// Why `r` would be refused, if it would.
+    fn refusal(
+        &self,
         r: &Record,
         device: Option<u32>,
         field_ids: impl Iterator<Item = Option<u32>>,
@@ -84,7 +182,9 @@ impl Registry {
         let mut seen = HashSet::new();
         for (i, id) in field_ids.enumerate() {
             let is_new = match (device, id) {
-                (Some(d), Some(f)) => !self.series.contains(&(u64::from(d) << 32 | u64::from(f))),
+                (Some(d), Some(f)) => !self
+                    .series
+                    .contains_key(&(u64::from(d) << 32 | u64::from(f))),
                 _ => true,
             };
             if is_new && r.fields.get(i).is_some_and(|(n, _)| seen.insert(&**n)) {
@@ -99,7 +199,7 @@ impl Registry {
             .and_then(|i| r.fields.get(i))
             .map_or("", |(n, _)| &**n);
         let l = self.limits;
-        let refusal = if have.is_none() && self.devices() >= l.max_devices.get() {
+        if have.is_none() && self.devices() >= l.max_devices.get() {
             Some((
                 TOO_MANY_DEVICES,
                 format!(
@@ -128,26 +228,13 @@ impl Registry {
             ))
         } else {
             None
-        };
-        if let Some((kind, reason)) = &refusal {
-            let n = self.episodes.entry(kind).or_insert(0);
-            if *n == 0 {
-                warn!(
-                    kind,
-                    device = %r.device,
-                    field,
-                    "{reason}: its records are refused (dead letters `{kind}`, counted in ferry_ingest_records_rejected_total) until the limit is raised; logged once per episode"
-                );
-            }
-            *n += 1;
         }
-        refusal
     }
 
-    /// Registers the series of a record that is stored.
-    pub fn add(&mut self, device: u32, field: u32) {
+    /// Registers the series of a record stored as `seq`.
+    pub fn add(&mut self, device: u32, field: u32, seq: u64) {
         let s = u64::from(device) << 32 | u64::from(field);
-        if self.series.insert(s) {
+        if self.series.insert(s, seq).is_none() {
             *self.fields.entry(device).or_default() += 1;
             self.pending.push(s);
         }
@@ -168,9 +255,19 @@ impl Registry {
         &self.pending
     }
 
-    /// The transaction committed.
-    pub fn committed(&mut self, stored_any: bool, refused: &[(usize, DeadLetter)]) {
+    /// The series the transaction under way forgets (some it may add again).
+    pub fn forgotten(&self) -> impl Iterator<Item = u64> + '_ {
+        self.forgotten.iter().map(|(s, _)| *s)
+    }
+
+    /// The transaction committed; how many series and devices it forgot.
+    pub fn committed(&mut self, stored_any: bool, refused: &[(usize, DeadLetter)]) -> (u64, u64) {
         self.pending.clear();
+        let forgot = (
+            std::mem::take(&mut self.forgotten).len() as u64,
+            std::mem::take(&mut self.devices_forgotten),
+        );
+        self.swept.0 = self.swept.1;
         if stored_any {
             // An episode ends with a commit that stores records and refuses none of its kind.
             self.episodes.retain(|kind, n| {
@@ -181,9 +278,10 @@ impl Registry {
                 again
             });
         }
+        forgot
     }
 
-    /// The transaction failed: forget what it added.
+    /// The transaction failed: forget what it added, remember what it forgot.
     pub fn aborted(&mut self) {
         for s in std::mem::take(&mut self.pending) {
             self.series.remove(&s);
@@ -195,6 +293,13 @@ impl Registry {
                 }
             }
         }
+        for (s, last) in std::mem::take(&mut self.forgotten) {
+            if self.series.insert(s, last).is_none() {
+                *self.fields.entry((s >> 32) as u32).or_default() += 1;
+            }
+        }
+        self.devices_forgotten = 0;
+        self.swept.1 = self.swept.0;
     }
 }
 

@@ -65,6 +65,7 @@
 //! | `hook.rs` | [`IndexHook`], the query index written in the writer's transactions |
 //! | `config.rs` | the store's settings from its config section |
 
+mod cancel;
 pub(crate) mod clean_record;
 pub mod codec;
 pub mod config;
@@ -87,6 +88,7 @@ use ferry_core::record::{DeadLetter, Record};
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
+pub use cancel::{Cancel, CancelOnDrop};
 pub use error::StoreError;
 pub use hook::IndexHook;
 pub use names::{DeviceEntry, Names};

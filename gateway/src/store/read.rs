@@ -8,10 +8,15 @@ use redb::{ReadableDatabase, TableDefinition};
 use tracing::warn;
 
 use super::codec::{self, DecodeError};
+use super::Cancel;
 use super::{
     last_key, route_retention, ReadStats, Store, StoreError, StoredDeadLetter, StoredRecord,
     Stream, CURSORS, DEAD, META, RECORDS, ROUTE_STATE,
 };
+
+/// How many records [`Store::read_device`] looks through between two
+/// looks at its cancel flag.
+pub const CANCEL_EVERY: usize = 4096;
 
 impl Store {
     /// Reads up to `max` records with `seq > after` into `out`, in order.
@@ -113,14 +118,24 @@ impl Store {
 
     /// Up to `limit` records of `device`, looking through at most
     /// `max_scan` stored records: the first after `after`, or (no `after`)
-    /// the newest; and the sequence number to continue after.
+    /// the newest; and the sequence number to continue after. Ends with
+    /// [`StoreError::Cancelled`] within [`CANCEL_EVERY`] records of
+    /// `cancel` being cancelled.
     pub fn read_device(
         &self,
         device: &str,
         after: Option<u64>,
         limit: usize,
         max_scan: usize,
+        cancel: &Cancel,
     ) -> Result<(Vec<StoredRecord>, u64), StoreError> {
+        let check = |looked: usize| {
+            if looked % CANCEL_EVERY == 0 && cancel.is_cancelled() {
+                Err(StoreError::Cancelled)
+            } else {
+                Ok(())
+            }
+        };
         let head = self.heads().records;
         let names = self.names().snapshot();
         let Some(id) = names.iter().position(|n| &**n == device) else {
@@ -144,7 +159,9 @@ impl Store {
             Some(after) if after >= head => after,
             Some(after) => {
                 let mut next = after;
-                for e in table.range(after.saturating_add(1)..=head)?.take(max_scan) {
+                let range = table.range(after.saturating_add(1)..=head)?;
+                for (looked, e) in range.take(max_scan).enumerate() {
+                    check(looked)?;
                     let (seq, bytes) = e?;
                     next = seq.value();
                     if of_device(bytes.value()) {
@@ -157,7 +174,8 @@ impl Store {
                 next
             }
             None => {
-                for e in table.range(..=head)?.rev().take(max_scan) {
+                for (looked, e) in table.range(..=head)?.rev().take(max_scan).enumerate() {
+                    check(looked)?;
                     let (seq, bytes) = e?;
                     if of_device(bytes.value()) {
                         found.push((seq.value(), bytes.value().to_vec()));

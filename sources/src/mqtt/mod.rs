@@ -31,7 +31,7 @@ mod subscribe;
 mod topic;
 
 #[cfg(feature = "embedded-broker")]
-pub use broker::{run_broker, run_broker_observed};
+pub use broker::{run_broker, run_broker_observed, DIRECT_PENDING};
 pub use broker_security::{Acl, BrokerTlsConfig, DeviceFront};
 pub use config::{BrokerSourceConfig, SubscribeSourceConfig};
 pub use decode::MessageDecoder;

@@ -768,3 +768,106 @@ async fn relaxed_submissions_ride_the_next_commit() {
 }
 
 mod route;
+
+/// A flood of device names fills `max_devices`; once retention has evicted
+/// every record of those devices (through a restart in between, so their
+/// last records are known only as "before the start"), a new device is
+/// stored, the flood's devices are gone from the registry (and so from
+/// `/api/v1/devices`), a name that comes back is a new device again, and a
+/// reopened store has the same registry.
+#[tokio::test]
+async fn devices_whose_every_record_is_evicted_are_forgotten_and_free_their_slots() {
+    use std::num::NonZeroUsize;
+    fn blob(i: i64) -> Record {
+        Record {
+            ts: 1000 + i,
+            source: Arc::from("local"),
+            device: "real".into(),
+            fields: vec![
+                ("i".into(), Value::Int(i)),
+                ("blob".into(), Value::Str("x".repeat(4000).into())),
+            ],
+        }
+    }
+    let settings = || WriterSettings {
+        retention: Retention {
+            max_disk: 2 << 20,
+            max_age: None,
+            when_full: WhenFull::DropOldest,
+        },
+        limits: limits::Limits {
+            max_devices: NonZeroUsize::new(3).unwrap(),
+            ..limits::Limits::default()
+        },
+        ..WriterSettings::default().with_commit_interval(Duration::from_millis(10))
+    };
+    let devices = |store: &Store| -> Vec<String> {
+        store
+            .names()
+            .devices()
+            .keys()
+            .map(|d| d.to_string())
+            .collect()
+    };
+    async fn put(ingest: &Writer, r: Record) -> Committed {
+        ingest
+            .sink
+            .submit_and_wait(vec![Item::Record(r)])
+            .await
+            .unwrap()
+    }
+    async fn close(ingest: Writer) {
+        drop(ingest.sink);
+        drop(ingest.cursors);
+        ingest.task.await.unwrap();
+    }
+    let stored = |seq| Committed {
+        last_seq: Some(seq),
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let ingest = Writer::spawn(store.clone(), settings(), IngestMetrics::new());
+    for (i, d) in ["real", "bogus-1", "bogus-2"].iter().enumerate() {
+        assert_eq!(put(&ingest, record(d, 1, 0)).await, stored(i as u64 + 1));
+    }
+    // Full: the new device is a dead letter.
+    put(&ingest, record("new", 1, 0)).await;
+    assert_eq!(store.heads().dead, 1);
+    assert_eq!(
+        store.read_dead(0, 1).unwrap()[0].dead.kind,
+        "too_many_devices"
+    );
+    close(ingest).await;
+
+    // After a restart, retention evicts the flood's records (and the first
+    // of `real`) to make room for `real`'s.
+    let metrics = IngestMetrics::new();
+    let ingest = Writer::spawn(store.clone(), settings(), metrics.clone());
+    let mut i = 0;
+    while store.read_records(0, 1, &mut Vec::new()).unwrap().last_seq <= 3 {
+        put(&ingest, blob(i)).await;
+        i += 1;
+        assert!(i < 1000, "retention never evicted the first records");
+    }
+    assert_eq!(devices(&store), ["bogus-1", "bogus-2", "real"]);
+    let seq = store.heads().records + 1;
+    assert_eq!(put(&ingest, record("new", 1, 0)).await, stored(seq));
+    assert_eq!(devices(&store), ["new", "real"]);
+    assert_eq!(metrics.devices_forgotten.get(), 2);
+    // The flood's eight series, and the four of `real` whose only record
+    // went (its blobs hold two others): `real` stays.
+    assert_eq!(metrics.series_forgotten.get(), 12);
+    assert_eq!(metrics.devices.get(), 2);
+    assert_eq!(metrics.series.get(), 6);
+    // A forgotten name that comes back is a new device, with room for it.
+    assert_eq!(put(&ingest, record("bogus-1", 1, 0)).await, stored(seq + 1));
+    assert_eq!(devices(&store), ["bogus-1", "new", "real"]);
+    close(ingest).await;
+    drop(store);
+
+    let store = open(&dir);
+    assert_eq!(devices(&store), ["bogus-1", "new", "real"]);
+    let tx = store.db().unwrap().begin_read().unwrap();
+    assert_eq!(names::known_series(&tx).unwrap().len(), 10);
+}

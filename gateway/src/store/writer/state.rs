@@ -118,7 +118,8 @@ impl WriterState {
         }
         usage.first_dead = dead.first()?.map_or(heads.dead + 1, |(k, _)| k.value());
         let routes = RouteStreams::load(&tx, &cfg.route_consumers)?;
-        let registry = Registry::new(cfg.limits, &crate::store::names::known_series(&tx)?);
+        let known = crate::store::names::known_series(&tx)?;
+        let registry = Registry::new(cfg.limits, &known, heads.records);
         usage.route_bytes = routes.total();
         let now = std::time::Instant::now();
         let state = WriterState {

@@ -35,8 +35,10 @@ impl WriterState {
                 let added = !self.registry.pending().is_empty();
                 let stored_any = matches!(w.records, Disposition::Stored)
                     && w.refused.len() < batch.records.len();
-                self.registry.committed(stored_any, &w.refused);
-                if added {
+                let (series, devices) = self.registry.committed(stored_any, &w.refused);
+                self.metrics.series_forgotten.inc_by(series);
+                self.metrics.devices_forgotten.inc_by(devices);
+                if added || series > 0 {
                     self.store
                         .names()
                         .publish_devices(Arc::new(self.registry.devices_map(&self.names)));
@@ -200,7 +202,8 @@ impl WriterState {
             let device = self.ids.get(&*r.device).copied();
             let ids = &self.ids;
             let field_ids = r.fields.iter().map(|(n, _)| ids.get(&**n).copied());
-            if let Some((kind, reason)) = self.registry.check(r, device, field_ids) {
+            let first = self.usage.first_record;
+            if let Some((kind, reason)) = self.registry.check(r, device, field_ids, first) {
                 refused.push((i, limits::dead_letter(r, kind, reason)));
                 continue;
             }
@@ -209,12 +212,13 @@ impl WriterState {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
             codec::put_record_header(&mut buf, r.ts, source, device, r.fields.len());
+            let seq = heads.records + 1;
             for (name, value) in &r.fields {
                 let id = self.intern(name);
-                self.registry.add(device, id);
+                self.registry.add(device, id, seq);
                 codec::put_field(&mut buf, id, value);
             }
-            heads.records += 1;
+            heads.records = seq;
             records.insert(heads.records, buf.as_slice())?;
             if let Some(index) = &self.index {
                 index.record(heads.records, &buf);
@@ -246,8 +250,9 @@ impl WriterState {
         Ok(())
     }
 
-    /// Writes the new series, the names interned since `known` (publishing
-    /// them to readers) and, when due, the byte accounts.
+    /// Writes the new and forgotten series, the names interned since
+    /// `known` (publishing them to readers) and, when due, the byte
+    /// accounts.
     fn write_names_and_accounts(
         &mut self,
         tx: &redb::WriteTransaction,
@@ -255,8 +260,13 @@ impl WriterState {
         heads: Heads,
         evicted_any: bool,
     ) -> Result<(), StoreError> {
-        if !self.registry.pending().is_empty() {
+        if self.registry.forgotten().next().is_some() || !self.registry.pending().is_empty() {
             let mut series = tx.open_table(KNOWN_SERIES)?;
+            // Forgotten first: a series forgotten and stored again in the
+            // same transaction stays.
+            for s in self.registry.forgotten() {
+                series.remove(s)?;
+            }
             for &s in self.registry.pending() {
                 series.insert(s, ())?;
             }

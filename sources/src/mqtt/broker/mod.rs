@@ -63,6 +63,7 @@ use super::log::DeadLetterLog;
 use super::SourceError;
 
 use forward::*;
+pub use server::DIRECT_PENDING;
 use server::*;
 
 /// Most items handed to ingest in one submission.

@@ -37,6 +37,16 @@ pub(super) fn reserve(listen: SocketAddr) -> Result<SocketAddr, SourceError> {
     })
 }
 
+/// How long rumqttd waits for a new connection's CONNECT, in ms.
+pub const CONNECT_TIMEOUT_MS: u16 = 5_000;
+/// rumqttd's pause after each connection it accepts, in ms: it accepts at
+/// most one a millisecond.
+pub const NEXT_CONNECTION_DELAY_MS: u64 = 1;
+/// The sockets rumqttd may hold beyond its connections when devices connect
+/// to it directly: those accepted and not past their CONNECT yet, at most
+/// its accept rate times its CONNECT timeout. (Each is one descriptor.)
+pub const DIRECT_PENDING: usize = CONNECT_TIMEOUT_MS as usize / NEXT_CONNECTION_DELAY_MS as usize;
+
 pub(super) fn rumqttd_config(
     cfg: &BrokerSourceConfig,
     name: &str,
@@ -54,7 +64,7 @@ pub(super) fn rumqttd_config(
         shared_subscriptions_strategy: Default::default(),
     };
     let connections = ConnectionSettings {
-        connection_timeout_ms: 5_000,
+        connection_timeout_ms: CONNECT_TIMEOUT_MS,
         // A larger packet closes its connection: the front's check (which
         // counts it) or, for devices connected directly, rumqttd's.
         max_payload_size: front::max_packet(cfg),
@@ -67,7 +77,7 @@ pub(super) fn rumqttd_config(
         name: format!("ferry-{name}-v4"),
         listen: addr,
         tls: None,
-        next_connection_delay_ms: 1,
+        next_connection_delay_ms: NEXT_CONNECTION_DELAY_MS,
         connections,
     };
     rumqttd::Config {
