@@ -179,6 +179,9 @@ listen = "127.0.0.1:{direct}"
 topics = ["hall/{{device}}"]
 max_topic_length = 20
 device_front = "auto"
+# Straight to rumqttd, it may hold 5,000 sockets before their CONNECT on
+# top of these: at the default 1,000 the four would pass the budget.
+max_connections = 100
 
 [api]
 listen = "{api}"
