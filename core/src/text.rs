@@ -98,6 +98,14 @@ pub fn bound_message(message: &str) -> String {
         shown += 1;
         i += 1;
     }
+    // `shown` counts a quoted span by its excerpt; escapes and the last
+    // span can take the text past the bound: cut it there.
+    if let Some((at, _)) = out.char_indices().nth(MESSAGE_MAX_CHARS) {
+        if !out[at..].starts_with('…') || out[at..].chars().count() > 1 {
+            out.truncate(at);
+            out.push('…');
+        }
+    }
     out
 }
 
@@ -185,6 +193,27 @@ mod tests {
             format!("\"a\\\"b\" and \"unterminated {}…", "y".repeat(64 - 13))
         );
         assert_eq!(bound_message(&long).chars().count(), MESSAGE_MAX_CHARS + 1);
+        // Quoted spans near the end, and escapes, stay within the bound.
+        let near = format!(
+            "{}`{}` `{}`",
+            "x".repeat(1000),
+            "y".repeat(500),
+            "\u{1}".repeat(90)
+        );
+        let spans = format!("{}`{}`", "x".repeat(1000), "\u{7}".repeat(300));
+        for m in [
+            near,
+            spans,
+            format!("{}`{}`", "x".repeat(1020), "\u{1b}".repeat(200)),
+        ] {
+            let b = bound_message(&m);
+            assert!(
+                b.chars().count() <= MESSAGE_MAX_CHARS + 1,
+                "{}",
+                b.chars().count()
+            );
+            assert!(!b.chars().any(char::is_control));
+        }
         assert_eq!(bound_message("plain `x` \"y\""), "plain `x` \"y\"");
     }
 
