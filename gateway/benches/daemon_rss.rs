@@ -410,21 +410,7 @@ async fn flood(bin: &Path, connections: u64, total: u64) {
         "flood: {connections} connections x {per} QoS 1 readings, {FLOOD_WINDOW} in flight each; ferry (device front) beside mosquitto (no persistence)"
     ));
     let dir = common::tempdir("ferry-bench-flood-");
-    let broker = free_port().expect("free port");
-    let metrics = free_port().expect("free port");
-    let config_path = dir.path().join("ferry.toml");
-    std::fs::write(&config_path, config(dir.path(), broker, metrics, None)).expect("config");
-    let mut daemon = Daemon::start(bin, &config_path);
-    let addr = format!("127.0.0.1:{broker}").parse().expect("addr");
-    let listening = common::poll_until(Duration::from_secs(30), Duration::from_millis(10), || {
-        std::net::TcpStream::connect(addr).is_ok()
-    })
-    .await;
-    assert!(
-        listening,
-        "ferry's broker is not listening; its log:\n{}",
-        daemon.tail()
-    );
+    let (mut daemon, addr) = listening_daemon(bin, dir.path()).await;
     let name = format!("flood.{connections}.ferry");
     let acked = flood_devices(addr, &daemon.pid(), connections, per, &name).await;
     let code = daemon.stop();
@@ -540,21 +526,7 @@ async fn connections(bin: &Path, n: u64) {
         "connections: 2 x {n} devices publish 5 QoS 1 readings each as one device, then as devices of their own; RssAnon per connection, ferry (device front) beside mosquitto"
     ));
     let dir = common::tempdir("ferry-bench-conns-");
-    let broker = free_port().expect("free port");
-    let metrics = free_port().expect("free port");
-    let config_path = dir.path().join("ferry.toml");
-    std::fs::write(&config_path, config(dir.path(), broker, metrics, None)).expect("config");
-    let mut daemon = Daemon::start(bin, &config_path);
-    let addr = format!("127.0.0.1:{broker}").parse().expect("addr");
-    let listening = common::poll_until(Duration::from_secs(30), Duration::from_millis(10), || {
-        std::net::TcpStream::connect(addr).is_ok()
-    })
-    .await;
-    assert!(
-        listening,
-        "ferry's broker is not listening; its log:\n{}",
-        daemon.tail()
-    );
+    let (mut daemon, addr) = listening_daemon(bin, dir.path()).await;
     // One device first, so that what every broker allocates once is not
     // counted per connection.
     let first = common::WirePublisher::with_window(addr, "warm-up", FLOOD_WINDOW).await;
@@ -631,4 +603,25 @@ async fn per_connection(addr: std::net::SocketAddr, pid: &str, n: u64, name: &st
         status_kib(pid, "RssAnon:"),
         "KiB (at the end)",
     );
+}
+
+/// A fresh `ferry` in `dir` (no uplink), once its broker listens; and the
+/// broker's address.
+async fn listening_daemon(bin: &Path, dir: &Path) -> (Daemon, std::net::SocketAddr) {
+    let broker = free_port().expect("free port");
+    let metrics = free_port().expect("free port");
+    let config_path = dir.join("ferry.toml");
+    std::fs::write(&config_path, config(dir, broker, metrics, None)).expect("config");
+    let daemon = Daemon::start(bin, &config_path);
+    let addr = format!("127.0.0.1:{broker}").parse().expect("addr");
+    let listening = common::poll_until(Duration::from_secs(30), Duration::from_millis(10), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    assert!(
+        listening,
+        "ferry's broker is not listening; its log:\n{}",
+        daemon.tail()
+    );
+    (daemon, addr)
 }
